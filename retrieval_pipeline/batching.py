@@ -1,0 +1,126 @@
+"""Batching: length-sorted packing under a token budget, padding, and the multimodal rotary positions.
+
+Sorting by length before batching keeps padding (wasted compute) small; the token budget bounds memory by
+``max_batch_tokens`` rather than by the number of inputs; results go back to input order by index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .encoding import Encoded
+
+
+def plan_batches(lengths: Sequence[int], *, batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches: longest first, each batch at most ``batch_size`` items and
+    ``max_batch_tokens`` padded tokens (an item longer than the budget gets a batch of its own)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batch_tokens < 1:
+        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        # Sorted descending, so the first item of a batch is its longest: padded size = count * longest.
+        if current and (len(current) >= batch_size or (len(current) + 1) * longest > max_batch_tokens):
+            batches.append(current)
+            current = []
+        if not current:
+            longest = lengths[i]
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def chunks(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    mm_token_type_ids: torch.Tensor  # (B, L): 0 text, 1 image, 2 video
+    lengths: torch.Tensor  # (B,)
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    pixel_values_videos: torch.Tensor | None
+    video_grid_thw: torch.Tensor | None
+
+    def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
+        def move(t: torch.Tensor | None, to_dtype: bool = False) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype) if to_dtype else t.to(device)
+
+        return {
+            "input_ids": move(self.input_ids),
+            "attention_mask": move(self.attention_mask),
+            "mm_token_type_ids": move(self.mm_token_type_ids),
+            "pixel_values": move(self.pixel_values, True),
+            "image_grid_thw": move(self.image_grid_thw),
+            "pixel_values_videos": move(self.pixel_values_videos, True),
+            "video_grid_thw": move(self.video_grid_thw),
+        }
+
+
+def token_types(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == image_token_id] = 1
+    types[input_ids == video_token_id] = 2
+    return types
+
+
+def _cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    present = [t for t in tensors if t is not None]
+    return torch.cat(present, dim=0) if present else None
+
+
+def collate(
+    items: Sequence[Encoded],
+    *,
+    pad_token_id: int,
+    image_token_id: int,
+    video_token_id: int,
+    padding_side: str = "right",
+) -> Batch:
+    """Pad token ids to one length and concatenate the vision tensors in batch order."""
+    lengths = torch.tensor([len(e) for e in items], dtype=torch.long)
+    width = int(lengths.max())
+    input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, enc in enumerate(items):
+        n = len(enc)
+        cols = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        input_ids[row, cols] = enc.input_ids
+        attention_mask[row, cols] = 1
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        mm_token_type_ids=token_types(input_ids, image_token_id, video_token_id) * attention_mask.int(),
+        lengths=lengths,
+        pixel_values=_cat([e.pixel_values for e in items]),
+        image_grid_thw=_cat([e.image_grid_thw for e in items]),
+        pixel_values_videos=_cat([e.pixel_values_videos for e in items]),
+        video_grid_thw=_cat([e.video_grid_thw for e in items]),
+    )
+
+
+def rope_positions(model: torch.nn.Module, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """3-D multimodal rotary positions (3, B, L) computed over the real tokens of each row, so padding on
+    either side leaves every item's positions exactly as when it runs alone."""
+    positions, _ = model.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs["image_grid_thw"],
+        video_grid_thw=inputs["video_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    return positions

@@ -1,0 +1,208 @@
+"""Qwen3-VL-Embedding: any text / image / video / mixed input -> one vector in a shared space.
+
+The model is the checkpoint's ``Qwen3VLModel`` backbone; the embedding is the final hidden state of the last
+token (the prompt ends with the assistant turn's opening), L2-normalised, optionally truncated to a Matryoshka
+dimension first. Inputs are encoded one by one exactly as the reference does, then run in length-sorted
+batches under a token budget; identical inputs in one call run once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .batching import chunks, collate, plan_batches, rope_positions
+from .encoding import (
+    FPS,
+    MAX_FRAMES,
+    MAX_PIXELS,
+    MIN_PIXELS,
+    TOTAL_PIXELS,
+    Encoded,
+    MediaSettings,
+    embedding_conversation,
+    encode_conversation,
+)
+from .media import URL_TIMEOUT, InputError, InputLike, load_input, parse_inputs
+from .runtime import load_processor, pop_dtype, resolve_device, resolve_dtype, show_progress
+
+logger = logging.getLogger(__name__)
+
+MAX_LENGTH = 8192
+DEFAULT_INSTRUCTION = "Represent the user's input."
+# Inputs are decoded and encoded this many at a time, so host memory does not grow with the list length.
+WINDOW_ITEMS = 256
+
+
+class Qwen3VLEmbedder:
+    """Embed text, images, screenshots, videos and mixed inputs with a Qwen3-VL-Embedding checkpoint.
+
+    ``model_name_or_path``: a hub id (e.g. ``Qwen/Qwen3-VL-Embedding-2B``) or a local folder. Extra keyword
+    arguments go to ``from_pretrained`` (``attn_implementation``, ``revision``, ...).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        max_length: int = MAX_LENGTH,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int = MAX_PIXELS,
+        total_pixels: int = TOTAL_PIXELS,
+        fps: float = FPS,
+        max_frames: int = MAX_FRAMES,
+        default_instruction: str = DEFAULT_INSTRUCTION,
+        device: str | torch.device | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        batch_size: int = 8,
+        max_batch_tokens: int = 16384,
+        url_timeout: float = URL_TIMEOUT,
+        **from_pretrained_kwargs: Any,
+    ) -> None:
+        from transformers import Qwen3VLModel
+
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.model_name_or_path = str(model_name_or_path)
+        self.max_length = max_length
+        self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
+        self.default_instruction = default_instruction
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.url_timeout = url_timeout
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
+
+        logger.info("loading embedding model %s on %s (%s)", model_name_or_path, self.device, self.dtype)
+        self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
+        self.model = Qwen3VLModel.from_pretrained(
+            self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs
+        ).to(self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        tokenizer = self.processor.tokenizer
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        """The full embedding dimension (Matryoshka ``dim`` may be anything from 1 to this)."""
+        return int(self.model.config.text_config.hidden_size)
+
+    def embed(
+        self,
+        inputs: Sequence[InputLike],
+        *,
+        instruction: str | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Embed ``inputs`` (str = text, ``PIL.Image`` = image, dict = multimodal object), in input order.
+
+        ``instruction`` applies to every input without its own ``instruction`` key (default:
+        ``default_instruction``). ``dim`` truncates to a Matryoshka dimension before normalising.
+        Returns float32 ``(len(inputs), dim or hidden_size)``.
+        """
+        dim = self._check_dim(dim)
+        vectors = self._embed(inputs, instruction, batch_size, show_progress_bar)
+        if dim is not None:
+            vectors = vectors[:, :dim]
+        if normalize:
+            vectors = F.normalize(vectors, p=2, dim=-1)
+        return vectors.numpy().astype(np.float32, copy=False)
+
+    def process(self, inputs: list[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
+        """The reference scripts' call: a list of multimodal dicts -> ``(n, hidden_size)`` tensor (CPU, float32)."""
+        vectors = self._embed(inputs, None, None, None)
+        return F.normalize(vectors, p=2, dim=-1) if normalize else vectors
+
+    def embed_queries(self, queries: Sequence[InputLike], *, instruction: str, **kwargs: Any) -> np.ndarray:
+        """Queries usually carry a task instruction; documents keep the default one."""
+        return self.embed(queries, instruction=instruction, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _check_dim(self, dim: int | None) -> int | None:
+        if dim is None:
+            return None
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.hidden_size:
+            raise ValueError(
+                f"dim={dim!r} is outside this model's Matryoshka range: pass an int from 1 to {self.hidden_size} "
+                "(or None for the full dimension)"
+            )
+        return int(dim)
+
+    def encode_input(self, parsed_item: Any, index: int, instruction: str | None) -> Encoded:
+        """Load and tokenise one parsed input (see :mod:`retrieval_pipeline.media`)."""
+        loaded = load_input(
+            parsed_item, index=index, default_max_frames=self.media.max_frames, timeout=self.url_timeout
+        )
+        chosen = loaded.instruction or instruction or self.default_instruction
+        conversation = embedding_conversation(loaded, self.media, chosen)
+        try:
+            enc = encode_conversation(self.processor, conversation, max_length=self.max_length, truncation=True)
+        except InputError as exc:
+            raise exc.at(index) from None
+        enc.compute_key()
+        return enc
+
+    def _embed(
+        self,
+        inputs: Sequence[InputLike],
+        instruction: str | None,
+        batch_size: int | None,
+        show_progress_bar: bool | None,
+    ) -> torch.Tensor:
+        if instruction is not None and not isinstance(instruction, str):
+            raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+        parsed = parse_inputs(inputs)  # every structural error is raised here, before any model work
+        batch_size = batch_size or self.batch_size
+        done: dict[bytes, torch.Tensor] = {}
+        out = torch.empty((len(parsed), self.hidden_size), dtype=torch.float32)
+        bar = tqdm(
+            total=len(parsed), desc="embedding", unit="item", disable=not show_progress(show_progress_bar, len(parsed))
+        )
+        with bar:
+            for window in chunks(len(parsed), WINDOW_ITEMS):
+                encoded = {i: self.encode_input(parsed[i], i, instruction) for i in window}
+                todo: dict[bytes, Encoded] = {}
+                for enc in encoded.values():
+                    if enc.key not in done:
+                        todo.setdefault(enc.key, enc)
+                items = list(todo.values())
+                for batch in plan_batches(
+                    [len(e) for e in items], batch_size=batch_size, max_batch_tokens=self.max_batch_tokens
+                ):
+                    group = [items[j] for j in batch]
+                    for enc, vec in zip(group, self._forward(group)):
+                        done[enc.key] = vec
+                    bar.update(len(group))
+                for i, enc in encoded.items():
+                    out[i] = done[enc.key]
+                # duplicates count as done too
+                bar.update(len(window) - len(items))
+        return out
+
+    @torch.inference_mode()
+    def _forward(self, items: list[Encoded]) -> torch.Tensor:
+        batch = collate(
+            items,
+            pad_token_id=self._pad_id,
+            image_token_id=self.processor.image_token_id,
+            video_token_id=self.processor.video_token_id,
+            padding_side="right",
+        )
+        inputs = batch.model_inputs(self.device, self.dtype)
+        hidden = self.model(
+            **inputs, position_ids=rope_positions(self.model, inputs), use_cache=False
+        ).last_hidden_state
+        last = (batch.lengths - 1).to(self.device)
+        rows = torch.arange(len(items), device=self.device)
+        return hidden[rows, last].float().cpu()

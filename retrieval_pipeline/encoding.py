@@ -1,0 +1,223 @@
+"""From a loaded input to model-ready token ids and pixels: chat conversation, vision preprocessing, processor.
+
+The conversation layout and the vision preprocessing are exactly the reference's (QwenLM/Qwen3-VL-Embedding,
+``src/models``): content items carry the pixel budgets, qwen-vl-utils resizes and samples, and the checkpoint's
+processor expands the vision placeholders. Each item is encoded on its own (no padding here); batching pads
+them later, so the token ids of an item never depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from qwen_vl_utils import process_vision_info
+
+from .media import InputError, LoadedInput, VideoFile
+
+# Qwen3-VL vision: 16-pixel patches, merged 2x2 -> one token per 32x32 pixels.
+IMAGE_PATCH_SIZE = 16
+IMAGE_FACTOR = IMAGE_PATCH_SIZE * 2
+MIN_PIXELS = 4 * IMAGE_FACTOR * IMAGE_FACTOR  # at least 4 tokens per image
+MAX_PIXELS = 1800 * IMAGE_FACTOR * IMAGE_FACTOR  # at most 1800 tokens per image
+FRAME_MAX_PIXELS = 768 * IMAGE_FACTOR * IMAGE_FACTOR  # at most 768 tokens per video frame
+TOTAL_PIXELS = 10 * FRAME_MAX_PIXELS  # budget of a whole frame-list video
+FPS = 1.0
+MAX_FRAMES = 64
+NULL_TEXT = "NULL"  # the model's documented content for an empty input
+
+RERANK_SYSTEM_PROMPT = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+    'Note that the answer can only be "yes" or "no".'
+)
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
+    total_pixels: int = TOTAL_PIXELS
+    fps: float = FPS
+    max_frames: int = MAX_FRAMES
+
+    def __post_init__(self) -> None:
+        for name in ("min_pixels", "max_pixels", "total_pixels", "max_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.max_pixels < self.min_pixels:
+            raise ValueError(f"max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps!r}")
+
+
+@dataclass
+class Encoded:
+    """One item, tokenised: ids plus the vision tensors its placeholder tokens stand for."""
+
+    input_ids: torch.Tensor  # (L,) int64
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None  # (n_images, 3)
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None  # (n_videos, 3)
+    key: bytes = b""
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def compute_key(self) -> bytes:
+        digest = hashlib.blake2b(digest_size=20)
+        for tensor in (
+            self.input_ids,
+            self.pixel_values,
+            self.image_grid_thw,
+            self.pixel_values_videos,
+            self.video_grid_thw,
+        ):
+            if tensor is None:
+                digest.update(b"-")
+            else:
+                t = tensor.detach().cpu().contiguous()
+                digest.update(str((t.dtype, tuple(t.shape))).encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        self.key = digest.digest()
+        return self.key
+
+
+def with_punctuation(instruction: str) -> str:
+    """The reference ends an embedding instruction with punctuation ('.' when missing)."""
+    instruction = instruction.strip()
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        instruction += "."
+    return instruction
+
+
+def content_items(item: LoadedInput, media: MediaSettings) -> list[dict[str, Any]]:
+    """User-turn content: videos, then images, then texts (the reference's order); "NULL" when empty."""
+    if not (item.texts or item.images or item.videos):
+        return [{"type": "text", "text": NULL_TEXT}]
+    content: list[dict[str, Any]] = []
+    for video in item.videos:
+        if isinstance(video, VideoFile):
+            content.append(
+                {
+                    "type": "video",
+                    "video": video.path,
+                    "fps": item.fps or media.fps,
+                    "max_frames": item.max_frames or media.max_frames,
+                }
+            )
+        else:
+            content.append({"type": "video", "video": video, "total_pixels": media.total_pixels})
+    for image in item.images:
+        content.append(
+            {"type": "image", "image": image, "min_pixels": media.min_pixels, "max_pixels": media.max_pixels}
+        )
+    for text in item.texts:
+        content.append({"type": "text", "text": text})
+    return content
+
+
+def embedding_conversation(
+    item: LoadedInput, media: MediaSettings, instruction: str
+) -> list[dict[str, Any]]:
+    return [
+        {"role": "system", "content": [{"type": "text", "text": with_punctuation(instruction)}]},
+        {"role": "user", "content": content_items(item, media)},
+    ]
+
+
+def rerank_conversation(
+    query: list[dict[str, Any]], document: list[dict[str, Any]], instruction: str
+) -> list[dict[str, Any]]:
+    """``query`` / ``document``: :func:`content_items` of each side."""
+    content = [{"type": "text", "text": "<Instruct>: " + instruction}, {"type": "text", "text": "<Query>:"}]
+    content += query
+    content.append({"type": "text", "text": "\n<Document>:"})
+    content += document
+    return [
+        {"role": "system", "content": [{"type": "text", "text": RERANK_SYSTEM_PROMPT}]},
+        {"role": "user", "content": content},
+    ]
+
+
+def encode_conversation(
+    processor: Any,
+    conversation: list[dict[str, Any]],
+    *,
+    max_length: int | None,
+    truncation: bool,
+) -> Encoded:
+    """Chat template + qwen-vl-utils + processor on one conversation (as the reference does on a batch)."""
+    text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
+    try:
+        images, videos, video_kwargs = process_vision_info(
+            [conversation],
+            image_patch_size=IMAGE_PATCH_SIZE,
+            return_video_kwargs=True,
+            return_video_metadata=True,
+        )
+    except InputError:
+        raise
+    except Exception as exc:  # qwen-vl-utils: aspect ratio > 200, unreadable video, ...
+        raise InputError(f"vision preprocessing failed: {exc}") from None
+    video_metadata = None
+    if videos is not None:
+        videos, video_metadata = (list(x) for x in zip(*videos))
+    kwargs: dict[str, Any] = {"truncation": truncation}
+    if truncation:
+        kwargs["max_length"] = max_length
+    out = processor(
+        text=text,
+        images=images,
+        videos=videos,
+        video_metadata=video_metadata,
+        padding=False,
+        do_resize=False,
+        return_tensors="pt",
+        **kwargs,
+        **video_kwargs,
+    )
+    enc = Encoded(
+        input_ids=out["input_ids"][0].to(torch.long),
+        pixel_values=out.get("pixel_values"),
+        image_grid_thw=out.get("image_grid_thw"),
+        pixel_values_videos=out.get("pixel_values_videos"),
+        video_grid_thw=out.get("video_grid_thw"),
+    )
+    check_vision_tokens(enc, processor)
+    return enc
+
+
+def check_vision_tokens(enc: Encoded, processor: Any) -> None:
+    """Truncation must never cut into an image or a video: a clear error instead of a model crash."""
+    merge = processor.image_processor.merge_size**2
+    for grid, token, kind in (
+        (enc.image_grid_thw, processor.image_token_id, "image"),
+        (enc.video_grid_thw, processor.video_token_id, "video"),
+    ):
+        expected = 0 if grid is None else int((grid.prod(-1) // merge).sum())
+        found = int((enc.input_ids == token).sum())
+        if found != expected:
+            raise InputError(
+                f"input is longer than max_length: its {kind} tokens were truncated ({found} of {expected} "
+                "kept); raise max_length or lower max_pixels / total_pixels / max_frames"
+            )
+
+
+def truncate_keep_special(ids: list[int], max_length: int, special_ids: set[int]) -> list[int]:
+    """The reranker's truncation: keep every special token, drop the non-special ones past the budget."""
+    if len(ids) <= max_length:
+        return ids
+    budget = max_length - sum(1 for t in ids if t in special_ids)
+    out = []
+    for t in ids:
+        if t in special_ids:
+            out.append(t)
+        elif budget > 0:
+            out.append(t)
+            budget -= 1
+    return out

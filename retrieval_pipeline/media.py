@@ -1,0 +1,546 @@
+"""Inputs: normalise what a user passes, load and validate the media, fail with a clear error.
+
+An input is a plain ``str`` (text), a ``PIL.Image.Image`` (image) or a multimodal object: a dict with any of
+``text`` (str or list of str), ``image`` (one image or a list), ``video`` (a file / URL, a list of frames, or a
+list of videos) and optional ``instruction``, ``fps``, ``max_frames``. An empty dict is the model's "NULL" input.
+
+Work happens in two steps so that a bad item is found before any model work:
+
+* :func:`parse_input` checks types and fields, resolves paths (a missing file fails here) and reads image
+  headers (a decompression bomb or a non-image fails here) -- cheap, no pixel decoding.
+* :func:`load_input` decodes the media into RGB ``PIL`` images / video references that the vision preprocessing
+  of the reference (qwen-vl-utils) consumes.
+
+Every failure is an :class:`InputError` naming the item's index, the field and the reason. Nothing is ever
+replaced by a placeholder (the reference silently embeds the text "NULL" for an input it cannot load).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import binascii
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Default request timeout (seconds) for http(s) media.
+URL_TIMEOUT = 30.0
+# Refuse images above this many pixels before decoding them: Pillow's own decompression-bomb threshold.
+MAX_IMAGE_PIXELS = 89_478_485
+# Refuse downloads (and raw byte inputs) above this size.
+MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
+
+# File extensions that mark a string in a ``video`` list as a frame rather than a video (as the reference does).
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".tif", ".svg"}
+KNOWN_FIELDS = {"text", "image", "video", "instruction", "fps", "max_frames"}
+
+ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+InputLike = Union[str, Image.Image, dict]
+
+
+class InputError(ValueError):
+    """A bad input: names the item (``index``), the ``field`` and the ``reason``."""
+
+    def __init__(
+        self, reason: str, *, index: int | None = None, field: str | None = None, kind: str = "input"
+    ):
+        self.reason = reason
+        self.index = index
+        self.field = field
+        self.kind = kind
+        where = []
+        if index is not None:
+            where.append(f"{kind} {index}")
+        elif kind != "input":
+            where.append(kind)
+        if field:
+            where.append(f"field '{field}'")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+    def at(self, index: int | None = None, field: str | None = None, kind: str | None = None) -> InputError:
+        """The same error located at ``index`` / ``field`` (keeps what is already known)."""
+        return InputError(
+            self.reason,
+            index=self.index if self.index is not None else index,
+            field=self.field or field,
+            kind=kind or self.kind,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parsed (not yet decoded) inputs
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    kind: str  # "path" | "url" | "bytes" | "pil"
+    value: Any
+
+    def describe(self) -> str:
+        if self.kind in ("path", "url"):
+            return str(self.value)
+        if self.kind == "bytes":
+            return f"<{len(self.value)} bytes>"
+        return f"<PIL.Image {self.value.mode} {self.value.size[0]}x{self.value.size[1]}>"
+
+
+@dataclass(frozen=True)
+class VideoFileSource:
+    kind: str  # "path" | "url"
+    value: str
+
+
+@dataclass(frozen=True)
+class FramesSource:
+    frames: tuple[ImageSource, ...]
+
+
+@dataclass
+class ParsedInput:
+    texts: list[str] = field(default_factory=list)
+    images: list[ImageSource] = field(default_factory=list)
+    videos: list[VideoFileSource | FramesSource] = field(default_factory=list)
+    instruction: str | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.texts or self.images or self.videos)
+
+
+@dataclass
+class VideoFile:
+    """A video file on local disk, read by qwen-vl-utils with ``fps`` / ``max_frames`` sampling."""
+
+    path: str
+
+
+@dataclass
+class LoadedInput:
+    texts: list[str]
+    images: list[Image.Image]
+    videos: list[VideoFile | list[Image.Image]]
+    instruction: str | None
+    fps: float | None
+    max_frames: int | None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_inputs(inputs: Sequence[InputLike], **kwargs: Any) -> list[ParsedInput]:
+    """Parse a list of inputs; raise :class:`InputError` (with the index) at the first bad one."""
+    if isinstance(inputs, (str, dict, Image.Image)) or not isinstance(inputs, Sequence):
+        raise InputError(f"expected a list of inputs, got {type(inputs).__name__}")
+    if len(inputs) == 0:
+        raise InputError("the input list is empty")
+    return [parse_input(item, index=i, **kwargs) for i, item in enumerate(inputs)]
+
+
+def parse_input(obj: InputLike, *, index: int | None = None, check_files: bool = True) -> ParsedInput:
+    """Check one input's structure and resolve its media sources (no decoding)."""
+    try:
+        return _parse(obj, check_files=check_files)
+    except InputError as exc:
+        raise exc.at(index) from None
+
+
+def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
+    if isinstance(obj, str):
+        return ParsedInput(texts=[obj])
+    if isinstance(obj, Image.Image):
+        return ParsedInput(images=[_image_source(obj, check_files)])
+    if not isinstance(obj, dict):
+        raise InputError(
+            f"unsupported input type {type(obj).__name__}; pass a str (text), a PIL.Image.Image or a dict "
+            "with 'text' / 'image' / 'video'"
+        )
+    unknown = set(obj) - KNOWN_FIELDS
+    if unknown:
+        raise InputError(f"unknown field(s) {sorted(unknown)}; known fields are {sorted(KNOWN_FIELDS)}")
+    parsed = ParsedInput()
+    text = obj.get("text")
+    if text is not None:
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise InputError(f"expected a str or a list of str, got {_type_name(text)}", field="text")
+        parsed.texts = list(texts)
+    image = obj.get("image")
+    if image is not None:
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        parsed.images = [_located(_image_source, img, check_files, field="image") for img in images]
+    video = obj.get("video")
+    if video is not None:
+        parsed.videos = [_located(_video_source, v, check_files, field="video") for v in _split_videos(video)]
+    instruction = obj.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError(f"expected a str, got {_type_name(instruction)}", field="instruction")
+    parsed.instruction = instruction
+    fps = obj.get("fps")
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+            raise InputError(f"expected a positive number, got {fps!r}", field="fps")
+        parsed.fps = float(fps)
+    max_frames = obj.get("max_frames")
+    if max_frames is not None:
+        if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+            raise InputError(f"expected a positive int, got {max_frames!r}", field="max_frames")
+        parsed.max_frames = max_frames
+    return parsed
+
+
+def _located(fn, value, check_files: bool, *, field: str):
+    try:
+        return fn(value, check_files)
+    except InputError as exc:
+        raise exc.at(field=field) from None
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _looks_like_frame(value: Any) -> bool:
+    if isinstance(value, (Image.Image, bytes, bytearray, memoryview)):
+        return True
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if text.startswith("data:image"):
+            return True
+        path = urlparse(text).path if text.startswith(("http://", "https://", "file://")) else text
+        return os.path.splitext(path.lower())[1] in IMAGE_EXTENSIONS
+    return False
+
+
+def _split_videos(video: Any) -> list[Any]:
+    """One video or a list of videos (same rule as the reference: a list of frames is one video)."""
+    if isinstance(video, (str, os.PathLike)):
+        return [video]
+    if isinstance(video, (list, tuple)):
+        if len(video) == 0:
+            raise InputError("a video needs at least one frame (got an empty list)", field="video")
+        if _looks_like_frame(video[0]):
+            return [list(video)]
+        return list(video)
+    raise InputError(
+        f"expected a video file path / URL, a list of frames or a list of videos, got {_type_name(video)}",
+        field="video",
+    )
+
+
+def _resolve_local(text: str) -> Path:
+    if text.startswith("file://"):
+        text = unquote(urlparse(text).path)
+    return Path(text).expanduser()
+
+
+def _image_source(value: Any, check_files: bool) -> ImageSource:
+    if isinstance(value, Image.Image):
+        return ImageSource("pil", value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        if not data:
+            raise InputError("empty image bytes")
+        _check_bytes_size(len(data))
+        if check_files:
+            _open_image_header(io.BytesIO(data), "<bytes>")
+        return ImageSource("bytes", data)
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if text.startswith(("http://", "https://")):
+            return ImageSource("url", text)
+        if text.startswith("data:"):
+            data = _decode_data_uri(text)
+            if check_files:
+                _open_image_header(io.BytesIO(data), "<data URI>")
+            return ImageSource("bytes", data)
+        if not text.strip():
+            raise InputError("empty image path")
+        path = _resolve_local(text)
+        if check_files:
+            _check_file(path)
+            _open_image_header(path, str(path))
+        return ImageSource("path", str(path.resolve()))
+    raise InputError(
+        f"unsupported image type {_type_name(value)}; pass a path, a file:// or http(s):// URL, a data URI, "
+        "bytes or a PIL.Image.Image"
+    )
+
+
+def _video_source(value: Any, check_files: bool) -> VideoFileSource | FramesSource:
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise InputError("a video needs at least one frame (got an empty list)")
+        return FramesSource(tuple(_image_source(frame, check_files) for frame in value))
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if text.startswith(("http://", "https://")):
+            return VideoFileSource("url", text)
+        if not text.strip():
+            raise InputError("empty video path")
+        path = _resolve_local(text)
+        if check_files:
+            _check_file(path)
+            _probe_video(str(path))
+        return VideoFileSource("path", str(path.resolve()))
+    raise InputError(
+        f"unsupported video type {_type_name(value)}; pass a file path, an http(s):// URL or a list of frames"
+    )
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"not a file: {path}")
+
+
+def _check_bytes_size(size: int) -> None:
+    if size > MAX_DOWNLOAD_BYTES:
+        raise InputError(f"media too large: {size} bytes (limit {MAX_DOWNLOAD_BYTES})")
+
+
+def _decode_data_uri(text: str) -> bytes:
+    header, sep, payload = text.partition(",")
+    if not sep:
+        raise InputError("malformed data URI (no ',')")
+    if not header.startswith("data:image"):
+        raise InputError(f"data URI is not an image ({header[:40]!r})")
+    if ";base64" not in header:
+        raise InputError("only base64 data URIs are supported")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"invalid base64 in data URI: {exc}") from None
+    if not data:
+        raise InputError("empty data URI")
+    _check_bytes_size(len(data))
+    return data
+
+
+def _open_image_header(source: Any, name: str) -> tuple[int, int]:
+    """Read the header only: format and size. Refuses non-images and decompression bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise InputError(f"not a readable image: {name}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read image {name}: {exc}") from None
+    _check_pixels(width, height, name)
+    return width, height
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"image too large: {name} is {width}x{height} = {width * height} pixels "
+            f"(limit {MAX_IMAGE_PIXELS}); downscale it first"
+        )
+    if width == 0 or height == 0:
+        raise InputError(f"image has no pixels: {name} is {width}x{height}")
+
+
+def _probe_video(path: str) -> None:
+    """Open a video file and check it has frames (header and index only)."""
+    try:
+        import decord
+    except ImportError as exc:  # pragma: no cover - decord is a declared dependency
+        raise InputError(f"reading video files needs decord ({exc})") from None
+    try:
+        reader = decord.VideoReader(path)
+        frames = len(reader)
+        fps = reader.get_avg_fps()
+    except Exception as exc:  # decord raises its own DECORDError / RuntimeError
+        raise InputError(f"unreadable video {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    if frames == 0:
+        raise InputError(f"video has no frames: {path}")
+    if not fps or fps <= 0:
+        raise InputError(f"video has no frame rate: {path}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_input(
+    parsed: ParsedInput,
+    *,
+    index: int | None = None,
+    default_max_frames: int | None = None,
+    timeout: float = URL_TIMEOUT,
+) -> LoadedInput:
+    """Decode the media of one parsed input. ``default_max_frames`` thins frame-list videos."""
+    try:
+        images = [_located(_load_image_src, src, timeout, field="image") for src in parsed.images]
+        max_frames = parsed.max_frames or default_max_frames
+        videos = [
+            _located(_load_video_src, (src, max_frames), timeout, field="video") for src in parsed.videos
+        ]
+    except InputError as exc:
+        raise exc.at(index) from None
+    return LoadedInput(
+        texts=list(parsed.texts),
+        images=images,
+        videos=videos,
+        instruction=parsed.instruction,
+        fps=parsed.fps,
+        max_frames=parsed.max_frames,
+    )
+
+
+def _load_image_src(src: ImageSource, timeout: float) -> Image.Image:
+    if src.kind == "pil":
+        img = src.value
+        _check_pixels(img.size[0], img.size[1], src.describe())
+        return to_rgb(_apply_exif(img))
+    if src.kind == "path":
+        _check_file(Path(src.value))
+        return decode_image(Path(src.value), src.value)
+    if src.kind == "bytes":
+        return decode_image(io.BytesIO(src.value), src.describe())
+    if src.kind == "url":
+        return decode_image(io.BytesIO(fetch_url(src.value, timeout)), src.value)
+    raise AssertionError(src.kind)
+
+
+def decode_image(source: Any, name: str) -> Image.Image:
+    """Decode an image file or buffer to RGB (EXIF orientation applied; bombs refused before decoding)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                _check_pixels(img.size[0], img.size[1], name)
+                img.load()
+                img = _apply_exif(img)
+                return to_rgb(img)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise InputError(f"not a readable image: {name}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"corrupt or truncated image {name}: {exc}") from None
+
+
+def _apply_exif(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose the image
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to RGB the way the reference does it (alpha composited on white), plus 16-bit and float modes
+    scaled to 8 bits instead of clipped."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr8 = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    elif mode in ("LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def _load_video_src(arg: tuple[VideoFileSource | FramesSource, int | None], timeout: float):
+    src, max_frames = arg
+    if isinstance(src, FramesSource):
+        frames = list(src.frames)
+        if max_frames is not None and len(frames) > max_frames:
+            # The reference thins a frame list to max_frames evenly spaced frames before loading it.
+            keep = np.linspace(0, len(frames) - 1, max_frames, dtype=int).tolist()
+            frames = [frames[i] for i in keep]
+        images = []
+        for i, frame in enumerate(frames):
+            try:
+                images.append(_load_image_src(frame, timeout))
+            except InputError as exc:
+                raise InputError(f"frame {i}: {exc.reason}") from None
+        return same_size_frames(images)
+    if src.kind == "url":
+        path = _download_video(src.value, timeout)
+    else:
+        path = src.value
+        _check_file(Path(path))
+    _probe_video(path)
+    return VideoFile(path)
+
+
+def same_size_frames(frames: list[Image.Image]) -> list[Image.Image]:
+    """Frames of a video must share one size: resize the others to the first frame's size (never drop)."""
+    width, height = frames[0].size
+    return [f if f.size == (width, height) else f.resize((width, height), Image.Resampling.BICUBIC) for f in frames]
+
+
+def fetch_url(url: str, timeout: float) -> bytes:
+    """GET ``url`` with a timeout and a size cap; failures become :class:`InputError`."""
+    import requests
+
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise InputError(f"URL {url} answered HTTP {response.status_code}")
+            chunks, size = [], 0
+            for chunk in response.iter_content(1 << 20):
+                size += len(chunk)
+                _check_bytes_size(size)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except InputError:
+        raise
+    except requests.Timeout:
+        raise InputError(f"URL {url} timed out after {timeout:g}s") from None
+    except requests.RequestException as exc:
+        raise InputError(f"URL {url} is unreachable: {exc.__class__.__name__}: {exc}") from None
+
+
+_download_dir: str | None = None
+_download_lock = threading.Lock()
+
+
+def _download_video(url: str, timeout: float) -> str:
+    """Videos are read from disk: download once per process into a private temporary folder."""
+    global _download_dir
+    with _download_lock:
+        if _download_dir is None:
+            _download_dir = tempfile.mkdtemp(prefix="qwen3vl-rag-videos-")
+            atexit.register(shutil.rmtree, _download_dir, ignore_errors=True)
+    suffix = os.path.splitext(urlparse(url).path)[1] or ".mp4"
+    path = os.path.join(_download_dir, hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
+    if not os.path.exists(path):
+        data = fetch_url(url, timeout)
+        tmp = path + ".part"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    return path

@@ -1,0 +1,402 @@
+"""Qwen3-VL-Reranker: a (query, document) pair of any modalities -> a relevance score in (0, 1).
+
+Score = sigmoid(h_last . (W[yes] - W[no])), with h_last the final hidden state of the pair's last token and W
+the checkpoint's ``lm_head``. Each pair is encoded exactly as the reference does (per pair, its truncation).
+
+Speed: every pair of one call starts with the same tokens (system prompt, instruction, query). That shared
+prefix runs once; its key/value cache is then reused by batches of documents, which run only their own
+tokens. Attention is causal, so the prefix's states do not depend on what follows and the scores are the
+same as running each pair whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .batching import chunks, collate, plan_batches, rope_positions, token_types
+from .encoding import (
+    FPS,
+    MAX_FRAMES,
+    MAX_PIXELS,
+    MIN_PIXELS,
+    TOTAL_PIXELS,
+    Encoded,
+    MediaSettings,
+    content_items,
+    encode_conversation,
+    rerank_conversation,
+    truncate_keep_special,
+)
+from .media import URL_TIMEOUT, InputError, InputLike, load_input, parse_input
+from .runtime import load_processor, pop_dtype, resolve_device, resolve_dtype, show_progress
+
+logger = logging.getLogger(__name__)
+
+MAX_LENGTH = 10240
+DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+# The reference truncates a pair's tokens but always keeps its last 5 (end of user turn, assistant opening).
+KEEP_TAIL_TOKENS = 5
+# Documents are decoded and encoded this many at a time (bounded host memory for long candidate lists).
+WINDOW_ITEMS = 256
+
+
+class Qwen3VLReranker:
+    """Score (query, document) pairs with a Qwen3-VL-Reranker checkpoint (hub id or local folder)."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        max_length: int = MAX_LENGTH,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int = MAX_PIXELS,
+        total_pixels: int = TOTAL_PIXELS,
+        fps: float = FPS,
+        max_frames: int = MAX_FRAMES,
+        default_instruction: str = DEFAULT_INSTRUCTION,
+        device: str | torch.device | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        batch_size: int = 8,
+        max_batch_tokens: int = 16384,
+        share_prefix: bool = True,
+        url_timeout: float = URL_TIMEOUT,
+        **from_pretrained_kwargs: Any,
+    ) -> None:
+        from transformers import Qwen3VLForConditionalGeneration
+
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.model_name_or_path = str(model_name_or_path)
+        self.max_length = max_length
+        self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
+        self.default_instruction = default_instruction
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.share_prefix = share_prefix
+        self.url_timeout = url_timeout
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
+
+        logger.info("loading reranker %s on %s (%s)", model_name_or_path, self.device, self.dtype)
+        self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
+        tokenizer = self.processor.tokenizer
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in ("yes", "no") if t not in vocab]
+        if missing:
+            raise ValueError(f"{model_name_or_path}: the tokenizer has no token for {missing}; not a reranker")
+        lm = Qwen3VLForConditionalGeneration.from_pretrained(
+            self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs
+        )
+        head = lm.lm_head.weight.detach()
+        # The yes/no head: two rows of lm_head. The rest of lm_head (vocab x hidden) is dropped.
+        self._score_weight = (head[vocab["yes"]].float() - head[vocab["no"]].float()).to(self.device)
+        self.model = lm.model.to(self.device)
+        del lm, head
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._special_ids = set(tokenizer.all_special_ids)
+        self._vision_start_id = self.model.config.vision_start_token_id
+        self._vision_end_id = self.model.config.vision_end_token_id
+
+    # ----------------------------------------------------------------------------------------------------------
+    def process(self, inputs: dict[str, Any]) -> list[float]:
+        """The reference scripts' call: ``{"query", "documents", "instruction"?, "fps"?, "max_frames"?}``."""
+        if not isinstance(inputs, dict):
+            raise InputError(f"expected a dict with 'query' and 'documents', got {type(inputs).__name__}")
+        unknown = set(inputs) - {"query", "documents", "instruction", "fps", "max_frames"}
+        if unknown:
+            raise InputError(f"unknown field(s) {sorted(unknown)} in the rerank request")
+        if "query" not in inputs:
+            raise InputError("the rerank request has no 'query'")
+        media = self.media
+        if inputs.get("fps") is not None:
+            media = replace(media, fps=float(inputs["fps"]))
+        if inputs.get("max_frames") is not None:
+            media = replace(media, max_frames=int(inputs["max_frames"]))
+        documents = inputs.get("documents") or []
+        return self._score(inputs["query"], documents, inputs.get("instruction"), media, None, None)
+
+    def score(
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        *,
+        instruction: str | None = None,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> list[float]:
+        """Relevance of each document to ``query``, in document order."""
+        return self._score(query, documents, instruction, self.media, batch_size, show_progress_bar)
+
+    def rerank(
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        *,
+        top_k: int | None = None,
+        instruction: str | None = None,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> list[tuple[int, float]]:
+        """``(document index, score)`` best first, the ``top_k`` best (all when ``None``)."""
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        scores = self.score(
+            query, documents, instruction=instruction, batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
+        ranked = sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))
+        return ranked[:top_k] if top_k is not None else ranked
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _score(
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        instruction: str | None,
+        media: MediaSettings,
+        batch_size: int | None,
+        show_progress_bar: bool | None,
+    ) -> list[float]:
+        if instruction is not None and not isinstance(instruction, str):
+            raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+        if isinstance(documents, (str, dict)) or not isinstance(documents, Sequence):
+            raise InputError(f"documents must be a list, got {type(documents).__name__}")
+        # Structural checks of everything first: a bad document fails before any model work.
+        try:
+            parsed_query = parse_input(query)
+        except InputError as exc:
+            raise exc.at(kind="query") from None
+        parsed_docs = []
+        for i, doc in enumerate(documents):
+            try:
+                parsed_docs.append(parse_input(doc, index=i))
+            except InputError as exc:
+                raise exc.at(kind="document") from None
+        if not parsed_docs:
+            return []
+        try:
+            loaded_query = load_input(
+                parsed_query, default_max_frames=media.max_frames, timeout=self.url_timeout
+            )
+        except InputError as exc:
+            raise exc.at(kind="query") from None
+        query_content = content_items(loaded_query, media)
+        query_vision = sum(1 for c in query_content if c["type"] in ("image", "video"))
+        chosen = instruction or self.default_instruction
+        batch_size = batch_size or self.batch_size
+
+        scores: list[float] = [0.0] * len(parsed_docs)
+        bar = tqdm(
+            total=len(parsed_docs),
+            desc="reranking",
+            unit="doc",
+            disable=not show_progress(show_progress_bar, len(parsed_docs)),
+        )
+        with bar:
+            for window in chunks(len(parsed_docs), WINDOW_ITEMS):
+                encoded = {}
+                for i in window:
+                    try:
+                        loaded = load_input(
+                            parsed_docs[i], index=i, default_max_frames=media.max_frames, timeout=self.url_timeout
+                        )
+                        conversation = rerank_conversation(query_content, content_items(loaded, media), chosen)
+                        encoded[i] = self._encode_pair(conversation)
+                    except InputError as exc:
+                        raise exc.at(index=i, kind="document") from None
+                unique: dict[bytes, Encoded] = {}
+                for enc in encoded.values():
+                    unique.setdefault(enc.key, enc)
+                results = self._score_unique(list(unique.values()), query_vision, batch_size, bar)
+                for i, enc in encoded.items():
+                    scores[i] = results[enc.key]
+                bar.update(len(window) - len(unique))
+        return scores
+
+    def _encode_pair(self, conversation: list[dict[str, Any]]) -> Encoded:
+        enc = encode_conversation(self.processor, conversation, max_length=None, truncation=False)
+        ids = enc.input_ids.tolist()
+        if len(ids) > self.max_length + KEEP_TAIL_TOKENS:
+            head = truncate_keep_special(ids[:-KEEP_TAIL_TOKENS], self.max_length, self._special_ids)
+            enc.input_ids = torch.tensor(head + ids[-KEEP_TAIL_TOKENS:], dtype=torch.long)
+        enc.compute_key()
+        return enc
+
+    def _score_unique(
+        self, items: list[Encoded], query_vision: int, batch_size: int, bar: tqdm
+    ) -> dict[bytes, float]:
+        results: dict[bytes, float] = {}
+        prefix = self._shared_prefix(items, query_vision) if self.share_prefix and len(items) > 1 else 0
+        if prefix == 0:
+            for batch in plan_batches(
+                [len(e) for e in items], batch_size=batch_size, max_batch_tokens=self.max_batch_tokens
+            ):
+                group = [items[j] for j in batch]
+                for enc, s in zip(group, self._forward_pairs(group)):
+                    results[enc.key] = s
+                bar.update(len(group))
+            return results
+
+        cache = self._run_prefix(items[0], prefix)
+        suffix_lengths = [len(e) - prefix for e in items]
+        for batch in plan_batches(suffix_lengths, batch_size=batch_size, max_batch_tokens=self.max_batch_tokens):
+            group = [items[j] for j in batch]
+            for enc, s in zip(group, self._forward_suffixes(group, prefix, cache)):
+                results[enc.key] = s
+            bar.update(len(group))
+        return results
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Shared-prefix machinery
+
+    def _shared_prefix(self, items: list[Encoded], query_vision: int) -> int:
+        """Length of the token prefix every pair shares, ending before any document image/video and never
+        inside a query image/video (vision tokens stand for pixels, which only the query's are known to share)."""
+        first = items[0].input_ids
+        n = min(len(e) for e in items) - 1  # every pair keeps at least one token of its own
+        for enc in items[1:]:
+            same = (enc.input_ids[:n] == first[:n]).int()
+            n = int(same.cumprod(0).sum())
+            if n == 0:
+                return 0
+        starts = (first[:n] == self._vision_start_id).nonzero().flatten().tolist()
+        ends = (first[:n] == self._vision_end_id).nonzero().flatten().tolist()
+        if len(starts) > query_vision:
+            n = starts[query_vision]  # stop before the first document vision block
+            starts = starts[:query_vision]
+        if len(starts) > len([e for e in ends if e < n]):
+            n = starts[-1]  # the prefix would end inside a vision block: stop before it
+        return n
+
+    def _vision_split(self, enc: Encoded, prefix: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split an encoded pair's vision tensors into those of the first ``prefix`` tokens and the rest."""
+        merge = self.processor.image_processor.merge_size ** 2
+        head: dict[str, Any] = {}
+        tail: dict[str, Any] = {}
+        for pixels_key, grid_key, token_id in (
+            ("pixel_values", "image_grid_thw", self.processor.image_token_id),
+            ("pixel_values_videos", "video_grid_thw", self.processor.video_token_id),
+        ):
+            pixels, grid = getattr(enc, pixels_key), getattr(enc, grid_key)
+            if grid is None:
+                head[pixels_key] = head[grid_key] = tail[pixels_key] = tail[grid_key] = None
+                continue
+            tokens_in_prefix = int((enc.input_ids[:prefix] == token_id).sum())
+            per_item = (grid.prod(-1) // merge).tolist()
+            k, seen = 0, 0
+            while k < len(per_item) and seen + per_item[k] <= tokens_in_prefix:
+                seen += per_item[k]
+                k += 1
+            patches = int(grid[:k].prod(-1).sum())
+            head[pixels_key] = pixels[:patches] if k else None
+            head[grid_key] = grid[:k] if k else None
+            tail[pixels_key] = pixels[patches:] if k < len(per_item) else None
+            tail[grid_key] = grid[k:] if k < len(per_item) else None
+        return head, tail
+
+    def _positions(self, enc: Encoded) -> torch.Tensor:
+        """Multimodal rotary positions (3, L) of one whole pair."""
+        ids = enc.input_ids[None]
+        inputs = {
+            "input_ids": ids,
+            "mm_token_type_ids": token_types(ids, self.processor.image_token_id, self.processor.video_token_id),
+            "image_grid_thw": enc.image_grid_thw,
+            "video_grid_thw": enc.video_grid_thw,
+            "attention_mask": torch.ones_like(ids),
+        }
+        return rope_positions(self.model, inputs)[:, 0]
+
+    @torch.inference_mode()
+    def _run_prefix(self, enc: Encoded, prefix: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from transformers import DynamicCache
+
+        head, _ = self._vision_split(enc, prefix)
+        ids = enc.input_ids[None, :prefix]
+        cache = DynamicCache(config=self.model.config)
+        self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=torch.ones_like(ids).to(self.device),
+            position_ids=self._positions(enc)[:, None, :prefix].to(self.device),
+            pixel_values=_to(head["pixel_values"], self.device, self.dtype),
+            image_grid_thw=_to(head["image_grid_thw"], self.device),
+            pixel_values_videos=_to(head["pixel_values_videos"], self.device, self.dtype),
+            video_grid_thw=_to(head["video_grid_thw"], self.device),
+            cache=cache,
+            use_cache=True,
+        )
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    @torch.inference_mode()
+    def _forward_suffixes(
+        self, items: list[Encoded], prefix: int, prefix_cache: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[float]:
+        from transformers import DynamicCache
+
+        tails = []
+        for enc in items:
+            _, tail = self._vision_split(enc, prefix)
+            tails.append(
+                Encoded(
+                    input_ids=enc.input_ids[prefix:],
+                    pixel_values=tail["pixel_values"],
+                    image_grid_thw=tail["image_grid_thw"],
+                    pixel_values_videos=tail["pixel_values_videos"],
+                    video_grid_thw=tail["video_grid_thw"],
+                )
+            )
+        batch = collate(
+            tails,
+            pad_token_id=self._pad_id,
+            image_token_id=self.processor.image_token_id,
+            video_token_id=self.processor.video_token_id,
+            padding_side="right",
+        )
+        width = batch.input_ids.shape[1]
+        positions = torch.zeros((3, len(items), width), dtype=torch.long)
+        for row, enc in enumerate(items):
+            own = self._positions(enc)[:, prefix:]
+            positions[:, row, : own.shape[1]] = own
+        n = len(items)
+        cache = DynamicCache(config=self.model.config)
+        for layer_idx, (keys, values) in enumerate(prefix_cache):
+            cache.update(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1), layer_idx)
+        inputs = batch.model_inputs(self.device, self.dtype)
+        inputs["attention_mask"] = torch.cat(
+            [torch.ones((n, prefix), dtype=torch.long, device=self.device), inputs["attention_mask"]], dim=1
+        )
+        hidden = self.model(
+            **inputs, position_ids=positions.to(self.device), cache=cache, use_cache=True
+        ).last_hidden_state
+        last = (batch.lengths - 1).to(self.device)
+        return self._scores(hidden[torch.arange(n, device=self.device), last])
+
+    @torch.inference_mode()
+    def _forward_pairs(self, items: list[Encoded]) -> list[float]:
+        batch = collate(
+            items,
+            pad_token_id=self._pad_id,
+            image_token_id=self.processor.image_token_id,
+            video_token_id=self.processor.video_token_id,
+            padding_side="left",
+        )
+        inputs = batch.model_inputs(self.device, self.dtype)
+        hidden = self.model(
+            **inputs, position_ids=rope_positions(self.model, inputs), use_cache=False
+        ).last_hidden_state
+        return self._scores(hidden[:, -1])
+
+    def _scores(self, last_hidden: torch.Tensor) -> list[float]:
+        return torch.sigmoid(last_hidden.float() @ self._score_weight).cpu().tolist()
+
+
+def _to(t: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)

@@ -1,0 +1,69 @@
+"""Device, dtype and checkpoint loading shared by the embedder and the reranker."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Show a progress bar by default only when a call has at least this many inputs.
+PROGRESS_MIN_ITEMS = 64
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``: the first CUDA device when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: {exc}; pass 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available; pass device='cpu'")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``: bfloat16 on CUDA, float32 on the CPU."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.").lower()
+        if name in _DTYPE_NAMES:
+            return _DTYPE_NAMES[name]
+    raise ValueError(f"unsupported dtype {dtype!r}; pass a torch.dtype or one of {sorted(set(_DTYPE_NAMES))}")
+
+
+def pop_dtype(torch_dtype: Any, kwargs: dict[str, Any]) -> Any:
+    """``torch_dtype`` and its alias ``dtype`` (from_pretrained's new name) are the same setting."""
+    dtype = kwargs.pop("dtype", None)
+    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+        raise ValueError(f"torch_dtype={torch_dtype!r} and dtype={dtype!r} disagree; pass one of them")
+    return torch_dtype if torch_dtype is not None else dtype
+
+
+def load_processor(model_name_or_path: str, **kwargs: Any) -> Any:
+    from transformers import AutoProcessor
+
+    keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+    return AutoProcessor.from_pretrained(model_name_or_path, **keep)
+
+
+def show_progress(show_progress_bar: bool | None, n_items: int) -> bool:
+    return show_progress_bar if show_progress_bar is not None else n_items >= PROGRESS_MIN_ITEMS
