@@ -30,7 +30,7 @@ MAX_FRAMES = 64
 NULL_TEXT = "NULL"  # the model's documented content for an empty input
 
 RERANK_SYSTEM_PROMPT = (
-    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
     'Note that the answer can only be "yes" or "no".'
 )
 
@@ -121,9 +121,7 @@ def content_items(item: LoadedInput, media: MediaSettings) -> list[dict[str, Any
     return content
 
 
-def embedding_conversation(
-    item: LoadedInput, media: MediaSettings, instruction: str
-) -> list[dict[str, Any]]:
+def embedding_conversation(item: LoadedInput, media: MediaSettings, instruction: str) -> list[dict[str, Any]]:
     return [
         {"role": "system", "content": [{"type": "text", "text": with_punctuation(instruction)}]},
         {"role": "user", "content": content_items(item, media)},

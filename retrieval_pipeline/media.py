@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -47,16 +47,14 @@ MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".tif", ".svg"}
 KNOWN_FIELDS = {"text", "image", "video", "instruction", "fps", "max_frames"}
 
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
-InputLike = Union[str, Image.Image, dict]
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
+InputLike = str | Image.Image | dict
 
 
 class InputError(ValueError):
     """A bad input: names the item (``index``), the ``field`` and the ``reason``."""
 
-    def __init__(
-        self, reason: str, *, index: int | None = None, field: str | None = None, kind: str = "input"
-    ):
+    def __init__(self, reason: str, *, index: int | None = None, field: str | None = None, kind: str = "input"):
         self.reason = reason
         self.index = index
         self.field = field
@@ -393,9 +391,7 @@ def load_input(
     try:
         images = [_located(_load_image_src, src, timeout, field="image") for src in parsed.images]
         max_frames = parsed.max_frames or default_max_frames
-        videos = [
-            _located(_load_video_src, (src, max_frames), timeout, field="video") for src in parsed.videos
-        ]
+        videos = [_located(_load_video_src, (src, max_frames), timeout, field="video") for src in parsed.videos]
     except InputError as exc:
         raise exc.at(index) from None
     return LoadedInput(

@@ -182,9 +182,7 @@ class Qwen3VLReranker:
         if not parsed_docs:
             return []
         try:
-            loaded_query = load_input(
-                parsed_query, default_max_frames=media.max_frames, timeout=self.url_timeout
-            )
+            loaded_query = load_input(parsed_query, default_max_frames=media.max_frames, timeout=self.url_timeout)
         except InputError as exc:
             raise exc.at(kind="query") from None
         query_content = content_items(loaded_query, media)
@@ -229,9 +227,7 @@ class Qwen3VLReranker:
         enc.compute_key()
         return enc
 
-    def _score_unique(
-        self, items: list[Encoded], query_vision: int, batch_size: int, bar: tqdm
-    ) -> dict[bytes, float]:
+    def _score_unique(self, items: list[Encoded], query_vision: int, batch_size: int, bar: tqdm) -> dict[bytes, float]:
         results: dict[bytes, float] = {}
         prefix = self._shared_prefix(items, query_vision) if self.share_prefix and len(items) > 1 else 0
         if prefix == 0:
@@ -277,7 +273,7 @@ class Qwen3VLReranker:
 
     def _vision_split(self, enc: Encoded, prefix: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split an encoded pair's vision tensors into those of the first ``prefix`` tokens and the rest."""
-        merge = self.processor.image_processor.merge_size ** 2
+        merge = self.processor.image_processor.merge_size**2
         head: dict[str, Any] = {}
         tail: dict[str, Any] = {}
         for pixels_key, grid_key, token_id in (
