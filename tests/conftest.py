@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import socketserver
 import threading
 import time
@@ -16,7 +15,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PARITY = FIXTURES / "parity"
 TINY = PARITY / "tiny-qwen3vl"
 MEDIA = PARITY / "media"
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json")
 
 
 def load_public() -> dict:
@@ -31,40 +29,6 @@ def with_media_paths(obj: dict) -> dict:
             value = out[key]
             out[key] = str(MEDIA / value) if isinstance(value, str) else [str(MEDIA / v) for v in value]
     return out
-
-
-def build_random_checkpoint(folder: Path, *, hidden_size: int = 128, layers: int = 2, seed: int = 1) -> Path:
-    """A random Qwen3-VL checkpoint built with transformers' own config classes; processor from the fixture."""
-    import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    base = json.loads((TINY / "config.json").read_text())
-    text = dict(base["text_config"])
-    text.update(
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=max(2, hidden_size // 32),
-        num_key_value_heads=max(1, hidden_size // 64),
-        head_dim=16,
-    )
-    vision = dict(base["vision_config"])
-    vision.update(out_hidden_size=hidden_size)
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=base["image_token_id"],
-        video_token_id=base["video_token_id"],
-        vision_start_token_id=base["vision_start_token_id"],
-        vision_end_token_id=base["vision_end_token_id"],
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
-    model.save_pretrained(folder)
-    for name in PROCESSOR_FILES:
-        shutil.copy(TINY / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +53,9 @@ def reranker(public):
 
 @pytest.fixture(scope="session")
 def wide_checkpoint(tmp_path_factory) -> Path:
-    return build_random_checkpoint(tmp_path_factory.mktemp("wide-qwen3vl"), hidden_size=128)
+    from retrieval_pipeline.testing import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("wide-qwen3vl"), like=TINY, hidden_size=128, seed=1)
 
 
 @pytest.fixture(scope="session")
