@@ -57,22 +57,23 @@ def main() -> None:
         f" dtype {embedder.dtype}, checkpoint hidden {args.hidden} x {args.layers} layers"
     )
 
-    budget = embedder.max_batch_tokens
+    budget, padding = embedder.max_batch_tokens, embedder.max_padding
     corpus = mixed_corpus(args.items)
     embedder.embed(corpus[:4])  # warm-up
     n = len(corpus)
     print(f"\nEmbedding {n} mixed items (texts 5-200 words, images 96-384 px):")
     t_one, m_one, one = measure(lambda: np.concatenate([embedder.embed([x]) for x in corpus]), cuda=cuda)
-    embedder.max_batch_tokens = 10**9  # no budget: everything in one padded forward pass
+    # no budget, no padding cap: everything in one padded forward pass
+    embedder.max_batch_tokens, embedder.max_padding = 10**9, 1.0
     t_pad, m_pad, pad = measure(lambda: embedder.embed(corpus, batch_size=n), cuda=cuda)
-    embedder.max_batch_tokens = budget
+    embedder.max_batch_tokens, embedder.max_padding = budget, padding
     t_bat, m_bat, bat = measure(lambda: embedder.embed(corpus), cuda=cuda)
     base = n / t_one
     print(row("(a) one at a time", n, t_one, m_one))
     print(row("(b) one padded batch (reference)", n, t_pad, m_pad, base))
     print(row(f"(c) batched (batch_size={args.batch_size})", n, t_bat, m_bat, base))
     corpus2 = mixed_corpus(2 * n, seed=1)
-    t_bat2, m_bat2, _ = measure(lambda: embedder.embed(corpus2), cuda=cuda)
+    t_bat2, m_bat2, _ = measure(lambda: embedder.embed(corpus2, show_progress_bar=False), cuda=cuda)
     print(row(f"(c) batched, {2 * n} items", 2 * n, t_bat2, m_bat2, base))
     print(
         f"  batched vs one-at-a-time {t_one / t_bat:.2f}x, vs one padded batch {t_pad / t_bat:.2f}x; "

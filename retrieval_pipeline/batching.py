@@ -8,31 +8,44 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .encoding import Encoded
 
 
-def plan_batches(lengths: Sequence[int], *, batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], *, batch_size: int, max_batch_tokens: int, max_padding: float = 1.0
+) -> list[list[int]]:
     """Indices grouped into batches: longest first, each batch at most ``batch_size`` items and
-    ``max_batch_tokens`` padded tokens (an item longer than the budget gets a batch of its own)."""
+    ``max_batch_tokens`` padded tokens (an item longer than the budget gets a batch of its own), and at most a
+    ``max_padding`` fraction of its padded tokens being padding (padding is compute spent on nothing)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    if not 0.0 <= max_padding <= 1.0:
+        raise ValueError(f"max_padding must be within [0, 1], got {max_padding}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0
     for i in order:
         # Sorted descending, so the first item of a batch is its longest: padded size = count * longest.
-        if current and (len(current) >= batch_size or (len(current) + 1) * longest > max_batch_tokens):
-            batches.append(current)
-            current = []
+        if current:
+            padded = (len(current) + 1) * longest
+            if (
+                len(current) >= batch_size
+                or padded > max_batch_tokens
+                or padded - (real + lengths[i]) > max_padding * padded
+            ):
+                batches.append(current)
+                current = []
         if not current:
-            longest = lengths[i]
+            longest, real = lengths[i], 0
         current.append(i)
+        real += lengths[i]
     if current:
         batches.append(current)
     return batches
@@ -124,3 +137,30 @@ def rope_positions(model: torch.nn.Module, inputs: dict[str, torch.Tensor | None
         attention_mask=inputs["attention_mask"],
     )
     return positions
+
+
+def last_token_states(
+    model: torch.nn.Module,
+    batch: Batch,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    positions: torch.Tensor | None = None,
+    cache: Any = None,
+) -> torch.Tensor:
+    """Run a right-padded batch and return each row's final hidden state at its last real token, (B, hidden).
+
+    Right padding + causal attention: a real token never attends to the pads that follow it, so the padding
+    mask is left out and attention takes the fused causal kernel (measured ~2x faster than a masked one on CPU
+    for 1.8k-token rows). Positions come from the real tokens only, so results equal running each row alone.
+    With ``cache`` (a shared prefix's keys/values), the rows continue after the cached tokens.
+    """
+    inputs = batch.model_inputs(device, dtype)
+    if positions is None:
+        positions = rope_positions(model, inputs)
+    inputs["attention_mask"] = None
+    hidden = model(
+        **inputs, position_ids=positions.to(device), cache=cache, use_cache=cache is not None
+    ).last_hidden_state
+    last = (batch.lengths - 1).to(device)
+    return hidden[torch.arange(hidden.shape[0], device=device), last]

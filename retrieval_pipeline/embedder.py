@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .batching import chunks, collate, plan_batches, rope_positions
+from .batching import chunks, collate, last_token_states, plan_batches
 from .encoding import (
     FPS,
     MAX_FRAMES,
@@ -30,7 +30,15 @@ from .encoding import (
     encode_conversation,
 )
 from .media import URL_TIMEOUT, InputError, InputLike, load_input, parse_inputs
-from .runtime import load_processor, pop_dtype, resolve_device, resolve_dtype, show_progress
+from .runtime import (
+    default_max_batch_tokens,
+    default_max_padding,
+    load_processor,
+    pop_dtype,
+    resolve_device,
+    resolve_dtype,
+    show_progress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +69,8 @@ class Qwen3VLEmbedder:
         device: str | torch.device | None = None,
         torch_dtype: str | torch.dtype | None = None,
         batch_size: int = 8,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
+        max_padding: float | None = None,
         url_timeout: float = URL_TIMEOUT,
         **from_pretrained_kwargs: Any,
     ) -> None:
@@ -74,10 +83,11 @@ class Qwen3VLEmbedder:
         self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
         self.default_instruction = default_instruction
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.url_timeout = url_timeout
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
+        self.max_padding = default_max_padding(self.device) if max_padding is None else max_padding
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.device)
 
         logger.info("loading embedding model %s on %s (%s)", model_name_or_path, self.device, self.dtype)
         self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
@@ -177,9 +187,7 @@ class Qwen3VLEmbedder:
                     if enc.key not in done:
                         todo.setdefault(enc.key, enc)
                 items = list(todo.values())
-                for batch in plan_batches(
-                    [len(e) for e in items], batch_size=batch_size, max_batch_tokens=self.max_batch_tokens
-                ):
+                for batch in self._plan([len(e) for e in items], batch_size):
                     group = [items[j] for j in batch]
                     for enc, vec in zip(group, self._forward(group)):
                         done[enc.key] = vec
@@ -190,6 +198,11 @@ class Qwen3VLEmbedder:
                 bar.update(len(window) - len(items))
         return out
 
+    def _plan(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        return plan_batches(
+            lengths, batch_size=batch_size, max_batch_tokens=self.max_batch_tokens, max_padding=self.max_padding
+        )
+
     @torch.inference_mode()
     def _forward(self, items: list[Encoded]) -> torch.Tensor:
         batch = collate(
@@ -199,10 +212,4 @@ class Qwen3VLEmbedder:
             video_token_id=self.processor.video_token_id,
             padding_side="right",
         )
-        inputs = batch.model_inputs(self.device, self.dtype)
-        hidden = self.model(
-            **inputs, position_ids=rope_positions(self.model, inputs), use_cache=False
-        ).last_hidden_state
-        last = (batch.lengths - 1).to(self.device)
-        rows = torch.arange(len(items), device=self.device)
-        return hidden[rows, last].float().cpu()
+        return last_token_states(self.model, batch, self.device, self.dtype).float().cpu()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .batching import chunks, collate, plan_batches, rope_positions, token_types
+from .batching import chunks, collate, last_token_states, plan_batches, rope_positions, token_types
 from .encoding import (
     FPS,
     MAX_FRAMES,
@@ -34,7 +34,15 @@ from .encoding import (
     truncate_keep_special,
 )
 from .media import URL_TIMEOUT, InputError, InputLike, load_input, parse_input
-from .runtime import load_processor, pop_dtype, resolve_device, resolve_dtype, show_progress
+from .runtime import (
+    default_max_batch_tokens,
+    default_max_padding,
+    load_processor,
+    pop_dtype,
+    resolve_device,
+    resolve_dtype,
+    show_progress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +71,8 @@ class Qwen3VLReranker:
         device: str | torch.device | None = None,
         torch_dtype: str | torch.dtype | None = None,
         batch_size: int = 8,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
+        max_padding: float | None = None,
         share_prefix: bool = True,
         url_timeout: float = URL_TIMEOUT,
         **from_pretrained_kwargs: Any,
@@ -77,11 +86,12 @@ class Qwen3VLReranker:
         self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
         self.default_instruction = default_instruction
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.share_prefix = share_prefix
         self.url_timeout = url_timeout
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
+        self.max_padding = default_max_padding(self.device) if max_padding is None else max_padding
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.device)
 
         logger.info("loading reranker %s on %s (%s)", model_name_or_path, self.device, self.dtype)
         self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
@@ -231,9 +241,7 @@ class Qwen3VLReranker:
         results: dict[bytes, float] = {}
         prefix = self._shared_prefix(items, query_vision) if self.share_prefix and len(items) > 1 else 0
         if prefix == 0:
-            for batch in plan_batches(
-                [len(e) for e in items], batch_size=batch_size, max_batch_tokens=self.max_batch_tokens
-            ):
+            for batch in self._plan([len(e) for e in items], batch_size):
                 group = [items[j] for j in batch]
                 for enc, s in zip(group, self._forward_pairs(group)):
                     results[enc.key] = s
@@ -242,12 +250,17 @@ class Qwen3VLReranker:
 
         cache = self._run_prefix(items[0], prefix)
         suffix_lengths = [len(e) - prefix for e in items]
-        for batch in plan_batches(suffix_lengths, batch_size=batch_size, max_batch_tokens=self.max_batch_tokens):
+        for batch in self._plan(suffix_lengths, batch_size):
             group = [items[j] for j in batch]
             for enc, s in zip(group, self._forward_suffixes(group, prefix, cache)):
                 results[enc.key] = s
             bar.update(len(group))
         return results
+
+    def _plan(self, lengths: list[int], batch_size: int) -> list[list[int]]:
+        return plan_batches(
+            lengths, batch_size=batch_size, max_batch_tokens=self.max_batch_tokens, max_padding=self.max_padding
+        )
 
     # ----------------------------------------------------------------------------------------------------------
     # Shared-prefix machinery
@@ -363,15 +376,8 @@ class Qwen3VLReranker:
         cache = DynamicCache(config=self.model.config)
         for layer_idx, (keys, values) in enumerate(prefix_cache):
             cache.update(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1), layer_idx)
-        inputs = batch.model_inputs(self.device, self.dtype)
-        inputs["attention_mask"] = torch.cat(
-            [torch.ones((n, prefix), dtype=torch.long, device=self.device), inputs["attention_mask"]], dim=1
-        )
-        hidden = self.model(
-            **inputs, position_ids=positions.to(self.device), cache=cache, use_cache=True
-        ).last_hidden_state
-        last = (batch.lengths - 1).to(self.device)
-        return self._scores(hidden[torch.arange(n, device=self.device), last])
+        states = last_token_states(self.model, batch, self.device, self.dtype, positions=positions, cache=cache)
+        return self._scores(states)
 
     @torch.inference_mode()
     def _forward_pairs(self, items: list[Encoded]) -> list[float]:
@@ -380,13 +386,9 @@ class Qwen3VLReranker:
             pad_token_id=self._pad_id,
             image_token_id=self.processor.image_token_id,
             video_token_id=self.processor.video_token_id,
-            padding_side="left",
+            padding_side="right",
         )
-        inputs = batch.model_inputs(self.device, self.dtype)
-        hidden = self.model(
-            **inputs, position_ids=rope_positions(self.model, inputs), use_cache=False
-        ).last_hidden_state
-        return self._scores(hidden[:, -1])
+        return self._scores(last_token_states(self.model, batch, self.device, self.dtype))
 
     def _scores(self, last_hidden: torch.Tensor) -> list[float]:
         return torch.sigmoid(last_hidden.float() @ self._score_weight).cpu().tolist()

@@ -11,6 +11,14 @@ logger = logging.getLogger(__name__)
 
 # Show a progress bar by default only when a call has at least this many inputs.
 PROGRESS_MIN_ITEMS = 64
+# Largest share of padding a batch may carry. On a CPU the matrix kernels are saturated by one sequence, so
+# batching gains nothing and padding is pure loss; on a GPU, batching wins far more than padding costs.
+CPU_MAX_PADDING = 0.05
+GPU_MAX_PADDING = 0.5
+# Padded tokens per forward pass. On a CPU, small batches keep activations cache-resident (measured here:
+# 1024 tokens ran 1.04x one-at-a-time, 16384 ran 0.91x); on a GPU, large batches fill the device.
+CPU_MAX_BATCH_TOKENS = 1024
+GPU_MAX_BATCH_TOKENS = 16384
 
 _DTYPE_NAMES = {
     "float32": torch.float32,
@@ -63,6 +71,14 @@ def load_processor(model_name_or_path: str, **kwargs: Any) -> Any:
 
     keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
     return AutoProcessor.from_pretrained(model_name_or_path, **keep)
+
+
+def default_max_padding(device: torch.device) -> float:
+    return GPU_MAX_PADDING if device.type == "cuda" else CPU_MAX_PADDING
+
+
+def default_max_batch_tokens(device: torch.device) -> int:
+    return GPU_MAX_BATCH_TOKENS if device.type == "cuda" else CPU_MAX_BATCH_TOKENS
 
 
 def show_progress(show_progress_bar: bool | None, n_items: int) -> bool:

@@ -82,6 +82,16 @@ def test_plan_batches_covers_every_index_once_within_budget():
         plan_batches([1], batch_size=0, max_batch_tokens=10)
 
 
+def test_plan_batches_caps_padding():
+    lengths = [100, 98, 97, 60, 59, 10]
+    batches = plan_batches(lengths, batch_size=8, max_batch_tokens=10_000, max_padding=0.05)
+    assert batches == [[0, 1, 2], [3, 4], [5]]
+    for b in batches:
+        padded = len(b) * max(lengths[i] for i in b)
+        assert padded - sum(lengths[i] for i in b) <= 0.05 * padded
+    assert plan_batches(lengths, batch_size=8, max_batch_tokens=10_000) == [[0, 1, 2, 3, 4, 5]]
+
+
 def test_order_preserved_with_duplicates(wide_embedder, forward_calls):
     items = ["b text", "a", {"image": CHELSEA}, "a", "b text", {"image": CHELSEA}, "c"]
     out = wide_embedder.embed(items)

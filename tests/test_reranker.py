@@ -82,6 +82,7 @@ def test_prefix_is_computed_once_per_call(wide_reranker, monkeypatch):
 
     monkeypatch.setattr(wide_reranker, "_run_prefix", prefix)
     monkeypatch.setattr(wide_reranker, "_forward_suffixes", suffixes)
+    monkeypatch.setattr(wide_reranker, "max_padding", 1.0)
     wide_reranker.score("query", [f"document {i} " * (i + 1) for i in range(10)], batch_size=4)
     assert calls["prefix"] == 1
     assert calls["suffix"] == [4, 4, 2]
