@@ -99,6 +99,12 @@ class Qwen3VLEmbedder:
         tokenizer = self.processor.tokenizer
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    def to(self, device: str | torch.device) -> Qwen3VLEmbedder:
+        """Move the model (e.g. to the CPU between pipeline stages on a small GPU)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
     # ----------------------------------------------------------------------------------------------------------
     @property
     def hidden_size(self) -> int:

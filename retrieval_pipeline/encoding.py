@@ -102,14 +102,17 @@ def content_items(item: LoadedInput, media: MediaSettings) -> list[dict[str, Any
     content: list[dict[str, Any]] = []
     for video in item.videos:
         if isinstance(video, VideoFile):
-            content.append(
-                {
-                    "type": "video",
-                    "video": video.path,
-                    "fps": item.fps or media.fps,
-                    "max_frames": item.max_frames or media.max_frames,
-                }
-            )
+            entry = {
+                "type": "video",
+                "video": video.path,
+                "fps": item.fps or media.fps,
+                "max_frames": item.max_frames or media.max_frames,
+            }
+            if item.video_start is not None:
+                entry["video_start"] = item.video_start
+            if item.video_end is not None:
+                entry["video_end"] = item.video_end
+            content.append(entry)
         else:
             content.append({"type": "video", "video": video, "total_pixels": media.total_pixels})
     for image in item.images:

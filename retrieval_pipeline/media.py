@@ -45,7 +45,7 @@ MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 
 # File extensions that mark a string in a ``video`` list as a frame rather than a video (as the reference does).
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".tif", ".svg"}
-KNOWN_FIELDS = {"text", "image", "video", "instruction", "fps", "max_frames"}
+KNOWN_FIELDS = {"text", "image", "video", "instruction", "fps", "max_frames", "video_start", "video_end"}
 
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 InputLike = str | Image.Image | dict
@@ -114,6 +114,8 @@ class ParsedInput:
     instruction: str | None = None
     fps: float | None = None
     max_frames: int | None = None
+    video_start: float | None = None  # seconds; a segment of each video file
+    video_end: float | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -135,6 +137,8 @@ class LoadedInput:
     instruction: str | None
     fps: float | None
     max_frames: int | None
+    video_start: float | None = None
+    video_end: float | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -199,6 +203,16 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
         if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
             raise InputError(f"expected a positive int, got {max_frames!r}", field="max_frames")
         parsed.max_frames = max_frames
+    for name in ("video_start", "video_end"):
+        value = obj.get(name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InputError(f"expected a number of seconds >= 0, got {value!r}", field=name)
+            setattr(parsed, name, float(value))
+    if parsed.video_start is not None and parsed.video_end is not None and parsed.video_end <= parsed.video_start:
+        raise InputError(
+            f"video_end ({parsed.video_end}) must be after video_start ({parsed.video_start})", field="video_end"
+        )
     return parsed
 
 
@@ -401,6 +415,8 @@ def load_input(
         instruction=parsed.instruction,
         fps=parsed.fps,
         max_frames=parsed.max_frames,
+        video_start=parsed.video_start,
+        video_end=parsed.video_end,
     )
 
 

@@ -115,6 +115,13 @@ class Qwen3VLReranker:
         self._vision_start_id = self.model.config.vision_start_token_id
         self._vision_end_id = self.model.config.vision_end_token_id
 
+    def to(self, device: str | torch.device) -> Qwen3VLReranker:
+        """Move the model (e.g. to the CPU between pipeline stages on a small GPU)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._score_weight = self._score_weight.to(self.device)
+        return self
+
     # ----------------------------------------------------------------------------------------------------------
     def process(self, inputs: dict[str, Any]) -> list[float]:
         """The reference scripts' call: ``{"query", "documents", "instruction"?, "fps"?, "max_frames"?}``."""

@@ -58,3 +58,45 @@ def build_random_checkpoint(
         if (like / name).exists():
             shutil.copy(like / name, folder / name)
     return folder
+
+
+def make_text_pdf(path: str | Path, pages: list[str], *, bars: bool = True) -> Path:
+    """Write a small, valid PDF: one page per string (Helvetica text, wrapped lines), and optionally a bar chart
+    drawn with vector graphics. Test and example data for PDF ingestion (text layer + something to see)."""
+    import textwrap
+
+    def escape(line: str) -> str:
+        return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+    objects: list[bytes] = []
+    n_pages = len(pages)
+    font_id = 3 + 2 * n_pages
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(n_pages))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {n_pages} >>".encode())
+    for i, text in enumerate(pages):
+        lines = [wrapped for para in text.split("\n") for wrapped in (textwrap.wrap(para, 70) or [""])]
+        ops = ["BT /F1 14 Tf 16 TL 56 740 Td"] + [f"({escape(line)}) Tj T*" for line in lines] + ["ET"]
+        if bars:
+            for k, height in enumerate((60, 110, 90, 150)):
+                shade = 0.2 + 0.15 * k
+                ops.append(f"{shade:.2f} {0.4:.2f} {1 - shade:.2f} rg {90 + 70 * k} 120 50 {height + 10 * i} re f")
+        stream = "\n".join(ops).encode("latin-1", "replace")
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
+            f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode()
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path = Path(path)
+    path.write_bytes(bytes(out))
+    return path

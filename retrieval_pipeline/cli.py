@@ -1,0 +1,301 @@
+"""``qwen3vl-rag``: index a folder of mixed media, search it, ask questions about it.
+
+    qwen3vl-rag run PATH... QUESTION     index the paths, then answer the question (the main job)
+    qwen3vl-rag index PATH...            index files and folders (images, videos, text/Markdown, PDFs)
+    qwen3vl-rag search QUERY             two-stage retrieval (--image for an image query, --no-rerank for stage one)
+    qwen3vl-rag ask QUESTION             retrieval + a Qwen3-VL answer with its sources
+    qwen3vl-rag info                     what the collection holds
+    qwen3vl-rag push --to-url URL        copy the collection (same ids, vectors, payloads) to a Qdrant server
+
+Storage: embedded Qdrant Edge under --db (default: the user's data folder), or a Qdrant server with --url.
+Models: hub ids or local folders, from the options or QWEN3VL_RAG_{EMBEDDING,RERANKER,GENERATOR}_MODEL.
+Exit codes: 0 ok, 1 bad input or failed items, 2 usage, 3 a model cannot be loaded, 4 the store cannot be
+reached, 5 the collection is missing, empty or built with another model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from . import __version__
+
+EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_STORE, EXIT_COLLECTION = 1, 2, 3, 4, 5
+ENV = "QWEN3VL_RAG_"
+
+
+def default_db() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "qwen3vl-rag")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV + name, default)
+
+
+def _common() -> argparse.ArgumentParser:
+    from .pipeline import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL
+
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("storage")
+    g.add_argument("--db", default=_env("DB"), help=f"embedded Qdrant Edge folder (default: {default_db()})")
+    g.add_argument("--url", default=_env("URL"), help="Qdrant server URL (instead of --db)")
+    g.add_argument("--api-key", default=_env("API_KEY"), help="Qdrant server API key")
+    g.add_argument("--collection", default=_env("COLLECTION", "default"), help="collection name (default: default)")
+    m = p.add_argument_group("models (hub ids or local folders)")
+    m.add_argument("--embedding-model", default=_env("EMBEDDING_MODEL"), help=f"default: {DEFAULT_EMBEDDING_MODEL}")
+    m.add_argument("--reranker-model", default=_env("RERANKER_MODEL"), help=f"default: {DEFAULT_RERANKER_MODEL}")
+    m.add_argument("--generator-model", default=_env("GENERATOR_MODEL"), help=f"default: {DEFAULT_GENERATOR_MODEL}")
+    m.add_argument("--device", default=_env("DEVICE"), help="cpu, cuda, cuda:N (default: CUDA when present)")
+    m.add_argument("--dtype", default=_env("DTYPE"), help="float32 / bfloat16 (default: bfloat16 on CUDA)")
+    m.add_argument("--offload", action="store_true", help="keep only the running stage's model on the GPU")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log messages")
+    return p
+
+
+def _index_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    p.add_argument("--include", action="append", default=[], help="glob of files to index (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="glob of files to leave out (repeatable)")
+    p.add_argument("--video-segment", type=float, default=None, help="split videos into segments of N seconds")
+    p.add_argument("--chunk-chars", type=int, default=1200, help="text chunk size in characters")
+    p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension of the stored vectors")
+    p.add_argument("--metadata", default=None, help="JSON object stored with every item (payload 'metadata')")
+
+
+def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
+    p.add_argument("--image", default=None, help="an image (path or URL) that is part of the query")
+    p.add_argument("--top-k", type=int, default=default_top_k, help=f"results (default {default_top_k})")
+    p.add_argument("--candidates", type=int, default=50, help="stage-one candidates to rerank (default 50)")
+    p.add_argument("--no-rerank", action="store_true", help="stage one only")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="qwen3vl-rag",
+        description="Multimodal RAG on Qwen3-VL-Embedding, Qwen3-VL-Reranker and Qdrant.",
+        epilog="Exit codes: 1 failed items / bad input, 2 usage, 3 model, 4 store unreachable, 5 collection.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", parents=[common], help="index PATH... then answer QUESTION (the main job)")
+    p.add_argument("args", nargs="+", metavar="PATH... QUESTION")
+    _index_options(p)
+    _query_options(p, 3)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    p = sub.add_parser("index", parents=[common], help="index files and folders")
+    p.add_argument("paths", nargs="+")
+    _index_options(p)
+    p = sub.add_parser("search", parents=[common], help="two-stage retrieval")
+    p.add_argument("query")
+    _query_options(p, 5)
+    p = sub.add_parser("ask", parents=[common], help="retrieval + generated answer")
+    p.add_argument("question")
+    _query_options(p, 3)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    sub.add_parser("info", parents=[common], help="what the collection holds")
+    p = sub.add_parser("push", parents=[common], help="copy the collection to a Qdrant server")
+    p.add_argument("--to-url", required=True)
+    p.add_argument("--to-api-key", default=None)
+    p.add_argument("--to-collection", default=None)
+    p.add_argument("--on-disk", action="store_true", help="vectors on disk on the server")
+    p.add_argument("--quantization", action="store_true", help="int8 scalar quantization on the server")
+    p.add_argument("--shards", type=int, default=None)
+    p.add_argument("--replicas", type=int, default=None)
+    return parser
+
+
+def _filters(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--filter expects KEY=VALUE, got {item!r}")
+        values = [_scalar(v) for v in value.split(",")]
+        out[key] = values if len(values) > 1 else values[0]
+    return out
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from .store import open_store
+
+    if args.url:
+        return open_store(url=args.url, api_key=args.api_key, collection=args.collection)
+    return open_store(db=args.db or default_db(), collection=args.collection)
+
+
+def _pipeline(args: argparse.Namespace, store: Any) -> Any:
+    from .pipeline import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, RAGPipeline
+
+    embedding = args.embedding_model
+    if embedding is None:
+        embedding = None if args.command in ("search", "ask") and store.exists() else DEFAULT_EMBEDDING_MODEL
+    generator = getattr(args, "generator_model", None) or DEFAULT_GENERATOR_MODEL
+    return RAGPipeline(
+        store,
+        embedding_model=embedding,
+        reranker_model=args.reranker_model or DEFAULT_RERANKER_MODEL,
+        generator=generator,
+        device=args.device,
+        torch_dtype=args.dtype,
+        dim=getattr(args, "dim", None),
+        candidates=getattr(args, "candidates", 50),
+        offload=args.offload,
+        generator_options={"max_new_tokens": getattr(args, "max_new_tokens", 256)},
+    )
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _hits_text(hits: list[Any]) -> str:
+    if not hits:
+        return "no results"
+    lines = []
+    for h in hits:
+        rerank = f" rerank {h.rerank_score:.4f}" if h.rerank_score is not None else ""
+        lines.append(f"{h.rank:>2}. {h.score:.4f} [{h.modality}] {h.describe()}  (vector {h.vector_score:.4f}{rerank})")
+        snippet = " ".join(h.text.split())[:160]
+        if snippet:
+            lines.append(f"    {snippet}")
+    return "\n".join(lines)
+
+
+def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
+    from .ingest import IngestOptions
+
+    metadata = json.loads(args.metadata) if args.metadata else None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError("--metadata must be a JSON object")
+    options = IngestOptions(
+        recursive=not args.no_recursive,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        video_segment_seconds=args.video_segment,
+        chunk_chars=args.chunk_chars,
+        chunk_overlap=min(200, args.chunk_chars // 4),
+    )
+    return pipeline.index(paths, options=options, metadata=metadata, show_progress_bar=not (args.quiet or args.json))
+
+
+def _query(args: argparse.Namespace, text: str) -> Any:
+    return {"text": text, "image": args.image} if args.image else text
+
+
+def _require_points(pipeline: Any) -> None:
+    from .store import CollectionNotFoundError
+
+    if pipeline.store.count() == 0:
+        raise CollectionNotFoundError(f"collection {pipeline.store.collection!r} is empty: index something first")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if args.command == "info":
+            store.open(create=False)
+            info = store.info()
+            _print(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
+            return 0
+        if args.command == "push":
+            from .store import ServerStore
+
+            target = ServerStore(
+                args.to_url,
+                args.to_collection or args.collection,
+                api_key=args.to_api_key,
+                on_disk=args.on_disk,
+                quantization=args.quantization,
+                shard_number=args.shards,
+                replication_factor=args.replicas,
+            )
+            n = store.push_to(target)
+            _print(args, {"pushed": n, "to": target.location}, f"pushed {n} points to {target.location}")
+            return 0
+        pipeline = _pipeline(args, store)
+        if args.command == "index":
+            report = _do_index(args, pipeline, args.paths)
+            _print(args, report.to_dict(), report.summary())
+            return EXIT_FAILED if report.failed and not report.indexed and not report.present else 0
+        if args.command == "run":
+            if len(args.args) < 2:
+                raise ValueError("run needs at least one PATH and a QUESTION")
+            *paths, question = args.args
+            report = _do_index(args, pipeline, paths)
+            if not args.json:
+                print(report.summary(), file=sys.stderr)
+            answer = pipeline.ask(
+                question, image=args.image, top_k=args.top_k, filters=_filters(args.filter), rerank=not args.no_rerank
+            )
+            data = {"index": report.to_dict(), **answer.to_dict()}
+            _print(args, data, f"{answer.text}\n\nSources:\n{_hits_text(answer.sources)}")
+            return 0
+        _require_points(pipeline)
+        if args.command == "search":
+            hits = pipeline.search(
+                _query(args, args.query), top_k=args.top_k, filters=_filters(args.filter), rerank=not args.no_rerank
+            )
+            _print(args, [h.to_dict() for h in hits], _hits_text(hits))
+            return 0
+        if args.command == "ask":
+            answer = pipeline.ask(
+                args.question,
+                image=args.image,
+                top_k=args.top_k,
+                filters=_filters(args.filter),
+                rerank=not args.no_rerank,
+            )
+            _print(args, answer.to_dict(), f"{answer.text}\n\nSources:\n{_hits_text(answer.sources)}")
+            return 0
+        raise AssertionError(args.command)
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .media import InputError
+    from .pipeline import ModelLoadError
+    from .store import CollectionMismatchError, CollectionNotFoundError, StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = args.quiet or args.json
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if quiet:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        return run_command(args)
+    except ModelLoadError as exc:
+        return _fail(exc, EXIT_MODEL)
+    except StoreError as exc:
+        return _fail(exc, EXIT_STORE)
+    except (CollectionNotFoundError, CollectionMismatchError) as exc:
+        return _fail(exc, EXIT_COLLECTION)
+    except (InputError, ValueError, json.JSONDecodeError) as exc:
+        return _fail(exc, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail(RuntimeError("interrupted (what was indexed is kept; run again to resume)"), EXIT_FAILED)
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

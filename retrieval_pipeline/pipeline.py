@@ -1,0 +1,192 @@
+"""The whole job in one object: index a folder, search it, answer questions about it.
+
+Models load lazily (indexing needs only the embedder), and with ``offload=True`` only the model of the running
+stage sits on the GPU: the three models need not fit in GPU memory at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .generator import Answer, Qwen3VLGenerator
+from .ingest import Indexer, IndexReport, IngestOptions
+from .media import InputLike
+from .retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
+from .store import VectorStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
+DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
+DEFAULT_GENERATOR_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded (missing folder, unknown hub id, no network)."""
+
+
+class RAGPipeline:
+    """Embedder + Qdrant store + optional reranker + optional generator, loaded on first use."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        *,
+        embedding_model: str | None = DEFAULT_EMBEDDING_MODEL,
+        reranker_model: str | None = DEFAULT_RERANKER_MODEL,
+        generator: str | Callable[[str, Sequence[Hit]], str] | None = DEFAULT_GENERATOR_MODEL,
+        device: str | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        dim: int | None = None,
+        candidates: int = CANDIDATES,
+        query_instruction: str = QUERY_INSTRUCTION,
+        offload: bool = False,
+        model_kwargs: Mapping[str, Any] | None = None,
+        generator_options: Mapping[str, Any] | None = None,
+        embedder: Any = None,
+        reranker: Any = None,
+    ) -> None:
+        self.store = store
+        self.embedding_model = embedding_model
+        self.reranker_model = reranker_model
+        self.generator_spec = generator
+        self.device = device
+        self.torch_dtype = torch_dtype
+        self.dim = dim
+        self.candidates = candidates
+        self.query_instruction = query_instruction
+        self.offload = offload
+        self.model_kwargs = dict(model_kwargs or {})
+        self.generator_options = dict(generator_options or {})
+        self._embedder = embedder
+        self._reranker = reranker
+        self._generator: Callable[[str, Sequence[Hit]], str] | None = None if isinstance(generator, str) else generator
+
+    # ----------------------------------------------------------------------------------------------------------
+    # lazily loaded components
+
+    def _load(self, what: str, factory: Callable[..., Any], name: str, **options: Any) -> Any:
+        logger.info("loading %s model %s", what, name)
+        try:
+            return factory(name, device=self.device, torch_dtype=self.torch_dtype, **options, **self.model_kwargs)
+        except (OSError, ValueError) as exc:
+            where = "a local folder" if Path(name).exists() else "a hub id or a local folder"
+            raise ModelLoadError(f"cannot load the {what} model {name!r} ({where}): {exc}") from None
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from .embedder import Qwen3VLEmbedder
+
+            name = self.embedding_model
+            if name is None:  # take the model the collection was built with
+                name = self.store.open(create=False).model
+            self._embedder = self._load("embedding", Qwen3VLEmbedder, name)
+        return self._stage(self._embedder)
+
+    @property
+    def reranker(self) -> Any:
+        if self._reranker is None and self.reranker_model:
+            from .reranker import Qwen3VLReranker
+
+            self._reranker = self._load("reranker", Qwen3VLReranker, self.reranker_model)
+        return self._stage(self._reranker) if self._reranker is not None else None
+
+    @property
+    def generator(self) -> Callable[[str, Sequence[Hit]], str] | None:
+        if self._generator is None and isinstance(self.generator_spec, str):
+            self._generator = self._load("generator", Qwen3VLGenerator, self.generator_spec, **self.generator_options)
+        if isinstance(self._generator, Qwen3VLGenerator):
+            self._stage(self._generator)
+        return self._generator
+
+    def _stage(self, component: Any) -> Any:
+        """With offloading, the running stage's model goes to the GPU and the others to the CPU."""
+        if not self.offload or not hasattr(component, "to"):
+            return component
+        target = component.device
+        if target.type != "cuda":
+            target = torch.device(self.device or "cuda") if torch.cuda.is_available() else target
+        for other in (self._embedder, self._reranker, self._generator):
+            if other is not None and other is not component and hasattr(other, "to") and other.device.type != "cpu":
+                other.to("cpu")
+        if component.device != target:
+            component.to(target)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return component
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the job
+
+    def index(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        options: IngestOptions | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        show_progress_bar: bool = True,
+    ) -> IndexReport:
+        indexer = Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim())
+        return indexer.index_paths(paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar)
+
+    def _stored_dim(self) -> int | None:
+        return self.store.open(create=False).dim if self.store.exists() else None
+
+    def retriever(self, *, rerank: bool = True) -> TwoStageRetriever:
+        return TwoStageRetriever(
+            self.embedder,
+            self.store,
+            self.reranker if rerank else None,
+            candidates=self.candidates,
+            query_instruction=self.query_instruction,
+        )
+
+    def search(
+        self,
+        query: InputLike,
+        *,
+        top_k: int = 5,
+        filters: Mapping[str, Any] | None = None,
+        rerank: bool = True,
+    ) -> list[Hit]:
+        retriever = TwoStageRetriever(
+            self.embedder, self.store, None, candidates=self.candidates, query_instruction=self.query_instruction
+        )
+        if not rerank or not self.reranker_model and self._reranker is None:
+            return retriever.retrieve(query, top_k=top_k, filters=filters, rerank=False)
+        # stage one with the embedder, then (offloading) the reranker takes the GPU for stage two
+        candidates = retriever.retrieve(query, top_k=max(self.candidates, top_k), filters=filters, rerank=False)
+        if not candidates:
+            return []
+        retriever.reranker = self.reranker
+        hits = retriever.rerank_hits(query, candidates)[:top_k]
+        for rank, hit in enumerate(hits, 1):
+            hit.rank = rank
+        return hits
+
+    def ask(
+        self,
+        question: str,
+        *,
+        image: Any = None,
+        top_k: int = 3,
+        filters: Mapping[str, Any] | None = None,
+        rerank: bool = True,
+    ) -> Answer:
+        query: InputLike = {"text": question, "image": image} if image is not None else question
+        hits = self.search(query, top_k=top_k, filters=filters, rerank=rerank)
+        generator = self.generator
+        if generator is None:
+            raise ModelLoadError("no generator: pass a generator model or a callable")
+        if not hits:
+            return Answer(question, "The collection holds nothing that matches the question.", [])
+        return Answer(question, generator(question, hits), hits)
+
+    def close(self) -> None:
+        self.store.close()

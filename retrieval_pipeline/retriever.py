@@ -1,0 +1,151 @@
+"""Two-stage retrieval: embed the query -> top-N candidates from Qdrant -> rerank -> top-k hits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ingest import item_for
+from .media import InputError, InputLike, parse_input
+from .store import CollectionSpec, VectorStore
+
+logger = logging.getLogger(__name__)
+
+# The instruction Qwen3-VL-Embedding's documentation uses for retrieval queries (documents keep the default).
+QUERY_INSTRUCTION = "Retrieve images or text relevant to the user's query."
+CANDIDATES = 50
+
+
+@dataclass
+class Hit:
+    """One retrieved item: ``score`` is the rerank score when reranked, else the vector (cosine) score."""
+
+    id: str
+    score: float
+    vector_score: float
+    rerank_score: float | None
+    payload: dict[str, Any]
+    rank: int = 0
+    _item: Any = field(default=None, repr=False)
+
+    @property
+    def item(self) -> Any:
+        """The model input this hit stands for (text, image path, rendered PDF page, video segment)."""
+        if self._item is None:
+            self._item = item_for(self.payload)
+        return self._item
+
+    @property
+    def modality(self) -> str:
+        return str(self.payload.get("modality", ""))
+
+    @property
+    def source(self) -> str:
+        return str(self.payload.get("source", ""))
+
+    @property
+    def text(self) -> str:
+        return str(self.payload.get("text", ""))
+
+    def describe(self) -> str:
+        where = self.source
+        if "page" in self.payload:
+            where += f" (page {self.payload['page']})"
+        if self.payload.get("segment"):
+            a, b = self.payload["segment"]
+            where += f" ({a:g}-{b:g}s)"
+        if self.payload.get("chunk") is not None:
+            where += f" (chunk {self.payload['chunk']})"
+        return where
+
+    def to_dict(self, text_chars: int = 300) -> dict[str, Any]:
+        keep = ("modality", "source", "page", "segment", "chunk", "metadata")
+        return {
+            "rank": self.rank,
+            "id": self.id,
+            "score": self.score,
+            "vector_score": self.vector_score,
+            "rerank_score": self.rerank_score,
+            **{k: self.payload[k] for k in keep if k in self.payload},
+            "text": self.text[:text_chars],
+        }
+
+
+class TwoStageRetriever:
+    """Stage one: cosine top-``candidates`` from the store (with payload filters). Stage two: the reranker's
+    scores (batched, on the reranker's device). Without a reranker, stage one alone."""
+
+    def __init__(
+        self,
+        embedder: Any,
+        store: VectorStore,
+        reranker: Any = None,
+        *,
+        candidates: int = CANDIDATES,
+        query_instruction: str = QUERY_INSTRUCTION,
+        rerank_instruction: str | None = None,
+    ):
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        self.embedder = embedder
+        self.store = store
+        self.reranker = reranker
+        self.candidates = candidates
+        self.query_instruction = query_instruction
+        self.rerank_instruction = rerank_instruction
+
+    def _spec(self) -> CollectionSpec:
+        spec = self.store.open(create=False)
+        mine = CollectionSpec(self.embedder.model_name_or_path, spec.dim, spec.instruction)
+        mine.check(spec, self.store.collection)
+        return spec
+
+    def retrieve(
+        self,
+        query: InputLike,
+        *,
+        top_k: int = 5,
+        filters: Mapping[str, Any] | None = None,
+        rerank: bool = True,
+    ) -> list[Hit]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        try:
+            parse_input(query)
+        except InputError as exc:
+            raise exc.at(kind="query") from None
+        spec = self._spec()
+        vector = self.embedder.embed([query], instruction=self.query_instruction, dim=spec.dim)[0]
+        use_reranker = self.reranker is not None and rerank
+        limit = max(self.candidates, top_k) if use_reranker else top_k
+        found = self.store.search(vector.tolist(), limit=limit, filters=filters)
+        hits = [Hit(h.id, h.score, h.score, None, h.payload) for h in found]
+        if use_reranker and hits:
+            hits = self.rerank_hits(query, hits)
+        hits = hits[:top_k]
+        for rank, hit in enumerate(hits, 1):
+            hit.rank = rank
+        return hits
+
+    def rerank_hits(self, query: InputLike, hits: list[Hit]) -> list[Hit]:
+        """Stage two on given candidates: reranker scores, best first."""
+        usable: list[Hit] = []
+        unusable: list[Hit] = []
+        for hit in hits:
+            try:
+                parse_input(hit.item)
+                usable.append(hit)
+            except (InputError, OSError, ValueError) as exc:
+                # The stored item's source is gone (moved or deleted file): keep the hit, ranked after the
+                # reranked ones, and say so.
+                logger.warning("cannot rerank %s: %s", hit.describe(), exc)
+                unusable.append(hit)
+        if usable:
+            scores = self.reranker.score(query, [h.item for h in usable], instruction=self.rerank_instruction)
+            for hit, score in zip(usable, scores):
+                hit.rerank_score = score
+                hit.score = score
+            usable.sort(key=lambda h: -h.score)
+        return usable + unusable
