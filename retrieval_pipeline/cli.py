@@ -205,6 +205,7 @@ def _require_points(pipeline: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    args.filters = _filters(getattr(args, "filter", []))  # bad filters fail before anything is opened
     store = _store(args)
     try:
         if args.command == "info":
@@ -240,7 +241,7 @@ def run_command(args: argparse.Namespace) -> int:
             if not args.json:
                 print(report.summary(), file=sys.stderr)
             answer = pipeline.ask(
-                question, image=args.image, top_k=args.top_k, filters=_filters(args.filter), rerank=not args.no_rerank
+                question, image=args.image, top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank
             )
             data = {"index": report.to_dict(), **answer.to_dict()}
             _print(args, data, f"{answer.text}\n\nSources:\n{_hits_text(answer.sources)}")
@@ -248,7 +249,7 @@ def run_command(args: argparse.Namespace) -> int:
         _require_points(pipeline)
         if args.command == "search":
             hits = pipeline.search(
-                _query(args, args.query), top_k=args.top_k, filters=_filters(args.filter), rerank=not args.no_rerank
+                _query(args, args.query), top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank
             )
             _print(args, [h.to_dict() for h in hits], _hits_text(hits))
             return 0
@@ -257,7 +258,7 @@ def run_command(args: argparse.Namespace) -> int:
                 args.question,
                 image=args.image,
                 top_k=args.top_k,
-                filters=_filters(args.filter),
+                filters=args.filters,
                 rerank=not args.no_rerank,
             )
             _print(args, answer.to_dict(), f"{answer.text}\n\nSources:\n{_hits_text(answer.sources)}")

@@ -1,0 +1,122 @@
+"""The ``qwen3vl-rag`` command through a subprocess, on tiny checkpoints, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "examples" / "corpus"
+
+
+def cli(*args: str, env: dict | None = None, db: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    if db is not None:
+        full_env["QWEN3VL_RAG_DB"] = str(db)
+    return subprocess.run(
+        [sys.executable, "-m", "retrieval_pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def models_env():
+    return {
+        "QWEN3VL_RAG_EMBEDDING_MODEL": str(TINY),
+        "QWEN3VL_RAG_RERANKER_MODEL": str(TINY),
+        "QWEN3VL_RAG_GENERATOR_MODEL": str(TINY),
+    }
+
+
+def test_main_job_index_search_ask_info(tmp_path, models_env):
+    db = tmp_path / "db"
+    run = cli(
+        "run",
+        str(CORPUS),
+        "What does the revenue chart show?",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        env=models_env,
+        db=db,
+    )
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert data["index"]["indexed"] >= 7 and data["index"]["failed"] == []
+    assert isinstance(data["answer"], str) and len(data["sources"]) == 3
+    assert all(s["rerank_score"] is not None for s in data["sources"])
+
+    again = cli("index", str(CORPUS), "--json", env=models_env, db=db)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["indexed"] == 0 and report["present"] == data["index"]["indexed"]
+
+    search = cli("search", "a cat on a sofa", "--top-k", "2", "--json", env=models_env, db=db)
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)
+    assert [h["rank"] for h in hits] == [1, 2]
+
+    images = cli(
+        "search",
+        "photo",
+        "--image",
+        str(CORPUS / "chelsea.jpg"),
+        "--no-rerank",
+        "--filter",
+        "modality=image",
+        "--json",
+        env=models_env,
+        db=db,
+    )
+    assert images.returncode == 0, images.stderr
+    hits = json.loads(images.stdout)
+    assert hits and all(h["modality"] == "image" and h["rerank_score"] is None for h in hits)
+
+    # search without --embedding-model uses the model the collection records
+    env = {k: v for k, v in models_env.items() if k != "QWEN3VL_RAG_EMBEDDING_MODEL"}
+    plain = cli("search", "rocket", "--no-rerank", env=env, db=db)
+    assert plain.returncode == 0, plain.stderr
+    assert " 1. " in plain.stdout
+
+    info = cli("info", "--json", db=db)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["points"] == data["index"]["indexed"]
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    result = cli("index", str(CORPUS), "--embedding-model", str(tmp_path / "no-model"), db=tmp_path / "db")
+    assert result.returncode == 3
+    assert "cannot load the embedding model" in result.stderr and "no-model" in result.stderr
+
+
+def test_missing_and_empty_collection(tmp_path, models_env):
+    result = cli("search", "anything", env=models_env, db=tmp_path / "db")
+    assert result.returncode == 5 and "no collection 'default'" in result.stderr
+    result = cli("info", "--collection", "nothing-here", db=tmp_path / "db")
+    assert result.returncode == 5
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    indexed = cli("index", str(empty), env=models_env, db=tmp_path / "db")
+    assert indexed.returncode == 0
+    result = cli("search", "anything", env=models_env, db=tmp_path / "db")
+    assert result.returncode == 5 and "empty" in result.stderr
+
+
+def test_unreachable_server(models_env):
+    result = cli("info", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 4 and "127.0.0.1:9" in result.stderr
+
+
+def test_usage_errors(tmp_path):
+    assert cli().returncode == 2
+    result = cli("search", "x", "--filter", "novalue", db=tmp_path / "db")
+    assert result.returncode == 1 and "--filter expects KEY=VALUE" in result.stderr
