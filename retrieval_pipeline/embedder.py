@@ -9,6 +9,7 @@ batches under a token budget; identical inputs in one call run once.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,6 +97,8 @@ class Qwen3VLEmbedder:
         ).to(self.device)
         self.model.eval()
         self.model.requires_grad_(False)
+        # One model call at a time per instance (async adapters and servers call from worker threads).
+        self._lock = threading.RLock()
         tokenizer = self.processor.tokenizer
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -169,7 +172,11 @@ class Qwen3VLEmbedder:
         enc.compute_key()
         return enc
 
-    def _embed(
+    def _embed(self, *args: Any) -> Any:
+        with self._lock:
+            return self._embed_unlocked(*args)
+
+    def _embed_unlocked(
         self,
         inputs: Sequence[InputLike],
         instruction: str | None,

@@ -68,7 +68,7 @@ class InputError(ValueError):
             where.append(f"field '{field}'")
         super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
 
-    def at(self, index: int | None = None, field: str | None = None, kind: str | None = None) -> InputError:
+    def at(self, index: int | str | None = None, field: str | None = None, kind: str | None = None) -> InputError:
         """The same error located at ``index`` / ``field`` (keeps what is already known)."""
         return InputError(
             self.reason,
@@ -316,9 +316,13 @@ def _video_source(value: Any, check_files: bool) -> VideoFileSource | FramesSour
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long to be a path, a NUL byte, ...
+        raise InputError(f"not a usable file path ({exc.__class__.__name__}): {str(path)[:80]}...") from None
+    if not exists:
         raise InputError(f"file not found: {path}")
-    if not path.is_file():
+    if not is_file:
         raise InputError(f"not a file: {path}")
 
 

@@ -17,6 +17,7 @@ from .generator import Answer, Qwen3VLGenerator
 from .ingest import Indexer, IndexReport, IngestOptions
 from .media import InputLike
 from .retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
+from .runtime import resolve_device
 from .store import VectorStore
 
 logger = logging.getLogger(__name__)
@@ -106,19 +107,18 @@ class RAGPipeline:
         return self._generator
 
     def _stage(self, component: Any) -> Any:
-        """With offloading, the running stage's model goes to the GPU and the others to the CPU."""
+        """With offloading on a GPU, the running stage's model goes to the GPU and the others to the CPU."""
         if not self.offload or not hasattr(component, "to"):
             return component
-        target = component.device
-        if target.type != "cuda":
-            target = torch.device(self.device or "cuda") if torch.cuda.is_available() else target
+        home = resolve_device(self.device)
+        if home.type != "cuda":
+            return component
         for other in (self._embedder, self._reranker, self._generator):
             if other is not None and other is not component and hasattr(other, "to") and other.device.type != "cpu":
                 other.to("cpu")
-        if component.device != target:
-            component.to(target)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if component.device != home:
+            component.to(home)
+        torch.cuda.empty_cache()
         return component
 
     # ----------------------------------------------------------------------------------------------------------

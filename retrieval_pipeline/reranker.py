@@ -12,6 +12,7 @@ same as running each pair whole.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -110,6 +111,8 @@ class Qwen3VLReranker:
         del lm, head
         self.model.eval()
         self.model.requires_grad_(False)
+        # One model call at a time per instance (async adapters and servers call from worker threads).
+        self._lock = threading.RLock()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._special_ids = set(tokenizer.all_special_ids)
         self._vision_start_id = self.model.config.vision_start_token_id
@@ -172,7 +175,11 @@ class Qwen3VLReranker:
         return ranked[:top_k] if top_k is not None else ranked
 
     # ----------------------------------------------------------------------------------------------------------
-    def _score(
+    def _score(self, *args: Any) -> Any:
+        with self._lock:
+            return self._score_unlocked(*args)
+
+    def _score_unlocked(
         self,
         query: InputLike,
         documents: Sequence[InputLike],

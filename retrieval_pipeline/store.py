@@ -182,7 +182,15 @@ class VectorStore:
 class EdgeStore(VectorStore):
     """Embedded Qdrant Edge shard under ``<root>/<collection>/``: nothing to start."""
 
-    def __init__(self, root: str | Path, collection: str = "default", *, hnsw_m: int = 16, ef_construct: int = 100):
+    def __init__(
+        self,
+        root: str | Path,
+        collection: str = "default",
+        *,
+        hnsw_m: int = 16,
+        ef_construct: int = 100,
+        hnsw_ef: int = 128,
+    ):
         import qdrant_edge  # noqa: F401 - fail early with the import error if the engine is missing
 
         self.root = Path(root).expanduser()
@@ -191,6 +199,7 @@ class EdgeStore(VectorStore):
         self.spec: CollectionSpec | None = None
         self._shard: Any = None
         self._hnsw = (hnsw_m, ef_construct)
+        self.hnsw_ef = hnsw_ef  # search-time beam width (at least the number of results asked for)
 
     @property
     def location(self) -> str:
@@ -256,10 +265,10 @@ class EdgeStore(VectorStore):
         import qdrant_edge as qe
 
         if points:
+            # Durable once applied: the shard's write-ahead log replays after a crash (flushed on close).
             self._need().update(
                 qe.UpdateOperation.upsert_points([qe.Point(p.id, list(p.vector), p.payload) for p in points])
             )
-            self._shard.flush()
 
     def existing(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -271,7 +280,11 @@ class EdgeStore(VectorStore):
         import qdrant_edge as qe
 
         request = qe.QueryRequest(
-            limit=limit, query=qe.Query.Nearest(list(vector)), with_payload=True, filter=self._filter(filters)
+            limit=limit,
+            query=qe.Query.Nearest(list(vector)),
+            with_payload=True,
+            filter=self._filter(filters),
+            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
         )
         return [StoredHit(str(p.id), float(p.score), dict(p.payload or {})) for p in self._need().query(request)]
 
@@ -288,7 +301,6 @@ class EdgeStore(VectorStore):
             raise ValueError("delete needs a filter (refusing to empty the whole collection)")
         n = self.count(filters)
         self._need().update(qe.UpdateOperation.delete_points_by_filter(flt))
-        self._shard.flush()
         return n
 
     def scroll(self, *, with_vectors: bool = True, page: int = SCROLL_PAGE) -> Iterator[Point]:

@@ -1,0 +1,15 @@
+"""LangChain components on Qwen3-VL (install with ``pip install qwen3-vl-rag[langchain]``)."""
+
+from .embeddings import Qwen3VLEmbeddings
+from .qdrant import add_images
+from .rerank import Qwen3VLRerank, document_to_input
+from .retriever import Qwen3VLRetriever, hit_to_document
+
+__all__ = [
+    "Qwen3VLEmbeddings",
+    "Qwen3VLRerank",
+    "Qwen3VLRetriever",
+    "add_images",
+    "document_to_input",
+    "hit_to_document",
+]

@@ -1,0 +1,91 @@
+"""Qwen3-VL-Embedding as LangChain ``Embeddings`` (text, queries, images, videos, mixed objects)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.utils import from_env
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from retrieval_pipeline import Qwen3VLEmbedder
+from retrieval_pipeline.retriever import QUERY_INSTRUCTION
+
+from .._common import image_input, in_thread
+
+DEFAULT_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
+
+
+class Qwen3VLEmbeddings(BaseModel, Embeddings):
+    """Qwen3-VL-Embedding for LangChain.
+
+    ``Qwen3VLEmbeddings(model_name="Qwen/Qwen3-VL-Embedding-2B", max_pixels=..., device="cuda")`` loads the model
+    (``model_name`` defaults to ``$QWEN3VL_RAG_EMBEDDING_MODEL``); ``Qwen3VLEmbeddings(embedder=existing)`` shares
+    a loaded :class:`Qwen3VLEmbedder`. Other keyword arguments go to :class:`Qwen3VLEmbedder`.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+
+    model_name: str = Field(default_factory=from_env("QWEN3VL_RAG_EMBEDDING_MODEL", default=DEFAULT_MODEL))
+    query_instruction: str = Field(default=QUERY_INSTRUCTION, description="Instruction for queries.")
+    document_instruction: str | None = Field(default=None, description="Instruction for documents; None = default.")
+    dim: int | None = Field(default=None, description="Matryoshka dimension (truncate, then normalise).")
+    batch_size: int = Field(default=8, gt=0, description="Inputs per model batch.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLEmbedder.")
+    embedder: Qwen3VLEmbedder | None = Field(default=None, exclude=True, description="A loaded core embedder.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_model_kwargs(cls, values: Any) -> Any:
+        """Unknown keyword arguments (``max_pixels``, ``device``, ...) are core embedder arguments."""
+        if isinstance(values, dict):
+            extra = {k: values[k] for k in list(values) if k not in cls.model_fields}
+            if extra:
+                values = {k: v for k, v in values.items() if k not in extra}
+                values["model_kwargs"] = {**values.get("model_kwargs", {}), **extra}
+        return values
+
+    @model_validator(mode="after")
+    def _load(self) -> Qwen3VLEmbeddings:
+        if self.embedder is None:
+            self.embedder = Qwen3VLEmbedder(self.model_name, **self.model_kwargs)
+        elif self.model_kwargs:
+            raise ValueError("pass either embedder= or model keyword arguments, not both")
+        self.embedder._check_dim(self.dim)
+        return self
+
+    def _embed(self, inputs: list[Any], instruction: str | None) -> list[list[float]]:
+        if not inputs:
+            return []
+        vectors = self.embedder.embed(inputs, instruction=instruction, dim=self.dim, batch_size=self.batch_size)
+        return vectors.tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._embed(list(texts), self.document_instruction)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed([text], self.query_instruction)[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await in_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await in_thread(self.embed_query, text)
+
+    def embed_image(self, uris: list[str]) -> list[list[float]]:
+        """Images by path / URL / data URI (the convention of LangChain's OpenCLIP embeddings)."""
+        return self._embed([{"image": image_input(u)} for u in uris], self.document_instruction)
+
+    def embed_video(
+        self, videos: list[Any], *, fps: float | None = None, max_frames: int | None = None
+    ) -> list[list[float]]:
+        """Video files / URLs, or lists of frames."""
+        extra = {k: v for k, v in (("fps", fps), ("max_frames", max_frames)) if v is not None}
+        return self._embed([{"video": v, **extra} for v in videos], self.document_instruction)
+
+    def embed_multimodal(self, objects: list[dict[str, Any] | str], *, query: bool = False) -> list[list[float]]:
+        """Multimodal objects (``{"text", "image", "video", ...}``), as documents or as queries."""
+        return self._embed(list(objects), self.query_instruction if query else self.document_instruction)
+
+    async def aembed_multimodal(self, objects: list[dict[str, Any] | str], *, query: bool = False) -> list[list[float]]:
+        return await in_thread(self.embed_multimodal, objects, query=query)
