@@ -9,14 +9,16 @@ LangChain LLM wrapped in a function, ...).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from .batching import token_types
 from .encoding import MediaSettings, content_items, encode_conversation
-from .media import load_input, parse_input
+from .media import InputError, load_input, parse_input
 from .runtime import load_processor, pop_dtype, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class Qwen3VLGenerator:
             self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs
         ).to(self.device)
         self.model.eval()
+        self._lock = threading.RLock()
 
     def to(self, device: str | torch.device) -> Qwen3VLGenerator:
         self.device = torch.device(device)
@@ -79,32 +82,46 @@ class Qwen3VLGenerator:
         return self
 
     def conversation(self, question: str, hits: Sequence[Any]) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = []
+        """The RAG prompt as a chat of multimodal objects: numbered context items, then the question."""
+        content: list[Any] = []
         for n, hit in enumerate(hits, 1):
-            content.append({"type": "text", "text": f"[{n}] {hit.describe()}\n"})
-            loaded = load_input(parse_input(hit.item))
-            items = content_items(loaded, self.media)
+            content.append({"text": f"[{n}] {hit.describe()}\n"})
+            content.append(hit.item)
             if hit.modality == "pdf-page" and hit.text:
-                items.append({"type": "text", "text": f"Page text: {hit.text}"})
-            content.extend(items)
-            content.append({"type": "text", "text": "\n"})
-        content.append({"type": "text", "text": f"Question: {question}"})
-        return [
-            {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]},
-            {"role": "user", "content": content},
-        ]
+                content.append({"text": f"Page text: {hit.text}"})
+            content.append({"text": "\n"})
+        content.append({"text": f"Question: {question}"})
+        return [{"role": "system", "content": [{"text": self.system_prompt}]}, {"role": "user", "content": content}]
+
+    def __call__(self, question: str, hits: Sequence[Any]) -> str:
+        return self.chat(self.conversation(question, hits))
+
+    def _chat_template_input(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for m, message in enumerate(messages):
+            content = message.get("content")
+            parts = [content] if isinstance(content, (str, dict)) else list(content or [])
+            items: list[dict[str, Any]] = []
+            for p, part in enumerate(parts):
+                try:
+                    loaded = load_input(parse_input(part))
+                except InputError as exc:
+                    raise exc.at(index=f"{m}.{p}", kind="message part") from None
+                items.extend(content_items(loaded, self.media))
+            out.append({"role": message.get("role", "user"), "content": items})
+        return out
 
     @torch.inference_mode()
-    def __call__(self, question: str, hits: Sequence[Any]) -> str:
-        enc = encode_conversation(self.processor, self.conversation(question, hits), max_length=None, truncation=False)
+    def chat(self, messages: Sequence[dict[str, Any]], *, max_new_tokens: int | None = None) -> str:
+        """Generate the assistant's reply to ``messages``: ``[{"role", "content": [multimodal objects]}]``, each
+        content part a str or ``{"text" / "image" / "video": ...}`` (paths, URLs, PIL images, bytes)."""
+        conversation = self._chat_template_input(messages)
+        enc = encode_conversation(self.processor, conversation, max_length=None, truncation=False)
         ids = enc.input_ids[None].to(self.device)
-        mm_types = torch.zeros_like(ids, dtype=torch.int32)
-        mm_types[ids == self.processor.image_token_id] = 1
-        mm_types[ids == self.processor.video_token_id] = 2
         inputs: dict[str, Any] = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
-            "mm_token_type_ids": mm_types,
+            "mm_token_type_ids": token_types(ids, self.processor.image_token_id, self.processor.video_token_id),
         }
         for key in ("pixel_values", "pixel_values_videos"):
             value = getattr(enc, key)
@@ -115,10 +132,11 @@ class Qwen3VLGenerator:
             if value is not None:
                 inputs[key] = value.to(self.device)
         tokenizer = self.processor.tokenizer
-        output = self.model.generate(
-            **inputs,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
+        with self._lock:
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            )
         return tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip()

@@ -90,3 +90,10 @@ def media_server():
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def generator():
+    from retrieval_pipeline.generator import Qwen3VLGenerator
+
+    return Qwen3VLGenerator(str(TINY), max_new_tokens=8)

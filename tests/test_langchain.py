@@ -225,3 +225,23 @@ def test_native_retriever_in_an_lcel_chain(embedder, reranker, tmp_path):
     )
     assert chain.invoke("a cat") == "ok"
     store.close()
+
+
+def test_chat_model_sees_images(generator):
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from integrations.langchain import ChatQwen3VL
+
+    chat = ChatQwen3VL(generator=generator, max_new_tokens=8)
+    message = HumanMessage(
+        content=[
+            {"type": "text", "text": "What is in the picture?"},
+            {"type": "image_url", "image_url": {"url": CHELSEA}},
+        ]
+    )
+    reply = chat.invoke([SystemMessage(content="Be brief."), message])
+    assert isinstance(reply.content, str)
+    chain = ChatPromptTemplate.from_messages([("human", "{question}")]) | chat | StrOutputParser()
+    assert isinstance(chain.invoke({"question": "hi"}), str)
+    with pytest.raises(ValueError, match="unsupported message content block"):
+        chat.invoke([HumanMessage(content=[{"type": "audio", "data": "x"}])])

@@ -274,3 +274,38 @@ def test_native_retriever_in_a_query_engine(embedder, reranker, folder, tmp_path
     async_nodes = asyncio.run(retriever.aretrieve("a cat on a sofa"))
     assert [n.node.node_id for n in async_nodes] == [n.node.node_id for n in nodes]
     store.close()
+
+
+def test_qwen3vl_llm_multimodal_query_engine(li_embed, li_rerank, generator, folder, tmp_path):
+    import qdrant_client
+    from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    from integrations.llama_index import Qwen3VLLLM
+
+    llm = Qwen3VLLLM(generator=generator, max_new_tokens=8)
+    assert llm.metadata.is_chat_model and Qwen3VLLLM.class_name() == "Qwen3VLLLM"
+    reply = llm.chat([ChatMessage(role="user", blocks=[TextBlock(text="What is this?"), ImageBlock(path=CHELSEA)])])
+    assert isinstance(reply.message.content, str)
+    assert isinstance(llm.complete("Say hi").text, str)
+
+    client = qdrant_client.QdrantClient(path=str(tmp_path / "qdrant"))
+    storage_context = StorageContext.from_defaults(
+        vector_store=QdrantVectorStore(client=client, collection_name="text"),
+        image_store=QdrantVectorStore(client=client, collection_name="images"),
+    )
+    index = MultiModalVectorStoreIndex.from_documents(
+        SimpleDirectoryReader(str(folder)).load_data(),
+        storage_context=storage_context,
+        embed_model=li_embed,
+        image_embed_model=li_embed,
+    )
+    engine = RetrieverQueryEngine.from_args(
+        retriever=index.as_retriever(similarity_top_k=2, image_similarity_top_k=2),
+        llm=llm,
+        multimodal=True,
+        node_postprocessors=[li_rerank],
+    )
+    response = engine.query("Where does the cat sleep?")
+    assert isinstance(response.response, str) and len(response.source_nodes) == 3
+    client.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import MEDIA, TINY
 
+from retrieval_pipeline import InputError
 from retrieval_pipeline.generator import Answer, Qwen3VLGenerator
 from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions, chunk_text, item_for
 from retrieval_pipeline.pipeline import RAGPipeline
@@ -220,8 +221,13 @@ def test_generator_and_pipeline_answer(embedder, reranker, tmp_path, corpus):
     assert isinstance(answer, Answer) and isinstance(answer.text, str)
     assert len(answer.sources) == 3 and [h.rank for h in answer.sources] == [1, 2, 3]
     conversation = generator.conversation("q", answer.sources)
-    kinds = [c["type"] for c in conversation[1]["content"]]
-    assert kinds.count("text") >= 4
+    content = conversation[1]["content"]
+    assert content[-1] == {"text": "Question: q"} and content[0]["text"].startswith("[1] ")
+    assert any(part is answer.sources[0].item for part in content)
+    reply = generator.chat([{"role": "user", "content": ["Describe this.", {"image": str(MEDIA / "chelsea.jpg")}]}])
+    assert isinstance(reply, str)
+    with pytest.raises(InputError, match="message part 0.1"):
+        generator.chat([{"role": "user", "content": ["x", {"image": "/missing.png"}]}])
 
     seen = {}
 

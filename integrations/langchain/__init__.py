@@ -1,11 +1,13 @@
 """LangChain components on Qwen3-VL (install with ``pip install qwen3-vl-rag[langchain]``)."""
 
+from .chat_model import ChatQwen3VL
 from .embeddings import Qwen3VLEmbeddings
 from .qdrant import add_images
 from .rerank import Qwen3VLRerank, document_to_input
 from .retriever import Qwen3VLRetriever, hit_to_document
 
 __all__ = [
+    "ChatQwen3VL",
     "Qwen3VLEmbeddings",
     "Qwen3VLRerank",
     "Qwen3VLRetriever",

@@ -1,0 +1,101 @@
+"""A Qwen3-VL instruct model (transformers) as a LlamaIndex LLM that sees images and videos in chat messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    CompletionResponseGen,
+    ImageBlock,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+    VideoBlock,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+from retrieval_pipeline.generator import Qwen3VLGenerator
+
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+
+
+def _block_input(block: Any) -> Any:
+    if isinstance(block, TextBlock):
+        return {"text": block.text}
+    if isinstance(block, ImageBlock):
+        if block.path is not None:
+            return {"image": str(block.path)}
+        if block.url is not None:
+            return {"image": str(block.url)}
+        return {"image": block.resolve_image().read()}
+    if isinstance(block, VideoBlock) and (block.path is not None or block.url is not None):
+        return {"video": str(block.path or block.url)}
+    raise ValueError(f"unsupported content block {type(block).__name__} for Qwen3-VL")
+
+
+def messages_to_chat(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """LlamaIndex chat messages (text, image and video blocks) -> the generator's chat format."""
+    role_names = {MessageRole.SYSTEM: "system", MessageRole.ASSISTANT: "assistant"}
+    return [{"role": role_names.get(m.role, "user"), "content": [_block_input(b) for b in m.blocks]} for m in messages]
+
+
+class Qwen3VLLLM(CustomLLM):
+    """``Qwen3VLLLM(model="Qwen/Qwen3-VL-2B-Instruct")`` or ``Qwen3VLLLM(generator=existing)``; multimodal chat
+    (``RetrieverQueryEngine.from_args(..., llm=Qwen3VLLLM(...), multimodal=True)``) passes retrieved images as
+    pixels."""
+
+    model: str = Field(default=DEFAULT_MODEL, description="Hub id or local folder of a Qwen3-VL instruct model.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Answer length limit.")
+    context_window: int = Field(default=32768, description="Prompt tokens the model accepts.")
+    core_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLGenerator.")
+
+    _generator: Qwen3VLGenerator = PrivateAttr()
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        generator: Qwen3VLGenerator | None = None,
+        max_new_tokens: int = 256,
+        **core_kwargs: Any,
+    ) -> None:
+        if generator is None:
+            generator = Qwen3VLGenerator(model or DEFAULT_MODEL, max_new_tokens=max_new_tokens, **core_kwargs)
+        super().__init__(
+            model=model or generator.model_name_or_path, max_new_tokens=max_new_tokens, core_kwargs=core_kwargs
+        )
+        self._generator = generator
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Qwen3VLLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            model_name=self.model,
+        )
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        text = self._generator.chat([{"role": "user", "content": [prompt]}], max_new_tokens=self.max_new_tokens)
+        return CompletionResponse(text=text)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        response = self.complete(prompt, formatted=formatted, **kwargs)
+        yield CompletionResponse(text=response.text, delta=response.text)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        text = self._generator.chat(messages_to_chat(messages), max_new_tokens=self.max_new_tokens)
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
