@@ -6,6 +6,7 @@
     qwen3vl-rag ask QUESTION             retrieval + a Qwen3-VL answer with its sources
     qwen3vl-rag info                     what the collection holds
     qwen3vl-rag push --to-url URL        copy the collection (same ids, vectors, payloads) to a Qdrant server
+    qwen3vl-rag serve [--port 8000]      HTTP API (embeddings, rerank, search, ask) with dynamic batching
 
 Storage: embedded Qdrant Edge under --db (default: the user's data folder), or a Qdrant server with --url.
 Models: hub ids or local folders, from the options or QWEN3VL_RAG_{EMBEDDING,RERANKER,GENERATOR}_MODEL.
@@ -101,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     _query_options(p, 3)
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
     sub.add_parser("info", parents=[common], help="what the collection holds")
+    p = sub.add_parser("serve", parents=[common], help="HTTP API: embeddings, rerank, search, ask")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=_env("SERVER_TOKEN"), help="require 'Authorization: Bearer TOKEN'")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="dynamic batching: longest wait for company")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="run each request on its own")
+    p.add_argument("--allow-local-files", action="store_true", help="let requests name files on this machine")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
     p = sub.add_parser("push", parents=[common], help="copy the collection to a Qdrant server")
     p.add_argument("--to-url", required=True)
     p.add_argument("--to-api-key", default=None)
@@ -143,7 +152,7 @@ def _pipeline(args: argparse.Namespace, store: Any) -> Any:
 
     embedding = args.embedding_model
     if embedding is None:
-        embedding = None if args.command in ("search", "ask") and store.exists() else DEFAULT_EMBEDDING_MODEL
+        embedding = None if args.command in ("search", "ask", "serve") and store.exists() else DEFAULT_EMBEDDING_MODEL
     generator = getattr(args, "generator_model", None) or DEFAULT_GENERATOR_MODEL
     return RAGPipeline(
         store,
@@ -229,6 +238,17 @@ def run_command(args: argparse.Namespace) -> int:
             _print(args, {"pushed": n, "to": target.location}, f"pushed {n} points to {target.location}")
             return 0
         pipeline = _pipeline(args, store)
+        if args.command == "serve":
+            from .server import ServerConfig, create_app, serve
+
+            config = ServerConfig(
+                api_key=args.token,
+                dynamic_batching=not args.no_dynamic_batching,
+                max_wait_ms=args.max_wait_ms,
+                allow_local_files=args.allow_local_files,
+            )
+            serve(create_app(pipeline=pipeline, config=config), host=args.host, port=args.port)
+            return 0
         if args.command == "index":
             report = _do_index(args, pipeline, args.paths)
             _print(args, report.to_dict(), report.summary())

@@ -90,14 +90,23 @@ def _conditions(filters: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
             raise ValueError(f"filter keys are payload field names, got {key!r}")
         if isinstance(value, (list, tuple, set)):
             values = list(value)
-            if not values or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
-                raise ValueError(f"filter {key!r}: a list filter needs str or int values, got {value!r}")
+            kinds = {type(v) for v in values}
+            if not values or not (kinds == {str} or kinds == {int}):
+                raise ValueError(f"filter {key!r}: a list filter needs values of one type, str or int; got {value!r}")
+            for v in values:
+                _check_int(key, v)
             out.append((key, values))
         elif isinstance(value, (str, int, bool)):
+            _check_int(key, value)
             out.append((key, value))
         else:
             raise ValueError(f"filter {key!r}: expected a str, int, bool or a list of them, got {value!r}")
     return out
+
+
+def _check_int(key: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"filter {key!r}: integer {value} is outside the 64-bit range Qdrant stores")
 
 
 class VectorStore:

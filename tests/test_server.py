@@ -1,0 +1,213 @@
+"""The HTTP API through a real uvicorn server on 127.0.0.1, on tiny checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import MEDIA
+
+pytest.importorskip("fastapi")  # the serve extra; installed by .ci/run
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from retrieval_pipeline.ingest import Indexer  # noqa: E402
+from retrieval_pipeline.pipeline import RAGPipeline  # noqa: E402
+from retrieval_pipeline.retriever import QUERY_INSTRUCTION  # noqa: E402
+from retrieval_pipeline.server import ServerConfig, create_app  # noqa: E402
+from retrieval_pipeline.store import EdgeStore  # noqa: E402
+
+TOKEN = "test-token"
+
+
+class LiveServer:
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def data_url():
+    return "data:image/jpeg;base64," + base64.b64encode((MEDIA / "chelsea.jpg").read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def rag(embedder, reranker, generator, tmp_path_factory):
+    store = EdgeStore(tmp_path_factory.mktemp("server-db"), "docs")
+    Indexer(embedder, store).index_paths([MEDIA / "chelsea.jpg", MEDIA / "report_page.png"], show_progress_bar=False)
+    pipeline = RAGPipeline(store, embedder=embedder, reranker=reranker, generator=generator)
+    yield pipeline
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(rag):
+    app = create_app(pipeline=rag, config=ServerConfig(api_key=TOKEN, max_items=20, max_request_bytes=2_000_000))
+    with LiveServer(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+        yield c
+
+
+def test_health_models_and_openapi(client, embedder):
+    assert client.get("/health").json()["status"] == "ok"
+    models = client.get("/v1/models").json()
+    assert {m["type"] for m in models["data"]} == {"embedding", "rerank"}
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/embeddings", "/v1/rerank", "/v1/search", "/v1/ask"} <= set(spec["paths"])
+
+
+def test_auth(base_url):
+    assert httpx.post(f"{base_url}/v1/embeddings", json={"input": "x"}).status_code == 401
+    wrong = httpx.post(f"{base_url}/v1/embeddings", json={"input": "x"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "bearer token" in wrong.json()["error"]["message"]
+    assert httpx.get(f"{base_url}/health").status_code == 200
+
+
+def test_embeddings_openai_compatible(client, embedder, data_url):
+    r = client.post("/v1/embeddings", json={"input": ["a cat", "a dog"], "model": "whatever"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    assert body["usage"]["prompt_tokens"] > 0
+    expected = embedder.embed(["a cat", "a dog"])
+    assert np.allclose([d["embedding"] for d in body["data"]], expected, atol=1e-5)
+
+    single = client.post("/v1/embeddings", json={"input": "a cat", "input_type": "query"}).json()
+    assert np.allclose(
+        single["data"][0]["embedding"], embedder.embed(["a cat"], instruction=QUERY_INSTRUCTION)[0], atol=1e-5
+    )
+
+    mm = client.post(
+        "/v1/embeddings",
+        json={"input": [{"image": data_url, "text": "a cat"}], "dimensions": 16, "encoding_format": "base64"},
+    ).json()
+    vec = np.frombuffer(base64.b64decode(mm["data"][0]["embedding"]), dtype="<f4")
+    ref = embedder.embed([{"image": str(MEDIA / "chelsea.jpg"), "text": "a cat"}], dim=16)[0]
+    assert vec.shape == (16,) and np.allclose(vec, ref, atol=1e-5)
+
+
+def test_embeddings_bad_input_is_4xx_naming_the_item(client):
+    r = client.post("/v1/embeddings", json={"input": ["ok", {"image": "https://127.0.0.1:9/x.png"}]})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["index"] == 1 and err["param"] == "image" and "unreachable" in err["message"]
+    r = client.post("/v1/embeddings", json={"input": ["ok", {"image": "/etc/passwd"}]})
+    assert r.status_code == 400 and "local file paths" in r.json()["error"]["message"]
+    r = client.post("/v1/embeddings", json={"input": [{"image": "data:image/png;base64,AAAA"}]})
+    assert r.status_code == 400 and r.json()["error"]["index"] == 0
+    assert client.post("/v1/embeddings", json={"input": []}).status_code == 400
+    assert client.post("/v1/embeddings", json={"input": ["x"] * 21}).status_code == 413
+    r = client.post("/v1/embeddings", json={"input": "x", "dimensions": 100000})
+    assert r.status_code == 400 and "Matryoshka" in r.json()["error"]["message"]
+    r = client.post("/v1/embeddings", json={"input": [{"txt": "typo"}]})
+    assert r.status_code == 422 and "txt" in r.json()["error"]["message"]
+    r = client.post("/v1/embeddings", content=b"x" * 2_100_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_rerank(client, reranker, data_url):
+    docs = ["A cat sleeps on a red sofa.", {"image": data_url}, "Rockets launch in spring."]
+    r = client.post("/v1/rerank", json={"query": "a cat", "documents": docs, "top_n": 2, "return_documents": True})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    expected = reranker.score("a cat", [docs[0], {"image": str(MEDIA / "chelsea.jpg")}, docs[2]])
+    order = sorted(range(3), key=lambda i: -expected[i])[:2]
+    assert [x["index"] for x in results] == order
+    assert [x["relevance_score"] for x in results] == pytest.approx([expected[i] for i in order], abs=1e-6)
+    assert results[0]["document"] == docs[order[0]]
+    bad = client.post("/v1/rerank", json={"query": "q", "documents": ["ok", {"image": "data:image/png;base64,AAAA"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["index"] == 1
+    assert client.post("/v1/rerank", json={"query": "q", "documents": []}).json()["results"] == []
+
+
+def test_search_and_ask(client):
+    r = client.post("/v1/search", json={"query": "a cat", "top_k": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [h["rank"] for h in results] == [1, 2] and all(h["rerank_score"] is not None for h in results)
+    r = client.post("/v1/search", json={"query": "x", "filters": {"modality": "image"}, "rerank": False})
+    assert {h["modality"] for h in r.json()["results"]} == {"image"}
+    r = client.post("/v1/ask", json={"question": "What is in the picture?", "top_k": 1})
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["answer"], str) and len(r.json()["sources"]) == 1
+    assert client.post("/v1/ask", json={"question": ""}).status_code == 422
+
+
+def test_concurrent_requests_are_batched_and_none_lost(base_url, rag):
+    app_batcher_before = None
+
+    async def main():
+        async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+            texts = [f"request number {i}" for i in range(24)]
+            responses = await asyncio.gather(*[c.post("/v1/embeddings", json={"input": t}) for t in texts])
+            return texts, responses
+
+    health_before = httpx.get(f"{base_url}/health").json()["batches"]
+    texts, responses = asyncio.run(main())
+    assert all(r.status_code == 200 for r in responses)
+    got = np.array([r.json()["data"][0]["embedding"] for r in responses])
+    assert np.allclose(got, rag.embedder.embed(texts), atol=1e-5)  # every answer is its own request's
+    health = httpx.get(f"{base_url}/health").json()["batches"]
+    batches = health["embeddings"] - health_before["embeddings"]
+    assert health["embedded_items"] - health_before["embedded_items"] == 24
+    assert batches < 24  # concurrent requests shared model batches
+    assert app_batcher_before is None
+
+
+def test_no_pipeline_means_404(embedder):
+    app = create_app(embedder=embedder)
+    with LiveServer(app) as url:
+        assert httpx.post(f"{url}/v1/search", json={"query": "x"}).status_code == 404
+        assert httpx.post(f"{url}/v1/rerank", json={"query": "x", "documents": ["y"]}).status_code == 404
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
+def test_openapi_schema_fuzzing(rag):
+    """schemathesis against the app's own OpenAPI spec, bounded: no input may produce a server error."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    app = create_app(pipeline=rag, config=ServerConfig(max_items=8))
+    with LiveServer(app) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        failures = []
+        for operation in schema.get_all_operations():
+            op = operation.ok()
+            if op.method.upper() != "POST" or op.path == "/v1/ask":
+                continue
+
+            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @given(case=op.as_strategy())
+            def check(case):
+                response = case.call(base_url=url, timeout=60)
+                if response.status_code >= 500:
+                    failures.append((case.path, case.body, response.status_code, response.text[:200]))
+
+            check()
+        assert failures == []
