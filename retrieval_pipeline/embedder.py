@@ -35,6 +35,7 @@ from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
     load_processor,
+    locked,
     pop_dtype,
     resolve_device,
     resolve_dtype,
@@ -172,11 +173,7 @@ class Qwen3VLEmbedder:
         enc.compute_key()
         return enc
 
-    def _embed(self, *args: Any) -> Any:
-        with self._lock:
-            return self._embed_unlocked(*args)
-
-    def _embed_unlocked(
+    def _embed(
         self,
         inputs: Sequence[InputLike],
         instruction: str | None,
@@ -216,6 +213,7 @@ class Qwen3VLEmbedder:
             lengths, batch_size=batch_size, max_batch_tokens=self.max_batch_tokens, max_padding=self.max_padding
         )
 
+    @locked
     @torch.inference_mode()
     def _forward(self, items: list[Encoded]) -> torch.Tensor:
         batch = collate(

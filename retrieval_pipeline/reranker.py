@@ -39,6 +39,7 @@ from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
     load_processor,
+    locked,
     pop_dtype,
     resolve_device,
     resolve_dtype,
@@ -175,11 +176,7 @@ class Qwen3VLReranker:
         return ranked[:top_k] if top_k is not None else ranked
 
     # ----------------------------------------------------------------------------------------------------------
-    def _score(self, *args: Any) -> Any:
-        with self._lock:
-            return self._score_unlocked(*args)
-
-    def _score_unlocked(
+    def _score(
         self,
         query: InputLike,
         documents: Sequence[InputLike],
@@ -336,6 +333,7 @@ class Qwen3VLReranker:
         }
         return rope_positions(self.model, inputs)[:, 0]
 
+    @locked
     @torch.inference_mode()
     def _run_prefix(self, enc: Encoded, prefix: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         from transformers import DynamicCache
@@ -356,6 +354,7 @@ class Qwen3VLReranker:
         )
         return [(layer.keys, layer.values) for layer in cache.layers]
 
+    @locked
     @torch.inference_mode()
     def _forward_suffixes(
         self, items: list[Encoded], prefix: int, prefix_cache: list[tuple[torch.Tensor, torch.Tensor]]
@@ -393,6 +392,7 @@ class Qwen3VLReranker:
         states = last_token_states(self.model, batch, self.device, self.dtype, positions=positions, cache=cache)
         return self._scores(states)
 
+    @locked
     @torch.inference_mode()
     def _forward_pairs(self, items: list[Encoded]) -> list[float]:
         batch = collate(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Show a progress bar by default only when a call has at least this many inputs.
 PROGRESS_MIN_ITEMS = 64
@@ -83,3 +86,14 @@ def default_max_batch_tokens(device: torch.device) -> int:
 
 def show_progress(show_progress_bar: bool | None, n_items: int) -> bool:
     return show_progress_bar if show_progress_bar is not None else n_items >= PROGRESS_MIN_ITEMS
+
+
+def locked(method: F) -> F:
+    """One model call at a time per instance: worker threads (async adapters, servers) share the weights."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
