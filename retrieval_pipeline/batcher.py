@@ -62,17 +62,24 @@ class DynamicBatcher:
             first = await self._queue.get()
             group = [first]
             size = len(first.items)
-            deadline = first.enqueued + self.max_wait
-            while size < self.max_items and self.max_wait > 0:
-                timeout = deadline - time.perf_counter()
-                if timeout <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self._queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    break
-                group.append(nxt)
-                size += len(nxt.items)
+            if self.max_wait > 0:
+                # everything that queued up while the previous batch ran joins at once...
+                while size < self.max_items and not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    group.append(nxt)
+                    size += len(nxt.items)
+                # ...then wait for company until the oldest request has waited max_wait
+                deadline = first.enqueued + self.max_wait
+                while size < self.max_items:
+                    timeout = deadline - time.perf_counter()
+                    if timeout <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(self._queue.get(), timeout)
+                    except asyncio.TimeoutError:
+                        break
+                    group.append(nxt)
+                    size += len(nxt.items)
             await self._run_group(group)
 
     async def _run_group(self, group: list[_Pending]) -> None:
