@@ -83,7 +83,7 @@ def bench_stores(sizes: list[int], dim: int, n_queries: int) -> None:
     rng = np.random.default_rng(0)
     print(f"Qdrant Edge vs qdrant-client local mode, {dim}-d random vectors, top-10 cosine, {n_queries} queries")
     print(
-        f"  {'size':>7} {'backend':<22} {'upsert/s':>10} {'ingest s':>9} {'p50 ms':>8} {'p95 ms':>8}"
+        f"  {'size':>7} {'backend':<22} {'upsert/s':>10} {'HNSW s':>9} {'p50 ms':>8} {'p95 ms':>8}"
         f" {'filt p50':>9} {'filt p95':>9}"
     )
     for size in sizes:

@@ -46,3 +46,14 @@ def _is_file(text: str) -> bool:
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking model call in a worker thread so the event loop keeps serving."""
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def collect_model_kwargs(fields: Any, values: Any, target: str = "model_kwargs") -> Any:
+    """Pydantic ``before`` validator body: keyword arguments that are not fields of the adapter (``max_pixels``,
+    ``device``, ...) belong to the core model and are moved into ``values[target]``."""
+    if isinstance(values, dict):
+        extra = {k: values[k] for k in list(values) if k not in fields}
+        if extra:
+            values = {k: v for k, v in values.items() if k not in extra}
+            values[target] = {**values.get(target, {}), **extra}
+    return values

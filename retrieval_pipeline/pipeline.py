@@ -139,10 +139,13 @@ class RAGPipeline:
         return self.store.open(create=False).dim if self.store.exists() else None
 
     def retriever(self, *, rerank: bool = True) -> TwoStageRetriever:
+        """Stage one runs on the embedder; the reranker is fetched (loaded, or moved to the GPU when offloading)
+        only when stage two starts."""
+        has_reranker = rerank and (self.reranker_model or self._reranker is not None)
         return TwoStageRetriever(
             self.embedder,
             self.store,
-            self.reranker if rerank else None,
+            (lambda: self.reranker) if has_reranker else None,
             candidates=self.candidates,
             query_instruction=self.query_instruction,
         )
@@ -155,20 +158,7 @@ class RAGPipeline:
         filters: Mapping[str, Any] | None = None,
         rerank: bool = True,
     ) -> list[Hit]:
-        retriever = TwoStageRetriever(
-            self.embedder, self.store, None, candidates=self.candidates, query_instruction=self.query_instruction
-        )
-        if not rerank or not self.reranker_model and self._reranker is None:
-            return retriever.retrieve(query, top_k=top_k, filters=filters, rerank=False)
-        # stage one with the embedder, then (offloading) the reranker takes the GPU for stage two
-        candidates = retriever.retrieve(query, top_k=max(self.candidates, top_k), filters=filters, rerank=False)
-        if not candidates:
-            return []
-        retriever.reranker = self.reranker
-        hits = retriever.rerank_hits(query, candidates)[:top_k]
-        for rank, hit in enumerate(hits, 1):
-            hit.rank = rank
-        return hits
+        return self.retriever(rerank=rerank).retrieve(query, top_k=top_k, filters=filters)
 
     def ask(
         self,

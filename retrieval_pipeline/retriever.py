@@ -75,7 +75,10 @@ class Hit:
 
 class TwoStageRetriever:
     """Stage one: cosine top-``candidates`` from the store (with payload filters). Stage two: the reranker's
-    scores (batched, on the reranker's device). Without a reranker, stage one alone."""
+    scores (batched, on the reranker's device). Without a reranker, stage one alone.
+
+    ``reranker`` may also be a function returning the reranker, called only when stage two starts (lazy loading,
+    or moving it onto the GPU after stage one: see :class:`~retrieval_pipeline.pipeline.RAGPipeline`)."""
 
     def __init__(
         self,
@@ -123,7 +126,7 @@ class TwoStageRetriever:
         found = self.store.search(vector.tolist(), limit=limit, filters=filters)
         hits = [Hit(h.id, h.score, h.score, None, h.payload) for h in found]
         if use_reranker and hits:
-            hits = self.rerank_hits(query, hits)
+            hits = self.rerank_hits(query, hits)  # the reranker is resolved only now
         hits = hits[:top_k]
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank
@@ -131,6 +134,7 @@ class TwoStageRetriever:
 
     def rerank_hits(self, query: InputLike, hits: list[Hit]) -> list[Hit]:
         """Stage two on given candidates: reranker scores, best first."""
+        reranker = self.reranker if hasattr(self.reranker, "score") else self.reranker()
         usable: list[Hit] = []
         unusable: list[Hit] = []
         for hit in hits:
@@ -143,7 +147,7 @@ class TwoStageRetriever:
                 logger.warning("cannot rerank %s: %s", hit.describe(), exc)
                 unusable.append(hit)
         if usable:
-            scores = self.reranker.score(query, [h.item for h in usable], instruction=self.rerank_instruction)
+            scores = reranker.score(query, [h.item for h in usable], instruction=self.rerank_instruction)
             for hit, score in zip(usable, scores):
                 hit.rerank_score = score
                 hit.score = score

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from retrieval_pipeline import Qwen3VLEmbedder
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 
-from .._common import image_input, in_thread
+from .._common import collect_model_kwargs, image_input, in_thread
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
 
@@ -37,13 +37,8 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
     @model_validator(mode="before")
     @classmethod
     def _collect_model_kwargs(cls, values: Any) -> Any:
-        """Unknown keyword arguments (``max_pixels``, ``device``, ...) are core embedder arguments."""
-        if isinstance(values, dict):
-            extra = {k: values[k] for k in list(values) if k not in cls.model_fields}
-            if extra:
-                values = {k: v for k, v in values.items() if k not in extra}
-                values["model_kwargs"] = {**values.get("model_kwargs", {}), **extra}
-        return values
+        """Unknown keyword arguments (``max_pixels``, ``device``, ...) are core model arguments."""
+        return collect_model_kwargs(cls.model_fields, values)
 
     @model_validator(mode="after")
     def _load(self) -> Qwen3VLEmbeddings:
