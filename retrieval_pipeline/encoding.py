@@ -171,6 +171,10 @@ def encode_conversation(
     kwargs: dict[str, Any] = {"truncation": truncation}
     if truncation:
         kwargs["max_length"] = max_length
+    if videos is not None and hasattr(processor.video_processor, "cap_pixels_per_frame"):
+        # qwen-vl-utils already sized the frames (do_resize=False): the processor's own per-frame cap, which only
+        # acts when it resizes, is off, as in the reference (saying so explicitly silences its warning).
+        kwargs["cap_pixels_per_frame"] = False
     out = processor(
         text=text,
         images=images,
