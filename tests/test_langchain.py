@@ -8,24 +8,21 @@ import shutil
 import numpy as np
 import pytest
 from conftest import MEDIA, TINY
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnablePassthrough
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests
+from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-pytest.importorskip("langchain_core")  # the langchain extra; installed by .ci/run (".[dev]")
-
-from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from langchain_core.embeddings import Embeddings  # noqa: E402
-from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402
-from langchain_core.output_parsers import StrOutputParser  # noqa: E402
-from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from langchain_core.runnables import RunnablePassthrough  # noqa: E402
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests  # noqa: E402
-from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
-
-from integrations.langchain import Qwen3VLEmbeddings, Qwen3VLRerank, Qwen3VLRetriever, add_images  # noqa: E402
-from retrieval_pipeline import InputError  # noqa: E402
-from retrieval_pipeline.ingest import Indexer  # noqa: E402
-from retrieval_pipeline.retriever import QUERY_INSTRUCTION  # noqa: E402
-from retrieval_pipeline.store import EdgeStore  # noqa: E402
+from integrations.langchain import Qwen3VLEmbeddings, Qwen3VLRerank, Qwen3VLRetriever, add_images
+from retrieval_pipeline import InputError
+from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.retriever import QUERY_INSTRUCTION
+from retrieval_pipeline.store import EdgeStore
 
 CHELSEA = str(MEDIA / "chelsea.jpg")
 VIDEO = str(MEDIA / "moving_square.mp4")

@@ -10,23 +10,20 @@ import shutil
 import numpy as np
 import pytest
 from conftest import MEDIA
+from llama_index.core import Settings, SimpleDirectoryReader, StorageContext
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.embeddings import MultiModalEmbedding
+from llama_index.core.indices import MultiModalVectorStoreIndex
+from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
-pytest.importorskip("llama_index.core")  # the llama-index extra; installed by .ci/run (".[dev]")
-
-from llama_index.core import Settings, SimpleDirectoryReader, StorageContext  # noqa: E402
-from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
-from llama_index.core.embeddings import MultiModalEmbedding  # noqa: E402
-from llama_index.core.indices import MultiModalVectorStoreIndex  # noqa: E402
-from llama_index.core.llms import MockLLM  # noqa: E402
-from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
-from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
-from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
-
-from integrations.llama_index import Qwen3VLEmbedding, Qwen3VLRerank, Qwen3VLRetriever  # noqa: E402
-from retrieval_pipeline import InputError  # noqa: E402
-from retrieval_pipeline.ingest import Indexer  # noqa: E402
-from retrieval_pipeline.retriever import QUERY_INSTRUCTION  # noqa: E402
-from retrieval_pipeline.store import EdgeStore  # noqa: E402
+from integrations.llama_index import Qwen3VLEmbedding, Qwen3VLRerank, Qwen3VLRetriever
+from retrieval_pipeline import InputError
+from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.retriever import QUERY_INSTRUCTION
+from retrieval_pipeline.store import EdgeStore
 
 CHELSEA = str(MEDIA / "chelsea.jpg")
 VIDEO = str(MEDIA / "moving_square.mp4")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 from conftest import TINY
-
-nbformat = pytest.importorskip("nbformat")  # dev extra; installed by .ci/run
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 

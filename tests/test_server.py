@@ -8,19 +8,17 @@ import socket
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
 from conftest import MEDIA
 
-pytest.importorskip("fastapi")  # the serve extra; installed by .ci/run
-httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
-
-from retrieval_pipeline.ingest import Indexer  # noqa: E402
-from retrieval_pipeline.pipeline import RAGPipeline  # noqa: E402
-from retrieval_pipeline.retriever import QUERY_INSTRUCTION  # noqa: E402
-from retrieval_pipeline.server import ServerConfig, create_app  # noqa: E402
-from retrieval_pipeline.store import EdgeStore  # noqa: E402
+from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.pipeline import RAGPipeline
+from retrieval_pipeline.retriever import QUERY_INSTRUCTION
+from retrieval_pipeline.server import ServerConfig, create_app
+from retrieval_pipeline.store import EdgeStore
 
 TOKEN = "test-token"
 
@@ -190,7 +188,7 @@ def test_no_pipeline_means_404(embedder):
 
 def test_openapi_schema_fuzzing(rag):
     """schemathesis against the app's own OpenAPI spec, bounded: no input may produce a server error."""
-    schemathesis = pytest.importorskip("schemathesis")
+    import schemathesis
     from hypothesis import HealthCheck, given, settings
 
     app = create_app(pipeline=rag, config=ServerConfig(max_items=8))
