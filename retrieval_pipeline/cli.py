@@ -24,14 +24,10 @@ import sys
 from typing import Any
 
 from . import __version__
+from .store import default_db
 
 EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_STORE, EXIT_COLLECTION = 1, 2, 3, 4, 5
 ENV = "QWEN3VL_RAG_"
-
-
-def default_db() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "qwen3vl-rag")
 
 
 def _env(name: str, default: str | None = None) -> str | None:

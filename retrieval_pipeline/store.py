@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -547,6 +548,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+def default_db() -> str:
+    """The embedded store's default folder: ``$XDG_DATA_HOME/qwen3vl-rag`` (``~/.local/share/qwen3vl-rag``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "qwen3vl-rag")
+
+
 def open_store(
     *,
     db: str | Path | None = None,
@@ -555,9 +562,7 @@ def open_store(
     collection: str = "default",
     **server_options: Any,
 ) -> VectorStore:
-    """``url`` -> :class:`ServerStore`; otherwise an :class:`EdgeStore` under ``db``."""
+    """``url`` -> :class:`ServerStore`; otherwise an :class:`EdgeStore` under ``db`` (default: :func:`default_db`)."""
     if url:
         return ServerStore(url, collection, api_key=api_key, **server_options)
-    if db is None:
-        raise ValueError("pass db= (a folder for the embedded store) or url= (a Qdrant server)")
-    return EdgeStore(db, collection)
+    return EdgeStore(db if db is not None else default_db(), collection)

@@ -242,3 +242,20 @@ def test_chat_model_sees_images(generator):
     assert isinstance(chain.invoke({"question": "hi"}), str)
     with pytest.raises(ValueError, match="unsupported message content block"):
         chat.invoke([HumanMessage(content=[{"type": "audio", "data": "x"}])])
+
+
+def test_retrievers_default_to_the_cli_store(embedder, tmp_path, monkeypatch):
+    from integrations.llama_index import Qwen3VLRetriever as LlamaIndexRetriever
+    from retrieval_pipeline.store import default_db
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    store = EdgeStore(default_db(), "default")  # where `qwen3vl-rag index` puts things
+    Indexer(embedder, store).index_items(["a cat on a sofa", "a rocket"])
+    store.close()
+    langchain_retriever = Qwen3VLRetriever(embedder=embedder, top_k=1)
+    assert langchain_retriever.store.location == str(tmp_path / "qwen3vl-rag" / "default")
+    assert langchain_retriever.invoke("cat")[0].page_content in ("a cat on a sofa", "a rocket")
+    langchain_retriever.store.close()
+    llama_retriever = LlamaIndexRetriever(embedder, top_k=1)
+    assert len(llama_retriever.retrieve("cat")) == 1
+    llama_retriever.pipeline.store.close()

@@ -197,10 +197,11 @@ def test_openapi_schema_fuzzing(rag):
         failures = []
         for operation in schema.get_all_operations():
             op = operation.ok()
-            if op.method.upper() != "POST" or op.path == "/v1/ask":
+            if op.method.upper() != "POST":
                 continue
+            examples = 10 if op.path == "/v1/ask" else 25  # /v1/ask generates text: fewer, still every field
 
-            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             @given(case=op.as_strategy())
             def check(case):
                 response = case.call(base_url=url, timeout=60)

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field
 
 from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
 from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
-from retrieval_pipeline.store import EdgeStore, VectorStore
+from retrieval_pipeline.store import EdgeStore, VectorStore, default_db
 
 from .._common import in_thread
 
@@ -29,12 +29,13 @@ def hit_to_document(hit: Hit) -> Document:
 
 
 class Qwen3VLRetriever(BaseRetriever):
-    """Query -> Qwen3-VL embedding -> top-N from Qdrant (Edge by default) -> Qwen3-VL rerank -> top-k documents."""
+    """Query -> Qwen3-VL embedding -> top-N from Qdrant -> Qwen3-VL rerank -> top-k documents. ``store`` defaults
+    to the embedded Qdrant Edge collection the command line indexes into (``qwen3vl-rag index``)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     embedder: Qwen3VLEmbedder
-    store: VectorStore
+    store: VectorStore = Field(default_factory=lambda: EdgeStore(default_db(), "default"))
     reranker: Qwen3VLReranker | None = None
     top_k: int = Field(default=5, gt=0)
     candidates: int = Field(default=CANDIDATES, gt=0)

@@ -11,7 +11,7 @@ from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextN
 
 from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
 from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
-from retrieval_pipeline.store import EdgeStore, VectorStore
+from retrieval_pipeline.store import EdgeStore, VectorStore, default_db
 
 from .rerank import query_to_input
 
@@ -32,7 +32,8 @@ def hit_to_node(hit: Hit) -> NodeWithScore:
 
 
 class Qwen3VLRetriever(BaseRetriever):
-    """Query -> Qwen3-VL embedding -> top-N from Qdrant (Edge by default) -> Qwen3-VL rerank -> top-k nodes.
+    """Query -> Qwen3-VL embedding -> top-N from Qdrant -> Qwen3-VL rerank -> top-k nodes. ``store`` defaults to
+    the embedded Qdrant Edge collection the command line indexes into (``qwen3vl-rag index``).
 
     Works wherever LlamaIndex takes a retriever, e.g. ``RetrieverQueryEngine.from_args(retriever, llm=...)``.
     """
@@ -40,7 +41,7 @@ class Qwen3VLRetriever(BaseRetriever):
     def __init__(
         self,
         embedder: Qwen3VLEmbedder,
-        store: VectorStore,
+        store: VectorStore | None = None,
         reranker: Qwen3VLReranker | None = None,
         *,
         top_k: int = 5,
@@ -50,6 +51,7 @@ class Qwen3VLRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
     ) -> None:
         super().__init__(callback_manager=callback_manager)
+        store = store if store is not None else EdgeStore(default_db(), "default")  # what `qwen3vl-rag index` fills
         self.pipeline = TwoStageRetriever(
             embedder, store, reranker, candidates=candidates, query_instruction=query_instruction
         )
