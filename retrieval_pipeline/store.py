@@ -233,7 +233,13 @@ class EdgeStore(VectorStore):
             try:
                 self._shard = qe.EdgeShard.load(str(self.folder / "shard"))
             except Exception as exc:
-                raise StoreError(f"cannot open the Qdrant Edge shard at {self.folder}: {exc}") from None
+                hint = (
+                    " -- another process has it open (an embedded store serves one process: stop the other one, or "
+                    "query it through `qwen3vl-rag serve`)"
+                    if "WouldBlock" in str(exc)
+                    else ""
+                )
+                raise StoreError(f"cannot open the Qdrant Edge shard at {self.folder}: {exc}{hint}") from None
             self.spec = stored
             return stored
         if spec is None or not create:

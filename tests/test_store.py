@@ -143,3 +143,19 @@ def test_unreachable_server_is_a_store_error():
 def test_invalid_collection_name(tmp_path):
     with pytest.raises(ValueError, match="invalid collection name"):
         EdgeStore(tmp_path, "../escape")
+
+
+def test_edge_store_in_use_by_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    store = EdgeStore(tmp_path / "db", "c")
+    store.open(SPEC)
+    code = (
+        "from retrieval_pipeline.store import EdgeStore, StoreError\n"
+        f"s = EdgeStore({str(tmp_path / 'db')!r}, 'c')\n"
+        "try:\n    s.open(create=False)\nexcept StoreError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    store.close()
+    assert "another process has it open" in out
