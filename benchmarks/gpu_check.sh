@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD:$PWD/.gpu-vendor${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 $PY - <<'PY'
+import transformers
+major = int(transformers.__version__.split(".")[0])
+assert major >= 5, f"transformers {transformers.__version__} on this machine; the project needs >= 5 (carry it)"
+PY
+$PY - <<'PY'
 import json, torch
 from pathlib import Path
 torch.backends.cuda.matmul.allow_tf32 = False

@@ -110,6 +110,17 @@ def test_embeddings_openai_compatible(client, embedder, data_url):
     assert vec.shape == (16,) and np.allclose(vec, ref, atol=1e-5)
 
 
+def test_the_official_openai_client_works(base_url, embedder):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key=TOKEN)
+    out = client.embeddings.create(model="qwen3-vl", input=["a cat", "a dog"])  # base64 on the wire by default
+    assert np.allclose([d.embedding for d in out.data], embedder.embed(["a cat", "a dog"]), atol=1e-5)
+    small = client.embeddings.create(model="qwen3-vl", input="a cat", dimensions=8, encoding_format="float")
+    assert np.allclose(small.data[0].embedding, embedder.embed(["a cat"], dim=8)[0], atol=1e-5)
+    assert out.usage.prompt_tokens > 0
+
+
 def test_embeddings_bad_input_is_4xx_naming_the_item(client):
     r = client.post("/v1/embeddings", json={"input": ["ok", {"image": "https://127.0.0.1:9/x.png"}]})
     assert r.status_code == 400
