@@ -78,6 +78,38 @@ class InputError(ValueError):
         )
 
 
+class LimitError(InputError):
+    """An input (or request) over a resource limit: ``limit`` names the setting, ``value`` what was asked for and
+    ``maximum`` the allowed amount. Servers answer 413; the message says which limit and how to change it."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        limit: str,
+        value: float | int | None = None,
+        maximum: float | int | None = None,
+        index: int | None = None,
+        field: str | None = None,
+        kind: str = "input",
+    ):
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+        super().__init__(reason, index=index, field=field, kind=kind)
+
+    def at(self, index: int | str | None = None, field: str | None = None, kind: str | None = None) -> LimitError:
+        return LimitError(
+            self.reason,
+            limit=self.limit,
+            value=self.value,
+            maximum=self.maximum,
+            index=self.index if self.index is not None else index,
+            field=self.field or field,
+            kind=kind or self.kind,
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Parsed (not yet decoded) inputs
 
