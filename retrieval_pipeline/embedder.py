@@ -132,12 +132,7 @@ class Qwen3VLEmbedder:
         Returns float32 ``(len(inputs), dim or hidden_size)``.
         """
         dim = self._check_dim(dim)
-        vectors = self._embed(inputs, instruction, batch_size, show_progress_bar)
-        if dim is not None:
-            vectors = vectors[:, :dim]
-        if normalize:
-            vectors = F.normalize(vectors, p=2, dim=-1)
-        return vectors.numpy().astype(np.float32, copy=False)
+        return self._finish(self._embed(inputs, instruction, batch_size, show_progress_bar), dim, normalize)
 
     def process(self, inputs: list[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
         """The reference scripts' call: a list of multimodal dicts -> ``(n, hidden_size)`` tensor (CPU, float32)."""
@@ -173,6 +168,44 @@ class Qwen3VLEmbedder:
         enc.compute_key()
         return enc
 
+    def prepare(self, inputs: Sequence[InputLike], *, instruction: str | None = None) -> list[Encoded]:
+        """CPU-only first half of :meth:`embed`: check, load and tokenise every input (no model work).
+
+        Raises :class:`~retrieval_pipeline.media.InputError` naming the first bad input. Servers prepare each
+        request on its own, so one request's bad or slow input never reaches a shared model batch; distributed
+        ingestion prepares on CPU workers. Run the result with :meth:`embed_prepared`.
+        """
+        self._check_instruction(instruction)
+        parsed = parse_inputs(inputs)
+        return [self.encode_input(item, i, instruction) for i, item in enumerate(parsed)]
+
+    def embed_prepared(
+        self,
+        encoded: Sequence[Encoded],
+        *,
+        dim: int | None = None,
+        normalize: bool = True,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Second half of :meth:`embed`: run prepared inputs through the model (same numbers, same order)."""
+        dim = self._check_dim(dim)
+        out = torch.empty((len(encoded), self.hidden_size), dtype=torch.float32)
+        done: dict[bytes, torch.Tensor] = {}
+        self._run(dict(enumerate(encoded)), done, out, batch_size or self.batch_size, None)
+        return self._finish(out, dim, normalize)
+
+    def _finish(self, vectors: torch.Tensor, dim: int | None, normalize: bool) -> np.ndarray:
+        if dim is not None:
+            vectors = vectors[:, :dim]
+        if normalize:
+            vectors = F.normalize(vectors, p=2, dim=-1)
+        return vectors.numpy().astype(np.float32, copy=False)
+
+    @staticmethod
+    def _check_instruction(instruction: str | None) -> None:
+        if instruction is not None and not isinstance(instruction, str):
+            raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+
     def _embed(
         self,
         inputs: Sequence[InputLike],
@@ -180,8 +213,7 @@ class Qwen3VLEmbedder:
         batch_size: int | None,
         show_progress_bar: bool | None,
     ) -> torch.Tensor:
-        if instruction is not None and not isinstance(instruction, str):
-            raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+        self._check_instruction(instruction)
         parsed = parse_inputs(inputs)  # every structural error is raised here, before any model work
         batch_size = batch_size or self.batch_size
         done: dict[bytes, torch.Tensor] = {}
@@ -192,21 +224,35 @@ class Qwen3VLEmbedder:
         with bar:
             for window in chunks(len(parsed), WINDOW_ITEMS):
                 encoded = {i: self.encode_input(parsed[i], i, instruction) for i in window}
-                todo: dict[bytes, Encoded] = {}
-                for enc in encoded.values():
-                    if enc.key not in done:
-                        todo.setdefault(enc.key, enc)
-                items = list(todo.values())
-                for batch in self._plan([len(e) for e in items], batch_size):
-                    group = [items[j] for j in batch]
-                    for enc, vec in zip(group, self._forward(group)):
-                        done[enc.key] = vec
-                    bar.update(len(group))
-                for i, enc in encoded.items():
-                    out[i] = done[enc.key]
-                # duplicates count as done too
-                bar.update(len(window) - len(items))
+                self._run(encoded, done, out, batch_size, bar)
         return out
+
+    def _run(
+        self,
+        encoded: dict[int, Encoded],
+        done: dict[bytes, torch.Tensor],
+        out: torch.Tensor,
+        batch_size: int,
+        bar: tqdm | None,
+    ) -> None:
+        """Forward the encoded items (identical ones once, length-sorted batches) into ``out`` rows."""
+        todo: dict[bytes, Encoded] = {}
+        for enc in encoded.values():
+            if not enc.key:
+                enc.compute_key()
+            if enc.key not in done:
+                todo.setdefault(enc.key, enc)
+        items = list(todo.values())
+        for batch in self._plan([len(e) for e in items], batch_size):
+            group = [items[j] for j in batch]
+            for enc, vec in zip(group, self._forward(group)):
+                done[enc.key] = vec
+            if bar is not None:
+                bar.update(len(group))
+        for i, enc in encoded.items():
+            out[i] = done[enc.key]
+        if bar is not None:
+            bar.update(len(encoded) - len(items))  # duplicates count as done too
 
     def _plan(self, lengths: list[int], batch_size: int) -> list[list[int]]:
         return plan_batches(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from .encoding import (
     rerank_conversation,
     truncate_keep_special,
 )
-from .media import URL_TIMEOUT, InputError, InputLike, load_input, parse_input
+from .media import URL_TIMEOUT, InputError, InputLike, ParsedInput, load_input, parse_input
 from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
@@ -54,6 +54,17 @@ DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that a
 KEEP_TAIL_TOKENS = 5
 # Documents are decoded and encoded this many at a time (bounded host memory for long candidate lists).
 WINDOW_ITEMS = 256
+
+
+@dataclass
+class PreparedRerank:
+    """A rerank call after :meth:`Qwen3VLReranker.prepare`: one encoded (query, document) pair per document."""
+
+    pairs: list[Encoded]
+    query_vision: int  # images / videos in the query (the shared prefix never ends inside one)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
 
 
 class Qwen3VLReranker:
@@ -176,20 +187,39 @@ class Qwen3VLReranker:
         return ranked[:top_k] if top_k is not None else ranked
 
     # ----------------------------------------------------------------------------------------------------------
-    def _score(
-        self,
-        query: InputLike,
-        documents: Sequence[InputLike],
-        instruction: str | None,
-        media: MediaSettings,
-        batch_size: int | None,
-        show_progress_bar: bool | None,
+    def prepare(
+        self, query: InputLike, documents: Sequence[InputLike], *, instruction: str | None = None
+    ) -> PreparedRerank:
+        """CPU-only first half of :meth:`score`: check, load and tokenise the query and every (query, document)
+        pair, no model work. Raises :class:`~retrieval_pipeline.media.InputError` naming the bad query or
+        document. Run the result with :meth:`score_prepared` (servers prepare each request on its own)."""
+        parsed_query, parsed_docs, chosen = self._parse_call(query, documents, instruction)
+        if not parsed_docs:
+            return PreparedRerank([], 0)
+        query_content, query_vision = self._load_query(parsed_query, self.media)
+        pairs = [
+            self._encode_document(i, parsed_docs[i], query_content, chosen, self.media) for i in range(len(parsed_docs))
+        ]
+        return PreparedRerank(pairs, query_vision)
+
+    def score_prepared(
+        self, prepared: PreparedRerank, *, batch_size: int | None = None, show_progress_bar: bool | None = None
     ) -> list[float]:
+        """Second half of :meth:`score`: the scores of prepared pairs, in document order (same numbers)."""
+        n = len(prepared.pairs)
+        bar = tqdm(total=n, desc="reranking", unit="doc", disable=not show_progress(show_progress_bar, n))
+        with bar:
+            return self._score_pairs(prepared.pairs, prepared.query_vision, batch_size or self.batch_size, bar)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _parse_call(
+        self, query: InputLike, documents: Sequence[InputLike], instruction: str | None
+    ) -> tuple[ParsedInput, list[ParsedInput], str]:
+        """Structural checks of the query and every document, before any loading or model work."""
         if instruction is not None and not isinstance(instruction, str):
             raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
         if isinstance(documents, (str, dict)) or not isinstance(documents, Sequence):
             raise InputError(f"documents must be a list, got {type(documents).__name__}")
-        # Structural checks of everything first: a bad document fails before any model work.
         try:
             parsed_query = parse_input(query)
         except InputError as exc:
@@ -200,44 +230,65 @@ class Qwen3VLReranker:
                 parsed_docs.append(parse_input(doc, index=i))
             except InputError as exc:
                 raise exc.at(kind="document") from None
-        if not parsed_docs:
-            return []
+        return parsed_query, parsed_docs, instruction or self.default_instruction
+
+    def _load_query(self, parsed_query: ParsedInput, media: MediaSettings) -> tuple[list[dict[str, Any]], int]:
+        """The query is loaded (and its media decoded) once per call, whatever the number of documents."""
         try:
-            loaded_query = load_input(parsed_query, default_max_frames=media.max_frames, timeout=self.url_timeout)
+            loaded = load_input(parsed_query, default_max_frames=media.max_frames, timeout=self.url_timeout)
         except InputError as exc:
             raise exc.at(kind="query") from None
-        query_content = content_items(loaded_query, media)
-        query_vision = sum(1 for c in query_content if c["type"] in ("image", "video"))
-        chosen = instruction or self.default_instruction
-        batch_size = batch_size or self.batch_size
+        content = content_items(loaded, media)
+        return content, sum(1 for c in content if c["type"] in ("image", "video"))
 
-        scores: list[float] = [0.0] * len(parsed_docs)
-        bar = tqdm(
-            total=len(parsed_docs),
-            desc="reranking",
-            unit="doc",
-            disable=not show_progress(show_progress_bar, len(parsed_docs)),
-        )
+    def _encode_document(
+        self,
+        index: int,
+        parsed_doc: ParsedInput,
+        query_content: list[dict[str, Any]],
+        instruction: str,
+        media: MediaSettings,
+    ) -> Encoded:
+        try:
+            loaded = load_input(parsed_doc, index=index, default_max_frames=media.max_frames, timeout=self.url_timeout)
+            conversation = rerank_conversation(query_content, content_items(loaded, media), instruction)
+            return self._encode_pair(conversation)
+        except InputError as exc:
+            raise exc.at(index=index, kind="document") from None
+
+    def _score(
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        instruction: str | None,
+        media: MediaSettings,
+        batch_size: int | None,
+        show_progress_bar: bool | None,
+    ) -> list[float]:
+        parsed_query, parsed_docs, chosen = self._parse_call(query, documents, instruction)
+        if not parsed_docs:
+            return []
+        query_content, query_vision = self._load_query(parsed_query, media)
+        batch_size = batch_size or self.batch_size
+        scores: list[float] = []
+        n = len(parsed_docs)
+        bar = tqdm(total=n, desc="reranking", unit="doc", disable=not show_progress(show_progress_bar, n))
         with bar:
-            for window in chunks(len(parsed_docs), WINDOW_ITEMS):
-                encoded = {}
-                for i in window:
-                    try:
-                        loaded = load_input(
-                            parsed_docs[i], index=i, default_max_frames=media.max_frames, timeout=self.url_timeout
-                        )
-                        conversation = rerank_conversation(query_content, content_items(loaded, media), chosen)
-                        encoded[i] = self._encode_pair(conversation)
-                    except InputError as exc:
-                        raise exc.at(index=i, kind="document") from None
-                unique: dict[bytes, Encoded] = {}
-                for enc in encoded.values():
-                    unique.setdefault(enc.key, enc)
-                results = self._score_unique(list(unique.values()), query_vision, batch_size, bar)
-                for i, enc in encoded.items():
-                    scores[i] = results[enc.key]
-                bar.update(len(window) - len(unique))
+            for window in chunks(n, WINDOW_ITEMS):
+                pairs = [self._encode_document(i, parsed_docs[i], query_content, chosen, media) for i in window]
+                scores.extend(self._score_pairs(pairs, query_vision, batch_size, bar))
         return scores
+
+    def _score_pairs(self, pairs: list[Encoded], query_vision: int, batch_size: int, bar: tqdm) -> list[float]:
+        """Scores of encoded pairs in order; identical pairs run once."""
+        unique: dict[bytes, Encoded] = {}
+        for enc in pairs:
+            if not enc.key:
+                enc.compute_key()
+            unique.setdefault(enc.key, enc)
+        results = self._score_unique(list(unique.values()), query_vision, batch_size, bar)
+        bar.update(len(pairs) - len(unique))
+        return [results[enc.key] for enc in pairs]
 
     def _encode_pair(self, conversation: list[dict[str, Any]]) -> Encoded:
         enc = encode_conversation(self.processor, conversation, max_length=None, truncation=False)

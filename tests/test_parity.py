@@ -75,3 +75,27 @@ def test_reranker_score_matches_reference(public, share_prefix):
             reranker.score(request["query"], [d], instruction=request["instruction"])[0] for d in request["documents"]
         ]
         assert np.abs(np.asarray(one_by_one) - expected).max() < TOL
+
+
+def test_prepare_then_embed_prepared_matches_reference(embedder, public):
+    """The CPU-only preparation step and the model step, run apart, give the reference's numbers."""
+    inputs = [with_media_paths(e) for e in public["embed_inputs"]]
+    prepared = embedder.prepare(inputs)
+    assert len(prepared) == len(inputs)
+    out = embedder.embed_prepared(prepared, batch_size=3)
+    assert np.abs(out - np.asarray(public["expected_embeddings"])).max() < TOL
+    # any selection and order of prepared items
+    again = embedder.embed_prepared([prepared[5], prepared[0]])
+    assert np.abs(again - out[[5, 0]]).max() < 1e-5
+
+
+def test_reranker_prepare_then_score_prepared_matches_reference(public):
+    from retrieval_pipeline import Qwen3VLReranker
+
+    settings = {k: v for k, v in public["settings"].items() if k != "max_length"}
+    for request, expected in _requests(public):
+        settings.update(fps=request["fps"], max_frames=request["max_frames"])
+        reranker = Qwen3VLReranker(str(TINY), **settings)
+        prepared = reranker.prepare(request["query"], request["documents"], instruction=request["instruction"])
+        assert len(prepared) == len(request["documents"])
+        assert np.abs(np.asarray(reranker.score_prepared(prepared)) - expected).max() < TOL
