@@ -30,7 +30,7 @@ from .encoding import (
     embedding_conversation,
     encode_conversation,
 )
-from .media import URL_TIMEOUT, InputError, InputLike, load_input, parse_inputs
+from .media import URL_TIMEOUT, InputError, InputLike, check_text, load_input, parse_inputs
 from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
@@ -162,7 +162,9 @@ class Qwen3VLEmbedder:
         chosen = loaded.instruction or instruction or self.default_instruction
         conversation = embedding_conversation(loaded, self.media, chosen)
         try:
-            enc = encode_conversation(self.processor, conversation, max_length=self.max_length, truncation=True)
+            enc = encode_conversation(
+                self.processor, conversation, max_length=self.max_length, truncation=True, text_budget=self.max_length
+            )
         except InputError as exc:
             raise exc.at(index) from None
         enc.compute_key()
@@ -205,6 +207,8 @@ class Qwen3VLEmbedder:
     def _check_instruction(instruction: str | None) -> None:
         if instruction is not None and not isinstance(instruction, str):
             raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+        if instruction is not None:
+            check_text(instruction, "instruction")
 
     def _embed(
         self,

@@ -151,9 +151,18 @@ def encode_conversation(
     *,
     max_length: int | None,
     truncation: bool,
+    text_budget: int | None = None,
 ) -> Encoded:
-    """Chat template + qwen-vl-utils + processor on one conversation (as the reference does on a batch)."""
-    text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
+    """Chat template + qwen-vl-utils + processor on one conversation (as the reference does on a batch).
+
+    User text is tokenised as text (see :func:`tokenize_texts_as_text`): a document that quotes ``<|im_end|>`` or
+    ``<|image_pad|>`` cannot forge the prompt's structure or its vision slots. ``text_budget`` (tokens) bounds the
+    characters of each text that are tokenised at all (:data:`CHARS_PER_TOKEN_BOUND` per token): the tail past
+    that could only be truncated away.
+    """
+    texts: list[str] = []
+    marked = _mark_texts(conversation, texts, _sentinel(processor)[0], text_budget)
+    text = processor.apply_chat_template([marked], add_generation_prompt=True, tokenize=False)
     try:
         images, videos, video_kwargs = process_vision_info(
             [conversation],
@@ -168,9 +177,7 @@ def encode_conversation(
     video_metadata = None
     if videos is not None:
         videos, video_metadata = (list(x) for x in zip(*videos))
-    kwargs: dict[str, Any] = {"truncation": truncation}
-    if truncation:
-        kwargs["max_length"] = max_length
+    kwargs: dict[str, Any] = {"truncation": False}
     if videos is not None and hasattr(processor.video_processor, "cap_pixels_per_frame"):
         # qwen-vl-utils already sized the frames (do_resize=False): the processor's own per-frame cap, which only
         # acts when it resizes, is off, as in the reference (saying so explicitly silences its warning).
@@ -186,8 +193,11 @@ def encode_conversation(
         **kwargs,
         **video_kwargs,
     )
+    ids = tokenize_texts_as_text(processor, out["input_ids"][0].tolist(), texts)
+    if truncation and max_length is not None and len(ids) > max_length:
+        ids = ids[:max_length]  # the processor's truncation=True: keep the first max_length tokens
     enc = Encoded(
-        input_ids=out["input_ids"][0].to(torch.long),
+        input_ids=torch.tensor(ids, dtype=torch.long),
         pixel_values=out.get("pixel_values"),
         image_grid_thw=out.get("image_grid_thw"),
         pixel_values_videos=out.get("pixel_values_videos"),
@@ -195,6 +205,100 @@ def encode_conversation(
     )
     check_vision_tokens(enc, processor)
     return enc
+
+
+# A text longer than this many characters per token of budget cannot fit: its tail is never tokenised. (Qwen's
+# byte-level BPE tokens average about 4 characters of prose; 64 leaves room for long runs of spaces or symbols.)
+CHARS_PER_TOKEN_BOUND = 64
+# Special tokens that stand in for user texts while the template and the processor run (none of them occurs in a
+# Qwen3-VL prompt of this project; the first the checkpoint's tokenizer knows is used).
+SENTINEL_CANDIDATES = ("<|box_start|>", "<|object_ref_start|>", "<|quad_start|>", "<|box_end|>")
+
+
+def _sentinel(processor: Any) -> tuple[str, int, Any]:
+    """(sentinel token, its id, a private copy of the tokenizer that encodes special-token strings as text)."""
+    cached = getattr(processor, "_rag_text_tokenizer", None)
+    if cached is not None:
+        return cached
+    import tokenizers
+
+    tokenizer = processor.tokenizer
+    special = set(tokenizer.all_special_ids)
+    vocab = tokenizer.get_vocab()
+    for token in SENTINEL_CANDIDATES:
+        if vocab.get(token) in special:
+            break
+    else:  # pragma: no cover - every Qwen3-VL tokenizer has them
+        raise ValueError("the tokenizer has none of the special tokens used to mark user text")
+    # A copy of the backend: `split_special_tokens=True` on the shared tokenizer flips a flag that concurrent
+    # calls (the processor's own) would see.
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.encode_special_tokens = True
+    cached = (token, vocab[token], backend)
+    processor._rag_text_tokenizer = cached
+    return cached
+
+
+def _mark_texts(
+    conversation: list[dict[str, Any]], texts: list[str], sentinel: str, text_budget: int | None
+) -> list[dict[str, Any]]:
+    """The conversation with every text item replaced by ``sentinel``; the texts are appended to ``texts``."""
+    limit = None if text_budget is None else max(1, text_budget) * CHARS_PER_TOKEN_BOUND
+    marked = []
+    for turn in conversation:
+        content = []
+        for item in turn["content"]:
+            if item.get("type") == "text":
+                text = item["text"]
+                texts.append(text if limit is None or len(text) <= limit else text[:limit])
+                item = {**item, "text": sentinel}
+            content.append(item)
+        marked.append({**turn, "content": content})
+    return marked
+
+
+def tokenize_texts_as_text(processor: Any, ids: list[int], texts: list[str]) -> list[int]:
+    """Put the user texts back in place of their sentinels, tokenised as text.
+
+    The tokenizer splits a prompt at special tokens and tokenises each stretch between them on its own. Each
+    stretch that holds sentinels is decoded, the texts are put in, and it is tokenised again with special-token
+    strings read as plain text. For a text without such strings the ids are exactly the reference's (the
+    stretches are the same); with them, ``<|im_end|>`` in a document is characters, counted against the limits.
+    """
+    sentinel, sentinel_id, backend = _sentinel(processor)
+    special = set(processor.tokenizer.all_special_ids) - {sentinel_id}
+    out: list[int] = []
+    stretch: list[int] = []
+    next_text = iter(texts)
+
+    def flush() -> None:
+        if sentinel_id not in stretch:
+            out.extend(stretch)
+        else:
+            pieces: list[str] = []
+            run: list[int] = []
+            for t in stretch:
+                if t == sentinel_id:
+                    pieces.append(backend.decode(run, skip_special_tokens=False))
+                    pieces.append(next(next_text))
+                    run = []
+                else:
+                    run.append(t)
+            pieces.append(backend.decode(run, skip_special_tokens=False))
+            try:
+                out.extend(backend.encode("".join(pieces), add_special_tokens=False).ids)
+            except Exception as exc:  # not valid Unicode (a lone surrogate), ...
+                raise InputError(f"text cannot be tokenised: {exc}", field="text") from None
+        stretch.clear()
+
+    for t in ids:
+        if t in special:
+            flush()
+            out.append(t)
+        else:
+            stretch.append(t)
+    flush()
+    return out
 
 
 def check_vision_tokens(enc: Encoded, processor: Any) -> None:

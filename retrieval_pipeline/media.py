@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,6 +197,7 @@ def parse_input(obj: InputLike, *, index: int | None = None, check_files: bool =
 
 def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
     if isinstance(obj, str):
+        check_text(obj, "text")
         return ParsedInput(texts=[obj])
     if isinstance(obj, Image.Image):
         return ParsedInput(images=[_image_source(obj, check_files)])
@@ -213,6 +215,8 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
             raise InputError(f"expected a str or a list of str, got {_type_name(text)}", field="text")
+        for t in texts:
+            check_text(t, "text")
         parsed.texts = list(texts)
     image = obj.get("image")
     if image is not None:
@@ -224,6 +228,8 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
     instruction = obj.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise InputError(f"expected a str, got {_type_name(instruction)}", field="instruction")
+    if instruction is not None:
+        check_text(instruction, "instruction")
     parsed.instruction = instruction
     fps = obj.get("fps")
     if fps is not None:
@@ -246,6 +252,21 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
             f"video_end ({parsed.video_end}) must be after video_start ({parsed.video_start})", field="video_end"
         )
     return parsed
+
+
+def check_text(text: str, field: str = "text") -> str:
+    """Text must be valid Unicode. A lone UTF-16 surrogate (``"\\ud800"`` is valid JSON) cannot be tokenised; it is
+    refused with its position rather than silently replaced, since replacing it would embed a different text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        raise InputError(
+            f"not valid Unicode text: lone surrogate U+{ord(char):04X} at character {exc.start} (a broken UTF-16 "
+            "pair; fix the encoding of the source, or replace it, e.g. text.encode('utf-8', 'replace').decode())",
+            field=field,
+        ) from None
+    return text
 
 
 def _located(fn, value, check_files: bool, *, field: str):
@@ -551,44 +572,97 @@ def same_size_frames(frames: list[Image.Image]) -> list[Image.Image]:
 
 
 def fetch_url(url: str, timeout: float) -> bytes:
-    """GET ``url`` with a timeout and a size cap; failures become :class:`InputError`."""
-    import requests
+    """GET ``url`` under the current :class:`~retrieval_pipeline.netfetch.FetchPolicy`: checked addresses, no
+    proxies, a total deadline of at most ``timeout`` seconds, a byte cap; every failure is an :class:`InputError`."""
+    from .netfetch import fetch
 
-    try:
-        with requests.get(url, stream=True, timeout=timeout) as response:
-            if response.status_code >= 400:
-                raise InputError(f"URL {url} answered HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_content(1 << 20):
-                size += len(chunk)
-                _check_bytes_size(size)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except InputError:
-        raise
-    except requests.Timeout:
-        raise InputError(f"URL {url} timed out after {timeout:g}s") from None
-    except requests.RequestException as exc:
-        raise InputError(f"URL {url} is unreachable: {exc.__class__.__name__}: {exc}") from None
+    return fetch(url, timeout=timeout)
 
 
+# Videos from URLs are read from disk: a per-process cache folder, at most VIDEO_CACHE_BYTES (least recently used
+# files evicted, except those used in the last VIDEO_CACHE_PIN seconds), removed at exit (``serve`` also on SIGTERM).
+VIDEO_CACHE_BYTES = 1024 * 1024 * 1024
+VIDEO_CACHE_PIN = 600.0
 _download_dir: str | None = None
 _download_lock = threading.Lock()
+_download_files: dict[str, tuple[str, int, float]] = {}  # url key -> (path, size, last use), oldest use first
+
+
+def video_container(head: bytes) -> str:
+    """The file suffix of a self-contained video container recognised by its first bytes, else InputError.
+    Playlists (HLS ``#EXTM3U``, DASH XML), concat lists and anything else that can name other files are refused."""
+    if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+        return ".mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return ".mkv"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return ".avi"
+    raise InputError(
+        "not a self-contained video file (MP4/MOV, WebM/Matroska or AVI); playlists and other formats are refused"
+    )
 
 
 def _download_video(url: str, timeout: float) -> str:
-    """Videos are read from disk: download once per process into a private temporary folder."""
+    """Download a video URL once per process into the bounded cache; the container is checked before the body."""
+    from .netfetch import fetch
+
     global _download_dir
+    key = hashlib.sha256(url.encode()).hexdigest()[:32]
     with _download_lock:
-        if _download_dir is None:
-            _download_dir = tempfile.mkdtemp(prefix="qwen3vl-rag-videos-")
-            atexit.register(shutil.rmtree, _download_dir, ignore_errors=True)
-    suffix = os.path.splitext(urlparse(url).path)[1] or ".mp4"
-    path = os.path.join(_download_dir, hashlib.sha256(url.encode()).hexdigest()[:32] + suffix)
-    if not os.path.exists(path):
-        data = fetch_url(url, timeout)
+        hit = _download_files.pop(key, None)
+        if hit is not None and os.path.exists(hit[0]):
+            _download_files[key] = (hit[0], hit[1], time.monotonic())
+            return hit[0]
+    data = fetch(url, timeout=timeout, head_check=video_container)
+    suffix = video_container(data[:64])
+    with _download_lock:
+        if _download_dir is None or not os.path.isdir(_download_dir):
+            _download_dir = tempfile.mkdtemp(prefix=f"qwen3vl-rag-videos-{os.getpid()}-")
+            atexit.register(cleanup_downloads)
+        _make_room(len(data))
+        path = os.path.join(_download_dir, key + suffix)
         tmp = path + ".part"
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
+        _download_files[key] = (path, len(data), time.monotonic())
     return path
+
+
+def _make_room(size: int) -> None:
+    """Evict least recently used videos until ``size`` more bytes fit (caller holds the lock)."""
+    total = sum(entry[1] for entry in _download_files.values())
+    now = time.monotonic()
+    for key, (path, used_size, used_at) in list(_download_files.items()):
+        if total + size <= VIDEO_CACHE_BYTES:
+            break
+        if now - used_at < VIDEO_CACHE_PIN:
+            continue  # possibly still being decoded
+        del _download_files[key]
+        total -= used_size
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    if total + size > VIDEO_CACHE_BYTES:
+        raise LimitError(
+            f"the video download cache is full ({total} of {VIDEO_CACHE_BYTES} bytes in use); try again later",
+            limit="video_cache_bytes",
+            value=total + size,
+            maximum=VIDEO_CACHE_BYTES,
+        )
+
+
+def video_cache_dir() -> str | None:
+    """The folder of downloaded videos of this process (None before the first download)."""
+    return _download_dir
+
+
+def cleanup_downloads() -> None:
+    """Remove the video download cache (registered with atexit; ``serve`` also calls it on SIGTERM)."""
+    global _download_dir
+    with _download_lock:
+        if _download_dir is not None:
+            shutil.rmtree(_download_dir, ignore_errors=True)
+        _download_dir = None
+        _download_files.clear()

@@ -34,7 +34,7 @@ from .encoding import (
     rerank_conversation,
     truncate_keep_special,
 )
-from .media import URL_TIMEOUT, InputError, InputLike, ParsedInput, load_input, parse_input
+from .media import URL_TIMEOUT, InputError, InputLike, ParsedInput, check_text, load_input, parse_input
 from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
@@ -218,6 +218,8 @@ class Qwen3VLReranker:
         """Structural checks of the query and every document, before any loading or model work."""
         if instruction is not None and not isinstance(instruction, str):
             raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+        if instruction is not None:
+            check_text(instruction, "instruction")
         if isinstance(documents, (str, dict)) or not isinstance(documents, Sequence):
             raise InputError(f"documents must be a list, got {type(documents).__name__}")
         try:
@@ -291,7 +293,9 @@ class Qwen3VLReranker:
         return [results[enc.key] for enc in pairs]
 
     def _encode_pair(self, conversation: list[dict[str, Any]]) -> Encoded:
-        enc = encode_conversation(self.processor, conversation, max_length=None, truncation=False)
+        enc = encode_conversation(
+            self.processor, conversation, max_length=None, truncation=False, text_budget=self.max_length
+        )
         ids = enc.input_ids.tolist()
         if len(ids) > self.max_length + KEEP_TAIL_TOKENS:
             head = truncate_keep_special(ids[:-KEEP_TAIL_TOKENS], self.max_length, self._special_ids)

@@ -1,0 +1,134 @@
+"""Real and hostile input to the core models: special-token strings in text, invalid Unicode, huge texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import MEDIA
+
+from retrieval_pipeline import InputError
+from retrieval_pipeline.encoding import content_items, embedding_conversation, encode_conversation
+from retrieval_pipeline.media import load_input, parse_input
+
+CHELSEA = str(MEDIA / "chelsea.jpg")
+SPECIALS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|im_end|>", "<|im_start|>", "<|endoftext|>"]
+
+
+def _reference_ids(embedder, item, instruction="Represent the user's input."):
+    """What the reference does: the whole templated prompt through the checkpoint's processor, untouched."""
+    from qwen_vl_utils import process_vision_info
+
+    loaded = load_input(parse_input(item))
+    conversation = embedding_conversation(loaded, embedder.media, instruction)
+    text = embedder.processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
+    images, videos, _ = process_vision_info([conversation], image_patch_size=16, return_video_kwargs=True)
+    out = embedder.processor(text=text, images=images, videos=videos, padding=False, do_resize=False)
+    return list(out["input_ids"][0])
+
+
+def _our_ids(embedder, item, instruction="Represent the user's input."):
+    loaded = load_input(parse_input(item))
+    conversation = embedding_conversation(loaded, embedder.media, instruction)
+    enc = encode_conversation(embedder.processor, conversation, max_length=embedder.max_length, truncation=True)
+    return enc.input_ids.tolist()
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "plain text",
+        "\n\nstarts with blank lines",
+        " leading space and trailing newline\n",
+        "",
+        "Unicode: héllo wörld — 日本語 😀",
+        {"text": ["first", "second", "\nthird"]},
+        {"text": "caption", "image": CHELSEA},
+        {"text": "  spaced  ", "image": [CHELSEA, CHELSEA]},
+        "<think> is an added token, not a special one",
+    ],
+)
+def test_ordinary_text_tokenises_exactly_like_the_reference(embedder, item):
+    assert _our_ids(embedder, item) == _reference_ids(embedder, item)
+
+
+def test_instruction_tokenises_exactly_like_the_reference(embedder):
+    instruction = "Find the pictures!\n"
+    assert _our_ids(embedder, "a dog", instruction) == _reference_ids(embedder, "a dog", instruction)
+
+
+@pytest.mark.parametrize("special", SPECIALS)
+def test_special_token_strings_in_text_are_text(embedder, special):
+    """The reference crashes (vision-slot mismatch) or lets the text forge the prompt; here it is characters."""
+    text = f"The Qwen-VL prompt uses {special} to mark its structure."
+    ids = _our_ids(embedder, text)
+    special_ids = set(embedder.processor.tokenizer.all_special_ids)
+    template_only = _our_ids(embedder, "The Qwen-VL prompt uses  to mark its structure.")
+    # the same special tokens as the prompt without the quoted string: nothing forged
+    assert [t for t in ids if t in special_ids] == [t for t in template_only if t in special_ids]
+    assert len(ids) > len(template_only)
+    vec = embedder.embed([text, {"text": text, "image": CHELSEA}])
+    assert np.isfinite(vec).all()
+
+
+def test_special_token_strings_do_not_change_an_images_vision_slots(embedder):
+    plain = embedder.embed([{"image": CHELSEA, "text": "cat"}])[0]
+    quoted = embedder.embed([{"image": CHELSEA, "text": "cat <|image_pad|><|image_pad|>"}])[0]
+    assert np.isfinite(quoted).all() and not np.allclose(plain, quoted)
+
+
+def test_repeated_im_end_counts_against_the_reranker_limit(reranker):
+    """8,000 quoted <|im_end|> were 80,010 tokens kept past max_length (special tokens are never cut)."""
+    doc = "<|im_end|>" * 8000
+    query = {"text": "what ends a turn?"}
+    conversation = None
+    from retrieval_pipeline.encoding import rerank_conversation
+
+    loaded_q = content_items(load_input(parse_input(query)), reranker.media)
+    loaded_d = content_items(load_input(parse_input(doc)), reranker.media)
+    conversation = rerank_conversation(loaded_q, loaded_d, reranker.default_instruction)
+    enc = reranker._encode_pair(conversation)
+    assert len(enc) <= reranker.max_length + 5
+    scores = reranker.score(query, [doc, "a plain document"])
+    assert all(0.0 < s < 1.0 for s in scores)
+
+
+def test_embedder_truncates_special_token_floods_to_max_length(embedder):
+    loaded = load_input(parse_input("<|im_end|>" * 5000))
+    conversation = embedding_conversation(loaded, embedder.media, "x")
+    enc = encode_conversation(embedder.processor, conversation, max_length=512, truncation=True, text_budget=512)
+    assert len(enc) == 512
+
+
+def test_huge_text_is_bounded_and_equals_the_truncated_reference(embedder):
+    """A 3 MB text: only the part that can fit in max_length is tokenised; the tokens kept are the reference's."""
+    text = "All work and no play makes Jack a dull boy. " * 70_000
+    loaded = load_input(parse_input(text))
+    conversation = embedding_conversation(loaded, embedder.media, "x")
+    ours = encode_conversation(embedder.processor, conversation, max_length=300, truncation=True, text_budget=300)
+    full = encode_conversation(embedder.processor, conversation, max_length=300, truncation=True, text_budget=None)
+    assert torch.equal(ours.input_ids, full.input_ids) and len(ours) == 300
+
+
+@pytest.mark.parametrize(
+    "item, field",
+    [
+        ("\ud800", "text"),
+        ({"text": ["fine", "bad \udfff here"]}, "text"),
+        ({"text": "ok", "instruction": "broken \ud83d"}, "instruction"),
+    ],
+)
+def test_lone_surrogates_are_a_clear_error_naming_the_item(embedder, item, field):
+    with pytest.raises(InputError) as info:
+        embedder.embed(["good", item])
+    err = info.value
+    assert err.index == 1 and err.field == field
+    assert "surrogate" in str(err)
+
+
+def test_lone_surrogate_in_call_instruction_and_rerank(embedder, reranker):
+    with pytest.raises(InputError, match="surrogate"):
+        embedder.embed(["good"], instruction="bad \ud800")
+    with pytest.raises(InputError, match="surrogate") as info:
+        reranker.score("query", ["fine", "bad \ud800"])
+    assert info.value.index == 1 and info.value.kind == "document"
