@@ -119,9 +119,9 @@ def collate(
         attention_mask=attention_mask,
         mm_token_type_ids=token_types(input_ids, image_token_id, video_token_id) * attention_mask.int(),
         lengths=lengths,
-        pixel_values=_cat([e.pixel_values for e in items]),
+        pixel_values=_cat([e.vision("pixel_values") for e in items]),
         image_grid_thw=_cat([e.image_grid_thw for e in items]),
-        pixel_values_videos=_cat([e.pixel_values_videos for e in items]),
+        pixel_values_videos=_cat([e.vision("pixel_values_videos") for e in items]),
         video_grid_thw=_cat([e.video_grid_thw for e in items]),
     )
 

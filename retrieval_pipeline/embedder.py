@@ -27,10 +27,11 @@ from .encoding import (
     TOTAL_PIXELS,
     Encoded,
     MediaSettings,
+    check_image_budget,
     embedding_conversation,
     encode_conversation,
 )
-from .media import URL_TIMEOUT, InputError, InputLike, check_text, load_input, parse_inputs
+from .media import URL_TIMEOUT, InputError, InputLike, InputLimits, check_text, load_input, parse_inputs
 from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
@@ -43,6 +44,8 @@ from .runtime import (
 )
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_LIMITS = InputLimits()  # the library bounds only the pixels of one image
 
 MAX_LENGTH = 8192
 DEFAULT_INSTRUCTION = "Represent the user's input."
@@ -154,10 +157,20 @@ class Qwen3VLEmbedder:
             )
         return int(dim)
 
-    def encode_input(self, parsed_item: Any, index: int, instruction: str | None) -> Encoded:
+    def encode_input(
+        self, parsed_item: Any, index: int, instruction: str | None, limits: InputLimits | None = None
+    ) -> Encoded:
         """Load and tokenise one parsed input (see :mod:`retrieval_pipeline.media`)."""
+        try:
+            check_image_budget(parsed_item, self.media, self.max_length)
+        except InputError as exc:
+            raise exc.at(index) from None
         loaded = load_input(
-            parsed_item, index=index, default_max_frames=self.media.max_frames, timeout=self.url_timeout
+            parsed_item,
+            index=index,
+            default_max_frames=self.media.max_frames,
+            timeout=self.url_timeout,
+            max_image_pixels=(limits or DEFAULT_LIMITS).max_image_pixels,
         )
         chosen = loaded.instruction or instruction or self.default_instruction
         conversation = embedding_conversation(loaded, self.media, chosen)
@@ -170,16 +183,25 @@ class Qwen3VLEmbedder:
         enc.compute_key()
         return enc
 
-    def prepare(self, inputs: Sequence[InputLike], *, instruction: str | None = None) -> list[Encoded]:
+    def prepare(
+        self,
+        inputs: Sequence[InputLike],
+        *,
+        instruction: str | None = None,
+        limits: InputLimits | None = None,
+        check_files: bool = True,
+    ) -> list[Encoded]:
         """CPU-only first half of :meth:`embed`: check, load and tokenise every input (no model work).
 
-        Raises :class:`~retrieval_pipeline.media.InputError` naming the first bad input. Servers prepare each
-        request on its own, so one request's bad or slow input never reaches a shared model batch; distributed
-        ingestion prepares on CPU workers. Run the result with :meth:`embed_prepared`.
+        Raises :class:`~retrieval_pipeline.media.InputError` naming the first bad input, a
+        :class:`~retrieval_pipeline.media.LimitError` for one over ``limits`` (checked from headers, before
+        decoding). Servers prepare each request on its own, so one request's bad or slow input never reaches a
+        shared model batch; distributed ingestion prepares on CPU workers. Run the result with
+        :meth:`embed_prepared`. ``check_files=False``: local paths are not looked at while parsing.
         """
         self._check_instruction(instruction)
-        parsed = parse_inputs(inputs)
-        return [self.encode_input(item, i, instruction) for i, item in enumerate(parsed)]
+        parsed = parse_inputs(inputs, limits=limits, check_files=check_files)
+        return [self.encode_input(item, i, instruction, limits) for i, item in enumerate(parsed)]
 
     def embed_prepared(
         self,

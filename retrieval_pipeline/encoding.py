@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from qwen_vl_utils import process_vision_info
 
-from .media import InputError, LoadedInput, VideoFile
+from .media import InputError, LimitError, LoadedInput, ParsedInput, VideoFile
+from .video import fetch_vision
 
 # Qwen3-VL vision: 16-pixel patches, merged 2x2 -> one token per 32x32 pixels.
 IMAGE_PATCH_SIZE = 16
@@ -50,8 +50,18 @@ class MediaSettings:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.max_pixels < self.min_pixels:
             raise ValueError(f"max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
-        if not self.fps > 0:
-            raise ValueError(f"fps must be positive, got {self.fps!r}")
+        if not 0 < self.fps < float("inf"):
+            raise ValueError(f"fps must be a positive finite number, got {self.fps!r}")
+
+
+@dataclass
+class SharedVision:
+    """Vision patches that lead several encoded items -- a rerank query's images and videos -- kept once instead
+    of once per (query, document) pair (a full-size query image is ~44 MB of patches)."""
+
+    pixel_values: torch.Tensor | None
+    pixel_values_videos: torch.Tensor | None
+    key: bytes
 
 
 @dataclass
@@ -64,12 +74,49 @@ class Encoded:
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None  # (n_videos, 3)
     key: bytes = b""
+    shared: SharedVision | None = None  # patches that come before pixel_values / pixel_values_videos
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def vision(self, name: str) -> torch.Tensor | None:
+        """All of ``pixel_values`` or ``pixel_values_videos``: the shared leading patches, then the item's own."""
+        own = getattr(self, name)
+        head = getattr(self.shared, name) if self.shared is not None else None
+        if head is None:
+            return own
+        return head if own is None else torch.cat([head, own])
+
+    def share_leading(self, n_images: int, n_videos: int, shared: SharedVision | None) -> SharedVision | None:
+        """Move the patches of the first ``n_images`` images and ``n_videos`` videos into ``shared`` (made from this
+        item's own patches when None) and keep only the rest here. Returns the shared patches."""
+        if not (n_images or n_videos):
+            return shared
+        cut = {}
+        for name, grid, n in (
+            ("pixel_values", self.image_grid_thw, n_images),
+            ("pixel_values_videos", self.video_grid_thw, n_videos),
+        ):
+            cut[name] = int(grid[:n].prod(-1).sum()) if n and grid is not None else 0
+        if shared is None:
+            heads = {name: getattr(self, name)[:k].clone() if k else None for name, k in cut.items()}
+            digest = hashlib.blake2b(digest_size=20)
+            for t in heads.values():
+                digest.update(_tensor_bytes(t))
+            shared = SharedVision(heads["pixel_values"], heads["pixel_values_videos"], digest.digest())
+        for name, k in cut.items():
+            head = getattr(shared, name)
+            if (head.shape[0] if head is not None else 0) != k:
+                raise AssertionError(f"shared {name} of {k} patches expected")
+            if k:
+                own = getattr(self, name)
+                setattr(self, name, own[k:].clone() if own.shape[0] > k else None)
+        self.shared = shared
+        return shared
+
     def compute_key(self) -> bytes:
         digest = hashlib.blake2b(digest_size=20)
+        digest.update(self.shared.key if self.shared is not None else b"-")
         for tensor in (
             self.input_ids,
             self.pixel_values,
@@ -77,14 +124,57 @@ class Encoded:
             self.pixel_values_videos,
             self.video_grid_thw,
         ):
-            if tensor is None:
-                digest.update(b"-")
-            else:
-                t = tensor.detach().cpu().contiguous()
-                digest.update(str((t.dtype, tuple(t.shape))).encode())
-                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(_tensor_bytes(tensor))
         self.key = digest.digest()
         return self.key
+
+
+def _tensor_bytes(tensor: torch.Tensor | None) -> bytes:
+    if tensor is None:
+        return b"-"
+    t = tensor.detach().cpu().contiguous()
+    head = str((t.dtype, tuple(t.shape))).encode()
+    return head + (t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def image_tokens(width: int, height: int, media: MediaSettings) -> int:
+    """Tokens an image of this stored size becomes (qwen-vl-utils' resize, one token per 32x32 pixels, plus
+    the vision start/end tokens)."""
+    from qwen_vl_utils.vision_process import smart_resize
+
+    try:
+        h, w = smart_resize(
+            height, width, factor=IMAGE_FACTOR, min_pixels=media.min_pixels, max_pixels=media.max_pixels
+        )
+    except ValueError as exc:  # an aspect ratio over 200
+        raise InputError(f"image of {width}x{height} pixels: {exc}") from None
+    return h * w // (IMAGE_FACTOR * IMAGE_FACTOR) + 2
+
+
+def estimate_tokens(parsed: ParsedInput, media: MediaSettings) -> int:
+    """Tokens an input will take, from its structure and headers (before anything is decoded): images exactly
+    when their size is known (else at ``max_pixels``), a video at its pixel budget, text at 3 characters a token
+    (prose averages about 4)."""
+    tokens = sum(len(t) // 3 + 1 for t in parsed.texts)
+    for src in parsed.images:
+        tokens += image_tokens(*src.size, media) if src.size else media.max_pixels // (IMAGE_FACTOR * IMAGE_FACTOR)
+    tokens += len(parsed.videos) * (media.total_pixels // (IMAGE_FACTOR * IMAGE_FACTOR) + 2)
+    return tokens
+
+
+def check_image_budget(parsed: ParsedInput, media: MediaSettings, max_length: int) -> None:
+    """An input whose images alone need more than ``max_length`` tokens would fail after decoding them all (its
+    vision tokens cannot be truncated): refuse it from the headers, before any pixel is decoded."""
+    needed = sum(image_tokens(*src.size, media) for src in parsed.images if src.size)
+    if needed > max_length:
+        raise LimitError(
+            f"its {len(parsed.images)} images need {needed} tokens, more than max_length ({max_length}); send fewer "
+            "or smaller images, or lower max_pixels",
+            limit="max_length",
+            value=needed,
+            maximum=max_length,
+            field="image",
+        )
 
 
 def with_punctuation(instruction: str) -> str:
@@ -164,11 +254,15 @@ def encode_conversation(
     marked = _mark_texts(conversation, texts, _sentinel(processor)[0], text_budget)
     text = processor.apply_chat_template([marked], add_generation_prompt=True, tokenize=False)
     try:
-        images, videos, video_kwargs = process_vision_info(
-            [conversation],
-            image_patch_size=IMAGE_PATCH_SIZE,
-            return_video_kwargs=True,
-            return_video_metadata=True,
+        # qwen-vl-utils' process_vision_info, with video files read frame by frame and given a pixel budget when
+        # the reference's plan would overflow the sequence (the embedder's max_length; the reranker's, which it
+        # passes as text_budget). See retrieval_pipeline.video.
+        images, videos, video_kwargs = fetch_vision(
+            conversation,
+            processor,
+            token_limit=max_length if max_length is not None else text_budget,
+            truncation=truncation,
+            prompt_ids=lambda: tokenize_texts_as_text(processor, processor.tokenizer(text)["input_ids"][0], texts),
         )
     except InputError:
         raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import os
@@ -111,6 +112,73 @@ class LimitError(InputError):
         )
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds on what inputs may ask for, checked from structure and headers before anything is decoded.
+
+    ``None`` is no bound. The library's default bounds only the pixels of one image (decompression bombs); the
+    server applies :data:`SERVER_LIMITS`. Each refusal is a :class:`LimitError` naming the setting.
+    """
+
+    max_text_chars: int | None = None  # characters of one input's texts and instruction together
+    max_images_per_item: int | None = None
+    max_videos_per_item: int | None = None
+    max_frames_per_video: int | None = None  # frames listed in one frame-list video, before thinning
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # pixels of one stored image or frame (decoded size)
+    max_request_pixels: int | None = None  # stored pixels of every image and frame of one call
+    max_rerank_tokens: int | None = None  # estimated tokens a rerank call runs (see Qwen3VLReranker.prepare)
+
+    def check_item(self, parsed: ParsedInput) -> None:
+        """Per-input bounds (raise :class:`LimitError` without an index; the caller locates it)."""
+        chars = sum(len(t) for t in parsed.texts) + len(parsed.instruction or "")
+        _bound("max_text_chars", chars, self.max_text_chars, "characters of text", "text")
+        _bound("max_images_per_item", len(parsed.images), self.max_images_per_item, "images", "image")
+        _bound("max_videos_per_item", len(parsed.videos), self.max_videos_per_item, "videos", "video")
+        for video in parsed.videos:
+            if isinstance(video, FramesSource):
+                _bound("max_frames_per_video", len(video.frames), self.max_frames_per_video, "frames", "video")
+
+    def check_call(self, parsed: Sequence[ParsedInput]) -> None:
+        """Bounds over a whole call: the stored pixels of the images and frames whose size is known."""
+        if self.max_request_pixels is None:
+            return
+        total = sum(source_pixels(p) for p in parsed)
+        _bound("max_request_pixels", total, self.max_request_pixels, "pixels of images and frames", None, "call")
+
+
+# What `serve` accepts by default (each has a flag; see the README's "Limits and security").
+SERVER_LIMITS = InputLimits(
+    max_text_chars=100_000,  # ~25k tokens of prose: far past what max_length keeps
+    max_images_per_item=16,
+    max_videos_per_item=2,
+    max_frames_per_video=256,
+    max_image_pixels=25_000_000,  # 5000 x 5000; the model sees at most max_pixels (1.8 M) of it
+    max_request_pixels=64_000_000,
+    max_rerank_tokens=400_000,
+)
+
+
+def _bound(name: str, value: int, maximum: int | None, what: str, field: str | None, kind: str = "input") -> None:
+    if maximum is not None and value > maximum:
+        raise LimitError(
+            f"{value} {what} exceed the limit of {maximum} ({name})",
+            limit=name,
+            value=value,
+            maximum=maximum,
+            field=field,
+            kind=kind,
+        )
+
+
+def source_pixels(parsed: ParsedInput) -> int:
+    """Stored pixels of an input's images and frames whose header was read (URLs count once fetched)."""
+    total = sum(s.size[0] * s.size[1] for s in parsed.images if s.size)
+    for video in parsed.videos:
+        if isinstance(video, FramesSource):
+            total += sum(f.size[0] * f.size[1] for f in video.frames if f.size)
+    return total
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Parsed (not yet decoded) inputs
 
@@ -119,6 +187,7 @@ class LimitError(InputError):
 class ImageSource:
     kind: str  # "path" | "url" | "bytes" | "pil"
     value: Any
+    size: tuple[int, int] | None = None  # (width, height) from the header; None until a URL is fetched
 
     def describe(self) -> str:
         if self.kind in ("path", "url"):
@@ -157,7 +226,8 @@ class ParsedInput:
 
 @dataclass
 class VideoFile:
-    """A video file on local disk, read by qwen-vl-utils with ``fps`` / ``max_frames`` sampling."""
+    """A video file on local disk, read with qwen-vl-utils' ``fps`` / ``max_frames`` sampling, frame by frame
+    (:mod:`retrieval_pipeline.video`)."""
 
     path: str
 
@@ -178,19 +248,31 @@ class LoadedInput:
 # Parsing
 
 
-def parse_inputs(inputs: Sequence[InputLike], **kwargs: Any) -> list[ParsedInput]:
-    """Parse a list of inputs; raise :class:`InputError` (with the index) at the first bad one."""
+def parse_inputs(inputs: Sequence[InputLike], *, limits: InputLimits | None = None, **kwargs: Any) -> list[ParsedInput]:
+    """Parse a list of inputs; raise :class:`InputError` (with the index) at the first bad one. ``limits``
+    bounds each input and the whole call (:class:`LimitError`)."""
     if isinstance(inputs, (str, dict, Image.Image)) or not isinstance(inputs, Sequence):
         raise InputError(f"expected a list of inputs, got {type(inputs).__name__}")
     if len(inputs) == 0:
         raise InputError("the input list is empty")
-    return [parse_input(item, index=i, **kwargs) for i, item in enumerate(inputs)]
+    parsed = [parse_input(item, index=i, limits=limits, **kwargs) for i, item in enumerate(inputs)]
+    if limits is not None:
+        limits.check_call(parsed)
+    return parsed
 
 
-def parse_input(obj: InputLike, *, index: int | None = None, check_files: bool = True) -> ParsedInput:
-    """Check one input's structure and resolve its media sources (no decoding)."""
+def parse_input(
+    obj: InputLike, *, index: int | None = None, check_files: bool = True, limits: InputLimits | None = None
+) -> ParsedInput:
+    """Check one input's structure and resolve its media sources (no decoding); ``limits`` bounds it."""
     try:
-        return _parse(obj, check_files=check_files)
+        parsed = _parse(obj, check_files=check_files)
+        if limits is not None:
+            limits.check_item(parsed)
+            for src in parsed.images:
+                if src.size:
+                    _check_pixels(src.size[0], src.size[1], src.describe(), limits.max_image_pixels)
+        return parsed
     except InputError as exc:
         raise exc.at(index) from None
 
@@ -233,24 +315,35 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
     parsed.instruction = instruction
     fps = obj.get("fps")
     if fps is not None:
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-            raise InputError(f"expected a positive number, got {fps!r}", field="fps")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
+            raise InputError(f"expected a positive finite number, got {fps!r}", field="fps")
         parsed.fps = float(fps)
     max_frames = obj.get("max_frames")
     if max_frames is not None:
         if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
             raise InputError(f"expected a positive int, got {max_frames!r}", field="max_frames")
+        if max_frames < 2 and any(isinstance(v, VideoFileSource) for v in parsed.videos):
+            raise InputError(
+                f"a video file needs max_frames >= 2 (the model reads video frames in pairs), got {max_frames}",
+                field="max_frames",
+            )
         parsed.max_frames = max_frames
     for name in ("video_start", "video_end"):
         value = obj.get(name)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise InputError(f"expected a number of seconds >= 0, got {value!r}", field=name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise InputError(f"expected a finite number of seconds >= 0, got {value!r}", field=name)
             setattr(parsed, name, float(value))
     if parsed.video_start is not None and parsed.video_end is not None and parsed.video_end <= parsed.video_start:
         raise InputError(
             f"video_end ({parsed.video_end}) must be after video_start ({parsed.video_start})", field="video_end"
         )
+    if check_files and parsed.video_start is not None:
+        from .video import check_segment
+
+        for video in parsed.videos:
+            if isinstance(video, VideoFileSource) and video.kind == "path":  # a URL is checked once fetched
+                check_segment(_probe_video(video.value), parsed.video_start, parsed.video_end)
     return parsed
 
 
@@ -316,31 +409,30 @@ def _resolve_local(text: str) -> Path:
 
 def _image_source(value: Any, check_files: bool) -> ImageSource:
     if isinstance(value, Image.Image):
-        return ImageSource("pil", value)
+        return ImageSource("pil", value, value.size)
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         if not data:
             raise InputError("empty image bytes")
         _check_bytes_size(len(data))
-        if check_files:
-            _open_image_header(io.BytesIO(data), "<bytes>")
-        return ImageSource("bytes", data)
+        size = _open_image_header(io.BytesIO(data), "<bytes>") if check_files else None
+        return ImageSource("bytes", data, size)
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value)
         if text.startswith(("http://", "https://")):
             return ImageSource("url", text)
         if text.startswith("data:"):
             data = _decode_data_uri(text)
-            if check_files:
-                _open_image_header(io.BytesIO(data), "<data URI>")
-            return ImageSource("bytes", data)
+            size = _open_image_header(io.BytesIO(data), "<data URI>") if check_files else None
+            return ImageSource("bytes", data, size)
         if not text.strip():
             raise InputError("empty image path")
         path = _resolve_local(text)
+        size = None
         if check_files:
             _check_file(path)
-            _open_image_header(path, str(path))
-        return ImageSource("path", str(path.resolve()))
+            size = _open_image_header(path, str(path))
+        return ImageSource("path", str(path.resolve()), size)
     raise InputError(
         f"unsupported image type {_type_name(value)}; pass a path, a file:// or http(s):// URL, a data URI, "
         "bytes or a PIL.Image.Image"
@@ -419,32 +511,25 @@ def _open_image_header(source: Any, name: str) -> tuple[int, int]:
     return width, height
 
 
-def _check_pixels(width: int, height: int, name: str) -> None:
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(
+def _check_pixels(width: int, height: int, name: str, maximum: int = MAX_IMAGE_PIXELS) -> None:
+    if width * height > maximum:
+        raise LimitError(
             f"image too large: {name} is {width}x{height} = {width * height} pixels "
-            f"(limit {MAX_IMAGE_PIXELS}); downscale it first"
+            f"(limit {maximum}, max_image_pixels); downscale it first",
+            limit="max_image_pixels",
+            value=width * height,
+            maximum=maximum,
         )
     if width == 0 or height == 0:
         raise InputError(f"image has no pixels: {name} is {width}x{height}")
 
 
-def _probe_video(path: str) -> None:
-    """Open a video file and check it has frames (header and index only)."""
-    try:
-        import decord
-    except ImportError as exc:  # pragma: no cover - decord is a declared dependency
-        raise InputError(f"reading video files needs decord ({exc})") from None
-    try:
-        reader = decord.VideoReader(path)
-        frames = len(reader)
-        fps = reader.get_avg_fps()
-    except Exception as exc:  # decord raises its own DECORDError / RuntimeError
-        raise InputError(f"unreadable video {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-    if frames == 0:
-        raise InputError(f"video has no frames: {path}")
-    if not fps or fps <= 0:
-        raise InputError(f"video has no frame rate: {path}")
+def _probe_video(path: str):
+    """Read a video file's header (frame size, frame count, rate; no frame is decoded) and check it against the
+    video limits (:mod:`retrieval_pipeline.video`). Returns its :class:`~retrieval_pipeline.video.VideoHeader`."""
+    from .video import probe
+
+    return probe(path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -457,10 +542,13 @@ def load_input(
     index: int | None = None,
     default_max_frames: int | None = None,
     timeout: float = URL_TIMEOUT,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> LoadedInput:
-    """Decode the media of one parsed input. ``default_max_frames`` thins frame-list videos."""
+    """Decode the media of one parsed input. ``default_max_frames`` thins frame-list videos; an image over
+    ``max_image_pixels`` (known once a URL is fetched) is refused before it is decoded."""
     try:
-        images = [_located(_load_image_src, src, timeout, field="image") for src in parsed.images]
+        load_image = functools.partial(_load_image_src, max_pixels=max_image_pixels)
+        images = [_located(load_image, src, timeout, field="image") for src in parsed.images]
         max_frames = parsed.max_frames or default_max_frames
         videos = [_located(_load_video_src, (src, max_frames), timeout, field="video") for src in parsed.videos]
     except InputError as exc:
@@ -477,28 +565,28 @@ def load_input(
     )
 
 
-def _load_image_src(src: ImageSource, timeout: float) -> Image.Image:
+def _load_image_src(src: ImageSource, timeout: float, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     if src.kind == "pil":
         img = src.value
-        _check_pixels(img.size[0], img.size[1], src.describe())
+        _check_pixels(img.size[0], img.size[1], src.describe(), max_pixels)
         return to_rgb(_apply_exif(img))
     if src.kind == "path":
         _check_file(Path(src.value))
-        return decode_image(Path(src.value), src.value)
+        return decode_image(Path(src.value), src.value, max_pixels)
     if src.kind == "bytes":
-        return decode_image(io.BytesIO(src.value), src.describe())
+        return decode_image(io.BytesIO(src.value), src.describe(), max_pixels)
     if src.kind == "url":
-        return decode_image(io.BytesIO(fetch_url(src.value, timeout)), src.value)
+        return decode_image(io.BytesIO(fetch_url(src.value, timeout)), src.value, max_pixels)
     raise AssertionError(src.kind)
 
 
-def decode_image(source: Any, name: str) -> Image.Image:
+def decode_image(source: Any, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file or buffer to RGB (EXIF orientation applied; bombs refused before decoding)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as img:
-                _check_pixels(img.size[0], img.size[1], name)
+                _check_pixels(img.size[0], img.size[1], name, max_pixels)
                 img.load()
                 img = _apply_exif(img)
                 return to_rgb(img)
@@ -526,10 +614,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr8 = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
+        return _high_depth_to_rgb(img)
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     elif mode in ("LA", "PA", "La", "RGBa"):
@@ -539,6 +624,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(img, mask=img.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+# Rows converted at a time from 16/32-bit images: a float64 copy of a whole 80-megapixel scan is 650 MB.
+_CONVERT_ROWS = 256
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale scaled to 8 bits (not clipped), a band of rows at a time."""
+    arr = np.asarray(img)  # the image's own depth: 2 or 4 bytes per pixel
+    top = 65535.0 if img.mode.startswith("I;16") or float(arr.max(initial=0)) > 255 else 255.0
+    out = np.empty(arr.shape, dtype=np.uint8)
+    for start in range(0, arr.shape[0], _CONVERT_ROWS):
+        band = arr[start : start + _CONVERT_ROWS].astype(np.float64)
+        out[start : start + _CONVERT_ROWS] = np.clip(np.round(band / top * 255.0), 0, 255)
+    del arr
+    return Image.fromarray(out, mode="L").convert("RGB")
 
 
 def _load_video_src(arg: tuple[VideoFileSource | FramesSource, int | None], timeout: float):

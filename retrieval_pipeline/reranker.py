@@ -23,18 +23,32 @@ from tqdm.auto import tqdm
 from .batching import chunks, collate, last_token_states, plan_batches, rope_positions, token_types
 from .encoding import (
     FPS,
+    IMAGE_PATCH_SIZE,
     MAX_FRAMES,
     MAX_PIXELS,
     MIN_PIXELS,
     TOTAL_PIXELS,
     Encoded,
     MediaSettings,
+    SharedVision,
     content_items,
     encode_conversation,
+    estimate_tokens,
     rerank_conversation,
     truncate_keep_special,
 )
-from .media import URL_TIMEOUT, InputError, InputLike, ParsedInput, check_text, load_input, parse_input
+from .media import (
+    MAX_IMAGE_PIXELS,
+    URL_TIMEOUT,
+    InputError,
+    InputLike,
+    InputLimits,
+    LimitError,
+    ParsedInput,
+    check_text,
+    load_input,
+    parse_input,
+)
 from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
@@ -48,10 +62,14 @@ from .runtime import (
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_LIMITS = InputLimits()  # the library bounds only the pixels of one image
+
 MAX_LENGTH = 10240
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 # The reference truncates a pair's tokens but always keeps its last 5 (end of user turn, assistant opening).
 KEEP_TAIL_TOKENS = 5
+# Tokens of a pair's prompt besides the query and the document (system prompt, instruction, tags), for estimates.
+PAIR_PROMPT_TOKENS = 64
 # Documents are decoded and encoded this many at a time (bounded host memory for long candidate lists).
 WINDOW_ITEMS = 256
 
@@ -65,6 +83,16 @@ class PreparedRerank:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+
+@dataclass
+class _Query:
+    """A call's query, loaded once: its content items and the patches every pair shares."""
+
+    content: list[dict[str, Any]]
+    images: int
+    videos: int
+    shared: SharedVision | None = None
 
 
 class Qwen3VLReranker:
@@ -188,19 +216,34 @@ class Qwen3VLReranker:
 
     # ----------------------------------------------------------------------------------------------------------
     def prepare(
-        self, query: InputLike, documents: Sequence[InputLike], *, instruction: str | None = None
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        *,
+        instruction: str | None = None,
+        limits: InputLimits | None = None,
+        check_files: bool = True,
     ) -> PreparedRerank:
         """CPU-only first half of :meth:`score`: check, load and tokenise the query and every (query, document)
         pair, no model work. Raises :class:`~retrieval_pipeline.media.InputError` naming the bad query or
-        document. Run the result with :meth:`score_prepared` (servers prepare each request on its own)."""
-        parsed_query, parsed_docs, chosen = self._parse_call(query, documents, instruction)
+        document, :class:`~retrieval_pipeline.media.LimitError` when the call is over ``limits`` (from headers,
+        before decoding; ``max_rerank_tokens`` bounds the estimated tokens the call runs). Run the result with
+        :meth:`score_prepared` (servers prepare each request on its own)."""
+        parsed_query, parsed_docs, chosen = self._parse_call(query, documents, instruction, limits, check_files)
         if not parsed_docs:
             return PreparedRerank([], 0)
-        query_content, query_vision = self._load_query(parsed_query, self.media)
-        pairs = [
-            self._encode_document(i, parsed_docs[i], query_content, chosen, self.media) for i in range(len(parsed_docs))
-        ]
-        return PreparedRerank(pairs, query_vision)
+        pixels = (limits or DEFAULT_LIMITS).max_image_pixels
+        q = self._load_query(parsed_query, self.media, pixels)
+        pairs = [self._encode_document(i, d, q, chosen, self.media, pixels) for i, d in enumerate(parsed_docs)]
+        return PreparedRerank(pairs, q.images + q.videos)
+
+    def estimate_tokens(self, parsed_query: ParsedInput, parsed_docs: Sequence[ParsedInput]) -> int:
+        """Tokens a call runs, estimated from structure and headers: the query once when the pairs share it
+        (shared prefix), else once per document; each document; the prompt's own tokens per pair."""
+        query = estimate_tokens(parsed_query, self.media)
+        docs = [estimate_tokens(d, self.media) for d in parsed_docs]
+        shared = self.share_prefix and len(docs) > 1
+        return (query if shared else query * len(docs)) + sum(docs) + PAIR_PROMPT_TOKENS * len(docs)
 
     def score_prepared(
         self, prepared: PreparedRerank, *, batch_size: int | None = None, show_progress_bar: bool | None = None
@@ -213,7 +256,12 @@ class Qwen3VLReranker:
 
     # ----------------------------------------------------------------------------------------------------------
     def _parse_call(
-        self, query: InputLike, documents: Sequence[InputLike], instruction: str | None
+        self,
+        query: InputLike,
+        documents: Sequence[InputLike],
+        instruction: str | None,
+        limits: InputLimits | None = None,
+        check_files: bool = True,
     ) -> tuple[ParsedInput, list[ParsedInput], str]:
         """Structural checks of the query and every document, before any loading or model work."""
         if instruction is not None and not isinstance(instruction, str):
@@ -223,38 +271,80 @@ class Qwen3VLReranker:
         if isinstance(documents, (str, dict)) or not isinstance(documents, Sequence):
             raise InputError(f"documents must be a list, got {type(documents).__name__}")
         try:
-            parsed_query = parse_input(query)
+            parsed_query = parse_input(query, limits=limits, check_files=check_files)
         except InputError as exc:
             raise exc.at(kind="query") from None
         parsed_docs = []
         for i, doc in enumerate(documents):
             try:
-                parsed_docs.append(parse_input(doc, index=i))
+                parsed_docs.append(parse_input(doc, index=i, limits=limits, check_files=check_files))
             except InputError as exc:
                 raise exc.at(kind="document") from None
+        if limits is not None:
+            limits.check_call([parsed_query, *parsed_docs])
+            if limits.max_rerank_tokens is not None and parsed_docs:
+                cost = self.estimate_tokens(parsed_query, parsed_docs)
+                if cost > limits.max_rerank_tokens:
+                    raise LimitError(
+                        f"this call would run about {cost} tokens ({len(parsed_docs)} documents), over the limit of "
+                        f"{limits.max_rerank_tokens} (max_rerank_tokens); send fewer or shorter documents, or a "
+                        "smaller query image",
+                        limit="max_rerank_tokens",
+                        value=cost,
+                        maximum=limits.max_rerank_tokens,
+                        kind="request",
+                    )
         return parsed_query, parsed_docs, instruction or self.default_instruction
 
-    def _load_query(self, parsed_query: ParsedInput, media: MediaSettings) -> tuple[list[dict[str, Any]], int]:
-        """The query is loaded (and its media decoded) once per call, whatever the number of documents."""
+    def _load_query(
+        self, parsed_query: ParsedInput, media: MediaSettings, max_image_pixels: int = MAX_IMAGE_PIXELS
+    ) -> _Query:
+        """The query is loaded, its media decoded and its images resized once per call, whatever the number of
+        documents; its patches are then kept once (:meth:`Encoded.share_leading`), not once per pair."""
+        from qwen_vl_utils.vision_process import fetch_image
+
         try:
-            loaded = load_input(parsed_query, default_max_frames=media.max_frames, timeout=self.url_timeout)
+            loaded = load_input(
+                parsed_query,
+                default_max_frames=media.max_frames,
+                timeout=self.url_timeout,
+                max_image_pixels=max_image_pixels,
+            )
+            content = content_items(loaded, media)
+            for item in content:
+                if item["type"] == "image":
+                    # qwen-vl-utils' resize, done once: on the resized image it is the identity (same size)
+                    item["image"] = fetch_image(item, image_patch_size=IMAGE_PATCH_SIZE)
         except InputError as exc:
             raise exc.at(kind="query") from None
-        content = content_items(loaded, media)
-        return content, sum(1 for c in content if c["type"] in ("image", "video"))
+        except ValueError as exc:  # qwen-vl-utils: an aspect ratio over 200
+            raise InputError(f"vision preprocessing failed: {exc}", kind="query") from None
+        return _Query(
+            content,
+            images=sum(1 for c in content if c["type"] == "image"),
+            videos=sum(1 for c in content if c["type"] == "video"),
+        )
 
     def _encode_document(
         self,
         index: int,
         parsed_doc: ParsedInput,
-        query_content: list[dict[str, Any]],
+        query: _Query,
         instruction: str,
         media: MediaSettings,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> Encoded:
         try:
-            loaded = load_input(parsed_doc, index=index, default_max_frames=media.max_frames, timeout=self.url_timeout)
-            conversation = rerank_conversation(query_content, content_items(loaded, media), instruction)
-            return self._encode_pair(conversation)
+            # (no image budget here: the reference's truncation keeps every special token, vision ones included)
+            loaded = load_input(
+                parsed_doc,
+                index=index,
+                default_max_frames=media.max_frames,
+                timeout=self.url_timeout,
+                max_image_pixels=max_image_pixels,
+            )
+            conversation = rerank_conversation(query.content, content_items(loaded, media), instruction)
+            return self._encode_pair(conversation, query)
         except InputError as exc:
             raise exc.at(index=index, kind="document") from None
 
@@ -270,15 +360,15 @@ class Qwen3VLReranker:
         parsed_query, parsed_docs, chosen = self._parse_call(query, documents, instruction)
         if not parsed_docs:
             return []
-        query_content, query_vision = self._load_query(parsed_query, media)
+        q = self._load_query(parsed_query, media)
         batch_size = batch_size or self.batch_size
         scores: list[float] = []
         n = len(parsed_docs)
         bar = tqdm(total=n, desc="reranking", unit="doc", disable=not show_progress(show_progress_bar, n))
         with bar:
             for window in chunks(n, WINDOW_ITEMS):
-                pairs = [self._encode_document(i, parsed_docs[i], query_content, chosen, media) for i in window]
-                scores.extend(self._score_pairs(pairs, query_vision, batch_size, bar))
+                pairs = [self._encode_document(i, parsed_docs[i], q, chosen, media) for i in window]
+                scores.extend(self._score_pairs(pairs, q.images + q.videos, batch_size, bar))
         return scores
 
     def _score_pairs(self, pairs: list[Encoded], query_vision: int, batch_size: int, bar: tqdm) -> list[float]:
@@ -292,7 +382,7 @@ class Qwen3VLReranker:
         bar.update(len(pairs) - len(unique))
         return [results[enc.key] for enc in pairs]
 
-    def _encode_pair(self, conversation: list[dict[str, Any]]) -> Encoded:
+    def _encode_pair(self, conversation: list[dict[str, Any]], query: _Query | None = None) -> Encoded:
         enc = encode_conversation(
             self.processor, conversation, max_length=None, truncation=False, text_budget=self.max_length
         )
@@ -300,6 +390,8 @@ class Qwen3VLReranker:
         if len(ids) > self.max_length + KEEP_TAIL_TOKENS:
             head = truncate_keep_special(ids[:-KEEP_TAIL_TOKENS], self.max_length, self._special_ids)
             enc.input_ids = torch.tensor(head + ids[-KEEP_TAIL_TOKENS:], dtype=torch.long)
+        if query is not None:
+            query.shared = enc.share_leading(query.images, query.videos, query.shared)
         enc.compute_key()
         return enc
 
@@ -359,7 +451,7 @@ class Qwen3VLReranker:
             ("pixel_values", "image_grid_thw", self.processor.image_token_id),
             ("pixel_values_videos", "video_grid_thw", self.processor.video_token_id),
         ):
-            pixels, grid = getattr(enc, pixels_key), getattr(enc, grid_key)
+            grid = getattr(enc, grid_key)
             if grid is None:
                 head[pixels_key] = head[grid_key] = tail[pixels_key] = tail[grid_key] = None
                 continue
@@ -370,6 +462,12 @@ class Qwen3VLReranker:
                 seen += per_item[k]
                 k += 1
             patches = int(grid[:k].prod(-1).sum())
+            shared = getattr(enc.shared, pixels_key) if enc.shared is not None else None
+            if shared is not None and shared.shape[0] == patches:  # the query's patches, kept once per call
+                head[pixels_key], tail[pixels_key] = shared, getattr(enc, pixels_key)
+                head[grid_key], tail[grid_key] = grid[:k], (grid[k:] if k < len(per_item) else None)
+                continue
+            pixels = enc.vision(pixels_key)
             head[pixels_key] = pixels[:patches] if k else None
             head[grid_key] = grid[:k] if k else None
             tail[pixels_key] = pixels[patches:] if k < len(per_item) else None

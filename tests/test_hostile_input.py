@@ -132,3 +132,103 @@ def test_lone_surrogate_in_call_instruction_and_rerank(embedder, reranker):
     with pytest.raises(InputError, match="surrogate") as info:
         reranker.score("query", ["fine", "bad \ud800"])
     assert info.value.index == 1 and info.value.kind == "document"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bounded resources
+
+
+def test_rerank_query_image_is_encoded_once_and_shared(reranker):
+    """An image query with 40 documents kept 40 copies of the query's patches (a full-size image: 44 MB each)."""
+    docs = [f"document number {i} about cats" for i in range(40)]
+    prepared = reranker.prepare({"image": CHELSEA, "text": "a cat"}, docs)
+    shared = {id(p.shared) for p in prepared.pairs}
+    assert len(shared) == 1 and prepared.pairs[0].shared is not None
+    assert all(p.pixel_values is None for p in prepared.pairs)  # text documents: nothing of their own
+    kept = prepared.pairs[0].shared.pixel_values.numel() + sum(
+        p.pixel_values.numel() for p in prepared.pairs if p.pixel_values is not None
+    )
+    assert kept == prepared.pairs[0].shared.pixel_values.numel()
+    scores = reranker.score_prepared(prepared)
+    alone = [reranker.score({"image": CHELSEA, "text": "a cat"}, [d])[0] for d in docs[:3]]
+    assert np.abs(np.asarray(scores[:3]) - np.asarray(alone)).max() < 1e-5
+
+
+def test_rerank_image_query_with_image_documents_matches_pairs_run_whole(reranker):
+    query = {"image": CHELSEA}
+    docs = [{"image": str(MEDIA / "coffee.jpg")}, {"image": CHELSEA, "text": "same cat"}, "text only"]
+    shared = reranker.score(query, docs)
+    reranker.share_prefix = False
+    try:
+        whole = reranker.score(query, docs)
+    finally:
+        reranker.share_prefix = True
+    alone = [reranker.score(query, [d])[0] for d in docs]
+    assert np.abs(np.asarray(shared) - np.asarray(whole)).max() < 1e-5
+    assert np.abs(np.asarray(shared) - np.asarray(alone)).max() < 1e-5
+
+
+def test_images_over_max_length_refused_from_headers_before_decoding(embedder, monkeypatch):
+    from retrieval_pipeline import LimitError, media
+
+    decoded = []
+    original = media.decode_image
+    monkeypatch.setattr(media, "decode_image", lambda *a, **k: decoded.append(a[1]) or original(*a, **k))
+    small = type(embedder)(embedder.model_name_or_path, max_length=256, max_pixels=65536)
+    with pytest.raises(LimitError) as info:
+        small.embed(["fine", {"image": [CHELSEA] * 80, "text": "eighty photos"}])
+    assert info.value.limit == "max_length" and info.value.index == 1 and info.value.field == "image"
+    assert decoded == []
+
+
+@pytest.mark.parametrize(
+    "limits, item, limit",
+    [
+        ({"max_images_per_item": 2}, {"image": [CHELSEA] * 3}, "max_images_per_item"),
+        ({"max_text_chars": 100}, {"text": ["x" * 60, "y" * 60]}, "max_text_chars"),
+        ({"max_text_chars": 100}, {"text": "x", "instruction": "i" * 101}, "max_text_chars"),
+        ({"max_frames_per_video": 4}, {"video": [CHELSEA] * 5}, "max_frames_per_video"),
+        ({"max_videos_per_item": 1}, {"video": [[CHELSEA, CHELSEA], [CHELSEA, CHELSEA]]}, "max_videos_per_item"),
+        ({"max_image_pixels": 10_000}, {"image": CHELSEA}, "max_image_pixels"),
+        ({"max_request_pixels": 60_000}, {"image": [CHELSEA, CHELSEA]}, "max_request_pixels"),
+    ],
+)
+def test_input_limits_name_the_limit(embedder, limits, item, limit):
+    from retrieval_pipeline import LimitError
+    from retrieval_pipeline.media import InputLimits
+
+    with pytest.raises(LimitError) as info:
+        embedder.prepare(["fine", item], limits=InputLimits(**limits))
+    assert info.value.limit == limit and limit in str(info.value)
+    embedder.prepare(["fine", item])  # the library's defaults accept it
+
+
+def test_rerank_cost_limit(reranker):
+    from retrieval_pipeline import LimitError
+    from retrieval_pipeline.media import InputLimits
+
+    docs = ["a document of some length " * 20] * 160
+    with pytest.raises(LimitError) as info:
+        reranker.prepare({"image": CHELSEA}, docs, limits=InputLimits(max_rerank_tokens=20_000))
+    assert info.value.limit == "max_rerank_tokens" and info.value.kind == "request"
+    assert len(reranker.prepare({"image": CHELSEA}, docs[:10], limits=InputLimits(max_rerank_tokens=20_000))) == 10
+
+
+def test_sixteen_bit_images_convert_without_float64_copies():
+    import tracemalloc
+
+    from PIL import Image
+
+    from retrieval_pipeline.media import to_rgb
+
+    ramp = (np.arange(2000 * 3000, dtype=np.uint32) % 65536).astype(np.uint16).reshape(2000, 3000)
+    img = Image.fromarray(ramp)
+    assert img.mode == "I;16"
+    tracemalloc.start()
+    rgb = to_rgb(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # the output alone is 18 MB; whole-image float64 copies were 48 MB each (4 of them at once)
+    assert peak < 40 * 1024 * 1024, peak
+    expected = np.clip(np.round(ramp.astype(np.float64) / 65535.0 * 255.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(rgb)[:, :, 0], expected)
