@@ -89,7 +89,9 @@ def main() -> None:
     )
     rows = {}
     for label, batching in (("without dynamic batching", False), ("with dynamic batching", True)):
-        config = ServerConfig(dynamic_batching=batching, max_wait_ms=args.max_wait_ms, max_items=1024)
+        config = ServerConfig(
+            dynamic_batching=batching, max_wait_ms=args.max_wait_ms, max_items=1024, max_in_flight=args.clients
+        )
         app = create_app(embedder=embedder, config=config)
         server, thread, url = start_server(app)
         batcher = app.state.embed_batcher
