@@ -1,8 +1,11 @@
 """Dynamic batching for servers: concurrent requests merged into model batches.
 
 Requests wait at most ``max_wait_ms`` for company; a batch closes early when it holds ``max_items`` inputs. The
-model runs in a worker thread, so the event loop keeps accepting requests while a batch computes. A request
-whose input fails is answered with its own error; the others in the batch are still computed.
+model runs in a worker thread (``executor``), so the event loop keeps accepting requests while a batch computes.
+Items should be prepared (loaded, tokenised, checked) before they are submitted, so that a batch holds only model
+work. ``run`` may return an exception in place of an item's result: the request owning that item gets it, the
+others their results. If a merged batch raises, each of its requests is run alone once, so that only the request
+that breaks the model fails; nothing of the others is lost or blamed on them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +37,19 @@ class DynamicBatcher:
     thread. ``max_wait_ms=0`` turns merging off (each call runs alone, still off the event loop).
     """
 
-    def __init__(self, run: Callable[[list[Any]], Sequence[Any]], *, max_items: int = 64, max_wait_ms: float = 5.0):
+    def __init__(
+        self,
+        run: Callable[[list[Any]], Sequence[Any]],
+        *,
+        max_items: int = 64,
+        max_wait_ms: float = 5.0,
+        executor: Executor | None = None,
+    ):
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
         self.run = run
+        # the model's own thread(s): a slow download or a busy default executor never delays a batch
+        self.executor = executor
         self.max_items = max_items
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -45,7 +58,7 @@ class DynamicBatcher:
         self.items = 0
 
     async def submit(self, items: list[Any]) -> list[Any]:
-        """Results for ``items`` (raises the :class:`InputError` of a bad item, indexed within ``items``)."""
+        """Results for ``items`` (raises the error of this request's own items)."""
         if not items:
             return []
         loop = asyncio.get_running_loop()
@@ -84,36 +97,44 @@ class DynamicBatcher:
 
     async def _run_group(self, group: list[_Pending]) -> None:
         live = [p for p in group if not p.future.cancelled()]
-        while live:
-            items = [item for p in live for item in p.items]
-            try:
-                results = await asyncio.to_thread(self.run, items)
-            except InputError as exc:
-                if exc.index is None or not isinstance(exc.index, int):
-                    for p in live:
-                        _resolve(p, exc=exc)
-                    return
-                # find the request that owns the bad item; fail it alone and run the rest again
-                offset = 0
-                for p in live:
-                    if offset <= exc.index < offset + len(p.items):
-                        _resolve(p, exc=_reindex(exc, offset))
-                        live = [q for q in live if q is not p]
-                        break
-                    offset += len(p.items)
-                continue
-            except Exception as exc:  # a model failure answers every waiting request
-                logger.exception("batch of %d items failed", len(items))
-                for p in live:
-                    _resolve(p, exc=exc)
-                return
-            self.batches += 1
-            self.items += len(items)
-            offset = 0
-            for p in live:
-                _resolve(p, result=list(results[offset : offset + len(p.items)]))
-                offset += len(p.items)
+        if not live:
             return
+        items = [item for p in live for item in p.items]
+        try:
+            results = await self._call(items)
+        except Exception as exc:
+            if len(live) == 1:
+                if not isinstance(exc, InputError):
+                    logger.exception("batch of %d items failed", len(items))
+                _resolve(live[0], exc=exc)
+                return
+            # Which request broke the merged batch is unknown: run each alone once, so that only the culprit
+            # fails. Inputs were prepared before they joined; nothing is loaded or fetched again.
+            logger.warning("merged batch of %d requests failed (%s); running them one by one", len(live), exc)
+            for p in live:
+                if p.future.cancelled():
+                    continue
+                try:
+                    _deliver(p, await self._call(p.items))
+                except InputError as own:
+                    _resolve(p, exc=own)
+                except Exception as own:
+                    logger.exception("request of %d items failed", len(p.items))
+                    _resolve(p, exc=own)
+            return
+        offset = 0
+        for p in live:
+            _deliver(p, results[offset : offset + len(p.items)])
+            offset += len(p.items)
+
+    async def _call(self, items: list[Any]) -> Sequence[Any]:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.executor, self.run, items)
+        if len(results) != len(items):
+            raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+        self.batches += 1
+        self.items += len(items)
+        return results
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -126,8 +147,13 @@ class DynamicBatcher:
             self._queue = None
 
 
-def _reindex(exc: InputError, offset: int) -> InputError:
-    return InputError(exc.reason, index=exc.index - offset, field=exc.field, kind=exc.kind)
+def _deliver(p: _Pending, results: Sequence[Any]) -> None:
+    """A request's results, or the first error that ``run`` returned in place of one of its items."""
+    for result in results:
+        if isinstance(result, BaseException):
+            _resolve(p, exc=result)
+            return
+    _resolve(p, result=list(results))
 
 
 def _resolve(p: _Pending, *, result: Any = None, exc: BaseException | None = None) -> None:

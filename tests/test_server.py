@@ -61,7 +61,10 @@ def rag(embedder, reranker, generator, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_url(rag):
-    app = create_app(pipeline=rag, config=ServerConfig(api_key=TOKEN, max_items=20, max_request_bytes=2_000_000))
+    config = ServerConfig(
+        api_key=TOKEN, max_items=20, max_request_bytes=2_000_000, served_model_names=("qwen3-vl",), max_in_flight=32
+    )
+    app = create_app(pipeline=rag, config=config)
     with LiveServer(app) as url:
         yield url
 
@@ -73,9 +76,11 @@ def client(base_url):
 
 
 def test_health_models_and_openapi(client, embedder):
-    assert client.get("/health").json()["status"] == "ok"
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["embedding_model"] == "tiny-qwen3vl"  # a name, not a folder
     models = client.get("/v1/models").json()
     assert {m["type"] for m in models["data"]} == {"embedding", "rerank"}
+    assert {m["id"] for m in models["data"]} == {"tiny-qwen3vl"}
     spec = client.get("/openapi.json").json()
     assert {"/v1/embeddings", "/v1/rerank", "/v1/search", "/v1/ask"} <= set(spec["paths"])
 
@@ -88,9 +93,10 @@ def test_auth(base_url):
 
 
 def test_embeddings_openai_compatible(client, embedder, data_url):
-    r = client.post("/v1/embeddings", json={"input": ["a cat", "a dog"], "model": "whatever"})
+    r = client.post("/v1/embeddings", json={"input": ["a cat", "a dog"], "model": "tiny-qwen3vl"})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert body["model"] == "tiny-qwen3vl"
     assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
     assert body["usage"]["prompt_tokens"] > 0
     expected = embedder.embed(["a cat", "a dog"])
@@ -125,7 +131,7 @@ def test_embeddings_bad_input_is_4xx_naming_the_item(client):
     r = client.post("/v1/embeddings", json={"input": ["ok", {"image": "https://127.0.0.1:9/x.png"}]})
     assert r.status_code == 400
     err = r.json()["error"]
-    assert err["index"] == 1 and err["param"] == "image" and "unreachable" in err["message"]
+    assert err["index"] == 1 and err["param"] == "image" and "fetching media URLs is disabled" in err["message"]
     r = client.post("/v1/embeddings", json={"input": ["ok", {"image": "/etc/passwd"}]})
     assert r.status_code == 400 and "local file paths" in r.json()["error"]["message"]
     r = client.post("/v1/embeddings", json={"input": [{"image": "data:image/png;base64,AAAA"}]})
@@ -177,12 +183,13 @@ def test_concurrent_requests_are_batched_and_none_lost(base_url, rag):
             responses = await asyncio.gather(*[c.post("/v1/embeddings", json={"input": t}) for t in texts])
             return texts, responses
 
-    health_before = httpx.get(f"{base_url}/health").json()["batches"]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    health_before = httpx.get(f"{base_url}/health", headers=auth).json()["batches"]
     texts, responses = asyncio.run(main())
     assert all(r.status_code == 200 for r in responses)
     got = np.array([r.json()["data"][0]["embedding"] for r in responses])
     assert np.allclose(got, rag.embedder.embed(texts), atol=1e-5)  # every answer is its own request's
-    health = httpx.get(f"{base_url}/health").json()["batches"]
+    health = httpx.get(f"{base_url}/health", headers=auth).json()["batches"]
     batches = health["embeddings"] - health_before["embeddings"]
     assert health["embedded_items"] - health_before["embedded_items"] == 24
     assert batches < 24  # concurrent requests shared model batches
