@@ -242,15 +242,19 @@ def encode_conversation(
     max_length: int | None,
     truncation: bool,
     text_budget: int | None = None,
+    leading: tuple[SharedVision, torch.Tensor] | None = None,
 ) -> Encoded:
     """Chat template + qwen-vl-utils + processor on one conversation (as the reference does on a batch).
+
+    ``leading``: the conversation's first images were encoded once beforehand (a rerank query's), and appear in
+    it as ``{"type": "tokens"}`` items: their patches and grids (shared, not copied) lead this item's own.
 
     User text is tokenised as text (see :func:`tokenize_texts_as_text`): a document that quotes ``<|im_end|>`` or
     ``<|image_pad|>`` cannot forge the prompt's structure or its vision slots. ``text_budget`` (tokens) bounds the
     characters of each text that are tokenised at all (:data:`CHARS_PER_TOKEN_BOUND` per token): the tail past
     that could only be truncated away.
     """
-    texts: list[str] = []
+    texts: list[str | list[int]] = []
     marked = _mark_texts(conversation, texts, _sentinel(processor)[0], text_budget)
     text = processor.apply_chat_template([marked], add_generation_prompt=True, tokenize=False)
     try:
@@ -297,6 +301,11 @@ def encode_conversation(
         pixel_values_videos=out.get("pixel_values_videos"),
         video_grid_thw=out.get("video_grid_thw"),
     )
+    if leading is not None:
+        shared, grids = leading
+        enc.shared = shared
+        own = enc.image_grid_thw
+        enc.image_grid_thw = grids if own is None else torch.cat([grids, own])
     check_vision_tokens(enc, processor)
     return enc
 
@@ -334,9 +343,10 @@ def _sentinel(processor: Any) -> tuple[str, int, Any]:
 
 
 def _mark_texts(
-    conversation: list[dict[str, Any]], texts: list[str], sentinel: str, text_budget: int | None
+    conversation: list[dict[str, Any]], texts: list[str | list[int]], sentinel: str, text_budget: int | None
 ) -> list[dict[str, Any]]:
-    """The conversation with every text item replaced by ``sentinel``; the texts are appended to ``texts``."""
+    """The conversation with every text item -- and every already-tokenised ``{"type": "tokens", "ids"}`` item --
+    replaced by ``sentinel``; their texts (or id lists) are appended to ``texts``."""
     limit = None if text_budget is None else max(1, text_budget) * CHARS_PER_TOKEN_BOUND
     marked = []
     for turn in conversation:
@@ -345,19 +355,23 @@ def _mark_texts(
             if item.get("type") == "text":
                 text = item["text"]
                 texts.append(text if limit is None or len(text) <= limit else text[:limit])
-                item = {**item, "text": sentinel}
+                item = {"type": "text", "text": sentinel}
+            elif item.get("type") == "tokens":
+                texts.append(list(item["ids"]))
+                item = {"type": "text", "text": sentinel}
             content.append(item)
         marked.append({**turn, "content": content})
     return marked
 
 
-def tokenize_texts_as_text(processor: Any, ids: list[int], texts: list[str]) -> list[int]:
+def tokenize_texts_as_text(processor: Any, ids: list[int], texts: list[str | list[int]]) -> list[int]:
     """Put the user texts back in place of their sentinels, tokenised as text.
 
     The tokenizer splits a prompt at special tokens and tokenises each stretch between them on its own. Each
     stretch that holds sentinels is decoded, the texts are put in, and it is tokenised again with special-token
     strings read as plain text. For a text without such strings the ids are exactly the reference's (the
     stretches are the same); with them, ``<|im_end|>`` in a document is characters, counted against the limits.
+    An id list (an already-encoded vision block, which starts and ends with special tokens) goes in as it is.
     """
     sentinel, sentinel_id, backend = _sentinel(processor)
     special = set(processor.tokenizer.all_special_ids) - {sentinel_id}
@@ -374,16 +388,28 @@ def tokenize_texts_as_text(processor: Any, ids: list[int], texts: list[str]) -> 
             for t in stretch:
                 if t == sentinel_id:
                     pieces.append(backend.decode(run, skip_special_tokens=False))
-                    pieces.append(next(next_text))
                     run = []
+                    item = next(next_text)
+                    if isinstance(item, str):
+                        pieces.append(item)
+                    else:  # ids bounded by special tokens: the text on either side is tokenised apart
+                        encode_pieces(pieces)
+                        out.extend(item)
                 else:
                     run.append(t)
             pieces.append(backend.decode(run, skip_special_tokens=False))
-            try:
-                out.extend(backend.encode("".join(pieces), add_special_tokens=False).ids)
-            except Exception as exc:  # not valid Unicode (a lone surrogate), ...
-                raise InputError(f"text cannot be tokenised: {exc}", field="text") from None
+            encode_pieces(pieces)
         stretch.clear()
+
+    def encode_pieces(pieces: list[str]) -> None:
+        text = "".join(pieces)
+        pieces.clear()
+        if not text:
+            return
+        try:
+            out.extend(backend.encode(text, add_special_tokens=False).ids)
+        except Exception as exc:  # not valid Unicode (a lone surrogate), ...
+            raise InputError(f"text cannot be tokenised: {exc}", field="text") from None
 
     for t in ids:
         if t in special:
@@ -393,6 +419,26 @@ def tokenize_texts_as_text(processor: Any, ids: list[int], texts: list[str]) -> 
             stretch.append(t)
     flush()
     return out
+
+
+def encode_images_once(processor: Any, images: list[Any]) -> tuple[SharedVision, torch.Tensor, list[list[int]]]:
+    """Images already sized by qwen-vl-utils -> (their patches, kept once; their grids; each one's token block
+    ``<|vision_start|> <|image_pad|> x n <|vision_end|>``): what the processor makes of them inside any prompt."""
+    out = processor.image_processor(images=images, do_resize=False, return_tensors="pt")
+    pixels, grids = out["pixel_values"], out["image_grid_thw"]
+    merge = processor.image_processor.merge_size**2
+    blocks = [
+        [processor.vision_start_token_id]
+        + [processor.image_token_id] * int(g.prod() // merge)
+        + [processor.vision_end_token_id]
+        for g in grids
+    ]
+    shared = SharedVision(pixels, None, b"")
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(_tensor_bytes(pixels))
+    digest.update(_tensor_bytes(grids))
+    shared.key = digest.digest()
+    return shared, grids, blocks
 
 
 def check_vision_tokens(enc: Encoded, processor: Any) -> None:

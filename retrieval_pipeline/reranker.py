@@ -33,6 +33,7 @@ from .encoding import (
     SharedVision,
     content_items,
     encode_conversation,
+    encode_images_once,
     estimate_tokens,
     rerank_conversation,
     truncate_keep_special,
@@ -93,6 +94,7 @@ class _Query:
     images: int
     videos: int
     shared: SharedVision | None = None
+    leading: tuple[SharedVision, torch.Tensor] | None = None  # images encoded once: (patches, grids)
 
 
 class Qwen3VLReranker:
@@ -311,19 +313,25 @@ class Qwen3VLReranker:
                 max_image_pixels=max_image_pixels,
             )
             content = content_items(loaded, media)
-            for item in content:
-                if item["type"] == "image":
-                    # qwen-vl-utils' resize, done once: on the resized image it is the identity (same size)
-                    item["image"] = fetch_image(item, image_patch_size=IMAGE_PATCH_SIZE)
+            query = _Query(
+                content,
+                images=sum(1 for c in content if c["type"] == "image"),
+                videos=sum(1 for c in content if c["type"] == "video"),
+            )
+            if query.images and not query.videos:
+                # qwen-vl-utils' resize and the image processor, once; every pair then carries the query's images
+                # as their token blocks and shares their patches
+                positions = [k for k, c in enumerate(content) if c["type"] == "image"]
+                resized = [fetch_image(content[k], image_patch_size=IMAGE_PATCH_SIZE) for k in positions]
+                shared, grids, blocks = encode_images_once(self.processor, resized)
+                for k, block in zip(positions, blocks):
+                    content[k] = {"type": "tokens", "ids": block}
+                query.leading = (shared, grids)
         except InputError as exc:
             raise exc.at(kind="query") from None
         except ValueError as exc:  # qwen-vl-utils: an aspect ratio over 200
             raise InputError(f"vision preprocessing failed: {exc}", kind="query") from None
-        return _Query(
-            content,
-            images=sum(1 for c in content if c["type"] == "image"),
-            videos=sum(1 for c in content if c["type"] == "video"),
-        )
+        return query
 
     def _encode_document(
         self,
@@ -384,13 +392,18 @@ class Qwen3VLReranker:
 
     def _encode_pair(self, conversation: list[dict[str, Any]], query: _Query | None = None) -> Encoded:
         enc = encode_conversation(
-            self.processor, conversation, max_length=None, truncation=False, text_budget=self.max_length
+            self.processor,
+            conversation,
+            max_length=None,
+            truncation=False,
+            text_budget=self.max_length,
+            leading=query.leading if query is not None else None,
         )
         ids = enc.input_ids.tolist()
         if len(ids) > self.max_length + KEEP_TAIL_TOKENS:
             head = truncate_keep_special(ids[:-KEEP_TAIL_TOKENS], self.max_length, self._special_ids)
             enc.input_ids = torch.tensor(head + ids[-KEEP_TAIL_TOKENS:], dtype=torch.long)
-        if query is not None:
+        if query is not None and query.leading is None:  # a query with videos: its patches move out of the pair
             query.shared = enc.share_leading(query.images, query.videos, query.shared)
         enc.compute_key()
         return enc

@@ -232,3 +232,32 @@ def test_sixteen_bit_images_convert_without_float64_copies():
     assert peak < 40 * 1024 * 1024, peak
     expected = np.clip(np.round(ramp.astype(np.float64) / 65535.0 * 255.0), 0, 255).astype(np.uint8)
     assert np.array_equal(np.asarray(rgb)[:, :, 0], expected)
+
+
+@pytest.mark.parametrize(
+    "query, doc",
+    [
+        ({"image": CHELSEA, "text": "a cat"}, "plain text document"),
+        ({"image": [CHELSEA, str(MEDIA / "rocket.jpg")]}, {"image": str(MEDIA / "coffee.jpg"), "text": "cup"}),
+        ({"text": "before", "image": CHELSEA}, {"video": [str(MEDIA / "frame_0.png"), str(MEDIA / "frame_2.png")]}),
+    ],
+)
+def test_query_images_encoded_once_give_exactly_the_pairs_tokens_and_patches(reranker, query, doc):
+    """The query's images are processed once and spliced into every pair: the pair's ids, grids and patches are
+    exactly what the processor makes of the whole pair (the reference's path)."""
+    from retrieval_pipeline.encoding import encode_conversation, rerank_conversation
+
+    q = reranker._load_query(parse_input(query), reranker.media)
+    assert q.leading is not None
+    fast = reranker._encode_document(0, parse_input(doc), q, reranker.default_instruction, reranker.media)
+    plain_query = content_items(load_input(parse_input(query)), reranker.media)
+    conversation = rerank_conversation(
+        plain_query, content_items(load_input(parse_input(doc)), reranker.media), reranker.default_instruction
+    )
+    whole = encode_conversation(reranker.processor, conversation, max_length=None, truncation=False)
+    assert torch.equal(fast.input_ids, whole.input_ids)
+    assert torch.equal(fast.image_grid_thw, whole.image_grid_thw)
+    assert torch.equal(fast.vision("pixel_values"), whole.pixel_values)
+    for name in ("pixel_values_videos", "video_grid_thw"):
+        a, b = getattr(fast, name), getattr(whole, name)
+        assert (a is None and b is None) or torch.equal(a, b)
