@@ -63,6 +63,8 @@ def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-chars", type=int, default=1200, help="text chunk size in characters")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension of the stored vectors")
     p.add_argument("--metadata", default=None, help="JSON object stored with every item (payload 'metadata')")
+    p.add_argument("--prune", action="store_true", help="remove the items of files under PATH that no longer exist")
+    p.add_argument("--rebuild", action="store_true", help="delete the collection first (e.g. a damaged one)")
 
 
 def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
@@ -102,9 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=_env("SERVER_TOKEN"), help="require 'Authorization: Bearer TOKEN'")
+    p.add_argument("--no-auth", action="store_true", help="serve without a token on a non-loopback --host")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="dynamic batching: longest wait for company")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run each request on its own")
     p.add_argument("--allow-local-files", action="store_true", help="let requests name files on this machine")
+    p.add_argument(
+        "--allow-remote-media", action="store_true", help="fetch image/video URLs of requests (public addresses only)"
+    )
+    p.add_argument(
+        "--fetch-allow",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host (name or IP, private ones too) whose media URLs are fetched (repeatable)",
+    )
+    p.add_argument("--fetch-timeout", type=float, default=20.0, help="seconds per media URL, in all (default 20)")
+    p.add_argument("--fetch-max-mb", type=float, default=64.0, help="MB per media URL (default 64)")
+    p.add_argument("--max-fetches", type=int, default=16, help="media URLs per request (default 16)")
+    p.add_argument("--max-items", type=int, default=256, help="inputs / documents per request (default 256)")
+    p.add_argument("--max-in-flight", type=int, default=16, help="requests at once; beyond: 429 (default 16)")
+    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds to load one request's media")
+    p.add_argument("--served-model-name", action="append", default=[], help="extra accepted 'model' name")
+    p.add_argument("--source-root", default=None, help="search hits name files relative to this folder")
+    p.add_argument("--expose-paths", action="store_true", help="search hits carry absolute server paths")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input limit (max_text_chars, max_images_per_item, max_frames_per_video, max_image_pixels, "
+        "max_request_pixels, max_rerank_tokens, ...; 'none' lifts it) over the server defaults (repeatable)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
     p = sub.add_parser("push", parents=[common], help="copy the collection to a Qdrant server")
     p.add_argument("--to-url", required=True)
@@ -195,7 +225,12 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
         chunk_chars=args.chunk_chars,
         chunk_overlap=min(200, args.chunk_chars // 4),
     )
-    return pipeline.index(paths, options=options, metadata=metadata, show_progress_bar=not (args.quiet or args.json))
+    if args.rebuild:
+        pipeline.store.drop()
+        logging.getLogger(__name__).warning("deleted collection %r: indexing it anew", pipeline.store.collection)
+    return pipeline.index(
+        paths, options=options, metadata=metadata, show_progress_bar=not (args.quiet or args.json), prune=args.prune
+    )
 
 
 def _query(args: argparse.Namespace, text: str) -> Any:
@@ -215,7 +250,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "info":
             store.open(create=False)
-            info = store.info()
+            info = {**store.info(), "verified": store.verify()}  # a damaged store is a StoreError (exit 4)
             _print(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
             return 0
         if args.command == "push":
@@ -242,13 +277,25 @@ def run_command(args: argparse.Namespace) -> int:
                 dynamic_batching=not args.no_dynamic_batching,
                 max_wait_ms=args.max_wait_ms,
                 allow_local_files=args.allow_local_files,
+                allow_remote_media=args.allow_remote_media,
+                fetch_allow=tuple(args.fetch_allow),
+                fetch_timeout=args.fetch_timeout,
+                fetch_max_bytes=int(args.fetch_max_mb * 1024 * 1024),
+                max_fetches=args.max_fetches,
+                max_items=args.max_items,
+                max_in_flight=args.max_in_flight,
+                request_timeout=args.request_timeout,
+                served_model_names=tuple(args.served_model_name),
+                source_root=args.source_root,
+                expose_paths=args.expose_paths,
+                limits=_server_limits(args.limit),
             )
             serve(create_app(pipeline=pipeline, config=config), host=args.host, port=args.port)
             return 0
         if args.command == "index":
             report = _do_index(args, pipeline, args.paths)
             _print(args, report.to_dict(), report.summary())
-            return EXIT_FAILED if report.failed and not report.indexed and not report.present else 0
+            return 0 if report.ok else EXIT_FAILED  # everything failed: not a success
         if args.command == "run":
             if len(args.args) < 2:
                 raise ValueError("run needs at least one PATH and a QUESTION")
@@ -291,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        _check_serve_args(parser, args)
     quiet = args.quiet or args.json
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if quiet:
@@ -307,6 +356,31 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return _fail(RuntimeError("interrupted (what was indexed is kept; run again to resume)"), EXIT_FAILED)
+
+
+def _server_limits(items: list[str]) -> Any:
+    import dataclasses
+
+    from .media import SERVER_LIMITS
+
+    names = {f.name for f in dataclasses.fields(SERVER_LIMITS)}
+    changes: dict[str, int | None] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--limit expects NAME=VALUE with NAME one of {sorted(names)}, got {item!r}")
+        changes[name] = None if value.lower() == "none" else int(value)
+    return dataclasses.replace(SERVER_LIMITS, **changes)
+
+
+def _check_serve_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Auth is never switched off by accident: an empty token is refused, and so is no token on a host other
+    than loopback unless --no-auth says so."""
+    if args.token is not None and not args.token.strip():
+        parser.error(f"--token (or {ENV}SERVER_TOKEN) is empty: pass a real token, or leave it unset")
+    loopback = args.host in ("127.0.0.1", "localhost", "::1") or args.host.startswith("127.")
+    if args.token is None and not loopback and not args.no_auth:
+        parser.error(f"--host {args.host} without --token: pass a token, or --no-auth to serve without one")
 
 
 def _fail(exc: BaseException, code: int) -> int:

@@ -4,7 +4,21 @@ A file becomes one or more items (units): an image; a video (whole, or fixed-len
 Markdown in overlapping chunks; a PDF's pages, each rendered to an image (visual-document retrieval) with the
 page's extracted text in the payload. Every unit's point id derives from its content and the model +
 dimension, so indexing twice stores nothing new, and a run that was killed half way, started again, embeds only
-what is missing. One bad file never aborts the run: it is reported with its reason and the rest is indexed.
+what is missing.
+
+Work is attributed file by file: anything that fails while reading, hashing, decoding, rendering, embedding or
+storing one file's items (``MemoryError`` and odd file names included) is reported against that file, and the run
+goes on; units are still embedded in groups across files for speed, and a group that fails is retried item by item
+so that only the bad item's file is blamed.
+
+What is hashed is what is embedded: images, text and PDFs are read once, the bytes read are hashed and the same
+bytes are decoded; a video (decoded from its path by the video reader) is hashed through one open handle and its
+(inode, size, mtime, ctime) are checked again after it was embedded -- a video that changed meanwhile fails and is
+indexed by the next run.
+
+A point lists every file that holds its content (``sources``; ``source`` is the first). When a file is indexed
+again, the points that no longer come from it lose it (and are deleted when no other file holds them), so a
+changed file's old text or image does not linger; ``prune`` does the same for files that are gone.
 """
 
 from __future__ import annotations
@@ -13,17 +27,18 @@ import fnmatch
 import hashlib
 import json
 import logging
+import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .media import IMAGE_EXTENSIONS, InputError, parse_input
-from .store import CollectionSpec, Point, VectorStore, point_id
+from .media import IMAGE_EXTENSIONS, MAX_DOWNLOAD_BYTES, InputError, parse_input
+from .store import CollectionSpec, Point, StoreError, VectorStore, model_fingerprint, point_id, sources_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +48,30 @@ PDF_EXTENSIONS = {".pdf"}
 # Text chunks: about a page of prose each, overlapping so a sentence cut at a border is whole in one of them.
 CHUNK_CHARS = 1200
 CHUNK_OVERLAP = 200
-# PDF pages are rendered at this resolution; the embedder's max_pixels then bounds the tokens per page.
+# PDF pages are rendered at this resolution at most ...
 PDF_DPI = 144
+# ... and at most at the embedder's pixel budget (it downsizes every image to ``max_pixels`` anyway; rendering
+# beyond that only costs memory): the scale is chosen from the page size read from the document before rendering.
+PDF_MAX_PIXELS = 1800 * 32 * 32
+# Hard caps on one rendered page, whatever ``max_pixels`` says: pixels (64 MiB as RGBA) and pixels per side.
+PDF_RENDER_PIXELS_CAP = 4096 * 4096
+PDF_RENDER_SIDE_CAP = 32768
 # Units embedded and upserted together (also the unit of resumption after an interruption).
 GROUP_SIZE = 32
 
 
 @dataclass
 class Unit:
-    """One item to embed: ``content_key`` (identity), the embedder ``input`` and the stored ``payload``."""
+    """One item to embed: ``content_key`` (identity), the embedder ``input`` and the stored ``payload``.
+
+    ``verify`` (optional) is called after the item was embedded and before it is stored: it raises
+    :class:`InputError` when the file the item was read from changed meanwhile."""
 
     content_key: str
     input: Any
     payload: dict[str, Any]
+    verify: Callable[[], None] | None = None
+    file: _FileState | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -61,18 +87,48 @@ class IndexReport:
     failed: list[Failure] = field(default_factory=list)
     skipped: list[Failure] = field(default_factory=list)
     files: int = 0
+    replaced: int = 0  # points that changed files no longer hold (deleted, or kept for their other sources)
+    pruned: int = 0  # points deleted by ``prune`` (their files are gone)
+    pruned_files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        """False when something failed and nothing was indexed or found present: the run did nothing useful."""
+        return not (self.failed and not self.indexed and not self.present)
 
     def summary(self) -> str:
         text = (
             f"{self.files} files: {self.indexed} items indexed, {self.present} already present, "
             f"{len(self.failed)} failed, {len(self.skipped)} skipped"
         )
+        if self.replaced:
+            text += f", {self.replaced} outdated items replaced"
+        if self.pruned or self.pruned_files:
+            text += f", {self.pruned} items of {len(self.pruned_files)} removed files pruned"
         lines = [text] + [f"  failed  {f.source}: {f.reason}" for f in self.failed]
         lines += [f"  skipped {f.source}: {f.reason}" for f in self.skipped]
+        lines += [f"  pruned  {name}" for name in self.pruned_files]
         return "\n".join(lines)
+
+
+@dataclass
+class _FileState:
+    """One file's progress through a run: its point ids, its units still in flight, whether it failed."""
+
+    path: Path
+    source: str
+    ids: set[str] = field(default_factory=set)
+    pending: int = 0
+    done: bool = False
+    failed: bool = False
+    finished: bool = False
+
+    @property
+    def label(self) -> str:
+        return display_path(self.source)
 
 
 @dataclass(frozen=True)
@@ -84,12 +140,20 @@ class IngestOptions:
     chunk_overlap: int = CHUNK_OVERLAP
     video_segment_seconds: float | None = None  # None: a video is one item
     pdf_dpi: int = PDF_DPI
+    pdf_max_pixels: int | None = None  # None: the embedder's max_pixels (else PDF_MAX_PIXELS)
 
     def __post_init__(self) -> None:
         if self.chunk_chars < 1 or not 0 <= self.chunk_overlap < self.chunk_chars:
             raise ValueError("need chunk_chars >= 1 and 0 <= chunk_overlap < chunk_chars")
         if self.video_segment_seconds is not None and self.video_segment_seconds <= 0:
             raise ValueError("video_segment_seconds must be positive")
+        if self.pdf_dpi <= 0 or (self.pdf_max_pixels is not None and self.pdf_max_pixels < 1):
+            raise ValueError("pdf_dpi and pdf_max_pixels must be positive")
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A file name that can be printed and stored as UTF-8 (undecodable bytes shown as ``\\xNN``)."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def modality_of(path: Path) -> str | None:
@@ -124,7 +188,7 @@ def discover(paths: Sequence[str | Path], options: IngestOptions) -> tuple[list[
                         continue
                     files.append(child.resolve())
         else:
-            missing.append(Failure(str(path), "no such file or folder"))
+            missing.append(Failure(display_path(path), "no such file or folder"))
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, missing
@@ -140,6 +204,50 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _read_file(path: Path, limit: int | None = None) -> bytes:
+    """The file's bytes, read once (what is hashed is what is decoded). Empty files are an error."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if limit is not None and size > limit:
+            raise InputError(f"file too large: {size} bytes (limit {limit})")
+        data = fh.read() if limit is None else fh.read(limit + 1)
+    if not data:
+        raise InputError("empty file (0 bytes)")
+    if limit is not None and len(data) > limit:
+        raise InputError(f"file too large: more than {limit} bytes (limit {limit})")
+    return data
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_open_file(path: Path) -> tuple[str, tuple[int, ...]]:
+    """(sha256, stamp) of a file read through one handle; refuses a file that changed while it was read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        before = _stamp(os.fstat(fh.fileno()))
+        if before[2] == 0:
+            raise InputError("empty file (0 bytes)")
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+        if _stamp(os.fstat(fh.fileno())) != before:
+            raise InputError("the file changed while it was being read (index it again)")
+    return digest.hexdigest(), before
+
+
+def _unchanged(path: Path, stamp: tuple[int, ...]) -> Callable[[], None]:
+    def verify() -> None:
+        try:
+            now = _stamp(os.stat(path))
+        except OSError:
+            now = ()
+        if now != stamp:
+            raise InputError("the file changed while it was being indexed (index it again)")
+
+    return verify
 
 
 def chunk_text(text: str, size: int = CHUNK_CHARS, overlap: int = CHUNK_OVERLAP) -> list[tuple[int, int]]:
@@ -167,25 +275,33 @@ def chunk_text(text: str, size: int = CHUNK_CHARS, overlap: int = CHUNK_OVERLAP)
 
 
 def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, Any]) -> Iterator[Unit]:
-    """The items of one file. Raises :class:`InputError` (or OSError) when the file cannot be read."""
+    """The items of one file. Raises :class:`InputError` (or OSError, MemoryError, ...) when it cannot be read."""
     modality = modality_of(path)
-    source = str(path)
+    source = os.fspath(path)
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the file name is not valid UTF-8 (the store keeps names as UTF-8 text): rename it") from None
     base = {"source": source, "file_name": path.name, "metadata": dict(metadata)}
     if modality == "image":
-        yield Unit(file_digest(path), {"image": source}, {**base, "modality": "image", "text": ""})
+        data = _read_file(path, MAX_DOWNLOAD_BYTES)
+        digest = hashlib.sha256(data).hexdigest()
+        yield Unit(digest, {"image": data}, {**base, "modality": "image", "text": ""})
     elif modality == "text":
-        text = _read_text(path)
+        text = _decode_text(_read_file(path))
         for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
             chunk = text[a:b]
             key = hashlib.sha256(chunk.encode()).hexdigest()
             payload = {**base, "modality": "text", "text": chunk, "chunk": i, "span": [a, b]}
             yield Unit(f"text:{key}", {"text": chunk}, payload)
     elif modality == "video":
-        digest = file_digest(path)
+        digest, stamp = _hash_open_file(path)
+        verify = _unchanged(path, stamp)
         duration = video_duration(path)
         step = options.video_segment_seconds
         if step is None or duration <= step:
-            yield Unit(digest, {"video": source}, {**base, "modality": "video", "text": "", "duration": duration})
+            payload = {**base, "modality": "video", "text": "", "duration": duration}
+            yield Unit(digest, {"video": source}, payload, verify)
         else:
             start = 0.0
             while start < duration:
@@ -194,23 +310,28 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
                     break
                 segment = {"video": source, "video_start": start, "video_end": end}
                 payload = {**base, "modality": "video", "text": "", "segment": [start, end], "duration": duration}
-                yield Unit(f"{digest}:{start:.3f}-{end:.3f}", segment, payload)
+                yield Unit(f"{digest}:{start:.3f}-{end:.3f}", segment, payload, verify)
                 start = end
     elif modality == "pdf":
-        digest = file_digest(path)
-        for page_number, image, text in render_pdf(path, options.pdf_dpi):
+        data = _read_file(path)
+        digest = hashlib.sha256(data).hexdigest()
+        max_pixels = options.pdf_max_pixels or PDF_MAX_PIXELS
+        for page_number, image, text in render_pdf(data, options.pdf_dpi, max_pixels=max_pixels):
             payload = {**base, "modality": "pdf-page", "text": text, "page": page_number}
             yield Unit(f"{digest}:page={page_number}", {"image": image}, payload)
     else:
         raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+def _decode_text(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text") from None
+
+
+def _read_text(path: Path) -> str:
+    return _decode_text(path.read_bytes())
 
 
 def video_duration(path: Path) -> float:
@@ -226,21 +347,42 @@ def video_duration(path: Path) -> float:
     return frames / fps
 
 
-def render_pdf(path: Path, dpi: int = PDF_DPI) -> Iterator[tuple[int, Image.Image, str]]:
-    """(1-based page number, page image, page text) for each page, rendered lazily."""
+def pdf_render_scale(
+    width_pt: float, height_pt: float, dpi: float = PDF_DPI, max_pixels: int = PDF_MAX_PIXELS, page: int = 0
+) -> float:
+    """The scale (pixels per PDF point) to render a page at: ``dpi`` at most, and at most about ``max_pixels``
+    pixels (never above :data:`PDF_RENDER_PIXELS_CAP`, nor :data:`PDF_RENDER_SIDE_CAP` pixels on a side), from the
+    page size the document declares -- a 1 KB PDF with a 14,400 pt page renders as small as any other page."""
+    where = f"page {page}: " if page else ""
+    if not (math.isfinite(width_pt) and math.isfinite(height_pt) and width_pt > 0 and height_pt > 0):
+        raise InputError(f"{where}invalid page size {width_pt!r} x {height_pt!r} pt")
+    budget = min(max_pixels, PDF_RENDER_PIXELS_CAP)
+    scale = min(dpi / 72, math.sqrt(budget / (width_pt * height_pt)), PDF_RENDER_SIDE_CAP / max(width_pt, height_pt))
+    if width_pt * scale < 1 or height_pt * scale < 1:
+        raise InputError(f"{where}page of {width_pt:g} x {height_pt:g} pt is too elongated to render")
+    return scale
+
+
+def render_pdf(
+    source: str | Path | bytes, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS
+) -> Iterator[tuple[int, Image.Image, str]]:
+    """(1-based page number, page image, page text) for each page, rendered lazily at :func:`pdf_render_scale`.
+
+    ``source`` is a path or the file's bytes."""
     import pypdfium2 as pdfium
 
     try:
-        pdf = pdfium.PdfDocument(str(path))
+        pdf = pdfium.PdfDocument(source if isinstance(source, bytes) else str(source))
     except Exception as exc:  # pdfium raises PdfiumError for corrupt / encrypted files
         raise InputError(f"unreadable PDF: {exc}") from None
     try:
         if len(pdf) == 0:
             raise InputError("PDF has no pages")
         for index in range(len(pdf)):
+            scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
             page = pdf[index]
             try:
-                image = page.render(scale=dpi / 72).to_pil().convert("RGB")
+                image = page.render(scale=scale).to_pil().convert("RGB")
                 textpage = page.get_textpage()
                 text = textpage.get_text_bounded().replace("\r\n", "\n").strip()
                 textpage.close()
@@ -251,14 +393,19 @@ def render_pdf(path: Path, dpi: int = PDF_DPI) -> Iterator[tuple[int, Image.Imag
         pdf.close()
 
 
-def render_pdf_page(path: str | Path, page_number: int, dpi: int = PDF_DPI) -> Image.Image:
+def render_pdf_page(
+    path: str | Path, page_number: int, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS
+) -> Image.Image:
     import pypdfium2 as pdfium
 
     pdf = pdfium.PdfDocument(str(path))
     try:
+        if not 1 <= page_number <= len(pdf):
+            raise InputError(f"{display_path(path)} has no page {page_number}")
+        scale = pdf_render_scale(*pdf.get_page_size(page_number - 1), dpi, max_pixels, page=page_number)
         page = pdf[page_number - 1]
         try:
-            return page.render(scale=dpi / 72).to_pil().convert("RGB")
+            return page.render(scale=scale).to_pil().convert("RGB")
         finally:
             page.close()
     finally:
@@ -336,7 +483,8 @@ def _first_ref(item: Mapping[str, Any]) -> str | None:
 
 
 class Indexer:
-    """Embeds units in groups and upserts them; skips what the store already holds."""
+    """Embeds units in groups and upserts them; skips what the store already holds; attributes every failure to
+    its file; keeps each point's list of sources right (changed files lose their old points)."""
 
     def __init__(
         self,
@@ -352,7 +500,24 @@ class Indexer:
         self.dim = dim or embedder.hidden_size
         self.instruction = instruction or embedder.default_instruction
         self.group_size = group_size
-        self.spec = CollectionSpec(model=embedder.model_name_or_path, dim=self.dim, instruction=self.instruction)
+        name = str(embedder.model_name_or_path)
+        local = Path(name).expanduser()
+        self.spec = CollectionSpec(
+            model=str(local.resolve()) if local.is_dir() else name,  # a folder: loadable from any directory
+            dim=self.dim,
+            instruction=self.instruction,
+            model_id=model_fingerprint(name, getattr(embedder, "revision", None)),
+        )
+
+    def _open(self) -> CollectionSpec:
+        # The collection's own spec: an existing collection keeps the id scheme it was created with.
+        self.spec = self.store.open(self.spec)
+        return self.spec
+
+    def _max_pixels(self) -> int:
+        media = getattr(self.embedder, "media", None)
+        value = getattr(media, "max_pixels", None)
+        return int(value) if isinstance(value, int) and value > 0 else PDF_MAX_PIXELS
 
     def index_paths(
         self,
@@ -361,39 +526,80 @@ class Indexer:
         options: IngestOptions | None = None,
         metadata: Mapping[str, Any] | None = None,
         show_progress_bar: bool = True,
+        prune: bool = False,
     ) -> IndexReport:
+        """Index files and folders. ``prune``: afterwards, remove the points of files under ``paths`` that no
+        longer exist (deleted or renamed files)."""
         options = options or IngestOptions()
-        self.store.open(self.spec)
+        if options.pdf_max_pixels is None:
+            options = replace(options, pdf_max_pixels=self._max_pixels())
+        self._open()
         files, missing = discover(paths, options)
         report = IndexReport(files=len(files), failed=list(missing))
         supported = []
         for f in files:
             if modality_of(f) is None:
-                report.skipped.append(Failure(str(f), f"unsupported file type {f.suffix or '(none)'!r}"))
+                report.skipped.append(Failure(display_path(f), f"unsupported file type {f.suffix or '(none)'!r}"))
             else:
                 supported.append(f)
         bar = tqdm(supported, desc="indexing", unit="file", disable=not show_progress_bar)
         pending: list[Unit] = []
         for path in bar:
-            try:
-                for unit in units_for_file(path, options, metadata or {}):
-                    pending.append(unit)
-                    if len(pending) >= self.group_size:
-                        self._flush(pending, report)
-                        pending = []
-            except (InputError, OSError, ValueError) as exc:
-                reason = exc.reason if isinstance(exc, InputError) else f"{exc.__class__.__name__}: {exc}"
-                report.failed.append(Failure(str(path), reason))
-                logger.warning("skipping %s: %s", path, reason)
+            state = _FileState(path, os.fspath(path))
+            units = units_for_file(path, options, metadata or {})
+            while True:
+                try:
+                    unit = next(units)
+                    pid = point_id(unit.content_key, self.spec)
+                except StopIteration:
+                    break
+                except Exception as exc:  # this file only: MemoryError, TypeError, UnicodeError, OSError, ...
+                    self._fail(state, None, _reason(exc), report)
+                    units.close()
+                    break
+                unit.file = state
+                state.ids.add(pid)
+                state.pending += 1
+                pending.append(unit)
+                if len(pending) >= self.group_size:  # outside the try: a group's failures are not this file's
+                    group, pending = pending, []
+                    self._flush(group, report)
+            state.done = True
+            self._finish(state, report)
             bar.set_postfix(indexed=report.indexed, present=report.present, failed=len(report.failed))
-        self._flush(pending, report)
+        group, pending = pending, []
+        self._flush(group, report)
+        if prune:
+            self.prune(paths, report)
+        return report
+
+    def prune(self, roots: Sequence[str | Path], report: IndexReport | None = None) -> IndexReport:
+        """Take the files under ``roots`` that no longer exist off their points (a point no other file holds is
+        deleted). Roots that do not exist themselves are left alone (an unmounted disk is not a deletion)."""
+        report = report if report is not None else IndexReport()
+        if self.store.spec is None:
+            self._open()
+        bases = [Path(r).expanduser().resolve() for r in roots if Path(r).expanduser().exists()]
+        prefixes = [(str(b), str(b).rstrip(os.sep) + os.sep) for b in bases]
+        gone: dict[str, None] = {}
+        for point in self.store.scroll(with_vectors=False):
+            for source in sources_of(point.payload):
+                if source in gone or not any(source == b or source.startswith(p) for b, p in prefixes):
+                    continue
+                if not os.path.lexists(source):
+                    gone[source] = None
+        for source in sorted(gone):
+            _, deleted = self.store.remove_source(source)
+            report.pruned += deleted
+            report.pruned_files.append(display_path(source))
+            logger.info("pruned %s (%d points deleted)", display_path(source), deleted)
         return report
 
     def index_items(
         self, items: Iterable[Any], *, metadata: Mapping[str, Any] | None = None
     ) -> tuple[IndexReport, list[str | None]]:
         """Index items given directly; returns the report and each item's point id (None where it failed)."""
-        self.store.open(self.spec)
+        self._open()
         report = IndexReport()
         ids: list[str | None] = []
         units: list[Unit] = []
@@ -411,52 +617,171 @@ class Indexer:
         stored = self.store.existing({i for i in ids if i is not None})
         return report, [i if i in stored else None for i in ids]
 
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _fail(self, state: _FileState | None, where: str | None, reason: str, report: IndexReport) -> None:
+        label = where or (state.label if state is not None else "?")
+        report.failed.append(Failure(label, reason))
+        logger.warning("skipping %s: %s", label, reason)
+        if state is not None:
+            state.failed = True
+
+    def _finish(self, state: _FileState, report: IndexReport) -> None:
+        """When all of a file's units are stored: its old points that it no longer holds lose it."""
+        if state.finished or not state.done or state.pending:
+            return
+        state.finished = True
+        if state.failed:
+            return  # what it held before stays until it indexes again (or is pruned)
+        held = self.store.points_of_source(state.source)
+        stale = set(held) - state.ids
+        if stale:
+            detached, deleted = self.store.remove_source(state.source, stale)
+            report.replaced += detached + deleted
+            logger.info("%s changed: %d outdated points removed", state.label, detached + deleted)
+
     def _flush(self, units: list[Unit], report: IndexReport) -> None:
         if not units:
             return
         ids = [point_id(u.content_key, self.spec) for u in units]
-        present = self.store.existing(set(ids))
-        todo: dict[str, Unit] = {}
+        stored = self.store.retrieve(set(ids))
+        new: dict[str, list[Unit]] = {}
+        grown: dict[str, list[str]] = {}  # stored points that gain a source
         for pid, unit in zip(ids, units):
-            if pid in present:
+            if pid in stored:
                 report.present += 1
-            elif pid in todo:
-                report.present += 1  # the same content twice in this run
+                source = unit.payload.get("source")
+                if source:
+                    sources = grown.get(pid) or sources_of(stored[pid])
+                    if source not in sources:
+                        grown[pid] = [*sources, source]
             else:
-                todo[pid] = unit
-        if not todo:
-            return
+                new.setdefault(pid, []).append(unit)
+        for pid, sources in grown.items():
+            self.store.set_payload(pid, {"sources": sources, "source": sources[0]})
+        order = list(new)
         vectors, failures = embed_isolating(
-            self.embedder, [u.input for u in todo.values()], instruction=self.instruction, dim=self.dim
+            self.embedder, [new[pid][0].input for pid in order], instruction=self.instruction, dim=self.dim
         )
-        points = []
-        for k, (pid, unit) in enumerate(todo.items()):
-            if k in failures:
-                where = unit.payload.get("source", "?")
-                if "page" in unit.payload:
-                    where += f" (page {unit.payload['page']})"
-                elif "segment" in unit.payload:
-                    where += f" (segment {unit.payload['segment'][0]:g}-{unit.payload['segment'][1]:g}s)"
-                report.failed.append(Failure(pid if where == "?" else where, failures[k]))
+        points: list[Point] = []
+        for k, pid in enumerate(order):
+            group = new[pid]
+            reason = failures.get(k)
+            payload: dict[str, Any] = {}
+            if reason is None:
+                try:
+                    for unit in group:
+                        if unit.verify is not None:
+                            unit.verify()
+                    payload = _point_payload(group)
+                except Exception as exc:
+                    reason = _reason(exc)
+            if reason is not None:
+                for unit in group:
+                    self._fail(unit.file, _where(unit, pid), reason, report)
                 continue
-            payload = {**unit.payload, "content_hash": hashlib.sha256(unit.content_key.encode()).hexdigest()}
             points.append(Point(pid, vectors[k].tolist(), payload))
-        self.store.upsert(points)
-        report.indexed += len(points)
+            report.present += len(group) - 1  # the same content twice in this group
+        self._upsert(points, new, report)
+        for unit in units:
+            if unit.file is not None:
+                unit.file.pending -= 1
+                self._finish(unit.file, report)
+
+    def _upsert(self, points: list[Point], units: Mapping[str, list[Unit]], report: IndexReport) -> None:
+        """Store the group; when that fails, file by file, so that only the files whose points cannot be stored
+        fail. A store that takes nothing at all is broken: that is raised (exit 4), not blamed on files."""
+        if not points:
+            return
+        try:
+            self.store.upsert(points)
+            report.indexed += len(points)
+            return
+        except (StoreError, ValueError) as exc:
+            first = exc
+        by_file: dict[int, list[Point]] = {}
+        for point in points:
+            by_file.setdefault(id(units[point.id][0].file), []).append(point)
+        errors: list[tuple[list[Point], Exception]] = []
+        for group in by_file.values():
+            try:
+                self.store.upsert(group)
+                report.indexed += len(group)
+            except (StoreError, ValueError) as exc:
+                errors.append((group, exc))
+        if len(errors) == len(by_file) and isinstance(first, StoreError):
+            raise first
+        for group, exc in errors:
+            for point in group:
+                for unit in units[point.id]:
+                    self._fail(unit.file, _where(unit, point.id), _reason(exc), report)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, InputError):
+        return f"{exc.field}: {exc.reason}" if getattr(exc, "field", None) else exc.reason
+    if isinstance(exc, MemoryError):
+        return "out of memory while reading or decoding it"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {display_path(text)}" if text else exc.__class__.__name__
+
+
+def _where(unit: Unit, pid: str) -> str:
+    source = unit.payload.get("source")
+    if not source:
+        return f"item {pid}"
+    where = display_path(source)
+    if "page" in unit.payload:
+        where += f" (page {unit.payload['page']})"
+    elif unit.payload.get("segment"):
+        where += f" (segment {unit.payload['segment'][0]:g}-{unit.payload['segment'][1]:g}s)"
+    return where
+
+
+def _point_payload(units: list[Unit]) -> dict[str, Any]:
+    """The stored payload: the first unit's, with every source that holds this content; checked to be storable."""
+    first = units[0]
+    sources = list(dict.fromkeys(str(u.payload["source"]) for u in units if u.payload.get("source")))
+    payload = {**first.payload, "content_hash": hashlib.sha256(first.content_key.encode()).hexdigest()}
+    payload["sources"] = sources
+    if sources:
+        payload["source"] = sources[0]
+    try:
+        json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"its payload cannot be stored as JSON / UTF-8 ({exc})") from None
+    return payload
 
 
 def embed_isolating(embedder: Any, inputs: list[Any], **kwargs: Any) -> tuple[dict[int, Any], dict[int, str]]:
-    """Embed ``inputs``; an input that fails is reported (index -> reason) and the others are still embedded."""
+    """Embed ``inputs``; an input that fails is reported (index -> reason) and the others are still embedded.
+
+    An :class:`InputError` that names its input drops that input and retries the rest; any other failure of a group
+    (a processor error, ``MemoryError``, ...) falls back to embedding the inputs one by one, so that only the
+    inputs that fail on their own are reported."""
     remaining = list(range(len(inputs)))
     failures: dict[int, str] = {}
     while remaining:
         try:
             out = embedder.embed([inputs[i] for i in remaining], **kwargs)
         except InputError as exc:
-            if exc.index is None:
-                raise
-            bad = remaining.pop(exc.index)
-            failures[bad] = f"{exc.field}: {exc.reason}" if exc.field else exc.reason
-            continue
-        return {i: out[k] for k, i in enumerate(remaining)}, failures
+            if exc.index is not None and 0 <= exc.index < len(remaining):
+                failures[remaining.pop(exc.index)] = _reason(exc)
+                continue
+            error: Exception = exc
+        except Exception as exc:  # noqa: BLE001 - attributed below, input by input
+            error = exc
+        else:
+            return {i: out[k] for k, i in enumerate(remaining)}, failures
+        if len(remaining) == 1:
+            failures[remaining[0]] = _reason(error)
+            return {}, failures
+        logger.warning("embedding a group of %d failed (%s): embedding them one by one", len(remaining), error)
+        vectors: dict[int, Any] = {}
+        for i in remaining:
+            try:
+                vectors[i] = embedder.embed([inputs[i]], **kwargs)[0]
+            except Exception as exc:  # noqa: BLE001
+                failures[i] = _reason(exc)
+        return vectors, failures
     return {}, failures

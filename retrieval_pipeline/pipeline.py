@@ -131,9 +131,12 @@ class RAGPipeline:
         options: IngestOptions | None = None,
         metadata: Mapping[str, Any] | None = None,
         show_progress_bar: bool = True,
+        prune: bool = False,
     ) -> IndexReport:
         indexer = Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim())
-        return indexer.index_paths(paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar)
+        return indexer.index_paths(
+            paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar, prune=prune
+        )
 
     def _stored_dim(self) -> int | None:
         return self.store.open(create=False).dim if self.store.exists() else None

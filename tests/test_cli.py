@@ -120,3 +120,67 @@ def test_usage_errors(tmp_path):
     assert cli().returncode == 2
     result = cli("search", "x", "--filter", "novalue", db=tmp_path / "db")
     assert result.returncode == 1 and "--filter expects KEY=VALUE" in result.stderr
+
+
+def test_a_run_where_everything_failed_exits_1(tmp_path, models_env):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"empty{i}.png").write_bytes(b"")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "w") as fh:
+        fh.write("text in a file whose name is not UTF-8")
+    result = cli("index", str(folder), env=models_env, db=tmp_path / "db")
+    assert result.returncode == 1, result.stderr
+    assert "0 items indexed, 0 already present, 4 failed" in result.stdout
+    assert result.stdout.count("empty file") == 3 and "caf\\xe9.txt" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_model_spelling_and_working_directory_do_not_matter(tmp_path):
+    db = tmp_path / "db"
+    relative = os.path.relpath(TINY, ROOT)
+    indexed = subprocess.run(
+        [sys.executable, "-m", "retrieval_pipeline.cli", "index", str(CORPUS / "notes.md"), "--db", str(db)]
+        + ["--embedding-model", relative, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert indexed.returncode == 0, indexed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    searched = subprocess.run(
+        [sys.executable, "-m", "retrieval_pipeline.cli", "search", "revenue", "--no-rerank", "--db", str(db)]
+        + ["--embedding-model", str(TINY), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert searched.returncode == 0, searched.stderr
+    assert json.loads(searched.stdout)[0]["source"] == str(CORPUS / "notes.md")
+
+
+def test_damaged_store_exit_4_then_rebuild_and_prune(tmp_path, models_env):
+    db, folder = tmp_path / "db", tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The cat sleeps on the sofa.")
+    (folder / "b.txt").write_text("Rockets launch at dawn.")
+    assert cli("index", str(folder), env=models_env, db=db).returncode == 0
+    [status] = [p for p in (db / "default" / "shard").rglob("status.dat") if p.parent.name == "vectors"]
+    status.write_bytes(b"")  # a truncated file inside the shard
+    for args in (("info",), ("search", "cat", "--no-rerank")):
+        result = cli(*args, env=models_env, db=db)
+        assert result.returncode == 4, (args, result.stderr)
+        assert "is damaged" in result.stderr and "--rebuild" in result.stderr and "Traceback" not in result.stderr
+    rebuilt = cli("index", str(folder), "--rebuild", "--json", env=models_env, db=db)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(rebuilt.stdout)["indexed"] == 2
+    (folder / "b.txt").unlink()
+    pruned = cli("index", str(folder), "--prune", "--json", env=models_env, db=db)
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert report["pruned"] == 1 and report["pruned_files"] == [str((folder / "b.txt").resolve())]
+    assert report["present"] == 1 and report["failed"] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from retrieval_pipeline.store import (
     Point,
     ServerStore,
     StoreError,
+    model_fingerprint,
     point_id,
 )
 
@@ -159,3 +162,183 @@ def test_edge_store_in_use_by_another_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     store.close()
     assert "another process has it open" in out
+
+
+# --- payload sources, model identity, layout versions, damaged stores, concurrent creation ---------------------
+
+
+def test_sources_remove_source_and_drop(store):
+    store.open(SPEC)
+    shared = Point(point_id("shared", SPEC), [1.0] * 8, {"source": "/a", "sources": ["/a", "/b"], "modality": "text"})
+    only_a = Point(point_id("only-a", SPEC), [0.5] * 8, {"source": "/a", "sources": ["/a"], "modality": "text"})
+    legacy = Point(point_id("legacy", SPEC), [0.2] * 8, {"source": "/a", "modality": "text"})  # before `sources`
+    store.upsert([shared, only_a, legacy])
+    assert set(store.points_of_source("/a")) == {shared.id, only_a.id, legacy.id}
+    assert set(store.points_of_source("/b")) == {shared.id}
+    assert store.remove_source("/a") == (1, 2)  # the shared point keeps /b; the others go
+    assert store.retrieve([shared.id, only_a.id]) == {shared.id: {**shared.payload, "source": "/b", "sources": ["/b"]}}
+    assert store.count() == 1
+    store.drop()
+    assert not store.exists()
+    with pytest.raises(CollectionNotFoundError):
+        store.open(create=False)
+
+
+def _tiny_copy(tmp_path, name="copy"):
+    import shutil
+
+    from conftest import TINY
+
+    return Path(shutil.copytree(TINY, tmp_path / name / "tiny-qwen3vl"))
+
+
+def test_model_fingerprint_is_what_the_model_is(tmp_path, monkeypatch):
+    import json
+
+    from conftest import TINY
+
+    copy = _tiny_copy(tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    config["_name_or_path"] = "/somewhere/else"  # where it was saved is not what it is
+    (copy / "config.json").write_text(json.dumps(config, indent=4))
+    fingerprint = model_fingerprint(str(TINY))
+    assert fingerprint.startswith("local:")
+    assert model_fingerprint(str(copy)) == fingerprint
+    monkeypatch.chdir(TINY.parent)
+    assert model_fingerprint("tiny-qwen3vl") == fingerprint  # a relative spelling
+    assert model_fingerprint("./tiny-qwen3vl/") == fingerprint
+    other = _tiny_copy(tmp_path, "other")
+    config["text_config"]["rms_norm_eps"] = 1e-5 if config["text_config"].get("rms_norm_eps") != 1e-5 else 1e-6
+    (other / "config.json").write_text(json.dumps(config))
+    assert model_fingerprint(str(other)) != fingerprint
+    assert model_fingerprint("Qwen/Qwen3-VL-Embedding-2B") == "hub:Qwen/Qwen3-VL-Embedding-2B@main"
+    assert model_fingerprint("Qwen/Qwen3-VL-Embedding-2B", "abc123").endswith("@abc123")
+    # the same model under two spellings: same spec identity, same point ids
+    a = CollectionSpec(str(TINY), 8, "i")
+    b = CollectionSpec(str(copy), 8, "i")
+    assert a.model_id == b.model_id and point_id("k", a) == point_id("k", b)
+    b.check(a, "c")  # accepted
+    with pytest.raises(CollectionMismatchError):
+        CollectionSpec(str(other), 8, "i").check(a, "c")
+
+
+def test_collection_json_has_a_format_and_old_layouts_still_open(tmp_path):
+    import json
+    import uuid
+
+    from retrieval_pipeline.store import FORMAT, POINT_NAMESPACE
+
+    new = EdgeStore(tmp_path / "db", "new")
+    new.open(SPEC)
+    new.close()
+    meta = json.loads((tmp_path / "db" / "new" / "collection.json").read_text())
+    assert meta["format"] == FORMAT >= 1 and meta["model_id"] == "hub:tiny@main" and "model_id" in meta["id_scheme"]
+
+    # a collection written before layouts had a version: ids derive from the model string as typed
+    old_spec = CollectionSpec(model="some/model", dim=8, instruction="i", format=0)
+    old = EdgeStore(tmp_path / "db", "old")
+    old.open(old_spec)
+    legacy_id = str(uuid.uuid5(POINT_NAMESPACE, "some/model|8|content-0"))
+    assert point_id("content-0", old_spec) == legacy_id
+    old.upsert([Point(legacy_id, [1.0] * 8, {"source": "/x", "modality": "text"})])
+    old.close()
+    path = tmp_path / "db" / "old" / "collection.json"
+    path.write_text(json.dumps({"model": "some/model", "dim": 8, "instruction": "i", "distance": "cosine"}))
+    reopened = EdgeStore(tmp_path / "db", "old")
+    stored = reopened.open(CollectionSpec(model="some/model", dim=8, instruction="i"))
+    assert stored.format == 0 and stored.model_id is None
+    assert reopened.existing([point_id("content-0", stored)]) == {legacy_id}  # the old id scheme is kept
+    reopened.close()
+
+    path.write_text(json.dumps({**meta, "format": FORMAT + 1}))
+    with pytest.raises(CollectionMismatchError, match="newer"):
+        EdgeStore(tmp_path / "db", "old").open(create=False)
+
+
+def _damage(folder, name: str, keep: float) -> None:
+    import os
+
+    matches = [p for p in folder.rglob("*") if p.is_file() and p.as_posix().endswith(name)]
+    assert matches, name
+    with open(matches[0], "r+b") as fh:
+        fh.truncate(int(os.path.getsize(matches[0]) * keep))
+
+
+@pytest.mark.parametrize(
+    "name, keep",
+    [
+        ("mutable_id_tracker.mappings", 0.5),  # points silently lost: the count disagrees with the last close
+        ("vectors/chunk_0.mmap", 0.0),  # vectors gone: reading them back fails
+        ("payload_storage/page_0.dat", 0.0),  # payloads gone
+        ("vectors/status.dat", 0.0),  # the engine panics while loading
+    ],
+)
+def test_damaged_edge_store_is_a_store_error(tmp_path, name, keep):
+    store = EdgeStore(tmp_path / "db", "c")
+    store.open(SPEC)
+    points = _points(600)
+    for start in range(0, 600, 100):
+        store.upsert(points[start : start + 100])
+    store.close()
+    EdgeStore(tmp_path / "db", "c").close()  # a second clean open/close, as after a few runs
+    _damage(tmp_path / "db" / "c" / "shard", name, keep)
+    damaged = EdgeStore(tmp_path / "db", "c")
+    with pytest.raises(StoreError, match=r"is damaged .*--rebuild"):
+        damaged.open(create=False)
+        damaged.verify()
+    damaged.close()
+    damaged.drop()  # the way out: rebuild from scratch
+    fresh = EdgeStore(tmp_path / "db", "c")
+    fresh.open(SPEC)
+    fresh.upsert(points[:3])
+    assert fresh.verify() == {"points": 3, "sampled": 3}
+    fresh.close()
+
+
+_CREATE = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("store", sys.argv[3])  # the module alone: no torch import
+store_module = sys.modules["store"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(store_module)
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+store = store_module.EdgeStore(sys.argv[1], "c")
+try:
+    store.open(store_module.CollectionSpec("tiny", 8, "i"))
+    time.sleep(0.3)
+    print("created-or-opened")
+except store_module.StoreError as exc:
+    print("store-error:", exc)
+finally:
+    store.close()
+"""
+
+
+def test_concurrent_creation_of_a_new_db_never_crashes(tmp_path):
+    import subprocess
+    import sys
+
+    import retrieval_pipeline.store as store_module
+
+    for round_ in range(3):
+        db, go = tmp_path / f"db{round_}", tmp_path / f"go{round_}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CREATE, str(db), str(go), store_module.__file__],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(3)
+        ]
+        for p in procs:
+            assert p.stdout.readline().strip() == b"ready"
+        go.touch()  # all at once
+        outs = [(p.communicate(timeout=120), p.returncode) for p in procs]
+        for (out, err), code in outs:
+            assert code == 0 and "Traceback" not in err.decode(), err.decode()
+            assert out.decode().startswith(("created-or-opened", "store-error:")), out
+        assert any(out.decode().startswith("created-or-opened") for (out, _), _ in outs)
+        store = EdgeStore(db, "c")
+        assert store.open(create=False).dim == 8 and store.verify()["points"] == 0
+        store.close()
