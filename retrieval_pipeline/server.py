@@ -33,6 +33,7 @@ import asyncio
 import base64
 import contextvars
 import hmac
+import json
 import logging
 import os
 import time
@@ -373,6 +374,8 @@ def create_app(
 
     # Threads: preparation (no URLs), preparation of requests with URLs, one per model, and the store.
     local_pool = ThreadPoolExecutor(config.prepare_workers, thread_name_prefix="prepare")
+    # no JSON list in a request may be longer than this (inputs, documents, a frame list, a text list)
+    max_array = max(config.max_items, config.limits.max_frames_per_video or 0)
     remote_pool = ThreadPoolExecutor(config.prepare_workers, thread_name_prefix="prepare-urls")
     embed_pool = ThreadPoolExecutor(1, thread_name_prefix="embed-model")
     rerank_pool = ThreadPoolExecutor(1, thread_name_prefix="rerank-model")
@@ -455,6 +458,14 @@ def create_app(
             return response
         app.state.in_flight += 1
         try:
+            if request.method == "POST" and size > PRECHECK_BYTES:
+                # A large JSON body is parsed and measured in a worker thread, so that a 2-million-entry list is
+                # refused without the event loop parsing and validating it (/health stays responsive).
+                body = await request.body()
+                loop = asyncio.get_running_loop()
+                problem = await loop.run_in_executor(local_pool, _oversized_array, body, max_array)
+                if problem is not None:
+                    return _error(413, problem, limit="max_items")
             return await call_next(request)
         finally:
             app.state.in_flight -= 1
@@ -713,6 +724,28 @@ async def _store_call(pool: ThreadPoolExecutor, fn: Any, *args: Any, **kwargs: A
         raise
     except ValueError as exc:
         raise HTTPError(400, str(exc)) from None
+
+
+# Bodies above this size are pre-checked off the event loop (see the guard middleware).
+PRECHECK_BYTES = 64 * 1024
+
+
+def _oversized_array(body: bytes, max_array: int) -> str | None:
+    """The first JSON array in ``body`` longer than ``max_array`` entries, described; None when there is none (or
+    the body is not JSON: the route's own validation answers that)."""
+    try:
+        stack = [json.loads(body)]
+    except ValueError:
+        return None
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            if len(value) > max_array:
+                return f"a list of {len(value)} entries exceeds the limit of {max_array} per list (max_items)"
+            stack.extend(v for v in value if isinstance(v, (list, dict)))
+        elif isinstance(value, dict):
+            stack.extend(v for v in value.values() if isinstance(v, (list, dict)))
+    return None
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", **extra: Any) -> JSONResponse:

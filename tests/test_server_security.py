@@ -472,3 +472,31 @@ def test_library_default_policy_and_scopes(source):
         with pytest.raises(InputError, match="disabled"):
             fetch(url)
     assert fetch(url) == CHELSEA  # the scope ended
+
+
+def test_huge_json_lists_are_refused_off_the_event_loop(allow_server):
+    """Four requests of a 2-million-entry list (10 MB each) were parsed and validated on the event loop:
+    /health took 9 s. They are refused from a worker thread; /health answers meanwhile."""
+    body = json.dumps({"input": ["a"] * 2_000_000}).encode()
+
+    async def main():
+        async with httpx.AsyncClient(base_url=allow_server, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            headers = {"content-type": "application/json"}
+            calls = [
+                asyncio.create_task(c.post("/v1/embeddings", content=body, headers=headers, timeout=60))
+                for _ in range(4)
+            ]
+            await asyncio.sleep(0.2)
+            slowest = 0.0
+            while not all(t.done() for t in calls):
+                t = time.perf_counter()
+                assert (await c.get("/health", timeout=5)).status_code == 200
+                slowest = max(slowest, time.perf_counter() - t)
+                await asyncio.sleep(0.05)
+            return [t.result() for t in calls], slowest
+
+    results, slowest = asyncio.run(main())
+    for r in results:
+        assert r.status_code == 413 and r.json()["error"]["limit"] == "max_items"
+        assert "2000000 entries" in r.json()["error"]["message"]
+    assert slowest < 1.0
