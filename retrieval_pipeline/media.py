@@ -316,7 +316,7 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
     fps = obj.get("fps")
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
-            raise InputError(f"expected a positive finite number, got {fps!r}", field="fps")
+            raise InputError(f"expected a finite positive number, got {fps!r}", field="fps")
         parsed.fps = float(fps)
     max_frames = obj.get("max_frames")
     if max_frames is not None:
@@ -332,7 +332,7 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
         value = obj.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise InputError(f"expected a finite number of seconds >= 0, got {value!r}", field=name)
+                raise InputError(f"expected a number of seconds >= 0 (finite), got {value!r}", field=name)
             setattr(parsed, name, float(value))
     if parsed.video_start is not None and parsed.video_end is not None and parsed.video_end <= parsed.video_start:
         raise InputError(
