@@ -97,3 +97,31 @@ def generator():
     from retrieval_pipeline.generator import Qwen3VLGenerator
 
     return Qwen3VLGenerator(str(TINY), max_new_tokens=8)
+
+
+class LiveServer:
+    """A real uvicorn server for ``app`` on a free 127.0.0.1 port, in a thread: ``with LiveServer(app) as url``."""
+
+    def __init__(self, app):
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)

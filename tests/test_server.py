@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
-import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from conftest import MEDIA
+from conftest import MEDIA, LiveServer
 
 from retrieval_pipeline.ingest import Indexer
 from retrieval_pipeline.pipeline import RAGPipeline
@@ -21,28 +17,6 @@ from retrieval_pipeline.server import ServerConfig, create_app
 from retrieval_pipeline.store import EdgeStore
 
 TOKEN = "test-token"
-
-
-class LiveServer:
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

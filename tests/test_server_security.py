@@ -24,8 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from conftest import MEDIA, TINY
+from conftest import MEDIA, TINY, LiveServer
 
 from retrieval_pipeline import media
 from retrieval_pipeline.batcher import DynamicBatcher
@@ -39,28 +38,6 @@ from retrieval_pipeline.store import EdgeStore
 TOKEN = "sec-token"
 VIDEO = MEDIA / "moving_square.mp4"
 CHELSEA = (MEDIA / "chelsea.jpg").read_bytes()
-
-
-class LiveServer:
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 class Source(http.server.BaseHTTPRequestHandler):
