@@ -6,7 +6,7 @@ Sorting by length before batching keeps padding (wasted compute) small; the toke
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +51,30 @@ def plan_batches(
     return batches
 
 
-def chunks(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
+# Inputs are decoded and encoded a window at a time, so host memory does not grow with the list: at most this many
+# items, or this many bytes of token ids and pixel patches (a full-size image is ~44 MB of patches).
+WINDOW_ITEMS = 256
+WINDOW_BYTES = 256 * 1024 * 1024
+
+
+def windows(
+    n: int, encode: Callable[[int], Encoded], *, max_items: int | None = None, max_bytes: int | None = None
+) -> Iterator[dict[int, Encoded]]:
+    """``encode(i)`` for i in 0..n-1, handed over in windows of at most ``max_items`` items and (past the first
+    item) ``max_bytes`` bytes of tensors, so a list of page images never holds all their patches at once."""
+    max_items = max_items or WINDOW_ITEMS
+    max_bytes = max_bytes or WINDOW_BYTES
+    window: dict[int, Encoded] = {}
+    size = 0
+    for i in range(n):
+        enc = encode(i)
+        window[i] = enc
+        size += enc.nbytes
+        if len(window) >= max_items or size >= max_bytes:
+            yield window
+            window, size = {}, 0
+    if window:
+        yield window
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .batching import chunks, collate, last_token_states, plan_batches
+from .batching import collate, last_token_states, plan_batches, windows
 from .encoding import (
     FPS,
     MAX_FRAMES,
@@ -49,8 +49,6 @@ DEFAULT_LIMITS = InputLimits()  # the library bounds only the pixels of one imag
 
 MAX_LENGTH = 8192
 DEFAULT_INSTRUCTION = "Represent the user's input."
-# Inputs are decoded and encoded this many at a time, so host memory does not grow with the list length.
-WINDOW_ITEMS = 256
 
 
 class Qwen3VLEmbedder:
@@ -248,8 +246,7 @@ class Qwen3VLEmbedder:
             total=len(parsed), desc="embedding", unit="item", disable=not show_progress(show_progress_bar, len(parsed))
         )
         with bar:
-            for window in chunks(len(parsed), WINDOW_ITEMS):
-                encoded = {i: self.encode_input(parsed[i], i, instruction) for i in window}
+            for encoded in windows(len(parsed), lambda i: self.encode_input(parsed[i], i, instruction)):
                 self._run(encoded, done, out, batch_size, bar)
         return out
 

@@ -8,7 +8,9 @@ them later, so the token ids of an item never depend on what it is batched with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +80,18 @@ class Encoded:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this item's own tensors (shared patches not counted)."""
+        tensors = (
+            self.input_ids,
+            self.pixel_values,
+            self.image_grid_thw,
+            self.pixel_values_videos,
+            self.video_grid_thw,
+        )
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def vision(self, name: str) -> torch.Tensor | None:
         """All of ``pixel_values`` or ``pixel_values_videos``: the shared leading patches, then the item's own."""
@@ -257,6 +271,27 @@ def encode_conversation(
     texts: list[str | list[int]] = []
     marked = _mark_texts(conversation, texts, _sentinel(processor)[0], text_budget)
     text = processor.apply_chat_template([marked], add_generation_prompt=True, tokenize=False)
+    has_video = any(item.get("type") == "video" for turn in conversation for item in turn["content"])
+    with VIDEO_SLOTS if has_video else contextlib.nullcontext():
+        return _encode_marked(processor, conversation, texts, text, max_length, truncation, text_budget, leading)
+
+
+# Conversations with videos are encoded at most this many at a time per process: their decoded frames and patches
+# are the largest transient memory (up to ~0.6 GiB for a video within max_length), and threads preparing
+# concurrent requests would otherwise multiply it.
+VIDEO_SLOTS = threading.BoundedSemaphore(2)
+
+
+def _encode_marked(
+    processor: Any,
+    conversation: list[dict[str, Any]],
+    texts: list[str | list[int]],
+    text: Any,
+    max_length: int | None,
+    truncation: bool,
+    text_budget: int | None,
+    leading: tuple[SharedVision, torch.Tensor] | None,
+) -> Encoded:
     try:
         # qwen-vl-utils' process_vision_info, with video files read frame by frame and given a pixel budget when
         # the reference's plan would overflow the sequence (the embedder's max_length; the reranker's, which it

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .batching import chunks, collate, last_token_states, plan_batches, rope_positions, token_types
+from .batching import collate, last_token_states, plan_batches, rope_positions, token_types, windows
 from .encoding import (
     FPS,
     IMAGE_PATCH_SIZE,
@@ -71,8 +71,6 @@ DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that a
 KEEP_TAIL_TOKENS = 5
 # Tokens of a pair's prompt besides the query and the document (system prompt, instruction, tags), for estimates.
 PAIR_PROMPT_TOKENS = 64
-# Documents are decoded and encoded this many at a time (bounded host memory for long candidate lists).
-WINDOW_ITEMS = 256
 
 
 @dataclass
@@ -374,9 +372,8 @@ class Qwen3VLReranker:
         n = len(parsed_docs)
         bar = tqdm(total=n, desc="reranking", unit="doc", disable=not show_progress(show_progress_bar, n))
         with bar:
-            for window in chunks(n, WINDOW_ITEMS):
-                pairs = [self._encode_document(i, parsed_docs[i], q, chosen, media) for i in window]
-                scores.extend(self._score_pairs(pairs, q.images + q.videos, batch_size, bar))
+            for window in windows(n, lambda i: self._encode_document(i, parsed_docs[i], q, chosen, media)):
+                scores.extend(self._score_pairs(list(window.values()), q.images + q.videos, batch_size, bar))
         return scores
 
     def _score_pairs(self, pairs: list[Encoded], query_vision: int, batch_size: int, bar: tqdm) -> list[float]:

@@ -103,12 +103,27 @@ def test_order_preserved_with_duplicates(wide_embedder, forward_calls):
 
 
 def test_many_inputs_cross_windows(wide_embedder, monkeypatch):
-    import retrieval_pipeline.embedder as module
+    import retrieval_pipeline.batching as module
 
     monkeypatch.setattr(module, "WINDOW_ITEMS", 4)
     texts = [f"document number {i} " * (1 + i % 5) for i in range(11)]
     out = wide_embedder.embed(texts + texts[:3], batch_size=3)
     one = np.stack([wide_embedder.embed([t])[0] for t in texts + texts[:3]])
+    assert close(out, one)
+
+
+def test_windows_are_bounded_by_bytes_of_patches(wide_embedder, monkeypatch):
+    """32 page images were all encoded (44 MB of patches each at full size) before the first forward pass."""
+    import retrieval_pipeline.batching as module
+
+    held = []
+    original = wide_embedder._run
+    monkeypatch.setattr(wide_embedder, "_run", lambda enc, *a: held.append(len(enc)) or original(enc, *a))
+    monkeypatch.setattr(module, "WINDOW_BYTES", 200_000)
+    items = [{"image": CHELSEA}, "text", {"image": REPORT}, {"image": COFFEE}, "more text", {"image": CHELSEA}]
+    out = wide_embedder.embed(items)
+    assert len(held) > 1 and max(held) < len(items)
+    one = np.stack([wide_embedder.embed([i])[0] for i in items])
     assert close(out, one)
 
 
