@@ -705,10 +705,12 @@ def video_container(head: bytes) -> str:
 
 def _download_video(url: str, timeout: float) -> str:
     """Download a video URL once per process into the bounded cache; the container is checked before the body."""
-    from .netfetch import fetch
+    from .netfetch import current_policy, fetch
 
     global _download_dir
-    key = hashlib.sha256(url.encode()).hexdigest()[:32]
+    # keyed by the fetch policy too: a video cached by a permissive caller (the library, ingestion) is never served
+    # to a request whose policy would not have fetched it
+    key = hashlib.sha256(f"{current_policy()!r}\n{url}".encode()).hexdigest()[:32]
     with _download_lock:
         hit = _download_files.pop(key, None)
         if hit is not None and os.path.exists(hit[0]):

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .media import MAX_DOWNLOAD_BYTES, URL_TIMEOUT, InputError, LimitError
@@ -234,12 +235,33 @@ def is_blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, blo
             or addr.is_reserved
             or addr.is_multicast
             or addr.is_unspecified
+            or (addr.version == 6 and addr.is_site_local)  # fec0::/10, deprecated but routable in some networks
         ):
             return True
     return False
 
 
-def _resolve(host: str, port: int, policy: FetchPolicy) -> list[str]:
+def _getaddrinfo(host: str, port: int, deadline_at: float) -> list:
+    """``socket.getaddrinfo`` bounded by the fetch's deadline (the resolver has no timeout of its own)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except BaseException as exc:  # handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="resolve")
+    thread.start()
+    thread.join(max(0.0, deadline_at - time.monotonic()))
+    if thread.is_alive():
+        raise TimeoutError("name resolution passed the deadline")
+    if "error" in result:
+        raise result["error"]
+    return result["infos"]
+
+
+def _resolve(host: str, port: int, policy: FetchPolicy, deadline_at: float | None = None) -> list[str]:
     """The addresses to connect to (in resolver order), after checking every address the host resolves to."""
     allowed_name = host in policy.allow_hosts
     numeric = _numeric_ipv4(host)
@@ -250,7 +272,9 @@ def _resolve(host: str, port: int, policy: FetchPolicy) -> list[str]:
             addresses = [ipaddress.ip_address(host)]
         except ValueError:
             try:
-                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                infos = _getaddrinfo(host, port, deadline_at if deadline_at is not None else time.monotonic() + 30)
+            except TimeoutError:
+                raise
             except (OSError, UnicodeError) as exc:
                 raise _Failure(f"cannot resolve {host!r}: {exc}", "unreachable (name not resolved)") from None
             addresses = []
@@ -304,11 +328,8 @@ def _fetch(
         host = _normal_host(parts.hostname or "")
         if not host:
             raise _Failure("no host", "no host in the URL")
-        ips = _resolve(host, port, policy)
-        remaining = deadline_at - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("deadline passed")
-        conn = _connect(ips, port, scheme, parts.hostname or host, remaining)
+        ips = _resolve(host, port, policy, deadline_at)
+        conn = _connect(ips, port, scheme, parts.hostname or host, deadline_at)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -317,7 +338,7 @@ def _fetch(
             host_header = f"[{host_header}]"
         if parts.port is not None:
             host_header += f":{parts.port}"
-        watchdog = threading.Timer(max(0.0, remaining), _abort, args=(conn,))
+        watchdog = threading.Timer(max(0.0, deadline_at - time.monotonic()), _abort, args=(conn,))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -348,10 +369,14 @@ def _fetch(
     raise _Failure(f"more than {policy.max_redirects} redirects", f"more than {policy.max_redirects} redirects")
 
 
-def _connect(ips: list[str], port: int, scheme: str, hostname: str, timeout: float) -> http.client.HTTPConnection:
-    """A connection to the first checked address that accepts one (never to a name resolved again)."""
+def _connect(ips: list[str], port: int, scheme: str, hostname: str, deadline_at: float) -> http.client.HTTPConnection:
+    """A connection to the first checked address that accepts one (never to a name resolved again), every attempt
+    within what is left of the one deadline (N silent addresses must not take N deadlines)."""
     error: OSError | None = None
     for ip in ips:
+        timeout = deadline_at - time.monotonic()
+        if timeout <= 0:
+            raise TimeoutError("deadline passed while connecting")
         if scheme == "https":
             conn: http.client.HTTPConnection = _PinnedHTTPSConnection(
                 ip, port, hostname, timeout, ssl.create_default_context()

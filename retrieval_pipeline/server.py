@@ -49,6 +49,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import DynamicBatcher
 from .media import SERVER_LIMITS, InputError, InputLimits, LimitError, _download_video, fetch_url, parse_input
@@ -465,10 +466,17 @@ def create_app(
                 loop = asyncio.get_running_loop()
                 problem = await loop.run_in_executor(local_pool, _oversized_array, body, max_array)
                 if problem is not None:
-                    return _error(413, problem, limit="max_items")
+                    status, message, limit = problem
+                    return _error(status, message, limit=limit)
             return await call_next(request)
         finally:
             app.state.in_flight -= 1
+
+    @app.exception_handler(StarletteHTTPException)
+    async def starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown routes, wrong methods, unparsable bodies: the same error shape as every other refusal
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _error(exc.status_code, str(exc.detail), kind)
 
     @app.exception_handler(HTTPError)
     async def http_error(request: Request, exc: HTTPError) -> JSONResponse:
@@ -730,18 +738,24 @@ async def _store_call(pool: ThreadPoolExecutor, fn: Any, *args: Any, **kwargs: A
 PRECHECK_BYTES = 64 * 1024
 
 
-def _oversized_array(body: bytes, max_array: int) -> str | None:
-    """The first JSON array in ``body`` longer than ``max_array`` entries, described; None when there is none (or
-    the body is not JSON: the route's own validation answers that)."""
+def _oversized_array(body: bytes, max_array: int) -> tuple[int, str, str | None] | None:
+    """(status, message, limit) for the first JSON array in ``body`` longer than ``max_array`` entries, or a body
+    nested too deeply to parse; None otherwise (a body that is not JSON: the route's own validation answers)."""
     try:
         stack = [json.loads(body)]
+    except RecursionError:
+        return 400, "the JSON body is nested too deeply", None
     except ValueError:
         return None
     while stack:
         value = stack.pop()
         if isinstance(value, list):
             if len(value) > max_array:
-                return f"a list of {len(value)} entries exceeds the limit of {max_array} per list (max_items)"
+                return (
+                    413,
+                    f"a list of {len(value)} entries exceeds the limit of {max_array} per list (max_items)",
+                    "max_items",
+                )
             stack.extend(v for v in value if isinstance(v, (list, dict)))
         elif isinstance(value, dict):
             stack.extend(v for v in value.values() if isinstance(v, (list, dict)))

@@ -477,3 +477,67 @@ def test_huge_json_lists_are_refused_off_the_event_loop(allow_server):
         assert r.status_code == 413 and r.json()["error"]["limit"] == "max_items"
         assert "2000000 entries" in r.json()["error"]["message"]
     assert slowest < 1.0
+
+
+def test_silent_addresses_share_one_deadline(monkeypatch):
+    """A name with five addresses that never answer took five deadlines (each connect got the whole time)."""
+    import retrieval_pipeline.netfetch as netfetch
+
+    listeners, fillers = [], []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for k in range(1, 6):
+        srv = socket.socket()
+        srv.bind((f"127.0.0.{k}", port))
+        srv.listen(0)  # one pending connection fills it: further connects hang, like a silent host
+        filler = socket.create_connection((f"127.0.0.{k}", port), timeout=1)
+        listeners.append(srv)
+        fillers.append(filler)
+    real = socket.getaddrinfo
+
+    def five_addresses(host, *args, **kwargs):
+        if host == "many.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"127.0.0.{k}", port)) for k in range(1, 6)]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(netfetch.socket, "getaddrinfo", five_addresses)
+    try:
+        for policy in (
+            FetchPolicy(deadline=1.0, allow_hosts={"many.example"}),
+            FetchPolicy.server(allow_hosts=("many.example",), deadline=1.0),
+        ):
+            started = time.perf_counter()
+            with pytest.raises(InputError, match="could not fetch media URL"):
+                fetch(f"http://many.example:{port}/x.jpg", policy)
+            assert time.perf_counter() - started < 1.8
+    finally:
+        for s in fillers + listeners:
+            s.close()
+
+
+def test_deprecated_site_local_ipv6_is_blocked():
+    import ipaddress
+
+    from retrieval_pipeline.netfetch import is_blocked_address
+
+    assert is_blocked_address(ipaddress.ip_address("fec0::1"))
+    assert not is_blocked_address(ipaddress.ip_address("2606:4700::1111"))
+
+
+def test_a_video_cached_by_the_library_is_not_served_to_a_stricter_policy(source):
+    url = f"http://127.0.0.1:{source}/video.mp4?cached-by-library"
+    assert os.path.exists(media._download_video(url, 5.0))  # the library's permissive default fetched it
+    before = Source.hits["/video.mp4?cached-by-library"]
+    with fetch_policy(FetchPolicy.server()), pytest.raises(InputError, match="URLs is disabled"):
+        media._download_video(url, 5.0)
+    assert Source.hits["/video.mp4?cached-by-library"] == before  # refused before any connection
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(allow_server):
+    with _client(allow_server) as c:
+        for n in (20_000, 100_000):  # under and over the size where bodies are pre-checked off the event loop
+            body = ("[" * n + "]" * n).encode()
+            r = c.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+            assert r.status_code in (400, 422), (n, r.status_code)
+            assert "error" in r.json()
