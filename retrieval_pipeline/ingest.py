@@ -38,7 +38,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .media import IMAGE_EXTENSIONS, MAX_DOWNLOAD_BYTES, InputError, parse_input
-from .store import CollectionSpec, Point, StoreError, VectorStore, model_fingerprint, point_id, sources_of
+from .store import (
+    CollectionSpec,
+    Point,
+    StoreError,
+    VectorStore,
+    file_fields,
+    model_fingerprint,
+    point_id,
+    sources_of,
+    sources_update,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -646,19 +656,23 @@ class Indexer:
         ids = [point_id(u.content_key, self.spec) for u in units]
         stored = self.store.retrieve(set(ids))
         new: dict[str, list[Unit]] = {}
-        grown: dict[str, list[str]] = {}  # stored points that gain a source
+        grown: dict[str, tuple[list[str], dict[str, Any]]] = {}  # stored points that gain or change a source
         for pid, unit in zip(ids, units):
             if pid in stored:
                 report.present += 1
                 source = unit.payload.get("source")
                 if source:
-                    sources = grown.get(pid) or sources_of(stored[pid])
-                    if source not in sources:
-                        grown[pid] = [*sources, source]
+                    sources, files = grown.get(pid) or (sources_of(stored[pid]), dict(stored[pid].get("files") or {}))
+                    fields = file_fields(unit.payload)
+                    if source not in sources or files.get(source) != fields:  # a new file, or new metadata
+                        grown[pid] = (
+                            [*sources, source] if source not in sources else sources,
+                            {**files, source: fields},
+                        )
             else:
                 new.setdefault(pid, []).append(unit)
-        for pid, sources in grown.items():
-            self.store.set_payload(pid, {"sources": sources, "source": sources[0]})
+        for pid, (sources, files) in grown.items():
+            self.store.set_payload(pid, sources_update(sources, files))
         order = list(new)
         vectors, failures = embed_isolating(
             self.embedder, [new[pid][0].input for pid in order], instruction=self.instruction, dim=self.dim
@@ -746,6 +760,11 @@ def _point_payload(units: list[Unit]) -> dict[str, Any]:
     payload["sources"] = sources
     if sources:
         payload["source"] = sources[0]
+        files: dict[str, dict[str, Any]] = {}
+        for u in units:
+            if u.payload.get("source"):
+                files.setdefault(str(u.payload["source"]), file_fields(u.payload))
+        payload["files"] = files
     try:
         json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:

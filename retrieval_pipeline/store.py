@@ -207,6 +207,25 @@ def point_id(content_key: str, spec: CollectionSpec) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{spec.id_key}|{spec.dim}|{content_key}"))
 
 
+# Payload fields that describe a point's place in one file (which file, where in it, the user's metadata for it).
+# A point whose content several files hold keeps them per source under ``files``; the primary source's (the first
+# of ``sources``) are also at the top level, where filters and readers look.
+FILE_FIELDS = ("file_name", "metadata", "chunk", "span", "page", "segment")
+
+
+def file_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: payload[k] for k in FILE_FIELDS if k in payload}
+
+
+def sources_update(sources: list[str], files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The payload keys to set when a point's sources change: the list, the primary source and its file fields."""
+    update: dict[str, Any] = {"sources": sources, "source": sources[0]}
+    if files:  # points written before per-file fields existed have none
+        update["files"] = dict(files)
+        update.update(files.get(sources[0], {}))
+    return update
+
+
 def sources_of(payload: Mapping[str, Any]) -> list[str]:
     """Every source (file path / URL) that holds a point's content; older points only have ``source``."""
     sources = payload.get("sources")
@@ -317,7 +336,8 @@ class VectorStore:
         for pid, payload in wanted.items():
             rest = [s for s in sources_of(payload) if s != source]
             if rest:
-                self.set_payload(pid, {"sources": rest, "source": rest[0]})
+                files = {s: f for s, f in (payload.get("files") or {}).items() if s != source}
+                self.set_payload(pid, sources_update(rest, files))
                 detached += 1
             else:
                 doomed.append(pid)

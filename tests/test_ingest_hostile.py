@@ -133,6 +133,29 @@ def test_identical_content_lists_every_source_and_prune_removes_gone_files(embed
     assert indexer.prune([tmp_path / "not-mounted"]).pruned_files == []  # a missing root prunes nothing
 
 
+def test_a_shared_point_describes_a_file_that_still_holds_it(embedder, store, tmp_path):
+    """a.txt and b.txt hold the same text: after a.txt is gone the point kept a.txt's name and metadata."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("shared text")
+    (folder / "b.txt").write_text("shared text")
+    indexer = Indexer(embedder, store)
+    indexer.index_paths([folder / "a.txt"], metadata={"lang": "en"}, show_progress_bar=False)
+    indexer.index_paths([folder / "b.txt"], metadata={"lang": "de"}, show_progress_bar=False)
+    [point] = list(store.scroll(with_vectors=False))
+    assert point.payload["file_name"] == "a.txt" and point.payload["metadata"] == {"lang": "en"}
+    assert point.payload["files"][str((folder / "b.txt").resolve())]["metadata"] == {"lang": "de"}
+    (folder / "a.txt").unlink()
+    indexer.prune([folder])
+    [point] = list(store.scroll(with_vectors=False))
+    assert point.payload["source"] == str((folder / "b.txt").resolve())
+    assert point.payload["file_name"] == "b.txt" and point.payload["metadata"] == {"lang": "de"}
+    assert store.count({"metadata.lang": "de"}) == 1 and store.count({"metadata.lang": "en"}) == 0
+    # new metadata for the same file and content updates the point
+    indexer.index_paths([folder / "b.txt"], metadata={"lang": "fr"}, show_progress_bar=False)
+    assert store.count({"metadata.lang": "fr"}) == 1
+
+
 def test_what_is_hashed_is_what_is_embedded(embedder, store, tmp_path, monkeypatch):
     image = tmp_path / "photo.jpg"
     shutil.copy(MEDIA / "chelsea.jpg", image)
