@@ -62,7 +62,8 @@ class DynamicBatcher:
         if not items:
             return []
         loop = asyncio.get_running_loop()
-        if self._queue is None:
+        if self._queue is None or self._worker is None or self._worker.get_loop() is not loop or self._worker.done():
+            # first call, or an app driven by another event loop (a test client per request): a worker of its own
             self._queue = asyncio.Queue()
             self._worker = loop.create_task(self._loop())
         pending = _Pending(list(items), loop.create_future())

@@ -541,3 +541,10 @@ def test_deeply_nested_json_is_a_400_not_a_500(allow_server):
             r = c.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
             assert r.status_code in (400, 422), (n, r.status_code)
             assert "error" in r.json()
+
+
+def test_batcher_serves_an_app_driven_by_several_event_loops():
+    """A test client that runs each request on a new loop hung on the third request (queue bound to a dead loop)."""
+    batcher = DynamicBatcher(lambda items: [i * 2 for i in items], max_items=4, max_wait_ms=1)
+    for k in range(3):
+        assert asyncio.run(asyncio.wait_for(batcher.submit([k, k + 1]), 5)) == [2 * k, 2 * k + 2]
