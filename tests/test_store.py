@@ -254,6 +254,12 @@ def test_collection_json_has_a_format_and_old_layouts_still_open(tmp_path):
     with pytest.raises(CollectionMismatchError, match="newer"):
         EdgeStore(tmp_path / "db", "old").open(create=False)
 
+    # an empty (or otherwise unreadable) collection.json was a raw JSONDecodeError
+    for text in ("", "{", "[]", json.dumps({"dim": 8})):
+        path.write_text(text)
+        with pytest.raises(StoreError, match="collection.json"):
+            EdgeStore(tmp_path / "db", "old").open(create=False)
+
 
 def _damage(folder, name: str, keep: float) -> None:
     import os
