@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items", type=int, default=256, help="inputs / documents per request (default 256)")
     p.add_argument("--max-in-flight", type=int, default=16, help="requests at once; beyond: 429 (default 16)")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds to load one request's media")
+    p.add_argument("--body-timeout", type=float, default=15.0, help="seconds for a client to send its request body")
     p.add_argument("--served-model-name", action="append", default=[], help="extra accepted 'model' name")
     p.add_argument("--source-root", default=None, help="search hits name files relative to this folder")
     p.add_argument("--expose-paths", action="store_true", help="search hits carry absolute server paths")
@@ -285,6 +286,7 @@ def run_command(args: argparse.Namespace) -> int:
                 max_items=args.max_items,
                 max_in_flight=args.max_in_flight,
                 request_timeout=args.request_timeout,
+                body_timeout=args.body_timeout,
                 served_model_names=tuple(args.served_model_name),
                 source_root=args.source_root,
                 expose_paths=args.expose_paths,

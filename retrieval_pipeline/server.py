@@ -83,6 +83,7 @@ class ServerConfig:
     max_fetches: int = 16  # URLs (frames included) per request
     max_redirects: int = 3
     request_timeout: float = 60.0  # seconds to prepare one request's inputs (all downloads and decoding)
+    body_timeout: float = 15.0  # seconds for a client to send its whole request body
     max_in_flight: int = 16  # requests served at once; beyond: 429 with Retry-After
     retry_after_s: int = 1
     prepare_workers: int = 4  # threads preparing requests (twice: one pool for requests with URLs)
@@ -459,10 +460,19 @@ def create_app(
             return response
         app.state.in_flight += 1
         try:
+            if request.method == "POST":
+                # The whole body within body_timeout: a client trickling its upload cannot hold a slot for long.
+                try:
+                    body = await asyncio.wait_for(request.body(), config.body_timeout)
+                except asyncio.TimeoutError:
+                    return _error(
+                        408,
+                        f"the request body did not arrive within {config.body_timeout:g} s (body_timeout)",
+                        limit="body_timeout",
+                    )
             if request.method == "POST" and size > PRECHECK_BYTES:
                 # A large JSON body is parsed and measured in a worker thread, so that a 2-million-entry list is
                 # refused without the event loop parsing and validating it (/health stays responsive).
-                body = await request.body()
                 loop = asyncio.get_running_loop()
                 problem = await loop.run_in_executor(local_pool, _oversized_array, body, max_array)
                 if problem is not None:

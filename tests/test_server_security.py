@@ -548,3 +548,37 @@ def test_batcher_serves_an_app_driven_by_several_event_loops():
     batcher = DynamicBatcher(lambda items: [i * 2 for i in items], max_items=4, max_wait_ms=1)
     for k in range(3):
         assert asyncio.run(asyncio.wait_for(batcher.submit([k, k + 1]), 5)) == [2 * k, 2 * k + 2]
+
+
+def test_a_trickled_request_body_is_cut_off_and_others_stay_fast(embedder):
+    """A client sending its body a byte a second held an in-flight slot for as long as it liked."""
+    config = ServerConfig(body_timeout=1.0, max_in_flight=4)
+    with LiveServer(create_app(embedder=embedder, config=config)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"input": ["x" * 200]}).encode()
+        slow = []
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port))
+            head = (
+                f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[:5])
+            slow.append(sock)
+        time.sleep(0.2)
+        with _client(url, token=None) as c:
+            t = time.perf_counter()
+            assert c.post("/v1/embeddings", json={"input": "a quick one"}).status_code == 200
+            assert time.perf_counter() - t < 2.0
+        answers = []
+        for sock in slow:
+            sock.settimeout(5)
+            answer = b""
+            while b"}}" not in answer:  # headers, then the JSON error body
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            answers.append(answer.decode(errors="replace"))
+            sock.close()
+        assert all(a.startswith("HTTP/1.1 408") and "body_timeout" in a for a in answers), answers
