@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import checkpoint, measure, mixed_corpus, row  # noqa: E402
 
 from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker  # noqa: E402
-from retrieval_pipeline.encoding import content_items, rerank_conversation  # noqa: E402
 from retrieval_pipeline.media import load_input, parse_input  # noqa: E402
+from retrieval_pipeline.models.encoding import content_items, rerank_conversation  # noqa: E402
 
 QUERY = "Which figure shows the quarterly revenue growth of the company in the sales market?"
 

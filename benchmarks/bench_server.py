@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from retrieval_pipeline import Qwen3VLEmbedder
-    from retrieval_pipeline.server import ServerConfig, create_app
+    from retrieval_pipeline.serving.app import ServerConfig, create_app
 
     ckpt = checkpoint(Path(args.cache) / f"h{args.hidden}-l{args.layers}", args.hidden, args.layers)
     embedder = Qwen3VLEmbedder(str(ckpt))

@@ -271,7 +271,7 @@ def run_command(args: argparse.Namespace) -> int:
             return 0
         pipeline = _pipeline(args, store)
         if args.command == "serve":
-            from .server import ServerConfig, create_app, serve
+            from .serving import ServerConfig, create_app, serve
 
             config = ServerConfig(
                 api_key=args.token,

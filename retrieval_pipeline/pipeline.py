@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from .generator import Answer, Qwen3VLGenerator
 from .ingest import Indexer, IndexReport, IngestOptions
 from .media import InputLike
+from .models.generator import Answer, Qwen3VLGenerator
+from .models.runtime import resolve_device
 from .retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
-from .runtime import resolve_device
 from .store import VectorStore
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class RAGPipeline:
     @property
     def embedder(self) -> Any:
         if self._embedder is None:
-            from .embedder import Qwen3VLEmbedder
+            from .models.embedder import Qwen3VLEmbedder
 
             name = self.embedding_model
             if name is None:  # take the model the collection was built with
@@ -93,7 +93,7 @@ class RAGPipeline:
     @property
     def reranker(self) -> Any:
         if self._reranker is None and self.reranker_model:
-            from .reranker import Qwen3VLReranker
+            from .models.reranker import Qwen3VLReranker
 
             self._reranker = self._load("reranker", Qwen3VLReranker, self.reranker_model)
         return self._stage(self._reranker) if self._reranker is not None else None

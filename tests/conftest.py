@@ -94,7 +94,7 @@ def media_server():
 
 @pytest.fixture(scope="session")
 def generator():
-    from retrieval_pipeline.generator import Qwen3VLGenerator
+    from retrieval_pipeline.models.generator import Qwen3VLGenerator
 
     return Qwen3VLGenerator(str(TINY), max_new_tokens=8)
 

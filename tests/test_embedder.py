@@ -8,8 +8,8 @@ import torch
 from conftest import MEDIA, TINY
 
 from retrieval_pipeline import Qwen3VLEmbedder
-from retrieval_pipeline.batching import plan_batches
-from retrieval_pipeline.runtime import resolve_device, resolve_dtype
+from retrieval_pipeline.models.batching import plan_batches
+from retrieval_pipeline.models.runtime import resolve_device, resolve_dtype
 
 CHELSEA = str(MEDIA / "chelsea.jpg")
 COFFEE = str(MEDIA / "coffee.jpg")
@@ -103,7 +103,7 @@ def test_order_preserved_with_duplicates(wide_embedder, forward_calls):
 
 
 def test_many_inputs_cross_windows(wide_embedder, monkeypatch):
-    import retrieval_pipeline.batching as module
+    import retrieval_pipeline.models.batching as module
 
     monkeypatch.setattr(module, "WINDOW_ITEMS", 4)
     texts = [f"document number {i} " * (1 + i % 5) for i in range(11)]
@@ -114,7 +114,7 @@ def test_many_inputs_cross_windows(wide_embedder, monkeypatch):
 
 def test_windows_are_bounded_by_bytes_of_patches(wide_embedder, monkeypatch):
     """32 page images were all encoded (44 MB of patches each at full size) before the first forward pass."""
-    import retrieval_pipeline.batching as module
+    import retrieval_pipeline.models.batching as module
 
     held = []
     original = wide_embedder._run

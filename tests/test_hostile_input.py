@@ -8,8 +8,8 @@ import torch
 from conftest import MEDIA
 
 from retrieval_pipeline import InputError
-from retrieval_pipeline.encoding import content_items, embedding_conversation, encode_conversation
 from retrieval_pipeline.media import load_input, parse_input
+from retrieval_pipeline.models.encoding import content_items, embedding_conversation, encode_conversation
 
 CHELSEA = str(MEDIA / "chelsea.jpg")
 SPECIALS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|im_end|>", "<|im_start|>", "<|endoftext|>"]
@@ -82,7 +82,7 @@ def test_repeated_im_end_counts_against_the_reranker_limit(reranker):
     doc = "<|im_end|>" * 8000
     query = {"text": "what ends a turn?"}
     conversation = None
-    from retrieval_pipeline.encoding import rerank_conversation
+    from retrieval_pipeline.models.encoding import rerank_conversation
 
     loaded_q = content_items(load_input(parse_input(query)), reranker.media)
     loaded_d = content_items(load_input(parse_input(doc)), reranker.media)
@@ -245,7 +245,7 @@ def test_sixteen_bit_images_convert_without_float64_copies():
 def test_query_images_encoded_once_give_exactly_the_pairs_tokens_and_patches(reranker, query, doc):
     """The query's images are processed once and spliced into every pair: the pair's ids, grids and patches are
     exactly what the processor makes of the whole pair (the reference's path)."""
-    from retrieval_pipeline.encoding import encode_conversation, rerank_conversation
+    from retrieval_pipeline.models.encoding import encode_conversation, rerank_conversation
 
     q = reranker._load_query(parse_input(query), reranker.media)
     assert q.leading is not None

@@ -9,8 +9,8 @@ import pytest
 from conftest import MEDIA, TINY
 
 from retrieval_pipeline import InputError
-from retrieval_pipeline.generator import Answer, Qwen3VLGenerator
 from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions, chunk_text, item_for
+from retrieval_pipeline.models.generator import Answer, Qwen3VLGenerator
 from retrieval_pipeline.pipeline import RAGPipeline
 from retrieval_pipeline.retriever import TwoStageRetriever
 from retrieval_pipeline.store import CollectionMismatchError, EdgeStore, ServerStore

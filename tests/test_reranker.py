@@ -8,7 +8,7 @@ from conftest import MEDIA
 from PIL import Image
 
 from retrieval_pipeline import InputError, Qwen3VLReranker
-from retrieval_pipeline.encoding import rerank_conversation
+from retrieval_pipeline.models.encoding import rerank_conversation
 
 CHELSEA = str(MEDIA / "chelsea.jpg")
 COFFEE = str(MEDIA / "coffee.jpg")

@@ -13,7 +13,7 @@ from conftest import MEDIA, LiveServer
 from retrieval_pipeline.ingest import Indexer
 from retrieval_pipeline.pipeline import RAGPipeline
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
-from retrieval_pipeline.server import ServerConfig, create_app
+from retrieval_pipeline.serving.app import ServerConfig, create_app
 from retrieval_pipeline.store import EdgeStore
 
 TOKEN = "test-token"

@@ -27,12 +27,12 @@ import pytest
 from conftest import MEDIA, TINY, LiveServer
 
 from retrieval_pipeline import media
-from retrieval_pipeline.batcher import DynamicBatcher
 from retrieval_pipeline.ingest import Indexer
 from retrieval_pipeline.media import InputError
 from retrieval_pipeline.netfetch import FetchPolicy, fetch, fetch_policy
 from retrieval_pipeline.pipeline import RAGPipeline
-from retrieval_pipeline.server import ServerConfig, create_app
+from retrieval_pipeline.serving.app import ServerConfig, create_app
+from retrieval_pipeline.serving.batcher import DynamicBatcher
 from retrieval_pipeline.store import EdgeStore
 
 TOKEN = "sec-token"

@@ -20,8 +20,8 @@ from qwen_vl_utils import process_vision_info
 from qwen_vl_utils import vision_process as qvu
 
 from retrieval_pipeline import InputError, LimitError
-from retrieval_pipeline.encoding import MediaSettings, encode_conversation, rerank_conversation
 from retrieval_pipeline.media import load_input, parse_input
+from retrieval_pipeline.models.encoding import MediaSettings, encode_conversation, rerank_conversation
 from retrieval_pipeline.video import fetch_vision, plan_video, probe, read_video
 
 VIDEO = MEDIA / "moving_square.mp4"

@@ -11,7 +11,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils import from_env
 from pydantic import ConfigDict, Field, model_validator
 
-from retrieval_pipeline.generator import Qwen3VLGenerator
+from retrieval_pipeline.models.generator import Qwen3VLGenerator
 
 from .._common import image_input
 

@@ -20,7 +20,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from retrieval_pipeline.generator import Qwen3VLGenerator
+from retrieval_pipeline.models.generator import Qwen3VLGenerator
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 

@@ -51,10 +51,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..media import SERVER_LIMITS, InputError, InputLimits, LimitError, _download_video, fetch_url, parse_input
+from ..netfetch import FetchPolicy, fetch_policy
+from ..retriever import QUERY_INSTRUCTION
 from .batcher import DynamicBatcher
-from .media import SERVER_LIMITS, InputError, InputLimits, LimitError, _download_video, fetch_url, parse_input
-from .netfetch import FetchPolicy, fetch_policy
-from .retriever import QUERY_INSTRUCTION
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def _fetched(ref: Any, timeout: float) -> Any:
 
 
 def _video_or_frame(ref: Any, timeout: float) -> Any:
-    from .media import _looks_like_frame
+    from ..media import _looks_like_frame
 
     if not (isinstance(ref, str) and ref.startswith(("http://", "https://"))):
         return ref
@@ -726,8 +726,8 @@ def create_app(
 
 
 async def _store_call(pool: ThreadPoolExecutor, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from .pipeline import ModelLoadError
-    from .store import CollectionMismatchError, CollectionNotFoundError, StoreError
+    from ..pipeline import ModelLoadError
+    from ..store import CollectionMismatchError, CollectionNotFoundError, StoreError
 
     loop = asyncio.get_running_loop()
     try:
@@ -785,7 +785,7 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
 
     import uvicorn
 
-    from .media import cleanup_downloads
+    from ..media import cleanup_downloads
 
     def on_sigterm(signum: int, frame: Any) -> None:
         cleanup_downloads()

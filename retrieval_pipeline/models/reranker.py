@@ -20,6 +20,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..media import (
+    MAX_IMAGE_PIXELS,
+    URL_TIMEOUT,
+    InputError,
+    InputLike,
+    InputLimits,
+    LimitError,
+    ParsedInput,
+    check_text,
+    load_input,
+    parse_input,
+)
 from .batching import collate, last_token_states, plan_batches, rope_positions, token_types, windows
 from .encoding import (
     FPS,
@@ -37,18 +49,6 @@ from .encoding import (
     estimate_tokens,
     rerank_conversation,
     truncate_keep_special,
-)
-from .media import (
-    MAX_IMAGE_PIXELS,
-    URL_TIMEOUT,
-    InputError,
-    InputLike,
-    InputLimits,
-    LimitError,
-    ParsedInput,
-    check_text,
-    load_input,
-    parse_input,
 )
 from .runtime import (
     default_max_batch_tokens,

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
+from ..media import InputError, load_input, parse_input
 from .batching import token_types
 from .encoding import MediaSettings, content_items, encode_conversation
-from .media import InputError, load_input, parse_input
 from .runtime import load_processor, pop_dtype, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)

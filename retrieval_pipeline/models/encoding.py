@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .media import InputError, LimitError, LoadedInput, ParsedInput, VideoFile
-from .video import fetch_vision
+from ..media import InputError, LimitError, LoadedInput, ParsedInput, VideoFile
+from ..video import fetch_vision
 
 # Qwen3-VL vision: 16-pixel patches, merged 2x2 -> one token per 32x32 pixels.
 IMAGE_PATCH_SIZE = 16

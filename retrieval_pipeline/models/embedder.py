@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..media import URL_TIMEOUT, InputError, InputLike, InputLimits, check_text, load_input, parse_inputs
 from .batching import collate, last_token_states, plan_batches, windows
 from .encoding import (
     FPS,
@@ -31,7 +32,6 @@ from .encoding import (
     embedding_conversation,
     encode_conversation,
 )
-from .media import URL_TIMEOUT, InputError, InputLike, InputLimits, check_text, load_input, parse_inputs
 from .runtime import (
     default_max_batch_tokens,
     default_max_padding,
