@@ -24,9 +24,9 @@ import sys
 from typing import Any
 
 from . import __version__
+from .errors import EXIT_FAILED, classify
 from .store import default_db
 
-EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_STORE, EXIT_COLLECTION = 1, 2, 3, 4, 5
 ENV = "QWEN3VL_RAG_"
 
 
@@ -334,10 +334,6 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .media import InputError
-    from .pipeline import ModelLoadError
-    from .store import CollectionMismatchError, CollectionNotFoundError, StoreError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -348,16 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return run_command(args)
-    except ModelLoadError as exc:
-        return _fail(exc, EXIT_MODEL)
-    except StoreError as exc:
-        return _fail(exc, EXIT_STORE)
-    except (CollectionNotFoundError, CollectionMismatchError) as exc:
-        return _fail(exc, EXIT_COLLECTION)
-    except (InputError, ValueError, json.JSONDecodeError) as exc:
-        return _fail(exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return _fail(RuntimeError("interrupted (what was indexed is kept; run again to resume)"), EXIT_FAILED)
+    except Exception as exc:
+        kind = classify(exc)  # the one table of exit codes (retrieval_pipeline.errors)
+        if kind is None:
+            raise
+        return _fail(exc, kind.exit_code)
 
 
 def _server_limits(items: list[str]) -> Any:

@@ -38,6 +38,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError, LimitError
+
 # Default request timeout (seconds) for http(s) media.
 URL_TIMEOUT = 30.0
 # Refuse images above this many pixels before decoding them: Pillow's own decompression-bomb threshold.
@@ -51,65 +53,6 @@ KNOWN_FIELDS = {"text", "image", "video", "instruction", "fps", "max_frames", "v
 
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 InputLike = str | Image.Image | dict
-
-
-class InputError(ValueError):
-    """A bad input: names the item (``index``), the ``field`` and the ``reason``."""
-
-    def __init__(self, reason: str, *, index: int | None = None, field: str | None = None, kind: str = "input"):
-        self.reason = reason
-        self.index = index
-        self.field = field
-        self.kind = kind
-        where = []
-        if index is not None:
-            where.append(f"{kind} {index}")
-        elif kind != "input":
-            where.append(kind)
-        if field:
-            where.append(f"field '{field}'")
-        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
-
-    def at(self, index: int | str | None = None, field: str | None = None, kind: str | None = None) -> InputError:
-        """The same error located at ``index`` / ``field`` (keeps what is already known)."""
-        return InputError(
-            self.reason,
-            index=self.index if self.index is not None else index,
-            field=self.field or field,
-            kind=kind or self.kind,
-        )
-
-
-class LimitError(InputError):
-    """An input (or request) over a resource limit: ``limit`` names the setting, ``value`` what was asked for and
-    ``maximum`` the allowed amount. Servers answer 413; the message says which limit and how to change it."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        limit: str,
-        value: float | int | None = None,
-        maximum: float | int | None = None,
-        index: int | None = None,
-        field: str | None = None,
-        kind: str = "input",
-    ):
-        self.limit = limit
-        self.value = value
-        self.maximum = maximum
-        super().__init__(reason, index=index, field=field, kind=kind)
-
-    def at(self, index: int | str | None = None, field: str | None = None, kind: str | None = None) -> LimitError:
-        return LimitError(
-            self.reason,
-            limit=self.limit,
-            value=self.value,
-            maximum=self.maximum,
-            index=self.index if self.index is not None else index,
-            field=self.field or field,
-            kind=kind or self.kind,
-        )
 
 
 @dataclass(frozen=True)

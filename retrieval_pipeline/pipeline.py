@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .errors import ModelLoadError
 from .ingest import Indexer, IndexReport, IngestOptions
 from .media import InputLike
 from .models.generator import Answer, Qwen3VLGenerator
@@ -25,10 +26,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
 DEFAULT_GENERATOR_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded (missing folder, unknown hub id, no network)."""
 
 
 class RAGPipeline:

@@ -28,6 +28,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .errors import CollectionMismatchError, CollectionNotFoundError, StoreError
+
 logger = logging.getLogger(__name__)
 
 # Payload fields with a keyword index (filters on them stay fast at scale).
@@ -46,18 +48,6 @@ VERIFY_SAMPLE = 1024
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 # config.json keys that say where / by what the checkpoint was saved, not what it is.
 _CONFIG_NOISE = ("_name_or_path", "transformers_version")
-
-
-class StoreError(RuntimeError):
-    """The store cannot be reached or used (server down, folder unusable, damaged files, ...)."""
-
-
-class CollectionMismatchError(ValueError):
-    """The collection was built with another embedding model or dimension."""
-
-
-class CollectionNotFoundError(LookupError):
-    """The collection does not exist (index something first)."""
 
 
 def model_fingerprint(model_name_or_path: str, revision: str | None = None) -> str:

@@ -51,6 +51,19 @@ MAX_LENGTH = 8192
 DEFAULT_INSTRUCTION = "Represent the user's input."
 
 
+def truncate_and_normalize(
+    vectors: torch.Tensor | np.ndarray, dim: int | None = None, normalize: bool = True
+) -> np.ndarray:
+    """Matryoshka: keep the first ``dim`` components, then L2-normalise (in that order, as the model was trained).
+    Takes raw (un-normalised) embeddings, ``(n, hidden)`` or ``(hidden,)``; returns float32 numpy."""
+    t = torch.as_tensor(np.asarray(vectors, dtype=np.float32) if isinstance(vectors, np.ndarray) else vectors).float()
+    if dim is not None:
+        t = t[..., :dim]
+    if normalize:
+        t = F.normalize(t, p=2, dim=-1)
+    return t.cpu().numpy().astype(np.float32, copy=False)
+
+
 class Qwen3VLEmbedder:
     """Embed text, images, screenshots, videos and mixed inputs with a Qwen3-VL-Embedding checkpoint.
 
@@ -145,6 +158,11 @@ class Qwen3VLEmbedder:
         return self.embed(queries, instruction=instruction, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
+    def check_dim(self, dim: int | None) -> int | None:
+        """``dim`` as an int when it is a Matryoshka dimension of this model (1..hidden_size); None stays None.
+        Raises ``ValueError`` saying what to pass otherwise."""
+        return self._check_dim(dim)
+
     def _check_dim(self, dim: int | None) -> int | None:
         if dim is None:
             return None
@@ -217,11 +235,7 @@ class Qwen3VLEmbedder:
         return self._finish(out, dim, normalize)
 
     def _finish(self, vectors: torch.Tensor, dim: int | None, normalize: bool) -> np.ndarray:
-        if dim is not None:
-            vectors = vectors[:, :dim]
-        if normalize:
-            vectors = F.normalize(vectors, p=2, dim=-1)
-        return vectors.numpy().astype(np.float32, copy=False)
+        return truncate_and_normalize(vectors, dim, normalize)
 
     @staticmethod
     def _check_instruction(instruction: str | None) -> None:
