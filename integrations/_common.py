@@ -1,4 +1,12 @@
-"""Helpers shared by the framework adapters: turning framework objects into the core's inputs."""
+"""What the LlamaIndex and LangChain adapters share, so that it is written once:
+
+* the default model ids (the core's, from :mod:`retrieval_pipeline.pipeline`) and their environment variables;
+* loading a core model from keyword arguments or taking an injected one, with the one "not both" check;
+* the adapters' vocabulary: canonical parameter names and their deprecated aliases;
+* turning framework objects (image references, videos) into the core's inputs;
+* running blocking model calls off the event loop;
+* opening the embedded store the command line indexes into (``from_path``).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,146 @@ import base64
 import binascii
 import io
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from retrieval_pipeline.cli import ENV
+from retrieval_pipeline.pipeline import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL
 
 T = TypeVar("T")
 # A string this long that is valid base64 and not a file is taken as an encoded image, not a path.
 BASE64_MIN_CHARS = 64
+
+# The default checkpoint of each role, and the environment variable (the command line's) that overrides it.
+DEFAULT_MODELS = {
+    "embedding": DEFAULT_EMBEDDING_MODEL,
+    "reranker": DEFAULT_RERANKER_MODEL,
+    "generator": DEFAULT_GENERATOR_MODEL,
+}
+MODEL_ENV = {role: f"{ENV}{role.upper()}_MODEL" for role in DEFAULT_MODELS}
+ROLE_ARGS = {"embedding": "embedder", "reranker": "reranker", "generator": "generator"}  # the injection argument
+
+# Metadata keys under which a document / node names its image and its video (both frameworks).
+IMAGE_KEY = "image"
+VIDEO_KEY = "video"
+LEGACY_VIDEO_KEY = "video_path"  # the LlamaIndex adapters' earlier key: still read, and still written on hits
+
+# The adapters' vocabulary: deprecated name -> canonical name. Old names keep working with a DeprecationWarning.
+DEPRECATED_NAMES = {
+    "core_kwargs": "model_kwargs",
+    "text_instruction": "document_instruction",
+    "video_metadata_key": "video_key",
+    "top_k": "k",  # LangChain retrievers only (LlamaIndex's Qwen3VLRetriever keeps top_k)
+}
+
+
+def default_model(role: str) -> str:
+    """The checkpoint for ``role`` (embedding / reranker / generator): ``$QWEN3VL_RAG_<ROLE>_MODEL`` or the
+    core's default."""
+    return os.environ.get(MODEL_ENV[role], DEFAULT_MODELS[role])
+
+
+def load_core_model(
+    core_class: Callable[..., T], injected: T | None, name: str, model_kwargs: Mapping[str, Any], arg: str, **fixed: Any
+) -> T:
+    """The core model an adapter wraps: ``injected`` (passed as ``arg=``) as is, else ``core_class(name, ...)``.
+    Model keyword arguments only make sense when the adapter loads the model, so both together are an error."""
+    if injected is None:
+        return core_class(name, **fixed, **model_kwargs)
+    if model_kwargs:
+        raise ValueError(
+            f"pass either {arg}= (an already loaded model) or model keyword arguments, not both "
+            f"(got {sorted(model_kwargs)}): set those options when loading the {arg}"
+        )
+    return injected
+
+
+def init_core_model(
+    role: str,
+    core_class: Callable[..., T],
+    injected: T | None,
+    name: str | None,
+    kwargs: dict[str, Any],
+    owner: str,
+    fixed: Mapping[str, Any] | None = None,
+    **current: Any,
+) -> tuple[T, str, dict[str, Any]]:
+    """The model half of an ``__init__(name, *, <injected>=None, ..., **kwargs)`` adapter (LlamaIndex's style):
+    deprecated names in ``kwargs`` renamed into ``current`` (the canonical parameters' values), the rest of
+    ``kwargs`` merged into ``model_kwargs``, the name defaulted to the injected model's (else the role's default),
+    then the model loaded or taken as injected. Returns (model, name, ``current`` updated)."""
+    current.setdefault("model_kwargs", None)
+    settings = take_deprecated(kwargs, owner, **current)
+    settings["model_kwargs"] = {**(settings["model_kwargs"] or {}), **kwargs}
+    name = name or (injected.model_name_or_path if injected is not None else default_model(role))  # type: ignore[attr-defined]
+    model = load_core_model(core_class, injected, name, settings["model_kwargs"], ROLE_ARGS[role], **(fixed or {}))
+    return model, name, settings
+
+
+def warn_renamed(old: str, new: str, owner: str, stacklevel: int = 3) -> None:
+    warnings.warn(
+        f"{owner}: '{old}' is deprecated, use '{new}' (same meaning)", DeprecationWarning, stacklevel=stacklevel
+    )
+
+
+def deprecated_alias(old: str, new: str, *, settable: bool = False) -> property:
+    """A class attribute ``old`` that reads (and with ``settable``, writes) attribute ``new``, with a
+    DeprecationWarning: ``core_kwargs = deprecated_alias("core_kwargs", "model_kwargs")``."""
+
+    def get(self: Any) -> Any:
+        warn_renamed(old, new, type(self).__name__)
+        return getattr(self, new)
+
+    def set_(self: Any, value: Any) -> None:
+        warn_renamed(old, new, type(self).__name__)
+        setattr(self, new, value)
+
+    return property(get, set_ if settable else None, doc=f"Deprecated name of ``{new}``.")
+
+
+def rename_deprecated(values: dict[str, Any], owner: str, names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments with deprecated names (see :data:`DEPRECATED_NAMES`) renamed to the canonical ones, with a
+    DeprecationWarning each. Passing both spellings of one name is an error."""
+    names = DEPRECATED_NAMES if names is None else names
+    out = dict(values)
+    for old, new in names.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{owner}: pass '{new}' only ('{old}' is its deprecated name)")
+            warn_renamed(old, new, owner, stacklevel=4)
+            out[new] = out.pop(old)
+    return out
+
+
+def take_deprecated(kwargs: dict[str, Any], owner: str, **current: Any) -> dict[str, Any]:
+    """For ``__init__(..., **kwargs)`` adapters: pop deprecated names out of ``kwargs`` (a DeprecationWarning each)
+    into ``current`` (the canonical parameters' values, returned updated). What is left in ``kwargs`` are model
+    keyword arguments."""
+    for old, new in DEPRECATED_NAMES.items():
+        if old in kwargs and new in current:
+            warn_renamed(old, new, owner, stacklevel=5)  # the caller of the adapter's __init__
+            value = kwargs.pop(old)
+            current[new] = {**current[new], **value} if new == "model_kwargs" and current[new] else value
+    return current
+
+
+def collect_model_kwargs(fields: Any, values: Any, owner: str, target: str = "model_kwargs") -> Any:
+    """Pydantic ``before`` validator body: deprecated names renamed, then keyword arguments that are not fields of
+    the adapter (``max_pixels``, ``device``, ...) moved into ``values[target]``: they belong to the core model."""
+    if isinstance(values, dict):
+        known = {old: new for old, new in DEPRECATED_NAMES.items() if new in fields}
+        values = rename_deprecated(values, owner, known)
+        extra = {k: values[k] for k in list(values) if k not in fields}
+        if extra:
+            values = {k: v for k, v in values.items() if k not in extra}
+            values[target] = {**values.get(target, {}), **extra}
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# framework objects -> core inputs
 
 
 def image_input(image: Any) -> Any:
@@ -36,6 +178,36 @@ def image_input(image: Any) -> Any:
     return image
 
 
+def video_input(video: Any, *, fps: float | None = None, max_frames: int | None = None) -> dict[str, Any]:
+    """A video file / URL or a list of frames, with optional sampling settings -> core input."""
+    item: dict[str, Any] = {"video": os.fspath(video) if isinstance(video, os.PathLike) else video}
+    if fps is not None:
+        item["fps"] = fps
+    if max_frames is not None:
+        item["max_frames"] = max_frames
+    return item
+
+
+def media_input(text: str | None, image: Any = None, video: Any = None) -> dict[str, Any]:
+    """A document's text plus its image and / or video as one multimodal core input (empty when it has none)."""
+    item: dict[str, Any] = {}
+    if text:
+        item["text"] = text
+    if image is not None:
+        item["image"] = image_input(image)
+    if video is not None:
+        item["video"] = os.fspath(video) if isinstance(video, os.PathLike) else video
+    return item
+
+
+def hit_metadata(hit: Any) -> dict[str, Any]:
+    """A core retriever hit's stored fields as document / node metadata (its text is the content, a mixed item's
+    input is not metadata), plus its first-stage score."""
+    metadata = {k: v for k, v in hit.payload.items() if k not in ("text", "item")}
+    metadata["vector_score"] = hit.vector_score
+    return metadata
+
+
 def _is_file(text: str) -> bool:
     try:
         return os.path.isfile(text)
@@ -48,12 +220,44 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-def collect_model_kwargs(fields: Any, values: Any, target: str = "model_kwargs") -> Any:
-    """Pydantic ``before`` validator body: keyword arguments that are not fields of the adapter (``max_pixels``,
-    ``device``, ...) belong to the core model and are moved into ``values[target]``."""
-    if isinstance(values, dict):
-        extra = {k: values[k] for k in list(values) if k not in fields}
-        if extra:
-            values = {k: v for k, v in values.items() if k not in extra}
-            values[target] = {**values.get(target, {}), **extra}
-    return values
+# ---------------------------------------------------------------------------------------------------------------
+# the embedded store
+
+
+def open_edge_collection(
+    db: str | Path, collection: str, embedding_model: str | None, reranker_model: str | None
+) -> tuple[Any, Any, Any]:
+    """(embedder, store, reranker or None) for an embedded Qdrant Edge collection, e.g. one built by
+    ``qwen3vl-rag index``: the body of both retrievers' ``from_path``."""
+    from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
+    from retrieval_pipeline.store import EdgeStore
+
+    embedder = Qwen3VLEmbedder(embedding_model or default_model("embedding"))
+    reranker = Qwen3VLReranker(reranker_model) if reranker_model else None
+    return embedder, EdgeStore(db, collection), reranker
+
+
+class FromPath:
+    """``from_path`` for both frameworks' retrievers (their constructors take ``embedder``, ``store``, ``reranker``)."""
+
+    @classmethod
+    def from_path(
+        cls,
+        db: str | Path,
+        *,
+        embedding_model: str,
+        reranker_model: str | None = None,
+        collection: str = "default",
+        **kwargs: Any,
+    ) -> Self:
+        """Open an embedded Qdrant Edge collection (e.g. one built by ``qwen3vl-rag index``); other keyword
+        arguments go to the retriever's constructor."""
+        embedder, store, reranker = open_edge_collection(db, collection, embedding_model, reranker_model)
+        return cls(embedder=embedder, store=store, reranker=reranker, **kwargs)
+
+
+def default_store() -> Any:
+    """The collection the command line indexes into by default (``qwen3vl-rag index``)."""
+    from retrieval_pipeline.store import EdgeStore, default_db
+
+    return EdgeStore(default_db(), "default")

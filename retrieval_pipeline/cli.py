@@ -169,9 +169,9 @@ def _scalar(text: str) -> Any:
 def _store(args: argparse.Namespace) -> Any:
     from .store import open_store
 
-    if args.url:
+    if args.url:  # --url wins over --db (or QWEN3VL_RAG_DB)
         return open_store(url=args.url, api_key=args.api_key, collection=args.collection)
-    return open_store(db=args.db or default_db(), collection=args.collection)
+    return open_store(db=args.db, collection=args.collection)
 
 
 def _pipeline(args: argparse.Namespace, store: Any) -> Any:
@@ -239,7 +239,7 @@ def _query(args: argparse.Namespace, text: str) -> Any:
 
 
 def _require_points(pipeline: Any) -> None:
-    from .store import CollectionNotFoundError
+    from .errors import CollectionNotFoundError
 
     if pipeline.store.count() == 0:
         raise CollectionNotFoundError(f"collection {pipeline.store.collection!r} is empty: index something first")
@@ -271,29 +271,7 @@ def run_command(args: argparse.Namespace) -> int:
             return 0
         pipeline = _pipeline(args, store)
         if args.command == "serve":
-            from .serving import ServerConfig, create_app, serve
-
-            config = ServerConfig(
-                api_key=args.token,
-                dynamic_batching=not args.no_dynamic_batching,
-                max_wait_ms=args.max_wait_ms,
-                allow_local_files=args.allow_local_files,
-                allow_remote_media=args.allow_remote_media,
-                fetch_allow=tuple(args.fetch_allow),
-                fetch_timeout=args.fetch_timeout,
-                fetch_max_bytes=int(args.fetch_max_mb * 1024 * 1024),
-                max_fetches=args.max_fetches,
-                max_items=args.max_items,
-                max_in_flight=args.max_in_flight,
-                request_timeout=args.request_timeout,
-                body_timeout=args.body_timeout,
-                served_model_names=tuple(args.served_model_name),
-                source_root=args.source_root,
-                expose_paths=args.expose_paths,
-                limits=_server_limits(args.limit),
-            )
-            serve(create_app(pipeline=pipeline, config=config), host=args.host, port=args.port)
-            return 0
+            return _serve(args, pipeline)
         if args.command == "index":
             report = _do_index(args, pipeline, args.paths)
             _print(args, report.to_dict(), report.summary())
@@ -331,6 +309,33 @@ def run_command(args: argparse.Namespace) -> int:
         raise AssertionError(args.command)
     finally:
         store.close()
+
+
+def _serve(args: argparse.Namespace, pipeline: Any) -> int:
+    """``serve``: the HTTP API over the pipeline's models and collection, with the operator's limits."""
+    from .serving import ServerConfig, create_app, serve
+
+    config = ServerConfig(
+        api_key=args.token,
+        dynamic_batching=not args.no_dynamic_batching,
+        max_wait_ms=args.max_wait_ms,
+        allow_local_files=args.allow_local_files,
+        allow_remote_media=args.allow_remote_media,
+        fetch_allow=tuple(args.fetch_allow),
+        fetch_timeout=args.fetch_timeout,
+        fetch_max_bytes=int(args.fetch_max_mb * 1024 * 1024),
+        max_fetches=args.max_fetches,
+        max_items=args.max_items,
+        max_in_flight=args.max_in_flight,
+        request_timeout=args.request_timeout,
+        body_timeout=args.body_timeout,
+        served_model_names=tuple(args.served_model_name),
+        source_root=args.source_root,
+        expose_paths=args.expose_paths,
+        limits=_server_limits(args.limit),
+    )
+    serve(create_app(pipeline=pipeline, config=config), host=args.host, port=args.port)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

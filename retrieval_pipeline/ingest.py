@@ -27,7 +27,6 @@ import fnmatch
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -38,17 +37,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .media import IMAGE_EXTENSIONS, MAX_DOWNLOAD_BYTES, InputError, parse_input
-from .store import (
-    CollectionSpec,
-    Point,
-    StoreError,
-    VectorStore,
-    file_fields,
-    model_fingerprint,
-    point_id,
+from .records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
+    PDF_DPI,
+    PDF_MAX_PIXELS,
+    PDF_RENDER_PIXELS_CAP,
+    PDF_RENDER_SIDE_CAP,
+    Record,
+    pdf_render_scale,
     sources_of,
     sources_update,
 )
+from .store import CollectionSpec, Point, StoreError, VectorStore, model_fingerprint, point_id
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +57,20 @@ PDF_EXTENSIONS = {".pdf"}
 # Text chunks: about a page of prose each, overlapping so a sentence cut at a border is whole in one of them.
 CHUNK_CHARS = 1200
 CHUNK_OVERLAP = 200
-# PDF pages are rendered at this resolution at most ...
-PDF_DPI = 144
-# ... and at most at the embedder's pixel budget (it downsizes every image to ``max_pixels`` anyway; rendering
-# beyond that only costs memory): the scale is chosen from the page size read from the document before rendering.
-PDF_MAX_PIXELS = 1800 * 32 * 32
-# Hard caps on one rendered page, whatever ``max_pixels`` says: pixels (64 MiB as RGBA) and pixels per side.
-PDF_RENDER_PIXELS_CAP = 4096 * 4096
-PDF_RENDER_SIDE_CAP = 32768
 # Units embedded and upserted together (also the unit of resumption after an interruption).
 GROUP_SIZE = 32
 
 
 @dataclass
 class Unit:
-    """One item to embed: ``content_key`` (identity), the embedder ``input`` and the stored ``payload``.
+    """One item to embed: ``content_key`` (identity), the embedder ``input`` and the ``record`` to store.
 
     ``verify`` (optional) is called after the item was embedded and before it is stored: it raises
     :class:`InputError` when the file the item was read from changed meanwhile."""
 
     content_key: str
     input: Any
-    payload: dict[str, Any]
+    record: Record
     verify: Callable[[], None] | None = None
     file: _FileState | None = field(default=None, repr=False)
 
@@ -292,45 +283,50 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
         source.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError("the file name is not valid UTF-8 (the store keeps names as UTF-8 text): rename it") from None
-    base = {"source": source, "file_name": path.name, "metadata": dict(metadata)}
+    base = Record("", source=source, file_name=path.name, metadata=dict(metadata))
     if modality == "image":
         data = _read_file(path, MAX_DOWNLOAD_BYTES)
         digest = hashlib.sha256(data).hexdigest()
-        yield Unit(digest, {"image": data}, {**base, "modality": "image", "text": ""})
+        yield Unit(digest, {"image": data}, replace(base, modality="image"))
     elif modality == "text":
         text = _decode_text(_read_file(path))
         for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
             chunk = text[a:b]
             key = hashlib.sha256(chunk.encode()).hexdigest()
-            payload = {**base, "modality": "text", "text": chunk, "chunk": i, "span": [a, b]}
-            yield Unit(f"text:{key}", {"text": chunk}, payload)
+            record = replace(base, modality="text", text=chunk, chunk=i, span=[a, b])
+            yield Unit(f"text:{key}", {"text": chunk}, record)
     elif modality == "video":
-        digest, stamp = _hash_open_file(path)
-        verify = _unchanged(path, stamp)
-        duration = video_duration(path)
-        step = options.video_segment_seconds
-        if step is None or duration <= step:
-            payload = {**base, "modality": "video", "text": "", "duration": duration}
-            yield Unit(digest, {"video": source}, payload, verify)
-        else:
-            start = 0.0
-            while start < duration:
-                end = min(duration, start + step)
-                if end - start < min(1.0, step):  # a sliver at the end joins nothing; too short to sample
-                    break
-                segment = {"video": source, "video_start": start, "video_end": end}
-                payload = {**base, "modality": "video", "text": "", "segment": [start, end], "duration": duration}
-                yield Unit(f"{digest}:{start:.3f}-{end:.3f}", segment, payload, verify)
-                start = end
+        yield from _video_units(path, options, base)
     elif modality == "pdf":
         data = _read_file(path)
         digest = hashlib.sha256(data).hexdigest()
         max_pixels = options.pdf_max_pixels or PDF_MAX_PIXELS
         for page_number, image, text in render_pdf(data, options.pdf_dpi, max_pixels=max_pixels):
-            payload = {**base, "modality": "pdf-page", "text": text, "page": page_number}
-            yield Unit(f"{digest}:page={page_number}", {"image": image}, payload)
+            record = replace(base, modality="pdf-page", text=text, page=page_number)
+            yield Unit(f"{digest}:page={page_number}", {"image": image}, record)
     else:
         raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
+
+
+def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[Unit]:
+    """A video as one unit, or as fixed-length segments (``video_segment_seconds``)."""
+    source = base.source
+    digest, stamp = _hash_open_file(path)
+    verify = _unchanged(path, stamp)
+    duration = video_duration(path)
+    step = options.video_segment_seconds
+    if step is None or duration <= step:
+        yield Unit(digest, {"video": source}, replace(base, modality="video", duration=duration), verify)
+        return
+    start = 0.0
+    while start < duration:
+        end = min(duration, start + step)
+        if end - start < min(1.0, step):  # a sliver at the end joins nothing; too short to sample
+            break
+        segment = {"video": source, "video_start": start, "video_end": end}
+        record = replace(base, modality="video", segment=[start, end], duration=duration)
+        yield Unit(f"{digest}:{start:.3f}-{end:.3f}", segment, record, verify)
+        start = end
 
 
 def _decode_text(data: bytes) -> str:
@@ -355,22 +351,6 @@ def video_duration(path: Path) -> float:
     if frames == 0 or not fps:
         raise InputError("video has no frames")
     return frames / fps
-
-
-def pdf_render_scale(
-    width_pt: float, height_pt: float, dpi: float = PDF_DPI, max_pixels: int = PDF_MAX_PIXELS, page: int = 0
-) -> float:
-    """The scale (pixels per PDF point) to render a page at: ``dpi`` at most, and at most about ``max_pixels``
-    pixels (never above :data:`PDF_RENDER_PIXELS_CAP`, nor :data:`PDF_RENDER_SIDE_CAP` pixels on a side), from the
-    page size the document declares -- a 1 KB PDF with a 14,400 pt page renders as small as any other page."""
-    where = f"page {page}: " if page else ""
-    if not (math.isfinite(width_pt) and math.isfinite(height_pt) and width_pt > 0 and height_pt > 0):
-        raise InputError(f"{where}invalid page size {width_pt!r} x {height_pt!r} pt")
-    budget = min(max_pixels, PDF_RENDER_PIXELS_CAP)
-    scale = min(dpi / 72, math.sqrt(budget / (width_pt * height_pt)), PDF_RENDER_SIDE_CAP / max(width_pt, height_pt))
-    if width_pt * scale < 1 or height_pt * scale < 1:
-        raise InputError(f"{where}page of {width_pt:g} x {height_pt:g} pt is too elongated to render")
-    return scale
 
 
 def render_pdf(
@@ -403,44 +383,6 @@ def render_pdf(
         pdf.close()
 
 
-def render_pdf_page(
-    path: str | Path, page_number: int, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS
-) -> Image.Image:
-    import pypdfium2 as pdfium
-
-    pdf = pdfium.PdfDocument(str(path))
-    try:
-        if not 1 <= page_number <= len(pdf):
-            raise InputError(f"{display_path(path)} has no page {page_number}")
-        scale = pdf_render_scale(*pdf.get_page_size(page_number - 1), dpi, max_pixels, page=page_number)
-        page = pdf[page_number - 1]
-        try:
-            return page.render(scale=scale).to_pil().convert("RGB")
-        finally:
-            page.close()
-    finally:
-        pdf.close()
-
-
-def item_for(payload: Mapping[str, Any]) -> Any:
-    """The model input a stored point stands for (what the reranker and the generator see)."""
-    modality = payload.get("modality")
-    if modality == "text":
-        return {"text": payload.get("text", "")}
-    if modality == "image":
-        return {"image": payload["source"]}
-    if modality == "pdf-page":
-        return {"image": render_pdf_page(payload["source"], int(payload["page"]))}
-    if modality == "video":
-        item: dict[str, Any] = {"video": payload["source"]}
-        if payload.get("segment"):
-            item["video_start"], item["video_end"] = payload["segment"]
-        return item
-    if modality == "mixed" and "item" in payload:
-        return payload["item"]
-    raise ValueError(f"stored point has no usable item (modality {modality!r})")
-
-
 def unit_for_item(item: Any, metadata: Mapping[str, Any] | None = None) -> Unit:
     """A unit for an item given directly (str or a multimodal dict with paths / URLs): API and integrations."""
     parse_input(item)  # structural check, clear error
@@ -461,16 +403,16 @@ def unit_for_item(item: Any, metadata: Mapping[str, Any] | None = None) -> Unit:
                 parts.append(file_digest(Path(ref)))
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()
     text = item.get("text")
-    payload: dict[str, Any] = {
-        "modality": modality,
-        "source": _first_ref(item) or "",
-        "text": " ".join(text) if isinstance(text, list) else (text or ""),
-        "metadata": dict(metadata or {}),
-    }
+    record = Record(
+        modality,
+        source=_first_ref(item) or "",
+        text=" ".join(text) if isinstance(text, list) else (text or ""),
+        metadata=dict(metadata or {}),
+    )
     if modality == "mixed" or set(item) - {"text", "image", "video"} or isinstance(item.get(kinds[0]), list):
-        payload["modality"] = "mixed"
-        payload["item"] = item
-    return Unit(f"item:{key}", item, payload)
+        record.modality = "mixed"
+        record.item = item
+    return Unit(f"item:{key}", item, record)
 
 
 def _refs(value: Any) -> list[Any]:
@@ -660,10 +602,13 @@ class Indexer:
         for pid, unit in zip(ids, units):
             if pid in stored:
                 report.present += 1
-                source = unit.payload.get("source")
+                source = unit.record.source
                 if source:
-                    sources, files = grown.get(pid) or (sources_of(stored[pid]), dict(stored[pid].get("files") or {}))
-                    fields = file_fields(unit.payload)
+                    if pid not in grown:
+                        held = Record.from_payload(stored[pid])
+                        grown[pid] = (held.sources, held.files)
+                    sources, files = grown[pid]
+                    fields = unit.record.file_fields()
                     if source not in sources or files.get(source) != fields:  # a new file, or new metadata
                         grown[pid] = (
                             [*sources, source] if source not in sources else sources,
@@ -741,30 +686,23 @@ def _reason(exc: BaseException) -> str:
 
 
 def _where(unit: Unit, pid: str) -> str:
-    source = unit.payload.get("source")
-    if not source:
-        return f"item {pid}"
-    where = display_path(source)
-    if "page" in unit.payload:
-        where += f" (page {unit.payload['page']})"
-    elif unit.payload.get("segment"):
-        where += f" (segment {unit.payload['segment'][0]:g}-{unit.payload['segment'][1]:g}s)"
-    return where
+    return display_path(unit.record.describe(chunk=False)) if unit.record.source else f"item {pid}"
 
 
 def _point_payload(units: list[Unit]) -> dict[str, Any]:
-    """The stored payload: the first unit's, with every source that holds this content; checked to be storable."""
+    """The stored payload: the first unit's record, with every source that holds this content; checked to be
+    storable."""
     first = units[0]
-    sources = list(dict.fromkeys(str(u.payload["source"]) for u in units if u.payload.get("source")))
-    payload = {**first.payload, "content_hash": hashlib.sha256(first.content_key.encode()).hexdigest()}
-    payload["sources"] = sources
+    files: dict[str, dict[str, Any]] = {}
+    for u in units:
+        if u.record.source:
+            files.setdefault(u.record.source, u.record.file_fields())
+    sources = list(files)
+    record = replace(first.record, sources=sources, files=files)
+    record.content_hash = hashlib.sha256(first.content_key.encode()).hexdigest()
     if sources:
-        payload["source"] = sources[0]
-        files: dict[str, dict[str, Any]] = {}
-        for u in units:
-            if u.payload.get("source"):
-                files.setdefault(str(u.payload["source"]), file_fields(u.payload))
-        payload["files"] = files
+        record.source = sources[0]
+    payload = record.to_payload()
     try:
         json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:

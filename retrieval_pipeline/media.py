@@ -316,7 +316,7 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _looks_like_frame(value: Any) -> bool:
+def looks_like_frame(value: Any) -> bool:
     if isinstance(value, (Image.Image, bytes, bytearray, memoryview)):
         return True
     if isinstance(value, (str, os.PathLike)):
@@ -335,7 +335,7 @@ def _split_videos(video: Any) -> list[Any]:
     if isinstance(video, (list, tuple)):
         if len(video) == 0:
             raise InputError("a video needs at least one frame (got an empty list)", field="video")
-        if _looks_like_frame(video[0]):
+        if looks_like_frame(video[0]):
             return [list(video)]
         return list(video)
     raise InputError(
@@ -601,7 +601,7 @@ def _load_video_src(arg: tuple[VideoFileSource | FramesSource, int | None], time
                 raise InputError(f"frame {i}: {exc.reason}") from None
         return same_size_frames(images)
     if src.kind == "url":
-        path = _download_video(src.value, timeout)
+        path = download_video(src.value, timeout)
     else:
         path = src.value
         _check_file(Path(path))
@@ -646,7 +646,7 @@ def video_container(head: bytes) -> str:
     )
 
 
-def _download_video(url: str, timeout: float) -> str:
+def download_video(url: str, timeout: float) -> str:
     """Download a video URL once per process into the bounded cache; the container is checked before the body."""
     from .netfetch import current_policy, fetch
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import CollectionMismatchError, CollectionNotFoundError, ModelLoadError, StoreError  # noqa: F401
 from .ingest import Indexer, IndexReport, IngestOptions
 from .media import InputLike
 from .models.generator import Answer, Qwen3VLGenerator
 from .models.runtime import resolve_device
 from .retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
-from .store import VectorStore
+from .store import VectorStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,23 @@ class RAGPipeline:
         self._embedder = embedder
         self._reranker = reranker
         self._generator: Callable[[str, Sequence[Hit]], str] | None = None if isinstance(generator, str) else generator
+
+    @classmethod
+    def open(
+        cls,
+        db: str | Path | None = None,
+        url: str | None = None,
+        *,
+        collection: str = "default",
+        api_key: str | None = None,
+        store_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RAGPipeline:
+        """A pipeline on the collection :func:`~retrieval_pipeline.store.open_store` finds: embedded under ``db``
+        (default: where ``qwen3vl-rag index`` puts things) or on the Qdrant server at ``url``. ``kwargs`` are the
+        constructor's (models, device, ...)."""
+        store = open_store(db, url, collection=collection, api_key=api_key, **dict(store_options or {}))
+        return cls(store, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
     # lazily loaded components

@@ -1,4 +1,8 @@
-"""Two-stage retrieval: embed the query -> top-N candidates from Qdrant -> rerank -> top-k hits."""
+"""Two-stage retrieval: embed the query -> top-N candidates from Qdrant -> rerank -> top-k hits.
+
+A :class:`Hit` is a stored point with its scores; what its payload means (the model input it stands for, its
+description) is the :class:`~retrieval_pipeline.records.Record`'s.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ingest import item_for
 from .media import InputError, InputLike, parse_input
+from .records import Record
 from .store import CollectionSpec, VectorStore
 
 logger = logging.getLogger(__name__)
@@ -29,46 +33,49 @@ class Hit:
     payload: dict[str, Any]
     rank: int = 0
     _item: Any = field(default=None, repr=False)
+    _record: Record | None = field(default=None, repr=False)
+
+    @property
+    def record(self) -> Record:
+        """The typed payload (read once)."""
+        if self._record is None:
+            self._record = Record.from_payload(self.payload)
+        return self._record
 
     @property
     def item(self) -> Any:
         """The model input this hit stands for (text, image path, rendered PDF page, video segment)."""
         if self._item is None:
-            self._item = item_for(self.payload)
+            self._item = self.record.to_input()
         return self._item
 
     @property
     def modality(self) -> str:
-        return str(self.payload.get("modality", ""))
+        return self.record.modality
 
     @property
     def source(self) -> str:
-        return str(self.payload.get("source", ""))
+        return self.record.source
 
     @property
     def text(self) -> str:
-        return str(self.payload.get("text", ""))
+        return self.record.text
 
     def describe(self) -> str:
-        where = self.source
-        if "page" in self.payload:
-            where += f" (page {self.payload['page']})"
-        if self.payload.get("segment"):
-            a, b = self.payload["segment"]
-            where += f" ({a:g}-{b:g}s)"
-        if self.payload.get("chunk") is not None:
-            where += f" (chunk {self.payload['chunk']})"
-        return where
+        return self.record.describe()
+
+    def context(self) -> list[Any]:
+        """What a generator is shown for this hit (the item, then a PDF page's text): see :meth:`Record.context`."""
+        return self.record.context(self.item)
 
     def to_dict(self, text_chars: int = 300) -> dict[str, Any]:
-        keep = ("modality", "source", "page", "segment", "chunk", "metadata")
         return {
             "rank": self.rank,
             "id": self.id,
             "score": self.score,
             "vector_score": self.vector_score,
             "rerank_score": self.rerank_score,
-            **{k: self.payload[k] for k in keep if k in self.payload},
+            **self.record.hit_fields(),
             "text": self.text[:text_chars],
         }
 

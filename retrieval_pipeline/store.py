@@ -8,8 +8,14 @@ Two backends, one interface and one payload schema, so a corpus indexed on a lap
   that matter at scale (on-disk vectors, int8 scalar quantization, shards, replicas). ``QdrantClient(path=...)``
   (qdrant-client's local mode) works too and is what the tests use.
 
+:func:`open_store` is the front door (``db=`` a folder, or ``url=`` a server). :class:`VectorStore` holds the
+algorithm both backends share (filters, delete by filter, paging, sources, verify); the backends only translate
+native calls, each through one error translation, so a locked or damaged folder and an unreachable server are the
+same :class:`StoreError` from every operation.
+
 Every collection records the embedding model, the dimension and the document instruction it was built with;
-opening it with a different model or dimension is a :class:`CollectionMismatchError`.
+opening it with a different model or dimension is a :class:`CollectionMismatchError`. What a point's payload holds
+is :mod:`retrieval_pipeline.records`' business.
 """
 
 from __future__ import annotations
@@ -28,7 +34,28 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import CollectionMismatchError, CollectionNotFoundError, StoreError
+from .errors import CollectionMismatchError, CollectionNotFoundError, RAGError, StoreError
+from .records import FILE_FIELDS, file_fields, sources_of, sources_update
+
+__all__ = [  # the errors and the payload helpers are re-exported: ``from retrieval_pipeline.store import ...``
+    "FILE_FIELDS",
+    "CollectionMismatchError",
+    "CollectionNotFoundError",
+    "CollectionSpec",
+    "EdgeStore",
+    "Point",
+    "ServerStore",
+    "StoreError",
+    "StoredHit",
+    "VectorStore",
+    "default_db",
+    "file_fields",
+    "model_fingerprint",
+    "open_store",
+    "point_id",
+    "sources_of",
+    "sources_update",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -197,34 +224,6 @@ def point_id(content_key: str, spec: CollectionSpec) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{spec.id_key}|{spec.dim}|{content_key}"))
 
 
-# Payload fields that describe a point's place in one file (which file, where in it, the user's metadata for it).
-# A point whose content several files hold keeps them per source under ``files``; the primary source's (the first
-# of ``sources``) are also at the top level, where filters and readers look.
-FILE_FIELDS = ("file_name", "metadata", "chunk", "span", "page", "segment")
-
-
-def file_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: payload[k] for k in FILE_FIELDS if k in payload}
-
-
-def sources_update(sources: list[str], files: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The payload keys to set when a point's sources change: the list, the primary source and its file fields."""
-    update: dict[str, Any] = {"sources": sources, "source": sources[0]}
-    if files:  # points written before per-file fields existed have none
-        update["files"] = dict(files)
-        update.update(files.get(sources[0], {}))
-    return update
-
-
-def sources_of(payload: Mapping[str, Any]) -> list[str]:
-    """Every source (file path / URL) that holds a point's content; older points only have ``source``."""
-    sources = payload.get("sources")
-    if isinstance(sources, list) and sources:
-        return [str(s) for s in sources]
-    source = payload.get("source")
-    return [str(source)] if source else []
-
-
 def _conditions(filters: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
     """``{"modality": "image", "metadata.lang": ["en", "de"]}`` -> [(key, value or list of values)]."""
     if not filters:
@@ -254,48 +253,33 @@ def _check_int(key: str, value: Any) -> None:
         raise ValueError(f"filter {key!r}: integer {value} is outside the 64-bit range Qdrant stores")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The interface, and the algorithm both backends share
+
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
 class VectorStore:
-    """The interface both backends implement."""
+    """One collection, whatever holds it. Open one with :func:`open_store`.
+
+    The public methods are the algorithm, written once: filters -> conditions, delete by filter, scroll paging,
+    sources (:meth:`points_of_source`, :meth:`remove_source`), :meth:`verify`, :meth:`info`, :meth:`push_to`. A
+    backend implements ``open`` / ``exists`` / ``drop`` / ``close`` and the native primitives (``_upsert``,
+    ``_retrieve``, ``_set_payload``, ``_delete_ids``, ``_delete_filter``, ``_search``, ``_count``, ``_scroll_page``,
+    ``_native_filter``), and runs every engine or client call through :meth:`_call`: whatever the engine raises
+    becomes the backend's :class:`StoreError` (:meth:`_store_error`), so a locked, damaged or unreachable store is
+    the same error from every operation (exit code 4, HTTP 503)."""
 
     collection: str
     spec: CollectionSpec | None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # what a backend implements
 
     def open(self, spec: CollectionSpec | None = None, *, create: bool = True) -> CollectionSpec:
         """Open the collection; create it for ``spec`` when missing (``create``), else check ``spec`` matches.
 
         Returns the collection's own (stored) spec: its id scheme is the one to use for point ids."""
-        raise NotImplementedError
-
-    def upsert(self, points: list[Point]) -> None:
-        raise NotImplementedError
-
-    def existing(self, ids: Iterable[str]) -> set[str]:
-        raise NotImplementedError
-
-    def retrieve(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The payloads of the stored points among ``ids`` (id -> payload)."""
-        raise NotImplementedError
-
-    def set_payload(self, point: str, values: Mapping[str, Any]) -> None:
-        """Set payload keys of one point (the others are kept)."""
-        raise NotImplementedError
-
-    def delete_ids(self, ids: Iterable[str]) -> None:
-        raise NotImplementedError
-
-    def search(self, vector: list[float], *, limit: int, filters: Mapping[str, Any] | None = None) -> list[StoredHit]:
-        raise NotImplementedError
-
-    def count(self, filters: Mapping[str, Any] | None = None) -> int:
-        raise NotImplementedError
-
-    def delete(self, filters: Mapping[str, Any]) -> int:
-        """Delete the points matching ``filters`` (e.g. ``{"modality": "video"}``); returns how many."""
-        raise NotImplementedError
-
-    def scroll(
-        self, *, with_vectors: bool = True, page: int = SCROLL_PAGE, filters: Mapping[str, Any] | None = None
-    ) -> Iterator[Point]:
         raise NotImplementedError
 
     def exists(self) -> bool:
@@ -307,6 +291,133 @@ class VectorStore:
 
     def close(self) -> None:
         pass
+
+    @property
+    def location(self) -> str:
+        raise NotImplementedError
+
+    def _store_error(self, what: str, exc: BaseException) -> StoreError:
+        """The error to raise when the native call ``what`` failed with ``exc``."""
+        raise NotImplementedError
+
+    def _opened(self) -> bool:
+        return self.spec is not None
+
+    def _native_filter(self, conditions: list[tuple[str, Any]]) -> Any:
+        raise NotImplementedError
+
+    def _upsert(self, points: list[Point]) -> None:
+        raise NotImplementedError
+
+    def _retrieve(self, ids: list[str], *, payload: bool, vectors: bool) -> list[Point]:
+        raise NotImplementedError
+
+    def _set_payload(self, point: str, values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def _delete_filter(self, flt: Any) -> None:
+        raise NotImplementedError
+
+    def _search(self, vector: list[float], limit: int, flt: Any) -> list[StoredHit]:
+        raise NotImplementedError
+
+    def _count(self, flt: Any) -> int:
+        raise NotImplementedError
+
+    def _scroll_page(self, flt: Any, limit: int, offset: Any, with_vectors: bool) -> tuple[list[Point], Any]:
+        """One page of points and the offset of the next one (None: the last page)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------------------
+    # one error translation for every native call
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a native call; its failures (Rust panics included: pyo3's PanicException is not an ``Exception``)
+        become a :class:`StoreError`. Our own errors and a caller's bad argument (``ValueError``) pass through."""
+        try:
+            return fn(*args, **kwargs)
+        except _FATAL:
+            raise
+        except (RAGError, ValueError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - connection refused, timeouts, auth, locks, damage, panics
+            raise self._store_error(what, exc) from None
+
+    def _need(self) -> None:
+        if not self._opened():
+            self.open(create=False)
+
+    def _filter(self, filters: Mapping[str, Any] | None) -> Any:
+        return self._native_filter(_conditions(filters))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the operations
+
+    def upsert(self, points: list[Point]) -> None:
+        self._need()
+        if points:
+            self._upsert(points)
+
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        self._need()
+        return {p.id for p in self._retrieve(ids, payload=False, vectors=False)} if ids else set()
+
+    def retrieve(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The payloads of the stored points among ``ids`` (id -> payload)."""
+        ids = list(ids)
+        self._need()
+        return {p.id: p.payload for p in self._retrieve(ids, payload=True, vectors=False)} if ids else {}
+
+    def _vectors(self, ids: list[str]) -> dict[str, list[float]]:
+        self._need()
+        return {p.id: p.vector for p in self._retrieve(ids, payload=False, vectors=True)} if ids else {}
+
+    def set_payload(self, point: str, values: Mapping[str, Any]) -> None:
+        """Set payload keys of one point (the others are kept)."""
+        self._need()
+        self._set_payload(point, dict(values))
+
+    def delete_ids(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        self._need()
+        if ids:
+            self._delete_ids(ids)
+
+    def search(self, vector: list[float], *, limit: int, filters: Mapping[str, Any] | None = None) -> list[StoredHit]:
+        flt = self._filter(filters)
+        self._need()
+        return self._search(list(vector), limit, flt)
+
+    def count(self, filters: Mapping[str, Any] | None = None) -> int:
+        flt = self._filter(filters)
+        self._need()
+        return self._count(flt)
+
+    def delete(self, filters: Mapping[str, Any]) -> int:
+        """Delete the points matching ``filters`` (e.g. ``{"modality": "video"}``); returns how many."""
+        flt = self._filter(filters)
+        if flt is None:
+            raise ValueError("delete needs a filter (refusing to empty the whole collection)")
+        self._need()
+        n = self._count(flt)
+        self._delete_filter(flt)
+        return n
+
+    def scroll(
+        self, *, with_vectors: bool = True, page: int = SCROLL_PAGE, filters: Mapping[str, Any] | None = None
+    ) -> Iterator[Point]:
+        flt = self._filter(filters)
+        self._need()
+        offset = None
+        while True:
+            points, offset = self._scroll_page(flt, page, offset, with_vectors)
+            yield from points
+            if offset is None or not points:
+                return
 
     def points_of_source(self, source: str) -> dict[str, dict[str, Any]]:
         """The points (id -> payload) that list ``source`` among their sources."""
@@ -343,6 +454,7 @@ class VectorStore:
     def verify(self, *, sample: int = VERIFY_SAMPLE) -> dict[str, Any]:
         """Check the collection can be read back: count vs scrolled ids, a sample of payloads and vectors.
         Raises :class:`StoreError` naming the problem; returns what was checked."""
+        self._need()
         spec = self.spec or self.open(create=False)
         counted = self.count()
         ids = [p.id for p in self.scroll(with_vectors=False)]
@@ -356,10 +468,10 @@ class VectorStore:
             raise StoreError(f"{self.location}: {len(bad)} of {len(probe)} sampled points have no {spec.dim}-d vector")
         return {"points": counted, "sampled": len(probe)}
 
-    def _vectors(self, ids: list[str]) -> dict[str, list[float]]:
-        raise NotImplementedError
-
     def info(self) -> dict[str, Any]:
+        """Backend, location, collection, point count and spec (opens an existing collection; none: 0 points)."""
+        if not self._opened() and self.exists():
+            self.open(create=False)
         spec = self.spec
         return {
             "backend": type(self).__name__,
@@ -369,14 +481,9 @@ class VectorStore:
             "spec": spec.to_dict() if spec else None,
         }
 
-    @property
-    def location(self) -> str:
-        raise NotImplementedError
-
     def push_to(self, target: VectorStore, *, batch: int = SCROLL_PAGE) -> int:
         """Copy every point (same ids, vectors, payloads) into ``target``: laptop -> cluster."""
-        if self.spec is None:
-            self.open(create=False)
+        self._need()
         target.open(self.spec)
         done, buffer = 0, []
         for point in self.scroll(with_vectors=True, page=batch):
@@ -399,7 +506,10 @@ class VectorStore:
 # ---------------------------------------------------------------------------------------------------------------
 # Qdrant Edge (embedded)
 
-_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def _damaged(folder: Path, detail: str) -> StoreError:
@@ -427,13 +537,16 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+_IN_USE = "another process has it open"
+
+
 class EdgeStore(VectorStore):
     """Embedded Qdrant Edge shard under ``<root>/<collection>/``: nothing to start.
 
     ``collection.json`` records the spec (written last when a collection is created: without it the folder is not
     a collection). ``state.json`` records the point count at the last clean close: a shard that opens with another
     count was damaged on disk (truncated files lose points silently), and is refused with a way to rebuild it. Every
-    engine failure is a :class:`StoreError`, never a raw traceback."""
+    engine failure is a :class:`StoreError` (locked by another process, or damaged), never a raw traceback."""
 
     def __init__(
         self,
@@ -474,18 +587,23 @@ class EdgeStore(VectorStore):
     def exists(self) -> bool:
         return self._meta_path.exists()
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
-        """Run an engine call; its failures (including Rust panics, which are not ``Exception``) -> StoreError."""
-        try:
-            return fn(*args)
-        except _FATAL:
-            raise
-        except (StoreError, ValueError):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
-            self._damaged = True
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise _damaged(self.folder, f"{what} failed: {detail}") from None
+    def _opened(self) -> bool:
+        return self._shard is not None
+
+    def _store_error(self, what: str, exc: BaseException) -> StoreError:
+        text = _first_line(exc)
+        if "WouldBlock" in text:  # the engine's lock: another process has the shard open
+            return StoreError(
+                f"cannot open the Qdrant Edge shard at {self.folder}: {text} -- {_IN_USE} (an embedded store serves "
+                "one process: stop the other one, or query it through `qwen3vl-rag serve`)"
+            )
+        if what == "create":
+            return StoreError(f"cannot create a Qdrant Edge shard at {self.folder}: {text}")
+        self._damaged = True
+        return _damaged(self.folder, f"{what} failed: {text}")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # opening, creating, dropping, closing
 
     def read_spec(self) -> CollectionSpec | None:
         """The spec ``collection.json`` records (None when missing or unreadable); opens nothing."""
@@ -501,6 +619,8 @@ class EdgeStore(VectorStore):
             if isinstance(exc, CollectionMismatchError):
                 raise
             raise _damaged(self.folder, f"collection.json is unreadable: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {self._meta_path}: {exc}") from None
 
     def open(self, spec: CollectionSpec | None = None, *, create: bool = True) -> CollectionSpec:
         if self._shard is not None:
@@ -526,18 +646,7 @@ class EdgeStore(VectorStore):
         stored = self._read_meta()
         if spec is not None:
             spec.check(stored, self.collection)
-        try:
-            self._shard = qe.EdgeShard.load(str(self.folder / "shard"))
-        except _FATAL:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - a damaged shard can make the engine panic
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            if "WouldBlock" in text:
-                raise StoreError(
-                    f"cannot open the Qdrant Edge shard at {self.folder}: {text} -- another process has it open (an "
-                    "embedded store serves one process: stop the other one, or query it through `qwen3vl-rag serve`)"
-                ) from None
-            raise _damaged(self.folder, f"cannot open the shard: {text}") from None
+        self._shard = self._call("open", qe.EdgeShard.load, str(self.folder / "shard"))
         self.spec = stored
         self._check_state()
         return stored
@@ -550,7 +659,11 @@ class EdgeStore(VectorStore):
             state = json.loads(self._state_path.read_text())
         except (OSError, ValueError):
             state = {}
-        counted = int(self._call("count", self._shard.count, qe.CountRequest(exact=True)))
+        try:
+            counted = int(self._call("count", self._shard.count, qe.CountRequest(exact=True)))
+        except StoreError:
+            self._abandon()
+            raise
         recorded = state.get("points") if isinstance(state, dict) and state.get("clean") else None
         if isinstance(recorded, int) and recorded != counted:
             self._damaged = True
@@ -579,14 +692,13 @@ class EdgeStore(VectorStore):
         )
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            self._shard = qe.EdgeShard.create(str(shard_path), config)
+            self._shard = self._call("create", qe.EdgeShard.create, str(shard_path), config)
             for name in INDEXED_FIELDS:
-                self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
-        except _FATAL:
-            raise
-        except BaseException as exc:  # noqa: BLE001
+                index = qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword)
+                self._call("create", self._shard.update, index)
+        except StoreError:
             self._abandon()
-            raise StoreError(f"cannot create a Qdrant Edge shard at {self.folder}: {exc}") from None
+            raise
         self._write_state({"clean": False})
         tmp = self._meta_path.with_name(f"collection.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(spec.to_dict(), indent=2))
@@ -598,129 +710,10 @@ class EdgeStore(VectorStore):
         """Let go of the shard without writing anything (it is damaged or half made)."""
         shard, self._shard = self._shard, None
         if shard is not None:
-            with contextlib.suppress(BaseException):
-                shard.close()
-
-    def _need(self) -> Any:
-        if self._shard is None:
-            self.open(create=False)
-        return self._shard
-
-    def _filter(self, filters: Mapping[str, Any] | None) -> Any:
-        import qdrant_edge as qe
-
-        conditions = [
-            qe.FieldCondition(key, match=qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value))
-            for key, value in _conditions(filters)
-        ]
-        return qe.Filter(must=conditions) if conditions else None
-
-    def _update(self, what: str, operation: Any) -> None:
-        self._call(what, self._need().update, operation)
-
-    def upsert(self, points: list[Point]) -> None:
-        import qdrant_edge as qe
-
-        if points:
-            try:
-                operation = qe.UpdateOperation.upsert_points(
-                    [qe.Point(p.id, list(p.vector), p.payload) for p in points]
-                )
-            except (TypeError, ValueError) as exc:  # a payload the engine cannot store (e.g. unencodable text)
-                raise ValueError(f"cannot store these points: {str(exc).splitlines()[0]}") from None
-            # Durable once applied: the shard's write-ahead log replays after a crash (flushed on close).
-            self._update("upsert", operation)
-
-    def existing(self, ids: Iterable[str]) -> set[str]:
-        ids = list(ids)
-        if not ids:
-            return set()
-        return {str(r.id) for r in self._call("retrieve", self._need().retrieve, ids, False, False)}
-
-    def retrieve(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = list(ids)
-        if not ids:
-            return {}
-        return {
-            str(r.id): dict(r.payload or {}) for r in self._call("retrieve", self._need().retrieve, ids, True, False)
-        }
-
-    def _vectors(self, ids: list[str]) -> dict[str, list[float]]:
-        if not ids:
-            return {}
-        records = self._call("retrieve", self._need().retrieve, ids, False, True)
-        return {str(r.id): list(r.vector) if r.vector is not None else [] for r in records}
-
-    def set_payload(self, point: str, values: Mapping[str, Any]) -> None:
-        import qdrant_edge as qe
-
-        self._update("set_payload", qe.UpdateOperation.set_payload([point], dict(values)))
-
-    def delete_ids(self, ids: Iterable[str]) -> None:
-        import qdrant_edge as qe
-
-        ids = list(ids)
-        if ids:
-            self._update("delete", qe.UpdateOperation.delete_points(ids))
-
-    def search(self, vector: list[float], *, limit: int, filters: Mapping[str, Any] | None = None) -> list[StoredHit]:
-        import qdrant_edge as qe
-
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(list(vector)),
-            with_payload=True,
-            filter=self._filter(filters),
-            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
-        )
-        found = self._call("search", self._need().query, request)
-        return [StoredHit(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
-
-    def count(self, filters: Mapping[str, Any] | None = None) -> int:
-        import qdrant_edge as qe
-
-        return int(self._call("count", self._need().count, qe.CountRequest(exact=True, filter=self._filter(filters))))
-
-    def delete(self, filters: Mapping[str, Any]) -> int:
-        import qdrant_edge as qe
-
-        flt = self._filter(filters)
-        if flt is None:
-            raise ValueError("delete needs a filter (refusing to empty the whole collection)")
-        n = self.count(filters)
-        self._update("delete", qe.UpdateOperation.delete_points_by_filter(flt))
-        return n
-
-    def scroll(
-        self, *, with_vectors: bool = True, page: int = SCROLL_PAGE, filters: Mapping[str, Any] | None = None
-    ) -> Iterator[Point]:
-        import qdrant_edge as qe
-
-        flt = self._filter(filters)
-        offset = None
-        while True:
-            request = qe.ScrollRequest(
-                offset=offset, limit=page, with_payload=True, with_vector=with_vectors, filter=flt
-            )
-            records, offset = self._call("scroll", self._need().scroll, request)
-            for r in records:
-                yield Point(str(r.id), list(r.vector) if with_vectors and r.vector is not None else [], r.payload or {})
-            if offset is None or not records:
-                return
-
-    def optimize(self) -> None:
-        """Build the HNSW index now (otherwise the engine does it as segments grow)."""
-        self._call("optimize", self._need().optimize)
-
-    def verify(self, *, sample: int = VERIFY_SAMPLE) -> dict[str, Any]:
-        self._need()
-        try:
-            return super().verify(sample=sample)
-        except StoreError as exc:
-            self._damaged = True
-            if "is damaged" in str(exc):
-                raise
-            raise _damaged(self.folder, str(exc).removeprefix(f"{self.folder}: ")) from None
+            damaged = self._damaged
+            with contextlib.suppress(StoreError):
+                self._call("close", shard.close)
+            self._damaged = damaged
 
     def drop(self) -> None:
         """Delete the collection's folder (a damaged one too); refused while another process has it open."""
@@ -732,17 +725,13 @@ class EdgeStore(VectorStore):
             shard_path = self.folder / "shard"
             if shard_path.exists():
                 try:  # the engine's lock tells whether another process has the shard open
-                    probe = qe.EdgeShard.load(str(shard_path))
-                except _FATAL:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - damaged: nothing to keep
-                    if "WouldBlock" in str(exc):
-                        raise StoreError(
-                            f"cannot rebuild {self.folder}: another process has it open (stop it first)"
-                        ) from None
+                    probe = self._call("open", qe.EdgeShard.load, str(shard_path))
+                except StoreError as exc:  # damaged: nothing to keep
+                    if _IN_USE in str(exc):
+                        raise StoreError(f"cannot rebuild {self.folder}: {_IN_USE} (stop it first)") from None
                 else:
-                    with contextlib.suppress(BaseException):
-                        probe.close()
+                    with contextlib.suppress(StoreError):
+                        self._call("close", probe.close)
             with contextlib.suppress(FileNotFoundError):
                 self._meta_path.unlink()  # first: from here on the folder is not a collection
             if self.folder.exists():
@@ -750,32 +739,120 @@ class EdgeStore(VectorStore):
         self._damaged = False
 
     def close(self) -> None:
+        """Flush and close the shard, and record its point count (a damaged shard is let go unwritten)."""
+        import qdrant_edge as qe
+
         if self._shard is None:
             return
         if self._damaged:
             self._abandon()
             return
-        import qdrant_edge as qe
-
         shard = self._shard
         try:
-            shard.flush()
-            points = int(shard.count(qe.CountRequest(exact=True)))
-        except _FATAL:
-            raise
-        except BaseException as exc:  # noqa: BLE001
+            self._call("flush", shard.flush)
+            points = int(self._call("count", shard.count, qe.CountRequest(exact=True)))
+        except StoreError as exc:
             logger.warning("closing %s: %s", self.folder, exc)
             self._abandon()
             return
         self._shard = None
         try:
-            shard.close()
-        except _FATAL:
-            raise
-        except BaseException as exc:  # noqa: BLE001
+            self._call("close", shard.close)
+        except StoreError as exc:
             logger.warning("closing %s: %s", self.folder, exc)
             return
         self._write_state({"clean": True, "points": points})
+
+    # ------------------------------------------------------------------------------------------------------------
+    # native primitives
+
+    def _native_filter(self, conditions: list[tuple[str, Any]]) -> Any:
+        import qdrant_edge as qe
+
+        must = [
+            qe.FieldCondition(key, match=qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value))
+            for key, value in conditions
+        ]
+        return qe.Filter(must=must) if must else None
+
+    def _update(self, what: str, operation: Any) -> None:
+        # Durable once applied: the shard's write-ahead log replays after a crash (flushed on close).
+        self._call(what, self._shard.update, operation)
+
+    def _upsert(self, points: list[Point]) -> None:
+        import qdrant_edge as qe
+
+        try:
+            operation = qe.UpdateOperation.upsert_points([qe.Point(p.id, list(p.vector), p.payload) for p in points])
+        except (TypeError, ValueError) as exc:  # a payload the engine cannot store (e.g. unencodable text)
+            raise ValueError(f"cannot store these points: {str(exc).splitlines()[0]}") from None
+        self._update("upsert", operation)
+
+    def _retrieve(self, ids: list[str], *, payload: bool, vectors: bool) -> list[Point]:
+        records = self._call("retrieve", self._shard.retrieve, ids, payload, vectors)
+        return [
+            Point(str(r.id), list(r.vector) if vectors and r.vector is not None else [], dict(r.payload or {}))
+            for r in records
+        ]
+
+    def _set_payload(self, point: str, values: dict[str, Any]) -> None:
+        import qdrant_edge as qe
+
+        self._update("set_payload", qe.UpdateOperation.set_payload([point], values))
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        import qdrant_edge as qe
+
+        self._update("delete", qe.UpdateOperation.delete_points(ids))
+
+    def _delete_filter(self, flt: Any) -> None:
+        import qdrant_edge as qe
+
+        self._update("delete", qe.UpdateOperation.delete_points_by_filter(flt))
+
+    def _search(self, vector: list[float], limit: int, flt: Any) -> list[StoredHit]:
+        import qdrant_edge as qe
+
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(vector),
+            with_payload=True,
+            filter=flt,
+            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+        )
+        found = self._call("search", self._shard.query, request)
+        return [StoredHit(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+
+    def _count(self, flt: Any) -> int:
+        import qdrant_edge as qe
+
+        return int(self._call("count", self._shard.count, qe.CountRequest(exact=True, filter=flt)))
+
+    def _scroll_page(self, flt: Any, limit: int, offset: Any, with_vectors: bool) -> tuple[list[Point], Any]:
+        import qdrant_edge as qe
+
+        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=with_vectors, filter=flt)
+        records, offset = self._call("scroll", self._shard.scroll, request)
+        points = [
+            Point(str(r.id), list(r.vector) if with_vectors and r.vector is not None else [], dict(r.payload or {}))
+            for r in records
+        ]
+        return points, offset
+
+    def optimize(self) -> None:
+        """Build the HNSW index now (otherwise the engine does it as segments grow)."""
+        self._need()
+        self._call("optimize", self._shard.optimize)
+
+    def verify(self, *, sample: int = VERIFY_SAMPLE) -> dict[str, Any]:
+        self._need()
+        try:
+            return super().verify(sample=sample)
+        except StoreError as exc:
+            if "is damaged" in str(exc) or _IN_USE in str(exc):
+                raise
+            self._damaged = True
+            raise _damaged(self.folder, str(exc).removeprefix(f"{self.folder}: ")) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -802,17 +879,19 @@ class ServerStore(VectorStore):
     ):
         from qdrant_client import QdrantClient
 
+        self.collection = _check_name(collection)
+        self.spec: CollectionSpec | None = None
+        self._where = url or path or "qdrant-client"
         if client is None:
             if (url is None) == (path is None):
                 raise ValueError("pass exactly one of url= (a Qdrant server) or path= (qdrant-client local mode)")
             if url is not None:
-                client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+                client = self._call("connect", QdrantClient, url=url, api_key=api_key, timeout=int(timeout))
+            elif path == ":memory:":
+                client = self._call("connect", QdrantClient, location=":memory:")
             else:
-                client = QdrantClient(location=":memory:") if path == ":memory:" else QdrantClient(path=path)
+                client = self._call("connect", QdrantClient, path=path)
         self.client = client
-        self.collection = _check_name(collection)
-        self.spec: CollectionSpec | None = None
-        self._where = url or path or "qdrant-client"
         self._options = dict(
             on_disk=on_disk, quantization=quantization, shard_number=shard_number, replication_factor=replication_factor
         )
@@ -821,42 +900,46 @@ class ServerStore(VectorStore):
     def location(self) -> str:
         return f"{self._where} / {self.collection}"
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (CollectionMismatchError, CollectionNotFoundError, ValueError):
-            raise
-        except Exception as exc:  # connection refused, timeouts, auth: the caller's language, not a traceback
-            raise StoreError(f"Qdrant at {self._where}: {what} failed: {exc.__class__.__name__}: {exc}") from None
+    def _store_error(self, what: str, exc: BaseException) -> StoreError:
+        # connection refused, timeouts, auth: the caller's language, not a traceback
+        return StoreError(f"Qdrant at {self._where}: {what} failed: {exc.__class__.__name__}: {exc}")
 
     def exists(self) -> bool:
         return bool(self._call("collection_exists", self.client.collection_exists, self.collection))
 
     def open(self, spec: CollectionSpec | None = None, *, create: bool = True) -> CollectionSpec:
-        from qdrant_client import models
-
         if self.spec is not None:
             if spec is not None:
                 spec.check(self.spec, self.collection)
             return self.spec
         if self.exists():
-            info = self._call("get_collection", self.client.get_collection, self.collection)
-            meta = dict(info.config.metadata or {})
-            try:
-                stored = CollectionSpec.from_dict(meta, f"collection {self.collection!r} at {self._where}")
-            except (KeyError, TypeError, ValueError) as exc:
-                if isinstance(exc, CollectionMismatchError):
-                    raise
-                raise CollectionMismatchError(
-                    f"collection {self.collection!r} at {self._where} was not created by qwen3-vl-rag "
-                    "(no model/dimension metadata); use another --collection"
-                ) from None
+            stored = self._stored_spec()
             if spec is not None:
                 spec.check(stored, self.collection)
             self.spec = stored
             return stored
         if spec is None or not create:
             raise CollectionNotFoundError(f"no collection {self.collection!r} at {self._where} (index something first)")
+        self._create(spec)
+        self.spec = spec
+        return spec
+
+    def _stored_spec(self) -> CollectionSpec:
+        info = self._call("get_collection", self.client.get_collection, self.collection)
+        meta = dict(info.config.metadata or {})
+        try:
+            return CollectionSpec.from_dict(meta, f"collection {self.collection!r} at {self._where}")
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, CollectionMismatchError):
+                raise
+            raise CollectionMismatchError(
+                f"collection {self.collection!r} at {self._where} was not created by qwen3-vl-rag "
+                "(no model/dimension metadata); use another --collection"
+            ) from None
+
+    def _create(self, spec: CollectionSpec) -> None:
+        from qdrant_client import models
+
         opts = self._options
         quantization = (
             models.ScalarQuantization(
@@ -883,152 +966,94 @@ class ServerStore(VectorStore):
                 field_name=name,
                 field_schema=models.PayloadSchemaType.KEYWORD,
             )
-        self.spec = spec
-        return spec
-
-    def _need(self) -> None:
-        if self.spec is None:
-            self.open(create=False)
-
-    def _filter(self, filters: Mapping[str, Any] | None) -> Any:
-        from qdrant_client import models
-
-        conditions = [
-            models.FieldCondition(
-                key=key,
-                match=models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value),
-            )
-            for key, value in _conditions(filters)
-        ]
-        return models.Filter(must=conditions) if conditions else None
-
-    def upsert(self, points: list[Point]) -> None:
-        from qdrant_client import models
-
-        self._need()
-        if points:
-            self._call(
-                "upsert",
-                self.client.upsert,
-                self.collection,
-                points=[models.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in points],
-                wait=True,
-            )
-
-    def existing(self, ids: Iterable[str]) -> set[str]:
-        self._need()
-        ids = list(ids)
-        if not ids:
-            return set()
-        records = self._call(
-            "retrieve", self.client.retrieve, self.collection, ids=ids, with_payload=False, with_vectors=False
-        )
-        return {str(r.id) for r in records}
-
-    def retrieve(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        self._need()
-        ids = list(ids)
-        if not ids:
-            return {}
-        records = self._call(
-            "retrieve", self.client.retrieve, self.collection, ids=ids, with_payload=True, with_vectors=False
-        )
-        return {str(r.id): dict(r.payload or {}) for r in records}
-
-    def _vectors(self, ids: list[str]) -> dict[str, list[float]]:
-        self._need()
-        if not ids:
-            return {}
-        records = self._call(
-            "retrieve", self.client.retrieve, self.collection, ids=ids, with_payload=False, with_vectors=True
-        )
-        return {str(r.id): list(r.vector) if isinstance(r.vector, list) else [] for r in records}
-
-    def set_payload(self, point: str, values: Mapping[str, Any]) -> None:
-        self._need()
-        self._call("set_payload", self.client.set_payload, self.collection, payload=dict(values), points=[point])
-
-    def delete_ids(self, ids: Iterable[str]) -> None:
-        from qdrant_client import models
-
-        self._need()
-        ids = list(ids)
-        if ids:
-            self._call(
-                "delete",
-                self.client.delete,
-                self.collection,
-                points_selector=models.PointIdsList(points=ids),
-                wait=True,
-            )
 
     def drop(self) -> None:
         self.spec = None
         if self.exists():
             self._call("delete_collection", self.client.delete_collection, self.collection)
 
-    def search(self, vector: list[float], *, limit: int, filters: Mapping[str, Any] | None = None) -> list[StoredHit]:
-        self._need()
+    def close(self) -> None:
+        with contextlib.suppress(StoreError):  # closing a client that never connected
+            self._call("close", self.client.close)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # native primitives
+
+    def _native_filter(self, conditions: list[tuple[str, Any]]) -> Any:
+        from qdrant_client import models
+
+        must = [
+            models.FieldCondition(
+                key=key,
+                match=models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value),
+            )
+            for key, value in conditions
+        ]
+        return models.Filter(must=must) if must else None
+
+    def _upsert(self, points: list[Point]) -> None:
+        from qdrant_client import models
+
+        structs = [models.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in points]
+        self._call("upsert", self.client.upsert, self.collection, points=structs, wait=True)
+
+    def _retrieve(self, ids: list[str], *, payload: bool, vectors: bool) -> list[Point]:
+        records = self._call(
+            "retrieve", self.client.retrieve, self.collection, ids=ids, with_payload=payload, with_vectors=vectors
+        )
+        return [_point(r, vectors) for r in records]
+
+    def _set_payload(self, point: str, values: dict[str, Any]) -> None:
+        self._call("set_payload", self.client.set_payload, self.collection, payload=values, points=[point])
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        from qdrant_client import models
+
+        selector = models.PointIdsList(points=ids)
+        self._call("delete", self.client.delete, self.collection, points_selector=selector, wait=True)
+
+    def _delete_filter(self, flt: Any) -> None:
+        from qdrant_client import models
+
+        selector = models.FilterSelector(filter=flt)
+        self._call("delete", self.client.delete, self.collection, points_selector=selector, wait=True)
+
+    def _search(self, vector: list[float], limit: int, flt: Any) -> list[StoredHit]:
         response = self._call(
             "query_points",
             self.client.query_points,
             self.collection,
-            query=list(vector),
+            query=vector,
             limit=limit,
-            query_filter=self._filter(filters),
+            query_filter=flt,
             with_payload=True,
         )
         return [StoredHit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
-    def count(self, filters: Mapping[str, Any] | None = None) -> int:
-        self._need()
-        result = self._call("count", self.client.count, self.collection, count_filter=self._filter(filters), exact=True)
-        return int(result.count)
+    def _count(self, flt: Any) -> int:
+        return int(self._call("count", self.client.count, self.collection, count_filter=flt, exact=True).count)
 
-    def delete(self, filters: Mapping[str, Any]) -> int:
-        from qdrant_client import models
-
-        flt = self._filter(filters)
-        if flt is None:
-            raise ValueError("delete needs a filter (refusing to empty the whole collection)")
-        n = self.count(filters)
-        self._call(
-            "delete",
-            self.client.delete,
+    def _scroll_page(self, flt: Any, limit: int, offset: Any, with_vectors: bool) -> tuple[list[Point], Any]:
+        records, offset = self._call(
+            "scroll",
+            self.client.scroll,
             self.collection,
-            points_selector=models.FilterSelector(filter=flt),
-            wait=True,
+            scroll_filter=flt,
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=with_vectors,
         )
-        return n
+        return [_point(r, with_vectors) for r in records], offset
 
-    def scroll(
-        self, *, with_vectors: bool = True, page: int = SCROLL_PAGE, filters: Mapping[str, Any] | None = None
-    ) -> Iterator[Point]:
-        self._need()
-        flt = self._filter(filters)
-        offset = None
-        while True:
-            records, offset = self._call(
-                "scroll",
-                self.client.scroll,
-                self.collection,
-                scroll_filter=flt,
-                limit=page,
-                offset=offset,
-                with_payload=True,
-                with_vectors=with_vectors,
-            )
-            for r in records:
-                vector = r.vector if isinstance(r.vector, list) else []
-                yield Point(str(r.id), list(vector), r.payload or {})
-            if offset is None or not records:
-                return
 
-    def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # closing a client that never connected
-            pass
+def _point(record: Any, with_vector: bool) -> Point:
+    vector = record.vector if with_vector and isinstance(record.vector, list) else []
+    return Point(str(record.id), list(vector), dict(record.payload or {}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The front door
 
 
 def _check_name(name: str) -> str:
@@ -1044,14 +1069,29 @@ def default_db() -> str:
 
 
 def open_store(
-    *,
     db: str | Path | None = None,
     url: str | None = None,
-    api_key: str | None = None,
+    *,
     collection: str = "default",
-    **server_options: Any,
+    api_key: str | None = None,
+    **options: Any,
 ) -> VectorStore:
-    """``url`` -> :class:`ServerStore`; otherwise an :class:`EdgeStore` under ``db`` (default: :func:`default_db`)."""
+    """The one front door to a collection, wherever it lives; the code that uses it does not change.
+
+    * ``open_store(db="./qdrant", collection="docs")``: embedded Qdrant Edge under that folder
+      (:class:`EdgeStore`; ``options``: ``hnsw_m``, ``ef_construct``, ``hnsw_ef``).
+    * ``open_store(url="http://qdrant:6333", collection="docs", api_key=...)``: a Qdrant server or cluster
+      (:class:`ServerStore`; ``options``: ``on_disk``, ``quantization``, ``shard_number``, ``replication_factor``,
+      ``timeout``).
+    * ``open_store()``: embedded, under :func:`default_db` (where ``qwen3vl-rag index`` puts things).
+
+    Nothing is opened yet (the collection is opened, or created for a spec, by the first operation or
+    :meth:`VectorStore.open`). Whichever backend: a store that cannot be reached or used -- a server that is down, a
+    folder another process holds, damaged files -- raises :class:`StoreError` from every operation."""
+    if db is not None and url:
+        raise ValueError("pass db= (an embedded store's folder) or url= (a Qdrant server), not both")
     if url:
-        return ServerStore(url, collection, api_key=api_key, **server_options)
-    return EdgeStore(db if db is not None else default_db(), collection)
+        return ServerStore(url, collection, api_key=api_key, **options)
+    if api_key is not None:
+        raise ValueError("api_key= is for a Qdrant server: pass url= too")
+    return EdgeStore(db if db is not None else default_db(), collection, **options)

@@ -15,10 +15,14 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnablePassthrough
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests
-from langchain_tests.unit_tests import EmbeddingsUnitTests
+from langchain_tests.integration_tests import (
+    ChatModelIntegrationTests,
+    EmbeddingsIntegrationTests,
+    RetrieversIntegrationTests,
+)
+from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
-from integrations.langchain import Qwen3VLEmbeddings, Qwen3VLRerank, Qwen3VLRetriever, add_images
+from integrations.langchain import ChatQwen3VL, Qwen3VLEmbeddings, Qwen3VLRerank, Qwen3VLRetriever, add_images
 from retrieval_pipeline import InputError
 from retrieval_pipeline.ingest import Indexer
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
@@ -59,6 +63,94 @@ class TestQwen3VLEmbeddingsStandardIntegration(EmbeddingsIntegrationTests):
     @property
     def embedding_model_params(self) -> dict:
         return {"model_name": str(TINY), **SETTINGS}
+
+
+@pytest.fixture(scope="module")
+def indexed_store(embedder, tmp_path_factory):
+    store = EdgeStore(tmp_path_factory.mktemp("edge") / "db", "docs")
+    texts = ["a cat on a red sofa", "a dog on a beach", "a rocket launch", "quarterly revenue", "a cup of coffee"]
+    Indexer(embedder, store).index_items(texts)
+    yield store
+    store.close()
+
+
+class TestQwen3VLRetrieverStandardIntegration(RetrieversIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _models(self, embedder, reranker, indexed_store):
+        self._params = {"embedder": embedder, "reranker": reranker, "store": indexed_store}
+
+    @property
+    def retriever_constructor(self) -> type[BaseRetriever]:
+        return Qwen3VLRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return self._params
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "a cat"
+
+
+# A local model: no network client, so no `timeout` / `max_retries` / `api_key` among its standard parameters.
+LOCAL_CHAT_PARAMS = {"temperature": 0, "max_tokens": 8, "stop": []}
+
+
+class _ChatQwen3VLCapabilities:
+    """What the chat model supports, declared once for both standard chat suites."""
+
+    @pytest.fixture(autouse=True)
+    def _shared_generator(self, generator):
+        self._generator = generator  # one loaded tiny model for every test (construction stays cheap)
+
+    @property
+    def chat_model_class(self) -> type[ChatQwen3VL]:
+        return ChatQwen3VL
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"generator": self._generator, "max_new_tokens": 8}
+
+    @property
+    def standard_chat_model_params(self) -> dict:
+        return dict(LOCAL_CHAT_PARAMS)
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return False  # the core generator returns text only
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # one loaded checkpoint per instance
+
+
+class TestChatQwen3VLStandardUnit(_ChatQwen3VLCapabilities, ChatModelUnitTests):
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        return {"QWEN3VL_RAG_GENERATOR_MODEL": str(TINY)}, {"max_tokens": 8}, {"model": str(TINY)}
+
+
+class TestChatQwen3VLStandardIntegration(_ChatQwen3VLCapabilities, ChatModelIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _offline_image(self, monkeypatch):
+        # the suite downloads its test image; serve a local one so the test runs offline
+        import httpx
+        from langchain_tests.integration_tests import chat_models
+
+        image = (MEDIA / "chelsea.jpg").read_bytes()
+        monkeypatch.setattr(chat_models.httpx, "get", lambda *a, **k: httpx.Response(200, content=image))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,7 +299,7 @@ def test_native_retriever_in_an_lcel_chain(embedder, reranker, tmp_path):
     (folder / "rockets.txt").write_text("The rocket launch slipped to the spring.")
     store = EdgeStore(tmp_path / "edge", "docs")
     Indexer(embedder, store).index_paths([folder], show_progress_bar=False)
-    retriever = Qwen3VLRetriever(embedder=embedder, store=store, reranker=reranker, top_k=2)
+    retriever = Qwen3VLRetriever(embedder=embedder, store=store, reranker=reranker, k=2)
     assert isinstance(retriever, BaseRetriever)
     docs = retriever.invoke("a cat")
     assert len(docs) == 2 and all("relevance_score" in d.metadata for d in docs)
@@ -252,10 +344,85 @@ def test_retrievers_default_to_the_cli_store(embedder, tmp_path, monkeypatch):
     store = EdgeStore(default_db(), "default")  # where `qwen3vl-rag index` puts things
     Indexer(embedder, store).index_items(["a cat on a sofa", "a rocket"])
     store.close()
-    langchain_retriever = Qwen3VLRetriever(embedder=embedder, top_k=1)
+    langchain_retriever = Qwen3VLRetriever(embedder=embedder, k=1)
     assert langchain_retriever.store.location == str(tmp_path / "qwen3vl-rag" / "default")
     assert langchain_retriever.invoke("cat")[0].page_content in ("a cat on a sofa", "a rocket")
     langchain_retriever.store.close()
     llama_retriever = LlamaIndexRetriever(embedder, top_k=1)
     assert len(llama_retriever.retrieve("cat")) == 1
     llama_retriever.pipeline.store.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One vocabulary: canonical names, deprecated aliases that keep working, the core's defaults
+
+
+def test_retriever_takes_k_and_top_k_still_works(embedder, indexed_store):
+    with pytest.warns(DeprecationWarning, match="'top_k' is deprecated, use 'k'"):
+        old = Qwen3VLRetriever(embedder=embedder, store=indexed_store, top_k=2)
+    assert old.k == 2 and len(old.invoke("a cat")) == 2
+    with pytest.warns(DeprecationWarning):
+        assert old.top_k == 2
+    with pytest.warns(DeprecationWarning):
+        old.top_k = 3
+    assert old.k == 3 and len(old.invoke("a cat")) == 3
+    assert len(old.invoke("a cat", k=1)) == 1
+    with pytest.raises(ValueError, match="pass 'k' only"):
+        Qwen3VLRetriever(embedder=embedder, store=indexed_store, top_k=2, k=3)
+
+
+def test_deprecated_adapter_names_keep_working(embedder, reranker):
+    with pytest.warns(DeprecationWarning, match="'text_instruction' is deprecated, use 'document_instruction'"):
+        old = Qwen3VLEmbeddings(embedder=embedder, text_instruction="Represent the passage.")
+    assert old.document_instruction == "Represent the passage."
+    assert close(old.embed_documents(["a cat"]), embedder.embed(["a cat"], instruction="Represent the passage."))
+    with pytest.warns(DeprecationWarning, match="'core_kwargs' is deprecated, use 'model_kwargs'"):
+        with pytest.raises(ValueError, match="either embedder"):
+            Qwen3VLEmbeddings(embedder=embedder, core_kwargs={"max_pixels": 1000})
+    with pytest.raises(ValueError, match="either reranker"):
+        Qwen3VLRerank(reranker=reranker, device="cpu")
+
+
+def test_injected_models_name_themselves_and_defaults_come_from_the_core(embedder, reranker, generator):
+    from integrations import _common
+    from integrations.langchain import chat_model, embeddings, rerank
+    from retrieval_pipeline import pipeline
+
+    assert embeddings.DEFAULT_MODEL == pipeline.DEFAULT_EMBEDDING_MODEL == _common.DEFAULT_MODELS["embedding"]
+    assert rerank.DEFAULT_MODEL == pipeline.DEFAULT_RERANKER_MODEL
+    assert chat_model.DEFAULT_MODEL == pipeline.DEFAULT_GENERATOR_MODEL
+    assert Qwen3VLEmbeddings(embedder=embedder).model_name == embedder.model_name_or_path
+    assert Qwen3VLRerank(reranker=reranker).model == reranker.model_name_or_path
+    assert ChatQwen3VL(generator=generator).model == generator.model_name_or_path
+
+
+def test_chat_model_options(generator):
+    chat = ChatQwen3VL(generator=generator, max_tokens=3)  # LangChain's standard name of max_new_tokens
+    assert chat.max_new_tokens == 3
+    assert chat._get_ls_params()["ls_max_tokens"] == 3
+    assert ChatQwen3VL(generator=generator, max_new_tokens=4).max_new_tokens == 4
+    with pytest.raises(ValueError, match="either generator"):
+        ChatQwen3VL(generator=generator, device="cpu")
+    with pytest.raises(ValueError, match="decodes greedily"):
+        ChatQwen3VL(generator=generator, temperature=0.7)
+    reply = chat.invoke("hi")
+    chunks = list(chat.stream("hi"))
+    assert len(chunks) == 1 and chunks[0].content == reply.content  # greedy: the same reply, as one chunk
+    assert ChatQwen3VL(generator=generator, stop=[reply.content[1:]]).invoke("hi").content == reply.content[:1]
+
+
+def test_both_retrievers_open_an_indexed_folder_with_from_path(embedder, tmp_path):
+    from integrations.llama_index import Qwen3VLRetriever as LlamaIndexRetriever
+
+    store = EdgeStore(tmp_path / "edge", "notes")
+    Indexer(embedder, store).index_items(["a cat on a sofa", "a rocket", "a cup of coffee"])
+    store.close()
+    lc = Qwen3VLRetriever.from_path(
+        tmp_path / "edge", embedding_model=str(TINY), reranker_model=str(TINY), k=2, collection="notes"
+    )
+    docs = lc.invoke("a cat")
+    assert len(docs) == 2 and all("relevance_score" in d.metadata for d in docs)
+    lc.store.close()
+    li = LlamaIndexRetriever.from_path(tmp_path / "edge", embedding_model=str(TINY), collection="notes", top_k=3)
+    assert len(li.retrieve("a cat")) == 3
+    li.pipeline.store.close()

@@ -306,3 +306,84 @@ def test_qwen3vl_llm_multimodal_query_engine(li_embed, li_rerank, generator, fol
     response = engine.query("Where does the cat sleep?")
     assert isinstance(response.response, str) and len(response.source_nodes) == 3
     client.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Framework events, one vocabulary
+
+
+def test_rerank_emits_llama_index_reranking_events(reranker, media_server):
+    from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+
+    class Collect(BaseEventHandler):
+        events: list = []
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "Collect"
+
+        def handle(self, event, **kwargs) -> None:
+            self.events.append(event)
+
+    debug = LlamaDebugHandler()
+    rerank = Qwen3VLRerank(reranker=reranker, top_n=2, callback_manager=CallbackManager([debug]))
+    handler = Collect(events=[])
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    try:
+        out = rerank.postprocess_nodes(_nodes(media_server), query_str="a cat")
+        asyncio.run(rerank.apostprocess_nodes(_nodes(media_server), query_str="a cat"))
+    finally:
+        root.event_handlers.remove(handler)
+    starts = [e for e in handler.events if isinstance(e, ReRankStartEvent)]
+    ends = [e for e in handler.events if isinstance(e, ReRankEndEvent)]
+    assert len(starts) == len(ends) == 2
+    assert starts[0].top_n == 2 and starts[0].model_name == reranker.model_name_or_path
+    assert starts[0].query.query_str == "a cat" and len(starts[0].nodes) == 5
+    assert [n.node.node_id for n in ends[0].nodes] == [n.node.node_id for n in out]
+    pairs = debug.get_event_pairs(CBEventType.RERANKING)
+    assert len(pairs) == 2
+    start, end = pairs[0]
+    assert start.payload[EventPayload.QUERY_STR] == "a cat" and start.payload[EventPayload.TOP_K] == 2
+    assert start.payload[EventPayload.MODEL_NAME] == reranker.model_name_or_path
+    assert [n.node.node_id for n in end.payload[EventPayload.NODES]] == [n.node.node_id for n in out]
+
+
+def test_deprecated_names_keep_working(embedder, reranker, generator):
+    from integrations.llama_index import Qwen3VLLLM
+
+    with pytest.warns(DeprecationWarning, match="'text_instruction' is deprecated, use 'document_instruction'"):
+        old = Qwen3VLEmbedding(embedder=embedder, text_instruction="Represent the passage.")
+    assert old.document_instruction == "Represent the passage."
+    with pytest.warns(DeprecationWarning):
+        assert old.text_instruction == "Represent the passage."
+    assert close(old.get_text_embedding("a cat"), embedder.embed(["a cat"], instruction="Represent the passage.")[0])
+    with pytest.warns(DeprecationWarning, match="'video_metadata_key' is deprecated, use 'video_key'"):
+        custom = Qwen3VLRerank(reranker=reranker, video_metadata_key="clip")
+    assert custom.video_key == "clip"
+    with pytest.warns(DeprecationWarning, match="'core_kwargs' is deprecated, use 'model_kwargs'"):
+        with pytest.raises(ValueError, match="either embedder"):
+            Qwen3VLEmbedding(embedder=embedder, core_kwargs={"max_pixels": 1000})
+    with pytest.raises(ValueError, match="either reranker"):
+        Qwen3VLRerank(reranker=reranker, device="cpu")
+    with pytest.raises(ValueError, match="either generator"):
+        Qwen3VLLLM(generator=generator, device="cpu")
+    assert Qwen3VLLLM(generator=generator).model == generator.model_name_or_path
+
+
+def test_video_key_is_video_and_the_old_key_is_still_read(li_embed, embedder):
+    expected = embedder.embed([{"text": "clip", "video": VIDEO}])[0]
+    for key in ("video", "video_path"):
+        assert close(li_embed.get_node_embeddings([TextNode(text="clip", metadata={key: VIDEO})])[0], expected)
+
+
+def test_defaults_come_from_the_core():
+    from integrations.llama_index import embeddings, llm, rerank
+    from retrieval_pipeline import pipeline
+
+    assert embeddings.DEFAULT_MODEL == pipeline.DEFAULT_EMBEDDING_MODEL
+    assert rerank.DEFAULT_MODEL == pipeline.DEFAULT_RERANKER_MODEL
+    assert llm.DEFAULT_MODEL == pipeline.DEFAULT_GENERATOR_MODEL

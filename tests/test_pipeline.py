@@ -9,9 +9,10 @@ import pytest
 from conftest import MEDIA, TINY
 
 from retrieval_pipeline import InputError
-from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions, chunk_text, item_for
+from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions, chunk_text
 from retrieval_pipeline.models.generator import Answer, Qwen3VLGenerator
 from retrieval_pipeline.pipeline import RAGPipeline
+from retrieval_pipeline.records import item_for
 from retrieval_pipeline.retriever import TwoStageRetriever
 from retrieval_pipeline.store import CollectionMismatchError, EdgeStore, ServerStore
 from retrieval_pipeline.testing import make_text_pdf

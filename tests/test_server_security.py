@@ -267,14 +267,14 @@ def test_video_cache_is_bounded(source, monkeypatch):
     size = VIDEO.stat().st_size
     monkeypatch.setattr(media, "VIDEO_CACHE_BYTES", int(size * 1.5))
     monkeypatch.setattr(media, "VIDEO_CACHE_PIN", 0.0)
-    first = media._download_video(f"http://127.0.0.1:{source}/video.mp4?a", 5)
-    second = media._download_video(f"http://127.0.0.1:{source}/video.mp4?b", 5)
+    first = media.download_video(f"http://127.0.0.1:{source}/video.mp4?a", 5)
+    second = media.download_video(f"http://127.0.0.1:{source}/video.mp4?b", 5)
     assert os.path.exists(second) and not os.path.exists(first)  # least recently used evicted
     total = sum(p.stat().st_size for p in Path(media.video_cache_dir()).iterdir())
     assert total <= media.VIDEO_CACHE_BYTES
     monkeypatch.setattr(media, "VIDEO_CACHE_PIN", 600.0)  # a video in use is never evicted: refuse instead
     with pytest.raises(media.LimitError) as info:
-        media._download_video(f"http://127.0.0.1:{source}/video.mp4?c", 5)
+        media.download_video(f"http://127.0.0.1:{source}/video.mp4?c", 5)
     assert info.value.limit == "video_cache_bytes"
 
 
@@ -527,10 +527,10 @@ def test_deprecated_site_local_ipv6_is_blocked():
 
 def test_a_video_cached_by_the_library_is_not_served_to_a_stricter_policy(source):
     url = f"http://127.0.0.1:{source}/video.mp4?cached-by-library"
-    assert os.path.exists(media._download_video(url, 5.0))  # the library's permissive default fetched it
+    assert os.path.exists(media.download_video(url, 5.0))  # the library's permissive default fetched it
     before = Source.hits["/video.mp4?cached-by-library"]
     with fetch_policy(FetchPolicy.server()), pytest.raises(InputError, match="URLs is disabled"):
-        media._download_video(url, 5.0)
+        media.download_video(url, 5.0)
     assert Source.hits["/video.mp4?cached-by-library"] == before  # refused before any connection
 
 

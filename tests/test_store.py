@@ -302,10 +302,11 @@ def test_damaged_edge_store_is_a_store_error(tmp_path, name, keep):
 
 
 _CREATE = """
-import importlib.util, os, sys, time
-spec = importlib.util.spec_from_file_location("store", sys.argv[3])  # the module alone: no torch import
-store_module = sys.modules["store"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(store_module)
+import importlib, os, sys, time, types
+package = types.ModuleType("retrieval_pipeline")  # the package without its __init__: no torch import
+package.__path__ = [os.path.dirname(sys.argv[3])]
+sys.modules["retrieval_pipeline"] = package
+store_module = importlib.import_module("retrieval_pipeline.store")
 print("ready", flush=True)
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)

@@ -11,9 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from retrieval_pipeline import Qwen3VLEmbedder
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 
-from .._common import collect_model_kwargs, image_input, in_thread
+from .._common import (
+    DEFAULT_EMBEDDING_MODEL,
+    MODEL_ENV,
+    collect_model_kwargs,
+    image_input,
+    in_thread,
+    load_core_model,
+    video_input,
+)
 
-DEFAULT_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
+DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL  # kept for imports of the old name
 
 
 class Qwen3VLEmbeddings(BaseModel, Embeddings):
@@ -26,7 +34,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
-    model_name: str = Field(default_factory=from_env("QWEN3VL_RAG_EMBEDDING_MODEL", default=DEFAULT_MODEL))
+    model_name: str = Field(default_factory=from_env(MODEL_ENV["embedding"], default=DEFAULT_EMBEDDING_MODEL))
     query_instruction: str = Field(default=QUERY_INSTRUCTION, description="Instruction for queries.")
     document_instruction: str | None = Field(default=None, description="Instruction for documents; None = default.")
     dim: int | None = Field(default=None, description="Matryoshka dimension (truncate, then normalise).")
@@ -37,16 +45,16 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
     @model_validator(mode="before")
     @classmethod
     def _collect_model_kwargs(cls, values: Any) -> Any:
-        """Unknown keyword arguments (``max_pixels``, ``device``, ...) are core model arguments."""
-        return collect_model_kwargs(cls.model_fields, values)
+        """Unknown keyword arguments (``max_pixels``, ``device``, ...) are core model arguments; deprecated names
+        (``text_instruction``) are renamed."""
+        return collect_model_kwargs(cls.model_fields, values, cls.__name__)
 
     @model_validator(mode="after")
     def _load(self) -> Qwen3VLEmbeddings:
-        if self.embedder is None:
-            self.embedder = Qwen3VLEmbedder(self.model_name, **self.model_kwargs)
-        elif self.model_kwargs:
-            raise ValueError("pass either embedder= or model keyword arguments, not both")
-        self.embedder._check_dim(self.dim)
+        if self.embedder is not None and "model_name" not in self.model_fields_set:
+            self.model_name = self.embedder.model_name_or_path
+        self.embedder = load_core_model(Qwen3VLEmbedder, self.embedder, self.model_name, self.model_kwargs, "embedder")
+        self.embedder.check_dim(self.dim)
         return self
 
     def _embed(self, inputs: list[Any], instruction: str | None) -> list[list[float]]:
@@ -75,8 +83,8 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
         self, videos: list[Any], *, fps: float | None = None, max_frames: int | None = None
     ) -> list[list[float]]:
         """Video files / URLs, or lists of frames."""
-        extra = {k: v for k, v in (("fps", fps), ("max_frames", max_frames)) if v is not None}
-        return self._embed([{"video": v, **extra} for v in videos], self.document_instruction)
+        items = [video_input(v, fps=fps, max_frames=max_frames) for v in videos]
+        return self._embed(items, self.document_instruction)
 
     def embed_multimodal(self, objects: list[dict[str, Any] | str], *, query: bool = False) -> list[list[float]]:
         """Multimodal objects (``{"text", "image", "video", ...}``), as documents or as queries."""

@@ -12,21 +12,23 @@ from pydantic import ConfigDict, Field, model_validator
 
 from retrieval_pipeline import InputError, Qwen3VLReranker
 
-from .._common import collect_model_kwargs, image_input, in_thread
+from .._common import (
+    DEFAULT_RERANKER_MODEL,
+    IMAGE_KEY,
+    MODEL_ENV,
+    VIDEO_KEY,
+    collect_model_kwargs,
+    in_thread,
+    load_core_model,
+    media_input,
+)
 
-DEFAULT_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
+DEFAULT_MODEL = DEFAULT_RERANKER_MODEL  # kept for imports of the old name
 
 
-def document_to_input(doc: Document, image_key: str = "image", video_key: str = "video") -> dict[str, Any]:
+def document_to_input(doc: Document, image_key: str = IMAGE_KEY, video_key: str = VIDEO_KEY) -> dict[str, Any]:
     """What the model sees for a document: ``page_content`` plus the image / video named in its metadata."""
-    item: dict[str, Any] = {}
-    if doc.page_content:
-        item["text"] = doc.page_content
-    if doc.metadata.get(image_key) is not None:
-        item["image"] = image_input(doc.metadata[image_key])
-    if doc.metadata.get(video_key) is not None:
-        item["video"] = doc.metadata[video_key]
-    return item
+    return media_input(doc.page_content, doc.metadata.get(image_key), doc.metadata.get(video_key))
 
 
 class Qwen3VLRerank(BaseDocumentCompressor):
@@ -39,11 +41,11 @@ class Qwen3VLRerank(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
-    model: str = Field(default_factory=from_env("QWEN3VL_RAG_RERANKER_MODEL", default=DEFAULT_MODEL))
+    model: str = Field(default_factory=from_env(MODEL_ENV["reranker"], default=DEFAULT_RERANKER_MODEL))
     top_n: int | None = Field(default=3, description="Documents to keep, best first (None keeps all).")
     instruction: str | None = Field(default=None, description="Task instruction; None = the model's default.")
-    image_key: str = Field(default="image", description="Metadata key of a document's image (path / URL).")
-    video_key: str = Field(default="video", description="Metadata key of a document's video (path / URL).")
+    image_key: str = Field(default=IMAGE_KEY, description="Metadata key of a document's image (path / URL).")
+    video_key: str = Field(default=VIDEO_KEY, description="Metadata key of a document's video (path / URL).")
     score_key: str = Field(default="relevance_score", description="Metadata key the score is written to.")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLReranker.")
     reranker: Qwen3VLReranker | None = Field(default=None, exclude=True, description="A loaded core reranker.")
@@ -52,16 +54,15 @@ class Qwen3VLRerank(BaseDocumentCompressor):
     @classmethod
     def _collect_model_kwargs(cls, values: Any) -> Any:
         """Unknown keyword arguments (``max_pixels``, ``device``, ...) are core model arguments."""
-        return collect_model_kwargs(cls.model_fields, values)
+        return collect_model_kwargs(cls.model_fields, values, cls.__name__)
 
     @model_validator(mode="after")
     def _load(self) -> Qwen3VLRerank:
         if self.top_n is not None and self.top_n < 1:
             raise ValueError(f"top_n must be >= 1 or None, got {self.top_n}")
-        if self.reranker is None:
-            self.reranker = Qwen3VLReranker(self.model, **self.model_kwargs)
-        elif self.model_kwargs:
-            raise ValueError("pass either reranker= or model keyword arguments, not both")
+        if self.reranker is not None and "model" not in self.model_fields_set:
+            self.model = self.reranker.model_name_or_path
+        self.reranker = load_core_model(Qwen3VLReranker, self.reranker, self.model, self.model_kwargs, "reranker")
         return self
 
     def rerank(self, documents: Sequence[Document], query: Any) -> list[tuple[int, float]]:

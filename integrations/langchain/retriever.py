@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
 from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
-from retrieval_pipeline.store import EdgeStore, VectorStore, default_db
+from retrieval_pipeline.store import VectorStore
 
-from .._common import in_thread
+from .._common import FromPath, default_store, deprecated_alias, hit_metadata, in_thread, rename_deprecated
 
 
 def hit_to_document(hit: Hit) -> Document:
     """Text and PDF-page text as ``page_content``; an image's or a video's path under metadata ``image`` / ``video``."""
-    metadata = {k: v for k, v in hit.payload.items() if k not in ("text", "item")}
-    metadata.update(vector_score=hit.vector_score, score=hit.score)
+    metadata = {**hit_metadata(hit), "score": hit.score}
     if hit.rerank_score is not None:
         metadata["relevance_score"] = hit.rerank_score
     if hit.modality in ("image", "video"):
@@ -28,35 +26,30 @@ def hit_to_document(hit: Hit) -> Document:
     return Document(page_content=hit.text, metadata=metadata, id=hit.id)
 
 
-class Qwen3VLRetriever(BaseRetriever):
-    """Query -> Qwen3-VL embedding -> top-N from Qdrant -> Qwen3-VL rerank -> top-k documents. ``store`` defaults
-    to the embedded Qdrant Edge collection the command line indexes into (``qwen3vl-rag index``)."""
+class Qwen3VLRetriever(FromPath, BaseRetriever):
+    """Query -> Qwen3-VL embedding -> top-N from Qdrant -> Qwen3-VL rerank -> top-``k`` documents. ``store``
+    defaults to the embedded Qdrant Edge collection the command line indexes into (``qwen3vl-rag index``).
+
+    ``k`` (LangChain's name; ``top_k`` is its deprecated alias) and ``filters`` may also be passed per call:
+    ``retriever.invoke("a cat", k=3)``.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     embedder: Qwen3VLEmbedder
-    store: VectorStore = Field(default_factory=lambda: EdgeStore(default_db(), "default"))
+    store: VectorStore = Field(default_factory=default_store)
     reranker: Qwen3VLReranker | None = None
-    top_k: int = Field(default=5, gt=0)
-    candidates: int = Field(default=CANDIDATES, gt=0)
-    filters: dict[str, Any] | None = None
-    query_instruction: str = QUERY_INSTRUCTION
+    k: int = Field(default=5, gt=0, description="Documents to return, best first.")
+    candidates: int = Field(default=CANDIDATES, gt=0, description="First-stage (vector) hits handed to the reranker.")
+    filters: dict[str, Any] | None = Field(default=None, description="Payload filters of the first stage.")
+    query_instruction: str = Field(default=QUERY_INSTRUCTION, description="Instruction the query is embedded with.")
 
+    @model_validator(mode="before")
     @classmethod
-    def from_path(
-        cls,
-        db: str | Path,
-        *,
-        embedding_model: str,
-        reranker_model: str | None = None,
-        collection: str = "default",
-        **kwargs: Any,
-    ) -> Qwen3VLRetriever:
-        """Open an embedded Qdrant Edge collection (e.g. one built by ``qwen3vl-rag index``)."""
-        reranker = Qwen3VLReranker(reranker_model) if reranker_model else None
-        return cls(
-            embedder=Qwen3VLEmbedder(embedding_model), store=EdgeStore(db, collection), reranker=reranker, **kwargs
-        )
+    def _rename_deprecated(cls, values: Any) -> Any:
+        return rename_deprecated(values, cls.__name__, {"top_k": "k"}) if isinstance(values, dict) else values
+
+    top_k = deprecated_alias("top_k", "k", settable=True)
 
     def _pipeline(self) -> TwoStageRetriever:
         return TwoStageRetriever(
@@ -67,12 +60,26 @@ class Qwen3VLRetriever(BaseRetriever):
             query_instruction=self.query_instruction,
         )
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self._pipeline().retrieve(query, top_k=self.top_k, filters=self.filters)
+    def _search(self, query: str, k: int | None, filters: dict[str, Any] | None) -> list[Document]:
+        hits = self._pipeline().retrieve(query, top_k=k or self.k, filters=filters or self.filters)
         return [hit_to_document(h) for h in hits]
 
-    async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> list[Document]:
-        hits = await in_thread(self._pipeline().retrieve, query, top_k=self.top_k, filters=self.filters)
-        return [hit_to_document(h) for h in hits]
+        return self._search(query, k, filters)
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        return await in_thread(self._search, query, k, filters)

@@ -2,7 +2,16 @@
 
 from .embeddings import Qwen3VLEmbedding
 from .llm import Qwen3VLLLM
-from .rerank import Qwen3VLRerank, node_to_input
-from .retriever import Qwen3VLRetriever, hit_to_node
+from .nodes import hit_to_node, node_to_input, query_to_input
+from .rerank import Qwen3VLRerank
+from .retriever import Qwen3VLRetriever
 
-__all__ = ["Qwen3VLEmbedding", "Qwen3VLLLM", "Qwen3VLRerank", "Qwen3VLRetriever", "hit_to_node", "node_to_input"]
+__all__ = [
+    "Qwen3VLEmbedding",
+    "Qwen3VLLLM",
+    "Qwen3VLRerank",
+    "Qwen3VLRetriever",
+    "hit_to_node",
+    "node_to_input",
+    "query_to_input",
+]

@@ -13,29 +13,41 @@ from llama_index.core.schema import BaseNode, ImageType
 from retrieval_pipeline import Qwen3VLEmbedder
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 
-from .._common import image_input, in_thread
+from .._common import (
+    DEFAULT_EMBEDDING_MODEL,
+    VIDEO_KEY,
+    deprecated_alias,
+    image_input,
+    in_thread,
+    init_core_model,
+    video_input,
+)
+from .nodes import node_to_input
 
-DEFAULT_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
+DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL  # kept for imports of the old name
 
 
 class Qwen3VLEmbedding(MultiModalEmbedding):
     """Text, query, image, video and mixed embeddings in one space, from a Qwen3-VL-Embedding checkpoint.
 
-    ``Qwen3VLEmbedding(model_name="Qwen/Qwen3-VL-Embedding-2B", max_pixels=..., device="cuda")`` loads the model;
-    ``Qwen3VLEmbedding(embedder=existing)`` shares an already loaded :class:`Qwen3VLEmbedder`.
+    ``Qwen3VLEmbedding(model_name="Qwen/Qwen3-VL-Embedding-2B", max_pixels=..., device="cuda")`` loads the model
+    (``model_name`` defaults to ``$QWEN3VL_RAG_EMBEDDING_MODEL``; other keyword arguments go to
+    :class:`Qwen3VLEmbedder`); ``Qwen3VLEmbedding(embedder=existing)`` shares an already loaded one.
+    Deprecated names still accepted: ``text_instruction`` (``document_instruction``), ``video_metadata_key``
+    (``video_key``), ``core_kwargs`` (``model_kwargs``).
     """
 
-    model_name: str = Field(default=DEFAULT_MODEL, description="Hub id or local folder of the checkpoint.")
+    model_name: str = Field(default=DEFAULT_EMBEDDING_MODEL, description="Hub id or local folder of the checkpoint.")
     embed_batch_size: int = Field(default=8, gt=0, description="Inputs per call into the model.")
     query_instruction: str = Field(
         default=QUERY_INSTRUCTION, description="Instruction for queries (retrieval task description)."
     )
-    text_instruction: str | None = Field(
-        default=None, description="Instruction for documents (text, images); None = the model's default."
+    document_instruction: str | None = Field(
+        default=None, description="Instruction for documents (text, images, videos); None = the model's default."
     )
     dim: int | None = Field(default=None, description="Matryoshka dimension (truncate, then normalise); None = full.")
-    video_metadata_key: str = Field(default="video_path", description="Node metadata key holding a video path.")
-    core_kwargs: dict[str, Any] = Field(
+    video_key: str = Field(default=VIDEO_KEY, description="Node metadata key holding a video path / URL.")
+    model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to Qwen3VLEmbedder (max_pixels, device, ...)."
     )
 
@@ -47,29 +59,39 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
         *,
         embedder: Qwen3VLEmbedder | None = None,
         query_instruction: str = QUERY_INSTRUCTION,
-        text_instruction: str | None = None,
+        document_instruction: str | None = None,
         dim: int | None = None,
         embed_batch_size: int = 8,
-        video_metadata_key: str = "video_path",
+        video_key: str = VIDEO_KEY,
+        model_kwargs: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
-        **core_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
-        if embedder is None:
-            embedder = Qwen3VLEmbedder(model_name or DEFAULT_MODEL, **core_kwargs)
-        elif core_kwargs:
-            raise ValueError(f"pass either embedder= or model keyword arguments, not both ({sorted(core_kwargs)})")
+        embedder, name, opts = init_core_model(
+            "embedding",
+            Qwen3VLEmbedder,
+            embedder,
+            model_name,
+            kwargs,
+            type(self).__name__,
+            document_instruction=document_instruction,
+            video_key=video_key,
+            model_kwargs=model_kwargs,
+        )
         super().__init__(
-            model_name=model_name or embedder.model_name_or_path,
+            model_name=name,
             embed_batch_size=embed_batch_size,
             query_instruction=query_instruction,
-            text_instruction=text_instruction,
-            dim=dim,
-            video_metadata_key=video_metadata_key,
-            core_kwargs=core_kwargs,
+            dim=embedder.check_dim(dim),
             callback_manager=callback_manager,
+            **opts,  # document_instruction, video_key, model_kwargs
         )
-        embedder._check_dim(dim)
         self._embedder = embedder
+
+    # deprecated names ----------------------------------------------------------------------------------------
+    text_instruction = deprecated_alias("text_instruction", "document_instruction")
+    video_metadata_key = deprecated_alias("video_metadata_key", "video_key")
+    core_kwargs = deprecated_alias("core_kwargs", "model_kwargs")
 
     @classmethod
     def class_name(cls) -> str:
@@ -91,13 +113,13 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
         return await in_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._embed([text], self.text_instruction)[0]
+        return self._embed([text], self.document_instruction)[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
         return await in_thread(self._get_text_embedding, text)
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._embed(list(texts), self.text_instruction)
+        return self._embed(list(texts), self.document_instruction)
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await in_thread(self._get_text_embeddings, texts)
@@ -110,7 +132,7 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
         return await in_thread(self._get_image_embedding, img_file_path)
 
     def _get_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
-        return self._embed([{"image": image_input(p)} for p in img_file_paths], self.text_instruction)
+        return self._embed([{"image": image_input(p)} for p in img_file_paths], self.document_instruction)
 
     async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
         return await in_thread(self._get_image_embeddings, img_file_paths)
@@ -118,26 +140,19 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
     # beyond LlamaIndex's interface: video, mixed objects, whole nodes ----------------------------------------
     def get_video_embedding(self, video: Any, *, fps: float | None = None, max_frames: int | None = None) -> Embedding:
         """A video file / URL or a list of frames."""
-        item: dict[str, Any] = {"video": video}
-        if fps is not None:
-            item["fps"] = fps
-        if max_frames is not None:
-            item["max_frames"] = max_frames
-        return self._embed([item], self.text_instruction)[0]
+        return self._embed([video_input(video, fps=fps, max_frames=max_frames)], self.document_instruction)[0]
 
     def get_multimodal_embedding(self, obj: dict[str, Any] | str, *, query: bool = False) -> Embedding:
         """A multimodal object (``{"text", "image", "video", ...}``), as a document or as a query."""
-        return self._embed([obj], self.query_instruction if query else self.text_instruction)[0]
+        return self._embed([obj], self.query_instruction if query else self.document_instruction)[0]
 
     async def aget_multimodal_embedding(self, obj: dict[str, Any] | str, *, query: bool = False) -> Embedding:
         return await in_thread(self.get_multimodal_embedding, obj, query=query)
 
     def node_input(self, node: BaseNode) -> Any:
         """What the model sees for a node: its text, plus its image (ImageNode) or video (metadata)."""
-        from .rerank import node_to_input
-
-        return node_to_input(node, self.video_metadata_key)
+        return node_to_input(node, self.video_key)
 
     def get_node_embeddings(self, nodes: list[BaseNode]) -> list[Embedding]:
         """Embed nodes as whole items: an ImageNode's image with its text, a node's video with its text."""
-        return self._embed([self.node_input(n) for n in nodes], self.text_instruction)
+        return self._embed([self.node_input(n) for n in nodes], self.document_instruction)

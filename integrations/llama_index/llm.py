@@ -22,7 +22,9 @@ from llama_index.core.llms.custom import CustomLLM
 
 from retrieval_pipeline.models.generator import Qwen3VLGenerator
 
-DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+from .._common import DEFAULT_GENERATOR_MODEL, deprecated_alias, init_core_model
+
+DEFAULT_MODEL = DEFAULT_GENERATOR_MODEL  # kept for imports of the old name
 
 
 def _block_input(block: Any) -> Any:
@@ -46,14 +48,16 @@ def messages_to_chat(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 
 
 class Qwen3VLLLM(CustomLLM):
-    """``Qwen3VLLLM(model="Qwen/Qwen3-VL-2B-Instruct")`` or ``Qwen3VLLLM(generator=existing)``; multimodal chat
-    (``RetrieverQueryEngine.from_args(..., llm=Qwen3VLLLM(...), multimodal=True)``) passes retrieved images as
-    pixels."""
+    """``Qwen3VLLLM(model="Qwen/Qwen3-VL-2B-Instruct", device="cuda")`` (``model`` defaults to
+    ``$QWEN3VL_RAG_GENERATOR_MODEL``; other keyword arguments go to :class:`Qwen3VLGenerator`) or
+    ``Qwen3VLLLM(generator=existing)``; multimodal chat (``RetrieverQueryEngine.from_args(..., llm=Qwen3VLLLM(...),
+    multimodal=True)``) passes retrieved images as pixels. ``core_kwargs`` is the deprecated name of
+    ``model_kwargs``."""
 
-    model: str = Field(default=DEFAULT_MODEL, description="Hub id or local folder of a Qwen3-VL instruct model.")
+    model: str = Field(default=DEFAULT_GENERATOR_MODEL, description="Hub id or local folder of an instruct model.")
     max_new_tokens: int = Field(default=256, gt=0, description="Answer length limit.")
     context_window: int = Field(default=32768, description="Prompt tokens the model accepts.")
-    core_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLGenerator.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLGenerator.")
 
     _generator: Qwen3VLGenerator = PrivateAttr()
 
@@ -63,14 +67,23 @@ class Qwen3VLLLM(CustomLLM):
         *,
         generator: Qwen3VLGenerator | None = None,
         max_new_tokens: int = 256,
-        **core_kwargs: Any,
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        if generator is None:
-            generator = Qwen3VLGenerator(model or DEFAULT_MODEL, max_new_tokens=max_new_tokens, **core_kwargs)
-        super().__init__(
-            model=model or generator.model_name_or_path, max_new_tokens=max_new_tokens, core_kwargs=core_kwargs
+        generator, name, opts = init_core_model(
+            "generator",
+            Qwen3VLGenerator,
+            generator,
+            model,
+            kwargs,
+            type(self).__name__,
+            {"max_new_tokens": max_new_tokens},
+            model_kwargs=model_kwargs,
         )
+        super().__init__(model=name, max_new_tokens=max_new_tokens, **opts)
         self._generator = generator
+
+    core_kwargs = deprecated_alias("core_kwargs", "model_kwargs")  # deprecated name
 
     @classmethod
     def class_name(cls) -> str:

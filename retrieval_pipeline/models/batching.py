@@ -1,18 +1,21 @@
-"""Batching: length-sorted packing under a token budget, padding, and the multimodal rotary positions.
+"""Batching: length-sorted packing under a token budget, padding, moving to the device, the batched run.
 
 Sorting by length before batching keeps padding (wasted compute) small; the token budget bounds memory by
-``max_batch_tokens`` rather than by the number of inputs; results go back to input order by index.
+``max_batch_tokens`` rather than by the number of inputs; identical items (same key) run once and results go back
+to input order by key (:func:`run_batched`). Also the multimodal rotary positions and last-token pooling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .encoding import Encoded
+
+T = TypeVar("T")
 
 
 def plan_batches(
@@ -88,21 +91,29 @@ class Batch:
     pixel_values_videos: torch.Tensor | None
     video_grid_thw: torch.Tensor | None
 
-    def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
-        def move(t: torch.Tensor | None, to_dtype: bool = False) -> torch.Tensor | None:
-            if t is None:
-                return None
-            return t.to(device=device, dtype=dtype) if to_dtype else t.to(device)
-
+    def model_inputs(self) -> dict[str, torch.Tensor | None]:
+        """The model's keyword arguments (still on the CPU; see :func:`batch_to_device`)."""
         return {
-            "input_ids": move(self.input_ids),
-            "attention_mask": move(self.attention_mask),
-            "mm_token_type_ids": move(self.mm_token_type_ids),
-            "pixel_values": move(self.pixel_values, True),
-            "image_grid_thw": move(self.image_grid_thw),
-            "pixel_values_videos": move(self.pixel_values_videos, True),
-            "video_grid_thw": move(self.video_grid_thw),
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "mm_token_type_ids": self.mm_token_type_ids,
+            "pixel_values": self.pixel_values,
+            "image_grid_thw": self.image_grid_thw,
+            "pixel_values_videos": self.pixel_values_videos,
+            "video_grid_thw": self.video_grid_thw,
         }
+
+
+def batch_to_device(
+    batch_or_tensors: Batch | Mapping[str, torch.Tensor | None], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor | None]:
+    """Model inputs on ``device``: pixels (the floating-point tensors) in the model's ``dtype``, token ids, masks,
+    grids and positions as they are; ``None`` stays ``None``."""
+    tensors = batch_or_tensors.model_inputs() if isinstance(batch_or_tensors, Batch) else batch_or_tensors
+    return {
+        name: None if t is None else t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+        for name, t in tensors.items()
+    }
 
 
 def token_types(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
@@ -176,7 +187,7 @@ def last_token_states(
     for 1.8k-token rows). Positions come from the real tokens only, so results equal running each row alone.
     With ``cache`` (a shared prefix's keys/values), the rows continue after the cached tokens.
     """
-    inputs = batch.model_inputs(device, dtype)
+    inputs = batch_to_device(batch, device, dtype)
     if positions is None:
         positions = rope_positions(model, inputs)
     inputs["attention_mask"] = None
@@ -185,3 +196,44 @@ def last_token_states(
     ).last_hidden_state
     last = (batch.lengths - 1).to(device)
     return hidden[torch.arange(hidden.shape[0], device=device), last]
+
+
+def distinct(items: Sequence[Encoded], done: Mapping[bytes, Any] | None = None) -> list[Encoded]:
+    """The first item of each key (computed when missing), in order, leaving out keys already in ``done``."""
+    first: dict[bytes, Encoded] = {}
+    for enc in items:
+        if not enc.key:
+            enc.compute_key()
+        if done is None or enc.key not in done:
+            first.setdefault(enc.key, enc)
+    return list(first.values())
+
+
+def run_batched(
+    items: Sequence[Encoded],
+    forward: Callable[[list[Encoded]], Sequence[T]],
+    *,
+    batch_size: int,
+    max_batch_tokens: int,
+    max_padding: float,
+    length: Callable[[Encoded], int] = len,
+    done: dict[bytes, T] | None = None,
+    bar: Any = None,
+) -> dict[bytes, T]:
+    """Run ``forward`` over the distinct items (by key) not yet in ``done``, in batches cut by :func:`plan_batches`
+    from ``length(item)``; returns ``done`` (key -> result) with their results added. ``bar`` (a tqdm) advances
+    by one per item, duplicates included."""
+    done = {} if done is None else done
+    unique = distinct(items, done)
+    plan = plan_batches(
+        [length(e) for e in unique], batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_padding=max_padding
+    )
+    for batch in plan:
+        group = [unique[j] for j in batch]
+        for enc, result in zip(group, forward(group)):
+            done[enc.key] = result
+        if bar is not None:
+            bar.update(len(group))
+    if bar is not None:
+        bar.update(len(items) - len(unique))  # duplicates count as done too
+    return done

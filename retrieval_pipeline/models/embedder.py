@@ -9,7 +9,6 @@ batches under a token budget; identical inputs in one call run once.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..media import URL_TIMEOUT, InputError, InputLike, InputLimits, check_text, load_input, parse_inputs
-from .batching import collate, last_token_states, plan_batches, windows
+from .batching import last_token_states, run_batched, windows
 from .encoding import (
     FPS,
     MAX_FRAMES,
@@ -32,16 +31,7 @@ from .encoding import (
     embedding_conversation,
     encode_conversation,
 )
-from .runtime import (
-    default_max_batch_tokens,
-    default_max_padding,
-    load_processor,
-    locked,
-    pop_dtype,
-    resolve_device,
-    resolve_dtype,
-    show_progress,
-)
+from .runtime import CheckpointModel, default_max_batch_tokens, default_max_padding, locked, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +54,7 @@ def truncate_and_normalize(
     return t.cpu().numpy().astype(np.float32, copy=False)
 
 
-class Qwen3VLEmbedder:
+class Qwen3VLEmbedder(CheckpointModel):
     """Embed text, images, screenshots, videos and mixed inputs with a Qwen3-VL-Embedding checkpoint.
 
     ``model_name_or_path``: a hub id (e.g. ``Qwen/Qwen3-VL-Embedding-2B``) or a local folder. Extra keyword
@@ -94,34 +84,20 @@ class Qwen3VLEmbedder:
 
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.model_name_or_path = str(model_name_or_path)
         self.max_length = max_length
         self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
         self.default_instruction = default_instruction
         self.batch_size = batch_size
         self.url_timeout = url_timeout
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
+        self._load_checkpoint(
+            model_name_or_path,
+            Qwen3VLModel,
+            device=device,
+            torch_dtype=torch_dtype,
+            from_pretrained_kwargs=from_pretrained_kwargs,
+        )
         self.max_padding = default_max_padding(self.device) if max_padding is None else max_padding
         self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.device)
-
-        logger.info("loading embedding model %s on %s (%s)", model_name_or_path, self.device, self.dtype)
-        self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
-        self.model = Qwen3VLModel.from_pretrained(
-            self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs
-        ).to(self.device)
-        self.model.eval()
-        self.model.requires_grad_(False)
-        # One model call at a time per instance (async adapters and servers call from worker threads).
-        self._lock = threading.RLock()
-        tokenizer = self.processor.tokenizer
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def to(self, device: str | torch.device) -> Qwen3VLEmbedder:
-        """Move the model (e.g. to the CPU between pipeline stages on a small GPU)."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
 
     # ----------------------------------------------------------------------------------------------------------
     @property
@@ -273,37 +249,19 @@ class Qwen3VLEmbedder:
         bar: tqdm | None,
     ) -> None:
         """Forward the encoded items (identical ones once, length-sorted batches) into ``out`` rows."""
-        todo: dict[bytes, Encoded] = {}
-        for enc in encoded.values():
-            if not enc.key:
-                enc.compute_key()
-            if enc.key not in done:
-                todo.setdefault(enc.key, enc)
-        items = list(todo.values())
-        for batch in self._plan([len(e) for e in items], batch_size):
-            group = [items[j] for j in batch]
-            for enc, vec in zip(group, self._forward(group)):
-                done[enc.key] = vec
-            if bar is not None:
-                bar.update(len(group))
+        run_batched(
+            list(encoded.values()),
+            self._forward,
+            batch_size=batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_padding=self.max_padding,
+            done=done,
+            bar=bar,
+        )
         for i, enc in encoded.items():
             out[i] = done[enc.key]
-        if bar is not None:
-            bar.update(len(encoded) - len(items))  # duplicates count as done too
-
-    def _plan(self, lengths: list[int], batch_size: int) -> list[list[int]]:
-        return plan_batches(
-            lengths, batch_size=batch_size, max_batch_tokens=self.max_batch_tokens, max_padding=self.max_padding
-        )
 
     @locked
     @torch.inference_mode()
     def _forward(self, items: list[Encoded]) -> torch.Tensor:
-        batch = collate(
-            items,
-            pad_token_id=self._pad_id,
-            image_token_id=self.processor.image_token_id,
-            video_token_id=self.processor.video_token_id,
-            padding_side="right",
-        )
-        return last_token_states(self.model, batch, self.device, self.dtype).float().cpu()
+        return last_token_states(self.model, self._collate(items), self.device, self.dtype).float().cpu()

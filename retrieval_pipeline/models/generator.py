@@ -9,7 +9,6 @@ LangChain LLM wrapped in a function, ...).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,9 +16,9 @@ from typing import Any, Protocol
 import torch
 
 from ..media import InputError, load_input, parse_input
-from .batching import token_types
+from .batching import batch_to_device, token_types
 from .encoding import MediaSettings, content_items, encode_conversation
-from .runtime import load_processor, pop_dtype, resolve_device, resolve_dtype
+from .runtime import CheckpointModel
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class Answer:
         return {"question": self.question, "answer": self.text, "sources": [h.to_dict() for h in self.sources]}
 
 
-class Qwen3VLGenerator:
+class Qwen3VLGenerator(CheckpointModel):
     """Answer from retrieved multimodal context with a Qwen3-VL instruct model (hub id or local folder)."""
 
     def __init__(
@@ -63,32 +62,24 @@ class Qwen3VLGenerator:
     ) -> None:
         from transformers import Qwen3VLForConditionalGeneration
 
-        self.model_name_or_path = str(model_name_or_path)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         self.media = MediaSettings(max_pixels=max_pixels, total_pixels=total_pixels)
-        self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
-        self.model = Qwen3VLForConditionalGeneration.from_pretrained(
-            self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs
-        ).to(self.device)
-        self.model.eval()
-        self._lock = threading.RLock()
-
-    def to(self, device: str | torch.device) -> Qwen3VLGenerator:
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
+        self._load_checkpoint(
+            model_name_or_path,
+            Qwen3VLForConditionalGeneration,
+            device=device,
+            torch_dtype=torch_dtype,
+            from_pretrained_kwargs=from_pretrained_kwargs,
+        )
 
     def conversation(self, question: str, hits: Sequence[Any]) -> list[dict[str, Any]]:
-        """The RAG prompt as a chat of multimodal objects: numbered context items, then the question."""
+        """The RAG prompt as a chat of multimodal objects: numbered context items, then the question. Each hit shows
+        what its record says a generator should see (``hit.context()``: the item, then e.g. a PDF page's text)."""
         content: list[Any] = []
         for n, hit in enumerate(hits, 1):
             content.append({"text": f"[{n}] {hit.describe()}\n"})
-            content.append(hit.item)
-            if hit.modality == "pdf-page" and hit.text:
-                content.append({"text": f"Page text: {hit.text}"})
+            content.extend(hit.context() if hasattr(hit, "context") else [hit.item])
             content.append({"text": "\n"})
         content.append({"text": f"Question: {question}"})
         return [{"role": "system", "content": [{"text": self.system_prompt}]}, {"role": "user", "content": content}]
@@ -117,20 +108,17 @@ class Qwen3VLGenerator:
         content part a str or ``{"text" / "image" / "video": ...}`` (paths, URLs, PIL images, bytes)."""
         conversation = self._chat_template_input(messages)
         enc = encode_conversation(self.processor, conversation, max_length=None, truncation=False)
-        ids = enc.input_ids[None].to(self.device)
-        inputs: dict[str, Any] = {
+        ids = enc.input_ids[None]
+        tensors = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "mm_token_type_ids": token_types(ids, self.processor.image_token_id, self.processor.video_token_id),
+            "pixel_values": enc.pixel_values,
+            "image_grid_thw": enc.image_grid_thw,
+            "pixel_values_videos": enc.pixel_values_videos,
+            "video_grid_thw": enc.video_grid_thw,
         }
-        for key in ("pixel_values", "pixel_values_videos"):
-            value = getattr(enc, key)
-            if value is not None:
-                inputs[key] = value.to(self.device, self.dtype)
-        for key in ("image_grid_thw", "video_grid_thw"):
-            value = getattr(enc, key)
-            if value is not None:
-                inputs[key] = value.to(self.device)
+        inputs = {k: v for k, v in batch_to_device(tensors, self.device, self.dtype).items() if v is not None}
         tokenizer = self.processor.tokenizer
         with self._lock:
             output = self.model.generate(

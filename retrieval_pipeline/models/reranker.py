@@ -5,15 +5,13 @@ the checkpoint's ``lm_head``. Each pair is encoded exactly as the reference does
 
 Speed: every pair of one call starts with the same tokens (system prompt, instruction, query). That shared
 prefix runs once; its key/value cache is then reused by batches of documents, which run only their own
-tokens. Attention is causal, so the prefix's states do not depend on what follows and the scores are the
-same as running each pair whole.
+tokens (:mod:`.prefix_cache`). Attention is causal, so the scores are the same as running each pair whole.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,7 +30,7 @@ from ..media import (
     load_input,
     parse_input,
 )
-from .batching import collate, last_token_states, plan_batches, rope_positions, token_types, windows
+from .batching import distinct, last_token_states, run_batched, windows
 from .encoding import (
     FPS,
     IMAGE_PATCH_SIZE,
@@ -50,16 +48,8 @@ from .encoding import (
     rerank_conversation,
     truncate_keep_special,
 )
-from .runtime import (
-    default_max_batch_tokens,
-    default_max_padding,
-    load_processor,
-    locked,
-    pop_dtype,
-    resolve_device,
-    resolve_dtype,
-    show_progress,
-)
+from .prefix_cache import PrefixCache, forward_suffixes, run_prefix, shared_prefix_length
+from .runtime import CheckpointModel, default_max_batch_tokens, default_max_padding, locked, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +85,7 @@ class _Query:
     leading: tuple[SharedVision, torch.Tensor] | None = None  # images encoded once: (patches, grids)
 
 
-class Qwen3VLReranker:
+class Qwen3VLReranker(CheckpointModel):
     """Score (query, document) pairs with a Qwen3-VL-Reranker checkpoint (hub id or local folder)."""
 
     def __init__(
@@ -122,46 +112,40 @@ class Qwen3VLReranker:
 
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.model_name_or_path = str(model_name_or_path)
         self.max_length = max_length
         self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
         self.default_instruction = default_instruction
         self.batch_size = batch_size
         self.share_prefix = share_prefix
         self.url_timeout = url_timeout
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
+        self._load_checkpoint(
+            model_name_or_path,
+            Qwen3VLForConditionalGeneration,
+            device=device,
+            torch_dtype=torch_dtype,
+            from_pretrained_kwargs=from_pretrained_kwargs,
+        )
         self.max_padding = default_max_padding(self.device) if max_padding is None else max_padding
         self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.device)
-
-        logger.info("loading reranker %s on %s (%s)", model_name_or_path, self.device, self.dtype)
-        self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
-        tokenizer = self.processor.tokenizer
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in ("yes", "no") if t not in vocab]
-        if missing:
-            raise ValueError(f"{model_name_or_path}: the tokenizer has no token for {missing}; not a reranker")
-        lm = Qwen3VLForConditionalGeneration.from_pretrained(
-            self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs
-        )
-        head = lm.lm_head.weight.detach()
-        # The yes/no head: two rows of lm_head. The rest of lm_head (vocab x hidden) is dropped.
-        self._score_weight = (head[vocab["yes"]].float() - head[vocab["no"]].float()).to(self.device)
-        self.model = lm.model.to(self.device)
-        del lm, head
-        self.model.eval()
-        self.model.requires_grad_(False)
-        # One model call at a time per instance (async adapters and servers call from worker threads).
-        self._lock = threading.RLock()
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._special_ids = set(tokenizer.all_special_ids)
+        self._special_ids = set(self.processor.tokenizer.all_special_ids)
         self._vision_start_id = self.model.config.vision_start_token_id
         self._vision_end_id = self.model.config.vision_end_token_id
 
+    def _check_processor(self) -> None:
+        missing = [t for t in ("yes", "no") if t not in self.processor.tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"{self.model_name_or_path}: the tokenizer has no token for {missing}; not a reranker")
+
+    def _keep(self, loaded: torch.nn.Module) -> torch.nn.Module:
+        """The backbone, and the yes/no head: two rows of lm_head. The rest of lm_head (vocab x hidden) is dropped."""
+        vocab = self.processor.tokenizer.get_vocab()
+        head = loaded.lm_head.weight.detach()
+        self._score_weight = (head[vocab["yes"]].float() - head[vocab["no"]].float()).to(self.device)
+        return loaded.model
+
     def to(self, device: str | torch.device) -> Qwen3VLReranker:
         """Move the model (e.g. to the CPU between pipeline stages on a small GPU)."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
+        super().to(device)
         self._score_weight = self._score_weight.to(self.device)
         return self
 
@@ -211,8 +195,7 @@ class Qwen3VLReranker:
         scores = self.score(
             query, documents, instruction=instruction, batch_size=batch_size, show_progress_bar=show_progress_bar
         )
-        ranked = sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))
-        return ranked[:top_k] if top_k is not None else ranked
+        return rank_scores(scores, top_k)
 
     # ----------------------------------------------------------------------------------------------------------
     def prepare(
@@ -377,14 +360,26 @@ class Qwen3VLReranker:
         return scores
 
     def _score_pairs(self, pairs: list[Encoded], query_vision: int, batch_size: int, bar: tqdm) -> list[float]:
-        """Scores of encoded pairs in order; identical pairs run once."""
-        unique: dict[bytes, Encoded] = {}
-        for enc in pairs:
-            if not enc.key:
-                enc.compute_key()
-            unique.setdefault(enc.key, enc)
-        results = self._score_unique(list(unique.values()), query_vision, batch_size, bar)
-        bar.update(len(pairs) - len(unique))
+        """Scores of encoded pairs in order; identical pairs run once. With a shared prefix, it runs once and the
+        batches run only the pairs' own tokens after it; else the batches run whole pairs."""
+        unique = distinct(pairs)
+        prefix = self._shared_prefix(unique, query_vision) if self.share_prefix and len(unique) > 1 else 0
+        forward: Callable[[list[Encoded]], list[float]] = self._forward_pairs
+        if prefix:
+            cache = self._run_prefix(unique[0], prefix)
+
+            def forward(group: list[Encoded]) -> list[float]:
+                return self._forward_suffixes(group, prefix, cache)
+
+        results = run_batched(
+            pairs,
+            forward,
+            batch_size=batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_padding=self.max_padding,
+            length=lambda enc: len(enc) - prefix,
+            bar=bar,
+        )
         return [results[enc.key] for enc in pairs]
 
     def _encode_pair(self, conversation: list[dict[str, Any]], query: _Query | None = None) -> Encoded:
@@ -405,173 +400,36 @@ class Qwen3VLReranker:
         enc.compute_key()
         return enc
 
-    def _score_unique(self, items: list[Encoded], query_vision: int, batch_size: int, bar: tqdm) -> dict[bytes, float]:
-        results: dict[bytes, float] = {}
-        prefix = self._shared_prefix(items, query_vision) if self.share_prefix and len(items) > 1 else 0
-        if prefix == 0:
-            for batch in self._plan([len(e) for e in items], batch_size):
-                group = [items[j] for j in batch]
-                for enc, s in zip(group, self._forward_pairs(group)):
-                    results[enc.key] = s
-                bar.update(len(group))
-            return results
-
-        cache = self._run_prefix(items[0], prefix)
-        suffix_lengths = [len(e) - prefix for e in items]
-        for batch in self._plan(suffix_lengths, batch_size):
-            group = [items[j] for j in batch]
-            for enc, s in zip(group, self._forward_suffixes(group, prefix, cache)):
-                results[enc.key] = s
-            bar.update(len(group))
-        return results
-
-    def _plan(self, lengths: list[int], batch_size: int) -> list[list[int]]:
-        return plan_batches(
-            lengths, batch_size=batch_size, max_batch_tokens=self.max_batch_tokens, max_padding=self.max_padding
-        )
-
     # ----------------------------------------------------------------------------------------------------------
-    # Shared-prefix machinery
+    # Model calls: the shared prefix (see :mod:`.prefix_cache`), its suffixes, whole pairs; yes/no from the states
 
     def _shared_prefix(self, items: list[Encoded], query_vision: int) -> int:
-        """Length of the token prefix every pair shares, ending before any document image/video and never
-        inside a query image/video (vision tokens stand for pixels, which only the query's are known to share)."""
-        first = items[0].input_ids
-        n = min(len(e) for e in items) - 1  # every pair keeps at least one token of its own
-        for enc in items[1:]:
-            same = (enc.input_ids[:n] == first[:n]).int()
-            n = int(same.cumprod(0).sum())
-            if n == 0:
-                return 0
-        starts = (first[:n] == self._vision_start_id).nonzero().flatten().tolist()
-        ends = (first[:n] == self._vision_end_id).nonzero().flatten().tolist()
-        if len(starts) > query_vision:
-            n = starts[query_vision]  # stop before the first document vision block
-            starts = starts[:query_vision]
-        if len(starts) > len([e for e in ends if e < n]):
-            n = starts[-1]  # the prefix would end inside a vision block: stop before it
-        return n
+        return shared_prefix_length(items, query_vision, self._vision_start_id, self._vision_end_id)
 
-    def _vision_split(self, enc: Encoded, prefix: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split an encoded pair's vision tensors into those of the first ``prefix`` tokens and the rest."""
-        merge = self.processor.image_processor.merge_size**2
-        head: dict[str, Any] = {}
-        tail: dict[str, Any] = {}
-        for pixels_key, grid_key, token_id in (
-            ("pixel_values", "image_grid_thw", self.processor.image_token_id),
-            ("pixel_values_videos", "video_grid_thw", self.processor.video_token_id),
-        ):
-            grid = getattr(enc, grid_key)
-            if grid is None:
-                head[pixels_key] = head[grid_key] = tail[pixels_key] = tail[grid_key] = None
-                continue
-            tokens_in_prefix = int((enc.input_ids[:prefix] == token_id).sum())
-            per_item = (grid.prod(-1) // merge).tolist()
-            k, seen = 0, 0
-            while k < len(per_item) and seen + per_item[k] <= tokens_in_prefix:
-                seen += per_item[k]
-                k += 1
-            patches = int(grid[:k].prod(-1).sum())
-            shared = getattr(enc.shared, pixels_key) if enc.shared is not None else None
-            if shared is not None and shared.shape[0] == patches:  # the query's patches, kept once per call
-                head[pixels_key], tail[pixels_key] = shared, getattr(enc, pixels_key)
-                head[grid_key], tail[grid_key] = grid[:k], (grid[k:] if k < len(per_item) else None)
-                continue
-            pixels = enc.vision(pixels_key)
-            head[pixels_key] = pixels[:patches] if k else None
-            head[grid_key] = grid[:k] if k else None
-            tail[pixels_key] = pixels[patches:] if k < len(per_item) else None
-            tail[grid_key] = grid[k:] if k < len(per_item) else None
-        return head, tail
-
-    def _positions(self, enc: Encoded) -> torch.Tensor:
-        """Multimodal rotary positions (3, L) of one whole pair."""
-        ids = enc.input_ids[None]
-        inputs = {
-            "input_ids": ids,
-            "mm_token_type_ids": token_types(ids, self.processor.image_token_id, self.processor.video_token_id),
-            "image_grid_thw": enc.image_grid_thw,
-            "video_grid_thw": enc.video_grid_thw,
-            "attention_mask": torch.ones_like(ids),
-        }
-        return rope_positions(self.model, inputs)[:, 0]
+    @locked
+    def _run_prefix(self, enc: Encoded, prefix: int) -> PrefixCache:
+        return run_prefix(self.model, enc, prefix, self.processor, self.device, self.dtype)
 
     @locked
     @torch.inference_mode()
-    def _run_prefix(self, enc: Encoded, prefix: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from transformers import DynamicCache
-
-        head, _ = self._vision_split(enc, prefix)
-        ids = enc.input_ids[None, :prefix]
-        cache = DynamicCache(config=self.model.config)
-        self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=torch.ones_like(ids).to(self.device),
-            position_ids=self._positions(enc)[:, None, :prefix].to(self.device),
-            pixel_values=_to(head["pixel_values"], self.device, self.dtype),
-            image_grid_thw=_to(head["image_grid_thw"], self.device),
-            pixel_values_videos=_to(head["pixel_values_videos"], self.device, self.dtype),
-            video_grid_thw=_to(head["video_grid_thw"], self.device),
-            cache=cache,
-            use_cache=True,
+    def _forward_suffixes(self, items: list[Encoded], prefix: int, prefix_cache: PrefixCache) -> list[float]:
+        states = forward_suffixes(
+            self.model, items, prefix, prefix_cache, self.processor, self._pad_id, self.device, self.dtype
         )
-        return [(layer.keys, layer.values) for layer in cache.layers]
-
-    @locked
-    @torch.inference_mode()
-    def _forward_suffixes(
-        self, items: list[Encoded], prefix: int, prefix_cache: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> list[float]:
-        from transformers import DynamicCache
-
-        tails = []
-        for enc in items:
-            _, tail = self._vision_split(enc, prefix)
-            tails.append(
-                Encoded(
-                    input_ids=enc.input_ids[prefix:],
-                    pixel_values=tail["pixel_values"],
-                    image_grid_thw=tail["image_grid_thw"],
-                    pixel_values_videos=tail["pixel_values_videos"],
-                    video_grid_thw=tail["video_grid_thw"],
-                )
-            )
-        batch = collate(
-            tails,
-            pad_token_id=self._pad_id,
-            image_token_id=self.processor.image_token_id,
-            video_token_id=self.processor.video_token_id,
-            padding_side="right",
-        )
-        width = batch.input_ids.shape[1]
-        positions = torch.zeros((3, len(items), width), dtype=torch.long)
-        for row, enc in enumerate(items):
-            own = self._positions(enc)[:, prefix:]
-            positions[:, row, : own.shape[1]] = own
-        n = len(items)
-        cache = DynamicCache(config=self.model.config)
-        for layer_idx, (keys, values) in enumerate(prefix_cache):
-            cache.update(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1), layer_idx)
-        states = last_token_states(self.model, batch, self.device, self.dtype, positions=positions, cache=cache)
         return self._scores(states)
 
     @locked
     @torch.inference_mode()
     def _forward_pairs(self, items: list[Encoded]) -> list[float]:
-        batch = collate(
-            items,
-            pad_token_id=self._pad_id,
-            image_token_id=self.processor.image_token_id,
-            video_token_id=self.processor.video_token_id,
-            padding_side="right",
-        )
-        return self._scores(last_token_states(self.model, batch, self.device, self.dtype))
+        return self._scores(last_token_states(self.model, self._collate(items), self.device, self.dtype))
 
     def _scores(self, last_hidden: torch.Tensor) -> list[float]:
         return torch.sigmoid(last_hidden.float() @ self._score_weight).cpu().tolist()
 
 
-def _to(t: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor | None:
-    if t is None:
-        return None
-    return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+def rank_scores(scores: Sequence[float], top_k: int | None = None) -> list[tuple[int, float]]:
+    """``(document index, score)`` best first (equal scores: the earlier document first), the ``top_k`` best (all
+    when ``None``): the order of :meth:`Qwen3VLReranker.rerank`, for scores from :meth:`~Qwen3VLReranker.score` or
+    :meth:`~Qwen3VLReranker.score_prepared`."""
+    ranked = sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))
+    return ranked[:top_k] if top_k is not None else ranked

@@ -1,16 +1,26 @@
-"""Device, dtype and checkpoint loading shared by the embedder and the reranker."""
+"""What the embedder, reranker and generator share: device and dtype resolution, checkpoint loading, the lock.
+
+:class:`CheckpointModel` is their common base (sentence-transformers' ``BaseModel`` plays the same part): it
+resolves the device and dtype, loads the processor and the model, freezes the model, moves it to the device once,
+and keeps the pad id and the per-instance lock. The batching defaults for CPU and GPU live here too.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
 
+from .batching import Batch, collate
+from .encoding import Encoded
+
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound="CheckpointModel")
 
 # Show a progress bar by default only when a call has at least this many inputs.
 PROGRESS_MIN_ITEMS = 64
@@ -97,3 +107,67 @@ def locked(method: F) -> F:
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+class CheckpointModel:
+    """Base of the model classes: a frozen checkpoint on one device, its processor, a lock, the pad id.
+
+    A subclass calls :meth:`_load_checkpoint` from its constructor; it may override :meth:`_check_processor`
+    (refuse a checkpoint before its weights load) and :meth:`_keep` (the part of the loaded model it runs).
+    """
+
+    model_name_or_path: str
+    device: torch.device
+    dtype: torch.dtype
+    processor: Any
+    model: torch.nn.Module
+
+    def _load_checkpoint(
+        self,
+        model_name_or_path: str,
+        model_class: Any,
+        *,
+        device: str | torch.device | None,
+        torch_dtype: str | torch.dtype | None,
+        from_pretrained_kwargs: dict[str, Any],
+    ) -> None:
+        """Resolve the device and dtype, load the processor, then ``model_class`` (its :meth:`_keep` part frozen,
+        in eval mode, moved to the device once). ``from_pretrained_kwargs`` loses its ``dtype`` alias."""
+        self.model_name_or_path = str(model_name_or_path)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
+        logger.info("loading %s %s on %s (%s)", type(self).__name__, model_name_or_path, self.device, self.dtype)
+        self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
+        tokenizer = self.processor.tokenizer
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # One model call at a time per instance (async adapters and servers call from worker threads).
+        self._lock = threading.RLock()
+        self._check_processor()
+        loaded = model_class.from_pretrained(self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs)
+        model = self._keep(loaded)
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model.to(self.device)
+
+    def _check_processor(self) -> None:
+        """Raise ``ValueError`` when the processor shows the checkpoint is not the kind this class runs."""
+
+    def _keep(self, loaded: torch.nn.Module) -> torch.nn.Module:
+        """The part of the loaded model this class runs (all of it by default)."""
+        return loaded
+
+    def _collate(self, items: Sequence[Encoded]) -> Batch:
+        """Right-padded batch of encoded items with this checkpoint's pad and vision token ids."""
+        return collate(
+            items,
+            pad_token_id=self._pad_id,
+            image_token_id=self.processor.image_token_id,
+            video_token_id=self.processor.video_token_id,
+            padding_side="right",
+        )
+
+    def to(self: M, device: str | torch.device) -> M:
+        """Move the model (e.g. to the CPU between pipeline stages on a small GPU)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self

@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..media import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,60 @@
+"""The server's settings (:class:`ServerConfig`): every limit, timeout and permission ``serve`` runs under."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..media import SERVER_LIMITS, InputLimits
+from ..netfetch import FetchPolicy
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_ITEMS = 256
+
+
+@dataclass
+class ServerConfig:
+    """What ``serve`` allows and bounds; the defaults are safe for a server facing the internet."""
+
+    api_key: str | None = None  # bearer token; None = no auth. An empty or blank token is refused.
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_items: int = MAX_ITEMS  # inputs per request (embeddings) / documents per request (rerank)
+    dynamic_batching: bool = True
+    max_wait_ms: float = 5.0  # how long a request waits for others to share its batch
+    batch_items: int = 64  # a merged batch closes at this many inputs
+    allow_local_files: bool = False  # inputs may name files on the server's disk
+    # Media URLs: off by default. allow_remote_media opens public addresses; fetch_allow names hosts (private ones
+    # included) that may be reached; with fetch_allow alone only those hosts are.
+    allow_remote_media: bool = False
+    fetch_allow: tuple[str, ...] = ()
+    fetch_max_bytes: int = 64 * 1024 * 1024  # per URL
+    fetch_total_bytes: int = 128 * 1024 * 1024  # per request, all URLs together
+    fetch_timeout: float = 20.0  # seconds, wall clock, per URL (redirects included)
+    max_fetches: int = 16  # URLs (frames included) per request
+    max_redirects: int = 3
+    request_timeout: float = 60.0  # seconds to prepare one request's inputs (all downloads and decoding)
+    body_timeout: float = 15.0  # seconds for a client to send its whole request body
+    max_in_flight: int = 16  # requests served at once; beyond: 429 with Retry-After
+    retry_after_s: int = 1
+    prepare_workers: int = 4  # threads preparing requests (twice: one pool for requests with URLs)
+    served_model_names: tuple[str, ...] = ()  # names accepted in a request's "model" (besides the model's own)
+    source_root: str | None = None  # search hits name local sources relative to this folder
+    expose_paths: bool = False  # True: search hits carry the stored (absolute) source paths
+    # characters, images, frames, pixels per item and per request, rerank cost: refusals are 413 naming the limit
+    limits: InputLimits = field(default_factory=lambda: SERVER_LIMITS)
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("an empty bearer token would switch authentication off: pass a real token or None")
+        if self.max_in_flight < 1 or self.prepare_workers < 1:
+            raise ValueError("max_in_flight and prepare_workers must be >= 1")
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy.server(
+            allow_remote=self.allow_remote_media,
+            allow_hosts=tuple(self.fetch_allow),
+            max_bytes=self.fetch_max_bytes,
+            deadline=self.fetch_timeout,
+            max_redirects=self.max_redirects,
+            max_fetches=self.max_fetches,
+            max_total_bytes=self.fetch_total_bytes,
+        )

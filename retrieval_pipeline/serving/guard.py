@@ -1,0 +1,139 @@
+"""The gate in front of every route but the open ones: bearer-token auth, request size (``Content-Length``
+required), at most ``max_in_flight`` requests at once (429 with ``Retry-After`` beyond), the whole body within
+``body_timeout``, and oversized JSON lists refused off the event loop so that ``/health`` stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from concurrent.futures import Executor
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .config import ServerConfig
+from .error_handlers import error_response
+
+# Paths anyone may read (the token, when set, guards everything else); they are not counted as in flight.
+OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def authorized(request: Request, api_key: str | None) -> bool:
+    """The request carries the bearer token (always true without one), compared in constant time."""
+    if not api_key:
+        return True
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else ""
+    return hmac.compare_digest(token.encode(), api_key.encode())
+
+
+def _refusal(request: Request, config: ServerConfig) -> tuple[JSONResponse | None, int]:
+    """(a refusal from the headers alone, or None; the announced body size)."""
+    if not authorized(request, config.api_key):
+        return error_response(
+            401, "missing or wrong bearer token (Authorization: Bearer <key>)", "authentication_error"
+        ), 0
+    if request.method != "POST":
+        return None, 0
+    length = request.headers.get("content-length")
+    if length is None:
+        return error_response(411, "send a Content-Length header (chunked request bodies are not accepted)"), 0
+    try:
+        size = int(length)
+    except ValueError:
+        return error_response(400, "invalid Content-Length header"), 0
+    if size > config.max_request_bytes:
+        return error_response(
+            413,
+            f"request body of {size} bytes exceeds the limit of {config.max_request_bytes} (max_request_bytes)",
+            limit="max_request_bytes",
+        ), size
+    return None, size
+
+
+def _busy(config: ServerConfig) -> JSONResponse:
+    response = error_response(
+        429,
+        f"the server is busy: {config.max_in_flight} requests in flight (max_in_flight); retry shortly",
+        "rate_limit_error",
+        limit="max_in_flight",
+    )
+    response.headers["Retry-After"] = str(config.retry_after_s)
+    return response
+
+
+async def _body_refusal(request: Request, size: int, config: ServerConfig, pool: Executor) -> JSONResponse | None:
+    """The whole body within ``body_timeout`` (a client trickling its upload cannot hold a slot for long); a
+    large JSON body is parsed and measured in a worker thread, so that a 2-million-entry list is refused without
+    the event loop parsing and validating it."""
+    try:
+        body = await asyncio.wait_for(request.body(), config.body_timeout)
+    except asyncio.TimeoutError:
+        return error_response(
+            408,
+            f"the request body did not arrive within {config.body_timeout:g} s (body_timeout)",
+            limit="body_timeout",
+        )
+    if size <= PRECHECK_BYTES:
+        return None
+    # no JSON list in a request may be longer than this (inputs, documents, a frame list, a text list)
+    max_array = max(config.max_items, config.limits.max_frames_per_video or 0)
+    problem = await asyncio.get_running_loop().run_in_executor(pool, oversized_array, body, max_array)
+    if problem is None:
+        return None
+    status, message, limit = problem
+    return error_response(status, message, limit=limit)
+
+
+def install_guard(app: FastAPI, config: ServerConfig, pool: Executor) -> None:
+    """Add the gate to ``app``; ``pool`` runs the pre-check of large bodies. ``app.state.in_flight`` counts."""
+    app.state.in_flight = 0
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        refusal, size = _refusal(request, config)
+        if refusal is not None:
+            return refusal
+        if app.state.in_flight >= config.max_in_flight:
+            return _busy(config)
+        app.state.in_flight += 1
+        try:
+            if request.method == "POST":
+                refusal = await _body_refusal(request, size, config, pool)
+                if refusal is not None:
+                    return refusal
+            return await call_next(request)
+        finally:
+            app.state.in_flight -= 1
+
+
+# Bodies above this size are pre-checked off the event loop (see the guard middleware).
+PRECHECK_BYTES = 64 * 1024
+
+
+def oversized_array(body: bytes, max_array: int) -> tuple[int, str, str | None] | None:
+    """(status, message, limit) for the first JSON array in ``body`` longer than ``max_array`` entries, or a body
+    nested too deeply to parse; None otherwise (a body that is not JSON: the route's own validation answers)."""
+    try:
+        stack = [json.loads(body)]
+    except RecursionError:
+        return 400, "the JSON body is nested too deeply", None
+    except ValueError:
+        return None
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            if len(value) > max_array:
+                return (
+                    413,
+                    f"a list of {len(value)} entries exceeds the limit of {max_array} per list (max_items)",
+                    "max_items",
+                )
+            stack.extend(v for v in value if isinstance(v, (list, dict)))
+        elif isinstance(value, dict):
+            stack.extend(v for v in value.values() if isinstance(v, (list, dict)))
+    return None

@@ -1,0 +1,46 @@
+"""``GET /health`` (details only for authorised callers) and ``GET /v1/models`` (model names, never folders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ..guard import authorized
+from ..state import State, model_name
+
+router = APIRouter(tags=["info"])
+
+
+@router.get("/health")
+async def health(request: Request, state: State) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": "ok"}
+    if authorized(request, state.config.api_key):
+        body.update(
+            {
+                "embedding_model": model_name(state.embedder),
+                "reranker_model": model_name(state.reranker),
+                "collection": state.pipeline.store.collection if state.pipeline is not None else None,
+                "batches": {"embeddings": state.embed_batcher.batches, "embedded_items": state.embed_batcher.items},
+                "in_flight": request.app.state.in_flight,
+            }
+        )
+    return body
+
+
+@router.get("/v1/models")
+async def models(state: State) -> dict[str, Any]:
+    data = []
+    for component, kind in ((state.embedder, "embedding"), (state.reranker, "rerank")):
+        if component is not None:
+            data.append(
+                {
+                    "id": model_name(component),
+                    "object": "model",
+                    "owned_by": "qwen3-vl-rag",
+                    "type": kind,
+                    "created": 0,
+                    "aliases": list(state.config.served_model_names),
+                }
+            )
+    return {"object": "list", "data": data}

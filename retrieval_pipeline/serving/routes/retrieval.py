@@ -1,0 +1,55 @@
+"""``POST /v1/search`` and ``POST /v1/ask``: two-stage retrieval over the collection, and an answer with its
+sources. Hits name local sources relative to ``source_root`` (a file name otherwise) unless ``expose_paths``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+
+from ..schemas import ERRORS, AskRequest, AskResponse, SearchHit, SearchRequest, SearchResponse, plain
+from ..state import ServingState, State
+
+router = APIRouter(tags=["retrieval"])
+
+
+def public_source(source: str | None, state: ServingState) -> str | None:
+    """What a client is told of a hit's source: URLs as they are, never a server path unless allowed."""
+    if not source or state.config.expose_paths or source.startswith(("http://", "https://")):
+        return source
+    path = Path(source)
+    if not path.is_absolute():
+        return source
+    if state.source_root is not None:
+        try:
+            return path.relative_to(state.source_root).as_posix()
+        except ValueError:
+            pass
+    return path.name
+
+
+def _hit(hit: Any, state: ServingState) -> SearchHit:
+    data = hit.to_dict()
+    data["source"] = public_source(data.get("source"), state)
+    return SearchHit(**data)
+
+
+@router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
+async def search(body: SearchRequest, state: State) -> SearchResponse:
+    rag = state.need(state.pipeline, "collection")
+    query = await state.preparer.query(plain(body.query))
+    hits = await state.store_call(rag.search, query, top_k=body.top_k, filters=body.filters, rerank=body.rerank)
+    return SearchResponse(results=[_hit(h, state) for h in hits])
+
+
+@router.post("/v1/ask", response_model=AskResponse, responses=ERRORS)
+async def ask(body: AskRequest, state: State) -> AskResponse:
+    rag = state.need(state.pipeline, "collection")
+    image = None
+    if body.image is not None:
+        image = (await state.preparer.query({"image": body.image}))["image"]
+    answer = await state.store_call(
+        rag.ask, body.question, image=image, top_k=body.top_k, filters=body.filters, rerank=body.rerank
+    )
+    return AskResponse(question=body.question, answer=answer.text, sources=[_hit(h, state) for h in answer.sources])

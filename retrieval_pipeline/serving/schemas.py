@@ -1,0 +1,155 @@
+"""The wire format: pydantic request and response models of every route and the error body (``ErrorBody``).
+
+Requests are strict (unknown fields and wrong types are a 422 naming the field); responses follow the APIs people
+already use (OpenAI embeddings, Cohere / Jina rerank).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
+Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+
+
+class MultimodalInput(BaseModel):
+    """Any of text, image (URL / data URI), video (URL, or a list of frame URLs), with optional settings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str | list[str] | None = None
+    image: str | list[str] | None = None
+    video: str | list[str] | list[list[str]] | None = None
+    instruction: str | None = None
+    fps: PositiveFloat | None = None
+    max_frames: PositiveInt | None = None
+    video_start: Seconds | None = None
+    video_end: Seconds | None = None
+
+
+InputItem = StrictStr | MultimodalInput
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    input: str | list[InputItem] = Field(description="A string, or a list of strings / multimodal objects.")
+    model: str | None = Field(
+        default=None, description="Checked when given: the served model's name (see /v1/models) or an alias."
+    )
+    dimensions: PositiveInt | None = Field(default=None, description="Matryoshka dimension.")
+    encoding_format: Literal["float", "base64"] = "float"
+    input_type: Literal["query", "document"] | None = Field(
+        default=None, description="'query' applies the retrieval query instruction."
+    )
+    instruction: str | None = Field(default=None, description="Instruction for every input (overrides input_type).")
+    user: str | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: InputItem
+    documents: list[InputItem]
+    top_n: PositiveInt | None = None
+    return_documents: bool = False
+    instruction: str | None = None
+    model: str | None = Field(default=None, description="Checked when given (see /v1/models).")
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: InputItem | None = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: list[RerankResult]
+    usage: dict[str, int]
+
+
+FilterValue = StrictStr | StrictInt | StrictBool | list[StrictStr] | list[StrictInt]
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: InputItem
+    top_k: int = Field(default=5, ge=1, le=100)
+    filters: dict[str, FilterValue] | None = None
+    rerank: bool = True
+
+
+class SearchHit(BaseModel):
+    rank: int
+    id: str
+    score: float
+    vector_score: float
+    rerank_score: float | None
+    modality: str | None = None
+    source: str | None = Field(
+        default=None, description="URL, or a path relative to the server's source root (a file name otherwise)."
+    )
+    page: int | None = None
+    segment: list[float] | None = None
+    chunk: int | None = None
+    metadata: dict[str, Any] | None = None
+    text: str = ""
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: str = Field(min_length=1)
+    image: str | None = None
+    top_k: int = Field(default=3, ge=1, le=20)
+    filters: dict[str, FilterValue] | None = None
+    rerank: bool = True
+
+
+class AskResponse(BaseModel):
+    question: str
+    answer: str
+    sources: list[SearchHit]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    index: int | str | None = None
+    param: str | None = None
+    limit: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 411, 413, 429, 503, 504)}
+
+
+def plain(item: Any) -> Any:
+    """A request item as the core takes it: a string, or the dict of a multimodal object."""
+    return item.model_dump(exclude_none=True) if isinstance(item, BaseModel) else item

@@ -1,0 +1,146 @@
+"""What the routes of one app share (:class:`ServingState`): the models, the pipeline, the thread pools, the
+dynamic batchers and the preparer, built once by ``create_app`` and reached from a route as the ``State``
+dependency. Also the few checks every route makes: a model is loaded, the requested model name is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from ..errors import InputError
+from .batcher import DynamicBatcher
+from .config import ServerConfig
+from .error_handlers import HTTPError
+from .prepare import Preparer
+
+logger = logging.getLogger(__name__)
+
+RERANK_BATCH_SHARE = 8  # a rerank call is many pairs: a merged rerank batch holds 1/8 of batch_items calls
+
+
+def model_name(component: Any) -> str | None:
+    """A model's public name: a hub id as is, a local folder by its name only (never a server path)."""
+    if component is None:
+        return None
+    name = str(component.model_name_or_path)
+    return Path(name).name if os.path.isabs(name) or os.path.isdir(name) else name
+
+
+@dataclass
+class ServingState:
+    """One app's models, pipeline, preparer, batchers and thread pools (``app.state.serving``)."""
+
+    config: ServerConfig
+    embedder: Any
+    reranker: Any
+    pipeline: Any
+    preparer: Preparer
+    embed_batcher: DynamicBatcher
+    rerank_batcher: DynamicBatcher
+    store_pool: ThreadPoolExecutor
+    pools: tuple[ThreadPoolExecutor, ...]
+    source_root: Path | None
+
+    @classmethod
+    def build(cls, config: ServerConfig, embedder: Any, reranker: Any, pipeline: Any) -> ServingState:
+        """Threads: preparation (no URLs), preparation of requests with URLs, one per model, and the store."""
+        local_pool = ThreadPoolExecutor(config.prepare_workers, thread_name_prefix="prepare")
+        remote_pool = ThreadPoolExecutor(config.prepare_workers, thread_name_prefix="prepare-urls")
+        embed_pool = ThreadPoolExecutor(1, thread_name_prefix="embed-model")
+        rerank_pool = ThreadPoolExecutor(1, thread_name_prefix="rerank-model")
+        store_pool = ThreadPoolExecutor(max(2, config.prepare_workers // 2), thread_name_prefix="search")
+        wait = config.max_wait_ms if config.dynamic_batching else 0.0
+        preparer = Preparer(
+            local_pool,
+            remote_pool,
+            config.fetch_policy(),
+            request_timeout=config.request_timeout,
+            fetch_timeout=config.fetch_timeout,
+            max_fetches=config.max_fetches,
+            allow_local_files=config.allow_local_files,
+            limits=config.limits,
+        )
+
+        def run_embeddings(items: list[Any]) -> list[Any]:
+            return list(embedder.embed_prepared(items, normalize=False))  # each request truncates its own
+
+        def run_reranks(prepared: list[Any]) -> list[Any]:
+            out: list[Any] = []
+            for one in prepared:
+                try:
+                    out.append(reranker.score_prepared(one))
+                except Exception as exc:  # one request's failure is its own
+                    if not isinstance(exc, InputError):
+                        logger.exception("rerank of %d documents failed", len(one))
+                    out.append(exc)
+            return out
+
+        embed_batcher = DynamicBatcher(
+            run_embeddings, max_items=config.batch_items, max_wait_ms=wait, executor=embed_pool
+        )
+        rerank_batcher = DynamicBatcher(
+            run_reranks,
+            max_items=max(1, config.batch_items // RERANK_BATCH_SHARE),
+            max_wait_ms=wait,
+            executor=rerank_pool,
+        )
+        return cls(
+            config=config,
+            embedder=embedder,
+            reranker=reranker,
+            pipeline=pipeline,
+            preparer=preparer,
+            embed_batcher=embed_batcher,
+            rerank_batcher=rerank_batcher,
+            store_pool=store_pool,
+            pools=(local_pool, remote_pool, embed_pool, rerank_pool, store_pool),
+            source_root=Path(config.source_root).expanduser().resolve() if config.source_root else None,
+        )
+
+    async def close(self) -> None:
+        await self.embed_batcher.close()
+        await self.rerank_batcher.close()
+        for pool in self.pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def need(component: Any, what: str) -> Any:
+        """``component``, or a 404 saying this server has no such model."""
+        if component is None:
+            raise HTTPError(404, f"this server has no {what} model loaded", "not_found_error")
+        return component
+
+    def check_model(self, requested: str | None, component: Any) -> None:
+        """A request's ``model``, when given, must name the served model (its own name or an alias)."""
+        if requested is None:
+            return
+        aliases = self.config.served_model_names
+        if requested not in {str(component.model_name_or_path), model_name(component), *aliases}:
+            served = sorted({model_name(component), *aliases})
+            raise HTTPError(
+                404,
+                f"model {requested!r} not found: this endpoint serves {', '.join(repr(m) for m in served)}",
+                code="model_not_found",
+                param="model",
+            )
+
+    async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` (a search, an answer) in the store's threads; its errors reach the handlers."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.store_pool, contextvars.copy_context().run, lambda: fn(*args, **kwargs))
+
+
+async def get_state(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+State = Annotated[ServingState, Depends(get_state)]
