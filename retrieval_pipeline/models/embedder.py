@@ -31,7 +31,7 @@ from .encoding import (
     embedding_conversation,
     encode_conversation,
 )
-from .runtime import CheckpointModel, default_max_batch_tokens, default_max_padding, locked, show_progress
+from .runtime import CheckpointModel, locked, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +84,6 @@ class Qwen3VLEmbedder(CheckpointModel):
 
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.max_length = max_length
-        self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
-        self.default_instruction = default_instruction
-        self.batch_size = batch_size
-        self.url_timeout = url_timeout
         self._load_checkpoint(
             model_name_or_path,
             Qwen3VLModel,
@@ -96,8 +91,15 @@ class Qwen3VLEmbedder(CheckpointModel):
             torch_dtype=torch_dtype,
             from_pretrained_kwargs=from_pretrained_kwargs,
         )
-        self.max_padding = default_max_padding(self.device) if max_padding is None else max_padding
-        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.device)
+        self._configure_runs(
+            max_length=max_length,
+            media=MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames),
+            default_instruction=default_instruction,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_padding=max_padding,
+            url_timeout=url_timeout,
+        )
 
     # ----------------------------------------------------------------------------------------------------------
     @property

@@ -49,7 +49,7 @@ from .encoding import (
     truncate_keep_special,
 )
 from .prefix_cache import PrefixCache, forward_suffixes, run_prefix, shared_prefix_length
-from .runtime import CheckpointModel, default_max_batch_tokens, default_max_padding, locked, show_progress
+from .runtime import CheckpointModel, locked, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +112,7 @@ class Qwen3VLReranker(CheckpointModel):
 
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.max_length = max_length
-        self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
-        self.default_instruction = default_instruction
-        self.batch_size = batch_size
         self.share_prefix = share_prefix
-        self.url_timeout = url_timeout
         self._load_checkpoint(
             model_name_or_path,
             Qwen3VLForConditionalGeneration,
@@ -125,8 +120,15 @@ class Qwen3VLReranker(CheckpointModel):
             torch_dtype=torch_dtype,
             from_pretrained_kwargs=from_pretrained_kwargs,
         )
-        self.max_padding = default_max_padding(self.device) if max_padding is None else max_padding
-        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.device)
+        self._configure_runs(
+            max_length=max_length,
+            media=MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames),
+            default_instruction=default_instruction,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_padding=max_padding,
+            url_timeout=url_timeout,
+        )
         self._special_ids = set(self.processor.tokenizer.all_special_ids)
         self._vision_start_id = self.model.config.vision_start_token_id
         self._vision_end_id = self.model.config.vision_end_token_id

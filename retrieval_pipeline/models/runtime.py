@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from .batching import Batch, collate
-from .encoding import Encoded
+from .encoding import Encoded, MediaSettings
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -148,6 +148,29 @@ class CheckpointModel:
         model.eval()
         model.requires_grad_(False)
         self.model = model.to(self.device)
+
+    def _configure_runs(
+        self,
+        *,
+        max_length: int,
+        media: MediaSettings,
+        default_instruction: str,
+        batch_size: int,
+        max_batch_tokens: int | None,
+        max_padding: float | None,
+        url_timeout: float,
+    ) -> None:
+        """The settings of a model that runs batches of inputs (the embedder, the reranker); batching defaults
+        follow the device (call after :meth:`_load_checkpoint`)."""
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.max_length = max_length
+        self.media = media
+        self.default_instruction = default_instruction
+        self.batch_size = batch_size
+        self.url_timeout = url_timeout
+        self.max_padding = default_max_padding(self.device) if max_padding is None else max_padding
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(self.device)
 
     def _check_processor(self) -> None:
         """Raise ``ValueError`` when the processor shows the checkpoint is not the kind this class runs."""
