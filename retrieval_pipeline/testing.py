@@ -7,57 +7,209 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json")
+PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "generation_config.json",
+)
+
+# The released architectures (from the public config.json of Qwen3-VL-2B/8B-Instruct, which the Embedding and
+# Reranker models share). Sizes only: token ids and processor settings come from the ``like`` checkpoint.
+REAL_SIZES: dict[str, dict[str, Any]] = {
+    "2B": {
+        "text": {
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 262144,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        },
+        "vision": {
+            "depth": 24,
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_heads": 16,
+            "out_hidden_size": 2048,
+            "deepstack_visual_indexes": [5, 11, 17],
+            "num_position_embeddings": 2304,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        "tie_word_embeddings": True,
+    },
+    "8B": {
+        "text": {
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 262144,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        },
+        "vision": {
+            "depth": 27,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "out_hidden_size": 4096,
+            "deepstack_visual_indexes": [8, 16, 24],
+            "num_position_embeddings": 2304,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        "tie_word_embeddings": False,
+    },
+}
+SHARD_BYTES = 2 * 1024**3
 
 
 def build_random_checkpoint(
     folder: str | Path,
     *,
     like: str | Path,
+    size: str | None = None,
     hidden_size: int = 128,
     layers: int = 2,
     intermediate_size: int | None = None,
     vision: dict[str, Any] | None = None,
+    dtype: str | None = None,
     seed: int = 0,
 ) -> Path:
     """Save a randomly initialised ``Qwen3VLForConditionalGeneration`` to ``folder``.
 
     ``like``: an existing checkpoint folder whose config (token ids, vision layout) and processor files
-    (tokenizer, chat template, image/video processors) are reused; only the sizes change. Loads with the same
-    ``from_pretrained`` calls as the released models.
+    (tokenizer, chat template, image/video processors) are reused; only the sizes change. ``size``: ``"2B"`` or
+    ``"8B"`` for the released architecture (every shape of the real model, vocabulary included), written tensor by
+    tensor in safetensors shards (bfloat16 by default, like the released weights), so building the 8B one needs
+    about one tensor's memory; otherwise a small model of ``hidden_size`` / ``layers`` (float32 by default). Loads
+    with the same ``from_pretrained`` calls as the released models.
     """
     import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLConfig
 
     like, folder = Path(like), Path(folder)
     base = json.loads((like / "config.json").read_text())
     text = dict(base["text_config"])
-    heads = max(2, hidden_size // 64)
-    text.update(
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        head_dim=hidden_size // heads,
-    )
     vision_config = dict(base["vision_config"])
+    if size is not None:
+        if size not in REAL_SIZES:
+            raise ValueError(f"size must be one of {sorted(REAL_SIZES)}, got {size!r}")
+        preset = REAL_SIZES[size]
+        text.pop("rope_scaling", None)
+        text.update(preset["text"])
+        vision_config.update(preset["vision"])
+        tie = preset["tie_word_embeddings"]
+    else:
+        heads = max(2, hidden_size // 64)
+        text.update(
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size or hidden_size * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            head_dim=hidden_size // heads,
+        )
+        vision_config["out_hidden_size"] = hidden_size
+        tie = False
     vision_config.update(vision or {})
-    vision_config["out_hidden_size"] = hidden_size
+    text["tie_word_embeddings"] = tie
     config = Qwen3VLConfig(
         text_config=text,
         vision_config=vision_config,
         **{k: base[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")},
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
+    torch_dtype = getattr(torch, dtype or ("bfloat16" if size else "float32"))
+    config.dtype = torch_dtype
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    _write_random_weights(config, folder, torch_dtype, seed)
+    config.save_pretrained(folder)
     for name in PROCESSOR_FILES:
         if (like / name).exists():
-            shutil.copy(like / name, folder / name)
+            shutil.copyfile(like / name, folder / name)
     return folder
+
+
+def _write_random_weights(config: Any, folder: Path, dtype: Any, seed: int) -> None:
+    """The model's tensors, one at a time, into safetensors shards: matrices N(0, 0.02) (the config's
+    ``initializer_range``), norm weights one, biases zero; tied weights once. Never holds the whole model."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen3VLForConditionalGeneration
+
+    with torch.device("meta"):
+        skeleton = Qwen3VLForConditionalGeneration(config)
+    seen: set[int] = set()
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for name, tensor in skeleton.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:  # tied (lm_head = embed_tokens): saved once, like save_pretrained
+            continue
+        seen.add(id(tensor))
+        shapes.append((name, tuple(tensor.shape)))
+    generator = torch.Generator().manual_seed(seed)
+    shards: list[dict[str, Any]] = [{}]
+    shard_bytes = 0
+    for name, shape in shapes:
+        if name.endswith("bias"):
+            value = torch.zeros(shape, dtype=dtype)
+        elif len(shape) == 1:
+            value = torch.ones(shape, dtype=dtype)
+        else:
+            value = (torch.randn(shape, generator=generator) * 0.02).to(dtype)
+        nbytes = value.numel() * value.element_size()
+        if shard_bytes and shard_bytes + nbytes > SHARD_BYTES:
+            _flush(shards, folder, save_file)
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][name] = value
+        shard_bytes += nbytes
+    _flush(shards, folder, save_file, last=True)
+
+
+def _flush(shards: list[dict[str, Any]], folder: Path, save_file: Any, *, last: bool = False) -> None:
+    """Write the newest shard (its tensors are dropped from memory); on ``last``, name the shards and the index."""
+    number = len(shards)
+    tensors = shards[-1]
+    path = folder / f"shard-{number:05d}.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    shards[-1] = {name: None for name in tensors}
+    if not last:
+        return
+    if number == 1:
+        path.rename(folder / "model.safetensors")
+        return
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, shard in enumerate(shards, 1):
+        final = f"model-{i:05d}-of-{number:05d}.safetensors"
+        (folder / f"shard-{i:05d}.safetensors").rename(folder / final)
+        total += (folder / final).stat().st_size
+        weight_map.update(dict.fromkeys(shard, final))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 def make_text_pdf(path: str | Path, pages: list[str], *, bars: bool = True) -> Path:

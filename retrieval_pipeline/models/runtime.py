@@ -7,10 +7,15 @@ and keeps the pad id and the per-instance lock. The batching defaults for CPU an
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import logging
+import mmap
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -32,6 +37,13 @@ GPU_MAX_PADDING = 0.5
 # 1024 tokens ran 1.04x one-at-a-time, 16384 ran 0.91x); on a GPU, large batches fill the device.
 CPU_MAX_BATCH_TOKENS = 1024
 GPU_MAX_BATCH_TOKENS = 16384
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+try:
+    _libc: Any = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+except OSError:  # pragma: no cover
+    _libc = None
 
 _DTYPE_NAMES = {
     "float32": torch.float32,
@@ -58,17 +70,59 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bfloat16 natively: x86 with AVX512-BF16 or AMX-BF16 (Intel Cooper Lake,
+    Sapphire Rapids and later, AMD Zen 4 and later), Arm with the BF16 extension (Graviton 3, Apple M2 and later).
+    Elsewhere bfloat16 is emulated and slower than float32. ``cpuinfo``: the text of ``/proc/cpuinfo`` (tests)."""
+    if cpuinfo is None:
+        if sys.platform == "darwin":
+            return _sysctl_flag("hw.optional.arm.FEAT_BF16")
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _sysctl_flag(name: str) -> bool:
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.strip() == "1"
+
+
+def auto_dtype(device: torch.device, *, native_bf16: bool | None = None) -> torch.dtype:
+    """The fast dtype for ``device``: bfloat16 on CUDA; on the CPU bfloat16 where it is native
+    (:func:`cpu_has_native_bf16`), else float32."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+    return torch.bfloat16 if native else torch.float32
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``: bfloat16 on CUDA, float32 on the CPU."""
+    """``None``: bfloat16 on CUDA, float32 on the CPU (the reference numbers). ``"auto"``: :func:`auto_dtype`."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str):
         name = dtype.removeprefix("torch.").lower()
+        if name == "auto":
+            return auto_dtype(device)
         if name in _DTYPE_NAMES:
             return _DTYPE_NAMES[name]
-    raise ValueError(f"unsupported dtype {dtype!r}; pass a torch.dtype or one of {sorted(set(_DTYPE_NAMES))}")
+    raise ValueError(
+        f"unsupported dtype {dtype!r}; pass a torch.dtype, 'auto' or one of {sorted(set(_DTYPE_NAMES))}"
+    )
 
 
 def pop_dtype(torch_dtype: Any, kwargs: dict[str, Any]) -> Any:
@@ -109,6 +163,78 @@ def locked(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def stored_dtype(model_name_or_path: str, from_pretrained_kwargs: dict[str, Any]) -> torch.dtype | None:
+    """The dtype a checkpoint's weights are saved in (its config's ``dtype``), ``None`` when it does not say."""
+    from transformers import AutoConfig
+
+    keep = {
+        k: from_pretrained_kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only")
+        if k in from_pretrained_kwargs
+    }
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, **keep)
+    except (OSError, ValueError):
+        return None  # from_pretrained reports it with its own message
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = _DTYPE_NAMES.get(value.removeprefix("torch.").lower())
+    return value if isinstance(value, torch.dtype) else None
+
+
+def widen_in_place(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Convert ``model``'s floating-point parameters and buffers to ``dtype`` one tensor at a time. A tensor read
+    from a memory-mapped weight file gives its pages back as soon as its copy exists (they are clean file pages:
+    dropping them loses nothing), so peak memory is the converted model plus one tensor."""
+    regions = _mapped_weight_regions()
+    with torch.no_grad():
+        for module in model.modules():
+            for tensor in [*module._parameters.values(), *module._buffers.values()]:
+                if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+                    continue
+                old = tensor.data
+                tensor.data = old.to(dtype)
+                _drop_pages(old, regions)
+    gc.collect()
+
+
+def _mapped_weight_regions() -> list[tuple[int, int]]:
+    """Address ranges of this process's memory-mapped ``.safetensors`` files (Linux; elsewhere none)."""
+    regions = []
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 6 and parts[-1].endswith(".safetensors"):
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    regions.append((start, end))
+    except OSError:
+        return []
+    return regions
+
+
+def _drop_pages(tensor: torch.Tensor, regions: list[tuple[int, int]]) -> None:
+    """Tell the kernel the whole pages of ``tensor`` are not needed, only where they lie in a mapped weight file
+    (never anonymous memory: that would lose data another tensor may share)."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    for lo, hi in regions:
+        a, b = max(start, lo), min(end, hi)
+        a = (a + _PAGE - 1) // _PAGE * _PAGE
+        b = b // _PAGE * _PAGE
+        if b > a and _libc is not None:
+            _libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), _MADV_DONTNEED)
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system after a model is dropped: collect, trim glibc's heap, empty the CUDA
+    cache."""
+    gc.collect()
+    if _libc is not None and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class CheckpointModel:
     """Base of the model classes: a frozen checkpoint on one device, its processor, a lock, the pad id.
 
@@ -143,10 +269,18 @@ class CheckpointModel:
         # One model call at a time per instance (async adapters and servers call from worker threads).
         self._lock = threading.RLock()
         self._check_processor()
-        loaded = model_class.from_pretrained(self.model_name_or_path, dtype=self.dtype, **from_pretrained_kwargs)
+        stored = stored_dtype(self.model_name_or_path, from_pretrained_kwargs)
+        upcast = self.device.type == "cpu" and stored in (torch.bfloat16, torch.float16) and self.dtype == torch.float32
+        # A 16-bit checkpoint read as float32 on the CPU: load it as stored (memory-mapped, no copy) and widen one
+        # tensor at a time, so the file's pages and the float32 copy are never all resident at once.
+        load_dtype = stored if upcast else self.dtype
+        loaded = model_class.from_pretrained(self.model_name_or_path, dtype=load_dtype, **from_pretrained_kwargs)
         model = self._keep(loaded)
+        del loaded
         model.eval()
         model.requires_grad_(False)
+        if upcast:
+            widen_in_place(model, self.dtype)
         self.model = model.to(self.device)
 
     def _configure_runs(
