@@ -48,8 +48,19 @@ def _common() -> argparse.ArgumentParser:
     m.add_argument("--reranker-model", default=_env("RERANKER_MODEL"), help=f"default: {DEFAULT_RERANKER_MODEL}")
     m.add_argument("--generator-model", default=_env("GENERATOR_MODEL"), help=f"default: {DEFAULT_GENERATOR_MODEL}")
     m.add_argument("--device", default=_env("DEVICE"), help="cpu, cuda, cuda:N (default: CUDA when present)")
-    m.add_argument("--dtype", default=_env("DTYPE"), help="float32 / bfloat16 (default: bfloat16 on CUDA)")
-    m.add_argument("--offload", action="store_true", help="keep only the running stage's model on the GPU")
+    m.add_argument(
+        "--dtype",
+        default=_env("DTYPE", "auto"),
+        help="auto / float32 / bfloat16 (default auto: bfloat16 on CUDA and on CPUs with native bfloat16, else "
+        "float32; float32 gives the reference numbers)",
+    )
+    m.add_argument(
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="only the running stage's model in memory (default: on for a CPU, where each model is loaded for its "
+        "stage and dropped after; off for a GPU, where --offload moves the others to the CPU)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log messages")
     return p
@@ -70,7 +81,9 @@ def _index_options(p: argparse.ArgumentParser) -> None:
 def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
     p.add_argument("--image", default=None, help="an image (path or URL) that is part of the query")
     p.add_argument("--top-k", type=int, default=default_top_k, help=f"results (default {default_top_k})")
-    p.add_argument("--candidates", type=int, default=50, help="stage-one candidates to rerank (default 50)")
+    p.add_argument(
+        "--candidates", type=int, default=None, help="stage-one candidates to rerank (default 50 on a GPU, 20 on a CPU)"
+    )
     p.add_argument("--no-rerank", action="store_true", help="stage one only")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
 
@@ -101,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
     sub.add_parser("info", parents=[common], help="what the collection holds")
     p = sub.add_parser("serve", parents=[common], help="HTTP API: embeddings, rerank, search, ask")
+    p.add_argument(
+        "--models",
+        default=_env("SERVE_MODELS", "embed,rerank,generate"),
+        help="the models to load, comma-separated from embed, rerank, generate (default all three; e.g. "
+        "'embed,rerank' leaves /v1/ask and chat out and saves the generator's memory)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=_env("SERVER_TOKEN"), help="require 'Authorization: Bearer TOKEN'")
@@ -174,29 +193,69 @@ def _store(args: argparse.Namespace) -> Any:
     return open_store(db=args.db, collection=args.collection)
 
 
+SERVE_MODELS = ("embed", "rerank", "generate")
+
+
+def _serve_models(value: str) -> set[str]:
+    models = {m.strip() for m in value.split(",") if m.strip()}
+    unknown = models - set(SERVE_MODELS)
+    if unknown or not models:
+        raise ValueError(f"--models takes a comma-separated subset of {', '.join(SERVE_MODELS)}, got {value!r}")
+    return models
+
+
 def _pipeline(args: argparse.Namespace, store: Any) -> Any:
     from .pipeline import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, RAGPipeline
 
+    models = _serve_models(args.models) if args.command == "serve" else set(SERVE_MODELS)
     embedding = args.embedding_model
     if embedding is None:
         embedding = None if args.command in ("search", "ask", "serve") and store.exists() else DEFAULT_EMBEDDING_MODEL
     generator = getattr(args, "generator_model", None) or DEFAULT_GENERATOR_MODEL
+    offload = args.offload
+    if args.command == "serve":  # a server keeps what it serves loaded; --offload only moves models off a GPU
+        offload = bool(offload) and _device(args).type == "cuda"
     return RAGPipeline(
         store,
-        embedding_model=embedding,
-        reranker_model=args.reranker_model or DEFAULT_RERANKER_MODEL,
-        generator=generator,
+        embedding_model=embedding if "embed" in models else None,
+        reranker_model=(args.reranker_model or DEFAULT_RERANKER_MODEL) if "rerank" in models else None,
+        generator=generator if "generate" in models else None,
         device=args.device,
         torch_dtype=args.dtype,
         dim=getattr(args, "dim", None),
-        candidates=getattr(args, "candidates", 50),
-        offload=args.offload,
+        candidates=getattr(args, "candidates", None),
+        offload=offload,
         generator_options={"max_new_tokens": getattr(args, "max_new_tokens", 256)},
     )
 
 
+def _device(args: argparse.Namespace) -> Any:
+    from .models.runtime import resolve_device
+
+    return resolve_device(args.device)
+
+
+def _announce(args: argparse.Namespace) -> None:
+    """Say on stderr where the models run and in which dtype (``--dtype auto`` depends on the hardware)."""
+    if args.quiet or args.json:
+        return
+    from .models.runtime import cpu_has_native_bf16, resolve_dtype
+
+    device = _device(args)
+    dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
+    why = ""
+    if str(args.dtype).lower() == "auto" and device.type == "cpu":
+        why = " (native on this CPU)" if cpu_has_native_bf16() else " (this CPU has no native bfloat16)"
+    note = "; --dtype float32 gives the reference numbers" if dtype != "float32" and device.type == "cpu" else ""
+    print(f"models: {device.type}, {dtype}{why}{note}", file=sys.stderr)
+
+
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _timings(pipeline: Any) -> list[dict[str, Any]]:
+    return [{"stage": stage, "start": start, "seconds": round(sec, 3)} for stage, start, sec in pipeline.timings]
 
 
 def _hits_text(hits: list[Any]) -> str:
@@ -270,6 +329,7 @@ def run_command(args: argparse.Namespace) -> int:
             _print(args, {"pushed": n, "to": target.location}, f"pushed {n} points to {target.location}")
             return 0
         pipeline = _pipeline(args, store)
+        _announce(args)
         if args.command == "serve":
             return _serve(args, pipeline)
         if args.command == "index":
@@ -286,7 +346,7 @@ def run_command(args: argparse.Namespace) -> int:
             answer = pipeline.ask(
                 question, image=args.image, top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank
             )
-            data = {"index": report.to_dict(), **answer.to_dict()}
+            data = {"index": report.to_dict(), **answer.to_dict(), "timings": _timings(pipeline)}
             _print(args, data, f"{answer.text}\n\nSources:\n{_hits_text(answer.sources)}")
             return 0
         _require_points(pipeline)
@@ -334,7 +394,16 @@ def _serve(args: argparse.Namespace, pipeline: Any) -> int:
         expose_paths=args.expose_paths,
         limits=_server_limits(args.limit),
     )
-    serve(create_app(pipeline=pipeline, config=config), host=args.host, port=args.port)
+    models = _serve_models(args.models)
+    if "embed" not in models:  # a rerank-only server: no collection to search
+        if "generate" in models:
+            raise ValueError("--models: 'generate' answers from a search of the collection, which needs 'embed'")
+        app = create_app(reranker=pipeline.reranker, config=config)
+    else:
+        if "generate" in models:
+            pipeline.generator  # loaded now: the memory is known at start, and a bad model fails here  # noqa: B018
+        app = create_app(pipeline=pipeline, config=config)
+    serve(app, host=args.host, port=args.port)
     return 0
 
 

@@ -434,6 +434,11 @@ def _first_ref(item: Mapping[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def dtype_name(dtype: Any) -> str | None:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (None stays None)."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
 class Indexer:
     """Embeds units in groups and upserts them; skips what the store already holds; attributes every failure to
     its file; keeps each point's list of sources right (changed files lose their old points)."""
@@ -459,11 +464,21 @@ class Indexer:
             dim=self.dim,
             instruction=self.instruction,
             model_id=model_fingerprint(name, getattr(embedder, "revision", None)),
+            dtype=dtype_name(getattr(embedder, "dtype", None)),
         )
 
     def _open(self) -> CollectionSpec:
         # The collection's own spec: an existing collection keeps the id scheme it was created with.
+        mine = self.spec.dtype
         self.spec = self.store.open(self.spec)
+        if mine and self.spec.dtype and mine != self.spec.dtype:
+            logger.warning(
+                "collection %r holds %s vectors; these are computed in %s (--dtype %s for the same numbers)",
+                self.store.collection,
+                self.spec.dtype,
+                mine,
+                self.spec.dtype,
+            )
         return self.spec
 
     def _max_pixels(self) -> int:

@@ -1,13 +1,17 @@
 """The whole job in one object: index a folder, search it, answer questions about it.
 
-Models load lazily (indexing needs only the embedder), and with ``offload=True`` only the model of the running
-stage sits on the GPU: the three models need not fit in GPU memory at once.
+Models load lazily (indexing needs only the embedder) and, by default on the CPU, are resident only while their
+stage runs: the embedder is dropped before the reranker loads, the reranker before the generator, so the peak is
+one model, not three (``offload=False`` keeps them all). On a GPU all three stay loaded unless ``offload=True``,
+which keeps only the running stage's model on the GPU.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,8 @@ from .errors import CollectionMismatchError, CollectionNotFoundError, ModelLoadE
 from .ingest import Indexer, IndexReport, IngestOptions
 from .media import InputLike
 from .models.generator import Answer, Qwen3VLGenerator
-from .models.runtime import resolve_device
-from .retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
+from .models.runtime import release_memory, resolve_device
+from .retriever import QUERY_INSTRUCTION, Hit, TwoStageRetriever, default_candidates
 from .store import VectorStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -26,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
 DEFAULT_GENERATOR_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+STAGES = ("embedder", "reranker", "generator")
 
 
 class RAGPipeline:
@@ -41,9 +46,9 @@ class RAGPipeline:
         device: str | None = None,
         torch_dtype: str | torch.dtype | None = None,
         dim: int | None = None,
-        candidates: int = CANDIDATES,
+        candidates: int | None = None,
         query_instruction: str = QUERY_INSTRUCTION,
-        offload: bool = False,
+        offload: bool | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
         generator_options: Mapping[str, Any] | None = None,
         embedder: Any = None,
@@ -56,13 +61,16 @@ class RAGPipeline:
         self.device = device
         self.torch_dtype = torch_dtype
         self.dim = dim
-        self.candidates = candidates
+        # None: 50 on a GPU, fewer on a CPU (retriever.default_candidates)
+        self.candidates = candidates if candidates is not None else default_candidates(resolve_device(device))
         self.query_instruction = query_instruction
         self.offload = offload
         self.model_kwargs = dict(model_kwargs or {})
         self.generator_options = dict(generator_options or {})
         self._embedder = embedder
         self._reranker = reranker
+        self.timings: list[tuple[str, float, float]] = []
+        self._owned: set[str] = set()  # the models this pipeline loaded (and so may drop and load again)
         self._generator: Callable[[str, Sequence[Hit]], str] | None = None if isinstance(generator, str) else generator
 
     @classmethod
@@ -85,16 +93,29 @@ class RAGPipeline:
     # ----------------------------------------------------------------------------------------------------------
     # lazily loaded components
 
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Record how long ``stage`` takes in :attr:`timings` (``(stage, start, seconds)``, ``time.time()`` start)."""
+        start, t0 = time.time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - t0
+            self.timings.append((stage, start, seconds))
+            logger.info("%s: %.1fs", stage, seconds)
+
     def _load(self, what: str, factory: Callable[..., Any], name: str, **options: Any) -> Any:
         logger.info("loading %s model %s", what, name)
         try:
-            return factory(name, device=self.device, torch_dtype=self.torch_dtype, **options, **self.model_kwargs)
+            with self.timed(f"load {what} model"):
+                return factory(name, device=self.device, torch_dtype=self.torch_dtype, **options, **self.model_kwargs)
         except (OSError, ValueError) as exc:
             where = "a local folder" if Path(name).exists() else "a hub id or a local folder"
             raise ModelLoadError(f"cannot load the {what} model {name!r} ({where}): {exc}") from None
 
     @property
     def embedder(self) -> Any:
+        self._enter("embedder")
         if self._embedder is None:
             from .models.embedder import Qwen3VLEmbedder
 
@@ -102,31 +123,65 @@ class RAGPipeline:
             if name is None:  # take the model the collection was built with
                 name = self.store.open(create=False).model
             self._embedder = self._load("embedding", Qwen3VLEmbedder, name)
-        return self._stage(self._embedder)
+            self._owned.add("embedder")
+        return self._on_device(self._embedder)
 
     @property
     def reranker(self) -> Any:
-        if self._reranker is None and self.reranker_model:
+        if self._reranker is None and not self.reranker_model:
+            return None
+        self._enter("reranker")
+        if self._reranker is None:
             from .models.reranker import Qwen3VLReranker
 
             self._reranker = self._load("reranker", Qwen3VLReranker, self.reranker_model)
-        return self._stage(self._reranker) if self._reranker is not None else None
+            self._owned.add("reranker")
+        return self._on_device(self._reranker)
 
     @property
     def generator(self) -> Callable[[str, Sequence[Hit]], str] | None:
+        if isinstance(self.generator_spec, str) or isinstance(self._generator, Qwen3VLGenerator):
+            self._enter("generator")
         if self._generator is None and isinstance(self.generator_spec, str):
             self._generator = self._load("generator", Qwen3VLGenerator, self.generator_spec, **self.generator_options)
+            self._owned.add("generator")
         if isinstance(self._generator, Qwen3VLGenerator):
-            self._stage(self._generator)
+            self._on_device(self._generator)
         return self._generator
 
-    def _stage(self, component: Any) -> Any:
-        """With offloading on a GPU, the running stage's model goes to the GPU and the others to the CPU."""
-        if not self.offload or not hasattr(component, "to"):
+    @property
+    def has_generator(self) -> bool:
+        """Whether :meth:`ask` can answer (a generator model or callable was given)."""
+        return self.generator_spec is not None or self._generator is not None
+
+    def _staging(self) -> str:
+        """How the models share memory: ``"keep"`` (all stay loaded), ``"move"`` (a GPU holds only the running
+        stage's model; the others wait on the CPU) or ``"free"`` (on the CPU, the models this pipeline loaded are
+        dropped when another stage starts, and loaded again when needed)."""
+        if self.offload is False:
+            return "keep"
+        on_gpu = resolve_device(self.device).type == "cuda"
+        if on_gpu:
+            return "move" if self.offload else "keep"
+        return "free"
+
+    def _enter(self, stage: str) -> None:
+        """Before ``stage`` runs (and before its model loads): make room for it."""
+        if self._staging() != "free":
+            return
+        dropped = [name for name in STAGES if name != stage and name in self._owned]
+        for name in dropped:
+            setattr(self, f"_{name}", None)
+            self._owned.discard(name)
+            logger.info("released the %s model (stage-wise residency on the CPU)", name)
+        if dropped:
+            release_memory()
+
+    def _on_device(self, component: Any) -> Any:
+        """When moving, the running stage's model goes to the GPU and the others to the CPU."""
+        if self._staging() != "move" or not hasattr(component, "to"):
             return component
         home = resolve_device(self.device)
-        if home.type != "cuda":
-            return component
         for other in (self._embedder, self._reranker, self._generator):
             if other is not None and other is not component and hasattr(other, "to") and other.device.type != "cpu":
                 other.to("cpu")
@@ -148,9 +203,10 @@ class RAGPipeline:
         prune: bool = False,
     ) -> IndexReport:
         indexer = Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim())
-        return indexer.index_paths(
-            paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar, prune=prune
-        )
+        with self.timed("index"):
+            return indexer.index_paths(
+                paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar, prune=prune
+            )
 
     def _stored_dim(self) -> int | None:
         return self.store.open(create=False).dim if self.store.exists() else None
@@ -160,11 +216,12 @@ class RAGPipeline:
         only when stage two starts."""
         has_reranker = rerank and (self.reranker_model or self._reranker is not None)
         return TwoStageRetriever(
-            self.embedder,
+            lambda: self.embedder,
             self.store,
             (lambda: self.reranker) if has_reranker else None,
             candidates=self.candidates,
             query_instruction=self.query_instruction,
+            timer=self.timed,
         )
 
     def search(
@@ -193,7 +250,9 @@ class RAGPipeline:
             raise ModelLoadError("no generator: pass a generator model or a callable")
         if not hits:
             return Answer(question, "The collection holds nothing that matches the question.", [])
-        return Answer(question, generator(question, hits), hits)
+        with self.timed("generate"):
+            text = generator(question, hits)
+        return Answer(question, text, hits)
 
     def close(self) -> None:
         self.store.close()

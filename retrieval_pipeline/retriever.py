@@ -7,7 +7,8 @@ description) is the :class:`~retrieval_pipeline.records.Record`'s.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,15 @@ logger = logging.getLogger(__name__)
 
 # The instruction Qwen3-VL-Embedding's documentation uses for retrieval queries (documents keep the default).
 QUERY_INSTRUCTION = "Retrieve images or text relevant to the user's query."
+# Stage-one candidates the reranker scores: on a GPU 50; on a CPU fewer, so that one search at the released 2B
+# size stays within about a minute (benchmarks/bench_cpu_realsize.py measures the rerank cost per candidate).
 CANDIDATES = 50
+CPU_CANDIDATES = 20
+
+
+def default_candidates(device: Any) -> int:
+    """The rerank depth for a reranker on ``device`` (a ``torch.device`` or its name)."""
+    return CANDIDATES if str(getattr(device, "type", device)).startswith("cuda") else CPU_CANDIDATES
 
 
 @dataclass
@@ -84,8 +93,9 @@ class TwoStageRetriever:
     """Stage one: cosine top-``candidates`` from the store (with payload filters). Stage two: the reranker's
     scores (batched, on the reranker's device). Without a reranker, stage one alone.
 
-    ``reranker`` may also be a function returning the reranker, called only when stage two starts (lazy loading,
-    or moving it onto the GPU after stage one: see :class:`~retrieval_pipeline.pipeline.RAGPipeline`)."""
+    ``embedder`` and ``reranker`` may also be functions returning the model, called when their stage starts and not
+    held after it (lazy loading, moving a model onto the GPU for its stage, or freeing the embedder's memory before
+    the reranker loads on a CPU: see :class:`~retrieval_pipeline.pipeline.RAGPipeline`)."""
 
     def __init__(
         self,
@@ -96,19 +106,27 @@ class TwoStageRetriever:
         candidates: int = CANDIDATES,
         query_instruction: str = QUERY_INSTRUCTION,
         rerank_instruction: str | None = None,
+        timer: Callable[[str], AbstractContextManager[Any]] | None = None,
     ):
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
-        self.embedder = embedder
+        self._embedder = embedder
         self.store = store
         self.reranker = reranker
         self.candidates = candidates
         self.query_instruction = query_instruction
         self.rerank_instruction = rerank_instruction
+        self._timer = timer or (lambda stage: nullcontext())
 
-    def _spec(self) -> CollectionSpec:
+    @property
+    def embedder(self) -> Any:
+        """The embedder (resolved now when the retriever was given a function)."""
+        provider = callable(self._embedder) and not hasattr(self._embedder, "embed")
+        return self._embedder() if provider else self._embedder
+
+    def _spec(self, embedder: Any) -> CollectionSpec:
         spec = self.store.open(create=False)
-        mine = CollectionSpec(self.embedder.model_name_or_path, spec.dim, spec.instruction)
+        mine = CollectionSpec(embedder.model_name_or_path, spec.dim, spec.instruction)
         mine.check(spec, self.store.collection)
         return spec
 
@@ -126,14 +144,19 @@ class TwoStageRetriever:
             parse_input(query)
         except InputError as exc:
             raise exc.at(kind="query") from None
-        spec = self._spec()
-        vector = self.embedder.embed([query], instruction=self.query_instruction, dim=spec.dim)[0]
+        with self._timer("embed query"):
+            embedder = self.embedder
+            spec = self._spec(embedder)
+            vector = embedder.embed([query], instruction=self.query_instruction, dim=spec.dim)[0]
+            del embedder  # a stage-wise pipeline may free it before the reranker loads
         use_reranker = self.reranker is not None and rerank
         limit = max(self.candidates, top_k) if use_reranker else top_k
-        found = self.store.search(vector.tolist(), limit=limit, filters=filters)
+        with self._timer("vector search"):
+            found = self.store.search(vector.tolist(), limit=limit, filters=filters)
         hits = [Hit(h.id, h.score, h.score, None, h.payload) for h in found]
         if use_reranker and hits:
-            hits = self.rerank_hits(query, hits)  # the reranker is resolved only now
+            with self._timer("rerank"):
+                hits = self.rerank_hits(query, hits)  # the reranker is resolved only now
         hits = hits[:top_k]
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank

@@ -147,6 +147,9 @@ class CollectionSpec:
     distance: str = "cosine"
     model_id: str | None = None
     format: int = FORMAT
+    # The dtype the vectors were computed in ("float32", "bfloat16"); None for collections that predate it.
+    # Recorded, not enforced: vectors of either dtype answer the same queries (see the README's fidelity table).
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.format >= 1 and self.model_id is None:

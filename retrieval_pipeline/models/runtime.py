@@ -120,9 +120,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             return auto_dtype(device)
         if name in _DTYPE_NAMES:
             return _DTYPE_NAMES[name]
-    raise ValueError(
-        f"unsupported dtype {dtype!r}; pass a torch.dtype, 'auto' or one of {sorted(set(_DTYPE_NAMES))}"
-    )
+    raise ValueError(f"unsupported dtype {dtype!r}; pass a torch.dtype, 'auto' or one of {sorted(set(_DTYPE_NAMES))}")
 
 
 def pop_dtype(torch_dtype: Any, kwargs: dict[str, Any]) -> Any:
@@ -168,7 +166,8 @@ def stored_dtype(model_name_or_path: str, from_pretrained_kwargs: dict[str, Any]
     from transformers import AutoConfig
 
     keep = {
-        k: from_pretrained_kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only")
+        k: from_pretrained_kwargs[k]
+        for k in ("revision", "cache_dir", "token", "local_files_only")
         if k in from_pretrained_kwargs
     }
     try:

@@ -46,6 +46,8 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
 @router.post("/v1/ask", response_model=AskResponse, responses=ERRORS)
 async def ask(body: AskRequest, state: State) -> AskResponse:
     rag = state.need(state.pipeline, "collection")
+    if not rag.has_generator:
+        state.need(None, "generator")
     image = None
     if body.image is not None:
         image = (await state.preparer.query({"image": body.image}))["image"]
