@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check (run on a lent GPU machine, from the repository root): CUDA parity in float32, then the core
-# benchmark in bfloat16 on a larger random checkpoint (batched embedding and shared-prefix reranking).
+# GPU check (run on a lent GPU machine, from the repository root): CUDA parity in float32, the core benchmark in
+# bfloat16 on a larger random checkpoint (batched embedding and shared-prefix reranking), then the released 2B
+# architecture built on the device (random weights) for real throughput and memory (benchmarks/bench_gpu_realsize.py).
 #
 # The GPU image has torch / transformers but no registry access: build the missing pure-Python packages here
 # first and carry the folder with the run:
@@ -39,3 +40,4 @@ print("default dtype on cuda:", bf.dtype)
 PY
 $PY benchmarks/bench_core.py --device cuda --dtype bfloat16 --hidden 1024 --layers 16 --items 256 --docs 64 \
   --batch-size 32 --cache /tmp/qwen3vl-bench
+$PY benchmarks/bench_gpu_realsize.py --size 2B --device cuda --cache /tmp/qwen3vl-realsize

@@ -61,6 +61,15 @@ def _common() -> argparse.ArgumentParser:
         help="only the running stage's model in memory (default: on for a CPU, where each model is loaded for its "
         "stage and dropped after; off for a GPU, where --offload moves the others to the CPU)",
     )
+    k = p.add_argument_group("speed / quality (embedder and reranker)")
+    k.add_argument(
+        "--image-tokens",
+        type=int,
+        default=None,
+        help="most tokens per image or PDF page (default 1800; time per image grows with it, small text needs it)",
+    )
+    k.add_argument("--video-frames", type=int, default=None, help="most frames sampled per video (default 64)")
+    k.add_argument("--video-fps", type=float, default=None, help="frames sampled per second of video (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log messages")
     return p
@@ -83,6 +92,14 @@ def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
     p.add_argument("--top-k", type=int, default=default_top_k, help=f"results (default {default_top_k})")
     p.add_argument(
         "--candidates", type=int, default=None, help="stage-one candidates to rerank (default 50 on a GPU, 20 on a CPU)"
+    )
+    p.add_argument(
+        "--rerank-budget",
+        type=int,
+        default=-1,
+        metavar="TOKENS",
+        help="most reranker work per query in text tokens, an image token counting 3, from the best candidates down "
+        "(default 6000 on a CPU, about a minute at the 2B size; none on a GPU; 0: none)",
     )
     p.add_argument("--no-rerank", action="store_true", help="stage one only")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
@@ -224,9 +241,24 @@ def _pipeline(args: argparse.Namespace, store: Any) -> Any:
         torch_dtype=args.dtype,
         dim=getattr(args, "dim", None),
         candidates=getattr(args, "candidates", None),
+        rerank_budget=getattr(args, "rerank_budget", -1) or None,
+        media_options=_media_options(args),
         offload=offload,
         generator_options={"max_new_tokens": getattr(args, "max_new_tokens", 256)},
     )
+
+
+def _media_options(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.image_tokens is not None:
+        if args.image_tokens < 4:
+            raise ValueError(f"--image-tokens must be >= 4, got {args.image_tokens}")
+        out["max_pixels"] = args.image_tokens * 32 * 32
+    if args.video_frames is not None:
+        out["max_frames"] = args.video_frames
+    if args.video_fps is not None:
+        out["fps"] = args.video_fps
+    return out
 
 
 def _device(args: argparse.Namespace) -> Any:

@@ -170,6 +170,42 @@ def modality_of(path: Path) -> str | None:
     return None
 
 
+def _progress(done: int, files: int, report: IndexReport) -> str:
+    return f"{done}/{files} files, {report.indexed} indexed, {report.present} present, {len(report.failed)} failed"
+
+
+def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
+    """Roughly how many model tokens a file will cost (for the progress bar's time estimate: an image is worth
+    hundreds of text lines). Reads headers only; a file it cannot read counts as one token."""
+    max_tokens = max(1, int(getattr(media, "max_pixels", 0) or PDF_MAX_PIXELS) // 1024)
+    video_tokens = max(1, int(getattr(media, "total_pixels", 0) or 10 * 768 * 1024) // 1024)
+    try:
+        modality = modality_of(path)
+        if modality == "text":
+            return max(1, path.stat().st_size // 3)
+        if modality == "image":
+            with Image.open(path) as img:
+                return max(1, min(img.width * img.height // 1024, max_tokens))
+        if modality == "pdf":
+            import pypdfium2 as pdfium
+
+            pdf = pdfium.PdfDocument(str(path))
+            try:
+                return len(pdf) * max_tokens
+            finally:
+                pdf.close()
+        if modality == "video":
+            if options.video_segment_seconds:
+                from .video import probe
+
+                duration = probe(os.fspath(path)).duration or options.video_segment_seconds
+                return video_tokens * max(1, int(duration // options.video_segment_seconds) + 1)
+            return video_tokens
+    except Exception:  # noqa: BLE001 - an estimate only: the file's real failure is reported when it is read
+        return 1
+    return 1
+
+
 def discover(paths: Sequence[str | Path], options: IngestOptions) -> tuple[list[Path], list[Failure]]:
     """Files under ``paths`` (sorted, de-duplicated); missing paths come back as failures."""
     files: list[Path] = []
@@ -509,9 +545,17 @@ class Indexer:
                 report.skipped.append(Failure(display_path(f), f"unsupported file type {f.suffix or '(none)'!r}"))
             else:
                 supported.append(f)
-        bar = tqdm(supported, desc="indexing", unit="file", disable=not show_progress_bar)
+        costs = [work_estimate(f, options, getattr(self.embedder, "media", None)) for f in supported]
+        bar = tqdm(
+            total=sum(costs),
+            desc="indexing",
+            unit="tok",
+            unit_scale=True,
+            disable=not show_progress_bar,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining} left{postfix}]",
+        )
         pending: list[Unit] = []
-        for path in bar:
+        for n, (path, cost) in enumerate(zip(supported, costs), 1):
             state = _FileState(path, os.fspath(path))
             units = units_for_file(path, options, metadata or {})
             while True:
@@ -533,9 +577,12 @@ class Indexer:
                     self._flush(group, report)
             state.done = True
             self._finish(state, report)
-            bar.set_postfix(indexed=report.indexed, present=report.present, failed=len(report.failed))
+            bar.update(cost)
+            bar.set_postfix_str(_progress(n, len(supported), report), refresh=False)
         group, pending = pending, []
         self._flush(group, report)
+        bar.set_postfix_str(_progress(len(supported), len(supported), report))  # the real counts when it closes
+        bar.close()
         if prune:
             self.prune(paths, report)
         return report

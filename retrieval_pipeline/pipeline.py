@@ -22,7 +22,7 @@ from .ingest import Indexer, IndexReport, IngestOptions
 from .media import InputLike
 from .models.generator import Answer, Qwen3VLGenerator
 from .models.runtime import release_memory, resolve_device
-from .retriever import QUERY_INSTRUCTION, Hit, TwoStageRetriever, default_candidates
+from .retriever import QUERY_INSTRUCTION, Hit, TwoStageRetriever, default_candidates, default_rerank_budget
 from .store import VectorStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -47,9 +47,11 @@ class RAGPipeline:
         torch_dtype: str | torch.dtype | None = None,
         dim: int | None = None,
         candidates: int | None = None,
+        rerank_budget: int | None = -1,
         query_instruction: str = QUERY_INSTRUCTION,
         offload: bool | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
+        media_options: Mapping[str, Any] | None = None,
         generator_options: Mapping[str, Any] | None = None,
         embedder: Any = None,
         reranker: Any = None,
@@ -63,9 +65,13 @@ class RAGPipeline:
         self.dim = dim
         # None: 50 on a GPU, fewer on a CPU (retriever.default_candidates)
         self.candidates = candidates if candidates is not None else default_candidates(resolve_device(device))
+        # -1: by device (a budget on a CPU, none on a GPU); None or 0: none
+        self.rerank_budget = default_rerank_budget(resolve_device(device)) if rerank_budget == -1 else rerank_budget
         self.query_instruction = query_instruction
         self.offload = offload
         self.model_kwargs = dict(model_kwargs or {})
+        # the embedder's and reranker's media settings (max_pixels, max_frames, fps, ...): the speed/quality knobs
+        self.media_options = dict(media_options or {})
         self.generator_options = dict(generator_options or {})
         self._embedder = embedder
         self._reranker = reranker
@@ -122,7 +128,7 @@ class RAGPipeline:
             name = self.embedding_model
             if name is None:  # take the model the collection was built with
                 name = self.store.open(create=False).model
-            self._embedder = self._load("embedding", Qwen3VLEmbedder, name)
+            self._embedder = self._load("embedding", Qwen3VLEmbedder, name, **self.media_options)
             self._owned.add("embedder")
         return self._on_device(self._embedder)
 
@@ -134,7 +140,7 @@ class RAGPipeline:
         if self._reranker is None:
             from .models.reranker import Qwen3VLReranker
 
-            self._reranker = self._load("reranker", Qwen3VLReranker, self.reranker_model)
+            self._reranker = self._load("reranker", Qwen3VLReranker, self.reranker_model, **self.media_options)
             self._owned.add("reranker")
         return self._on_device(self._reranker)
 
@@ -154,7 +160,8 @@ class RAGPipeline:
         """Whether :meth:`ask` can answer (a generator model or callable was given)."""
         return self.generator_spec is not None or self._generator is not None
 
-    def _staging(self) -> str:
+    @property
+    def staging(self) -> str:
         """How the models share memory: ``"keep"`` (all stay loaded), ``"move"`` (a GPU holds only the running
         stage's model; the others wait on the CPU) or ``"free"`` (on the CPU, the models this pipeline loaded are
         dropped when another stage starts, and loaded again when needed)."""
@@ -167,7 +174,7 @@ class RAGPipeline:
 
     def _enter(self, stage: str) -> None:
         """Before ``stage`` runs (and before its model loads): make room for it."""
-        if self._staging() != "free":
+        if self.staging != "free":
             return
         dropped = [name for name in STAGES if name != stage and name in self._owned]
         for name in dropped:
@@ -179,7 +186,7 @@ class RAGPipeline:
 
     def _on_device(self, component: Any) -> Any:
         """When moving, the running stage's model goes to the GPU and the others to the CPU."""
-        if self._staging() != "move" or not hasattr(component, "to"):
+        if self.staging != "move" or not hasattr(component, "to"):
             return component
         home = resolve_device(self.device)
         for other in (self._embedder, self._reranker, self._generator):
@@ -222,6 +229,7 @@ class RAGPipeline:
             candidates=self.candidates,
             query_instruction=self.query_instruction,
             timer=self.timed,
+            rerank_budget=self.rerank_budget,
         )
 
     def search(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .media import InputError, InputLike, parse_input
+from .models.encoding import estimate_tokens
 from .records import Record
 from .store import CollectionSpec, VectorStore
 
@@ -20,15 +21,37 @@ logger = logging.getLogger(__name__)
 
 # The instruction Qwen3-VL-Embedding's documentation uses for retrieval queries (documents keep the default).
 QUERY_INSTRUCTION = "Retrieve images or text relevant to the user's query."
-# Stage-one candidates the reranker scores: on a GPU 50; on a CPU fewer, so that one search at the released 2B
-# size stays within about a minute (benchmarks/bench_cpu_realsize.py measures the rerank cost per candidate).
+# Stage-one candidates the reranker scores: on a GPU 50; on a CPU fewer, and within a budget of work, so that one
+# search at the released 2B size stays within about a minute (benchmarks/bench_cpu_realsize.py: on 2 cores in
+# bfloat16 a text token costs ~11 ms to rerank, an image token ~30-40 ms with its share of the vision tower).
 CANDIDATES = 50
 CPU_CANDIDATES = 20
+CPU_RERANK_BUDGET = 6000
+VISION_TOKEN_COST = 3  # an image or video token costs about three text tokens (the vision tower runs for it)
 
 
 def default_candidates(device: Any) -> int:
     """The rerank depth for a reranker on ``device`` (a ``torch.device`` or its name)."""
-    return CANDIDATES if str(getattr(device, "type", device)).startswith("cuda") else CPU_CANDIDATES
+    return CANDIDATES if _is_cuda(device) else CPU_CANDIDATES
+
+
+def default_rerank_budget(device: Any) -> int | None:
+    """The rerank work budget (see :class:`TwoStageRetriever`) on ``device``: none on a GPU."""
+    return None if _is_cuda(device) else CPU_RERANK_BUDGET
+
+
+def _is_cuda(device: Any) -> bool:
+    return str(getattr(device, "type", device)).startswith("cuda")
+
+
+def rerank_cost(item: Any, media: Any) -> int:
+    """The work of reranking one document, in text tokens: its text, plus its vision tokens (estimated from the
+    headers) at :data:`VISION_TOKEN_COST` each."""
+    parsed = parse_input(item)
+    text = sum(len(t) // 3 + 1 for t in parsed.texts)
+    if media is None:
+        return text + VISION_TOKEN_COST * 1024 * (len(parsed.images) + len(parsed.videos))
+    return text + VISION_TOKEN_COST * (estimate_tokens(parsed, media) - text)
 
 
 @dataclass
@@ -93,6 +116,11 @@ class TwoStageRetriever:
     """Stage one: cosine top-``candidates`` from the store (with payload filters). Stage two: the reranker's
     scores (batched, on the reranker's device). Without a reranker, stage one alone.
 
+    ``rerank_budget``: at most this much work for the reranker per query, in text tokens (an image or video token
+    counts :data:`VISION_TOKEN_COST`), taken from the best candidates down, but always the ``top_k`` best; the rest
+    keep their vector order after the reranked ones (``rerank_score`` None) and are not returned ahead of them. The
+    pipeline sets it on a CPU, where a page image costs most of a minute at the released size.
+
     ``embedder`` and ``reranker`` may also be functions returning the model, called when their stage starts and not
     held after it (lazy loading, moving a model onto the GPU for its stage, or freeing the embedder's memory before
     the reranker loads on a CPU: see :class:`~retrieval_pipeline.pipeline.RAGPipeline`)."""
@@ -107,6 +135,7 @@ class TwoStageRetriever:
         query_instruction: str = QUERY_INSTRUCTION,
         rerank_instruction: str | None = None,
         timer: Callable[[str], AbstractContextManager[Any]] | None = None,
+        rerank_budget: int | None = None,
     ):
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -117,6 +146,7 @@ class TwoStageRetriever:
         self.query_instruction = query_instruction
         self.rerank_instruction = rerank_instruction
         self._timer = timer or (lambda stage: nullcontext())
+        self.rerank_budget = rerank_budget
 
     @property
     def embedder(self) -> Any:
@@ -156,14 +186,15 @@ class TwoStageRetriever:
         hits = [Hit(h.id, h.score, h.score, None, h.payload) for h in found]
         if use_reranker and hits:
             with self._timer("rerank"):
-                hits = self.rerank_hits(query, hits)  # the reranker is resolved only now
+                hits = self.rerank_hits(query, hits, at_least=top_k)  # the reranker is resolved only now
         hits = hits[:top_k]
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank
         return hits
 
-    def rerank_hits(self, query: InputLike, hits: list[Hit]) -> list[Hit]:
-        """Stage two on given candidates: reranker scores, best first."""
+    def rerank_hits(self, query: InputLike, hits: list[Hit], *, at_least: int = 1) -> list[Hit]:
+        """Stage two on given candidates: reranker scores, best first. With a ``rerank_budget``, the best
+        ``at_least`` candidates are reranked whatever it says (the hits returned are always reranked ones)."""
         reranker = self.reranker if hasattr(self.reranker, "score") else self.reranker()
         usable: list[Hit] = []
         unusable: list[Hit] = []
@@ -176,10 +207,32 @@ class TwoStageRetriever:
                 # reranked ones, and say so.
                 logger.warning("cannot rerank %s: %s", hit.describe(), exc)
                 unusable.append(hit)
+        usable, deferred = self._within_budget(usable, getattr(reranker, "media", None), at_least)
         if usable:
             scores = reranker.score(query, [h.item for h in usable], instruction=self.rerank_instruction)
             for hit, score in zip(usable, scores):
                 hit.rerank_score = score
                 hit.score = score
             usable.sort(key=lambda h: -h.score)
-        return usable + unusable
+        return usable + deferred + unusable
+
+    def _within_budget(self, hits: list[Hit], media: Any, at_least: int) -> tuple[list[Hit], list[Hit]]:
+        """With a ``rerank_budget``, the best candidates (by vector score) whose summed :func:`rerank_cost` fits it
+        (and at least ``at_least``) are reranked; the others follow them in vector order, with no rerank score."""
+        if not self.rerank_budget or len(hits) <= at_least:
+            return hits, []
+        spent, kept = 0, 0
+        for hit in hits:
+            spent += rerank_cost(hit.item, media)
+            if kept >= at_least and spent > self.rerank_budget:
+                break
+            kept += 1
+        if kept < len(hits):
+            logger.info(
+                "reranked the best %d of %d candidates (rerank budget %d tokens; an image token counts %d)",
+                kept,
+                len(hits),
+                self.rerank_budget,
+                VISION_TOKEN_COST,
+            )
+        return hits[:kept], hits[kept:]

@@ -104,14 +104,40 @@ def build_random_checkpoint(
     (tokenizer, chat template, image/video processors) are reused; only the sizes change. ``size``: ``"2B"`` or
     ``"8B"`` for the released architecture (every shape of the real model, vocabulary included), written tensor by
     tensor in safetensors shards (bfloat16 by default, like the released weights), so building the 8B one needs
-    about one tensor's memory; otherwise a small model of ``hidden_size`` / ``layers`` (float32 by default). Loads
+    about one shard's memory; otherwise a small model of ``hidden_size`` / ``layers`` (float32 by default). Loads
     with the same ``from_pretrained`` calls as the released models.
     """
     import torch
-    from transformers import Qwen3VLConfig
 
     like, folder = Path(like), Path(folder)
-    base = json.loads((like / "config.json").read_text())
+    config = checkpoint_config(
+        like, size=size, hidden_size=hidden_size, layers=layers, intermediate_size=intermediate_size, vision=vision
+    )
+    torch_dtype = getattr(torch, dtype or ("bfloat16" if size else "float32"))
+    config.dtype = torch_dtype
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_random_weights(config, folder, torch_dtype, seed)
+    config.save_pretrained(folder)
+    for name in PROCESSOR_FILES:
+        if (like / name).exists():
+            shutil.copyfile(like / name, folder / name)
+    return folder
+
+
+def checkpoint_config(
+    like: str | Path,
+    *,
+    size: str | None = None,
+    hidden_size: int = 128,
+    layers: int = 2,
+    intermediate_size: int | None = None,
+    vision: dict[str, Any] | None = None,
+) -> Any:
+    """The ``Qwen3VLConfig`` :func:`build_random_checkpoint` writes: ``like``'s token ids and layout with the
+    sizes of ``size`` (``"2B"``, ``"8B"``) or of ``hidden_size`` / ``layers``."""
+    from transformers import Qwen3VLConfig
+
+    base = json.loads((Path(like) / "config.json").read_text())
     text = dict(base["text_config"])
     vision_config = dict(base["vision_config"])
     if size is not None:
@@ -136,21 +162,12 @@ def build_random_checkpoint(
         tie = False
     vision_config.update(vision or {})
     text["tie_word_embeddings"] = tie
-    config = Qwen3VLConfig(
+    return Qwen3VLConfig(
         text_config=text,
         vision_config=vision_config,
         **{k: base[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")},
         tie_word_embeddings=tie,
     )
-    torch_dtype = getattr(torch, dtype or ("bfloat16" if size else "float32"))
-    config.dtype = torch_dtype
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_random_weights(config, folder, torch_dtype, seed)
-    config.save_pretrained(folder)
-    for name in PROCESSOR_FILES:
-        if (like / name).exists():
-            shutil.copyfile(like / name, folder / name)
-    return folder
 
 
 def _write_random_weights(config: Any, folder: Path, dtype: Any, seed: int) -> None:

@@ -34,6 +34,7 @@ def models_env():
         "QWEN3VL_RAG_EMBEDDING_MODEL": str(TINY),
         "QWEN3VL_RAG_RERANKER_MODEL": str(TINY),
         "QWEN3VL_RAG_GENERATOR_MODEL": str(TINY),
+        "QWEN3VL_RAG_DTYPE": "float32",  # the numbers must not depend on the CI machine's CPU (--dtype auto)
     }
 
 

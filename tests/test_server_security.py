@@ -415,6 +415,7 @@ def test_serve_removes_the_video_cache_on_sigterm(tmp_path, source):
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "retrieval_pipeline.cli", "serve", "--db", str(tmp_path / "db"), "--port", str(port)]
     cmd += ["--embedding-model", str(TINY), "--reranker-model", str(TINY), "--fetch-allow", "127.0.0.1", "-q"]
+    cmd += ["--models", "embed,rerank"]  # no generator: it would be loaded (from the hub) at start
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 90

@@ -12,6 +12,7 @@ import functools
 import gc
 import logging
 import mmap
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -73,7 +74,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes in bfloat16 natively: x86 with AVX512-BF16 or AMX-BF16 (Intel Cooper Lake,
     Sapphire Rapids and later, AMD Zen 4 and later), Arm with the BF16 extension (Graviton 3, Apple M2 and later).
-    Elsewhere bfloat16 is emulated and slower than float32. ``cpuinfo``: the text of ``/proc/cpuinfo`` (tests)."""
+    Elsewhere bfloat16 is emulated and slower than float32. ``cpuinfo``: the text of ``/proc/cpuinfo`` (tests).
+    ``QWEN3VL_RAG_CPU_BF16=1`` / ``0`` overrides the check (e.g. where a VM hides the CPU's flags)."""
+    override = os.environ.get("QWEN3VL_RAG_CPU_BF16", "").strip().lower()
+    if cpuinfo is None and override in ("1", "true", "yes", "0", "false", "no"):
+        return override in ("1", "true", "yes")
     if cpuinfo is None:
         if sys.platform == "darwin":
             return _sysctl_flag("hw.optional.arm.FEAT_BF16")

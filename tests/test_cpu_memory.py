@@ -1,0 +1,259 @@
+"""Real size on an ordinary machine: the dtype policy, loading without a transient copy, stage-wise residency on the
+CPU, the released architectures of the checkpoint builder, ``serve --models``."""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, LiveServer
+from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
+
+from retrieval_pipeline import Qwen3VLEmbedder
+from retrieval_pipeline.models import runtime
+from retrieval_pipeline.models.runtime import auto_dtype, cpu_has_native_bf16, resolve_dtype
+from retrieval_pipeline.pipeline import RAGPipeline
+from retrieval_pipeline.store import EdgeStore
+from retrieval_pipeline.testing import build_random_checkpoint, checkpoint_config
+
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd atomics\n"
+CPU = torch.device("cpu")
+
+
+def test_native_bf16_follows_the_cpu_flags(monkeypatch):
+    monkeypatch.delenv("QWEN3VL_RAG_CPU_BF16", raising=False)
+    assert cpu_has_native_bf16(SAPPHIRE_RAPIDS) and cpu_has_native_bf16(GRAVITON3)
+    assert not cpu_has_native_bf16(SKYLAKE) and not cpu_has_native_bf16(GRAVITON2)
+    assert not cpu_has_native_bf16("")
+
+
+def test_auto_dtype_follows_the_hardware_check_and_the_override(monkeypatch):
+    assert auto_dtype(CPU, native_bf16=True) == torch.bfloat16
+    assert auto_dtype(CPU, native_bf16=False) == torch.float32
+    assert auto_dtype(torch.device("cuda"), native_bf16=False) == torch.bfloat16
+    for flag, expected in (("1", torch.bfloat16), ("0", torch.float32)):
+        monkeypatch.setenv("QWEN3VL_RAG_CPU_BF16", flag)
+        assert resolve_dtype("auto", CPU) == expected
+        assert resolve_dtype("float32", CPU) == torch.float32  # an explicit dtype wins
+        assert resolve_dtype(None, CPU) == torch.float32  # the Python default: the reference numbers
+    with pytest.raises(ValueError, match="auto"):
+        resolve_dtype("float8", CPU)
+
+
+def test_embedder_auto_dtype_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert Qwen3VLEmbedder(str(TINY), torch_dtype="auto").dtype == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert Qwen3VLEmbedder(str(TINY), torch_dtype="auto").dtype == torch.float32
+    assert Qwen3VLEmbedder(str(TINY)).dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory):
+    """A small checkpoint saved in bfloat16, like the released weights."""
+    return build_random_checkpoint(tmp_path_factory.mktemp("bf16"), like=TINY, hidden_size=128, dtype="bfloat16")
+
+
+def test_widening_a_bf16_checkpoint_in_place_equals_loading_it_as_float32(bf16_checkpoint, monkeypatch):
+    from transformers import Qwen3VLModel
+
+    direct = Qwen3VLModel.from_pretrained(str(bf16_checkpoint), dtype=torch.float32)
+    widened = Qwen3VLEmbedder(str(bf16_checkpoint))  # float32 on the CPU: loaded as stored, then widened
+    assert widened.dtype == torch.float32
+    mine = widened.model.state_dict()
+    for name, tensor in direct.state_dict().items():
+        assert mine[name].dtype == torch.float32, name
+        assert torch.equal(mine[name], tensor), name
+    inputs = ["a cat on a sofa", {"image": str(CORPUS / "chelsea.jpg")}]
+    monkeypatch.setattr(runtime, "stored_dtype", lambda *args: None)  # the plain from_pretrained(float32) path
+    plain = Qwen3VLEmbedder(str(bf16_checkpoint))
+    assert np.array_equal(widened.embed(inputs), plain.embed(inputs))
+
+
+def test_released_architectures_have_the_released_sizes():
+    from transformers import Qwen3VLForConditionalGeneration
+
+    counts = {}
+    for size in ("2B", "8B"):
+        with torch.device("meta"):
+            model = Qwen3VLForConditionalGeneration(checkpoint_config(TINY, size=size))
+        counts[size] = sum(p.numel() for p in model.parameters())
+        assert model.config.text_config.vocab_size == 151936
+    assert 2.10e9 < counts["2B"] < 2.15e9  # Qwen3-VL-2B: 2.13 B
+    assert 8.70e9 < counts["8B"] < 8.80e9  # Qwen3-VL-8B: 8.77 B
+    with pytest.raises(ValueError, match="2B"):
+        checkpoint_config(TINY, size="3B")
+
+
+def test_builder_writes_shards_that_load_without_missing_keys(tmp_path, monkeypatch):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from retrieval_pipeline import testing
+
+    monkeypatch.setattr(testing, "SHARD_BYTES", 64 * 1024)  # several shards and an index, as at real size
+    folder = build_random_checkpoint(tmp_path / "ckpt", like=TINY, hidden_size=64, dtype="bfloat16")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    model, info = Qwen3VLForConditionalGeneration.from_pretrained(str(folder), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert model.dtype == torch.bfloat16
+
+
+def _pipeline(store, **kwargs):
+    return RAGPipeline(
+        store,
+        embedding_model=str(TINY),
+        reranker_model=str(TINY),
+        generator=str(TINY),
+        device="cpu",
+        torch_dtype="float32",
+        generator_options={"max_new_tokens": 6},
+        **kwargs,
+    )
+
+
+def test_stagewise_residency_frees_each_model_and_gives_the_same_results(tmp_path, monkeypatch):
+    from retrieval_pipeline.models import generator as generator_module
+    from retrieval_pipeline.models import reranker as reranker_module
+
+    kept = _pipeline(EdgeStore(tmp_path / "kept", "docs"), offload=False)
+    kept.index([CORPUS], show_progress_bar=False)
+    expected = kept.ask("What does the revenue chart show?")
+    assert kept._embedder is not None and kept._reranker is not None and kept._generator is not None
+
+    alive: dict[str, weakref.ref] = {}
+    seen_at_load: dict[str, list[str]] = {}
+
+    def watch(module, cls_name, stage):
+        cls = getattr(module, cls_name)
+
+        class Watched(cls):
+            def __init__(self, *args, **kwargs):
+                gc.collect()
+                seen_at_load[stage] = [name for name, ref in alive.items() if ref() is not None]
+                super().__init__(*args, **kwargs)
+                alive[stage] = weakref.ref(self)
+
+        monkeypatch.setattr(module, cls_name, Watched)
+
+    watch(reranker_module, "Qwen3VLReranker", "reranker")
+    watch(generator_module, "Qwen3VLGenerator", "generator")
+    from retrieval_pipeline import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "Qwen3VLGenerator", generator_module.Qwen3VLGenerator)
+    staged = _pipeline(EdgeStore(tmp_path / "staged", "docs"))  # the CPU default: stage-wise
+    staged.index([CORPUS], show_progress_bar=False)
+    alive["embedder"] = weakref.ref(staged._embedder)
+    answer = staged.ask("What does the revenue chart show?")
+    # when the reranker loaded, the embedder was already gone; when the generator loaded, the reranker was
+    assert seen_at_load == {"reranker": [], "generator": []}
+    assert staged._embedder is None and staged._reranker is None and staged._generator is not None
+    assert answer.text == expected.text
+    assert [(h.id, h.rerank_score) for h in answer.sources] == [(h.id, h.rerank_score) for h in expected.sources]
+    # a second question loads the embedder again and drops the generator
+    again = staged.search("a cat on a sofa", top_k=2)
+    assert staged._generator is None and staged._embedder is None and staged._reranker is not None
+    assert [h.id for h in again] == [h.id for h in kept.search("a cat on a sofa", top_k=2)]
+    names = [stage for stage, _, _ in staged.timings]
+    for stage in ("load embedding model", "index", "embed query", "vector search", "rerank", "generate"):
+        assert stage in names
+
+
+def test_models_given_as_objects_are_never_dropped(embedder, reranker, tmp_path):
+    store = EdgeStore(tmp_path / "db", "docs")
+    rag = RAGPipeline(store, embedder=embedder, reranker=reranker, generator=lambda q, hits: "ok", device="cpu")
+    rag.index([CORPUS / "notes.md"], show_progress_bar=False)
+    assert rag.ask("what is in the notes?").text == "ok"
+    assert rag._embedder is embedder and rag._reranker is reranker
+
+
+def test_collection_records_the_dtype_of_its_vectors(tmp_path, models_env):  # noqa: F811
+    db = tmp_path / "db"
+    env = {**models_env, "QWEN3VL_RAG_DTYPE": "auto", "QWEN3VL_RAG_CPU_BF16": "1"}
+    run = cli("index", str(CORPUS / "notes.md"), env=env, db=db)
+    assert run.returncode == 0, run.stderr
+    assert "models: cpu, bfloat16 (native on this CPU" in run.stderr
+    info = json.loads(cli("info", "--json", db=db).stdout)
+    assert info["spec"]["dtype"] == "bfloat16"
+    env["QWEN3VL_RAG_CPU_BF16"] = "0"
+    run = cli("index", str(CORPUS / "rocket.jpg"), env=env, db=db)
+    assert run.returncode == 0, run.stderr
+    assert "models: cpu, float32 (this CPU has no native bfloat16)" in run.stderr
+    assert "holds bfloat16 vectors; these are computed in float32" in run.stderr
+
+
+def test_serve_models_choice(tmp_path, models_env, monkeypatch):  # noqa: F811
+    import httpx
+
+    from retrieval_pipeline import cli as cli_module
+
+    db = tmp_path / "db"
+    assert cli("index", str(CORPUS / "notes.md"), env=models_env, db=db).returncode == 0
+    apps = []
+    monkeypatch.setattr("retrieval_pipeline.serving.serve", lambda app, host, port: apps.append(app))
+    for key, value in {**models_env, "QWEN3VL_RAG_DB": str(db)}.items():
+        monkeypatch.setenv(key, value)
+    assert cli_module.main(["serve", "--models", "embed,rerank", "-q"]) == 0
+    assert cli_module.main(["serve", "--models", "rerank", "-q"]) == 0
+    assert cli_module.main(["serve", "--models", "rerank,generate", "-q"]) == 1
+    assert cli_module.main(["serve", "--models", "embed,nonsense", "-q"]) == 1
+    no_generator, rerank_only = apps
+    assert no_generator.state.serving.pipeline._generator is None
+    with LiveServer(no_generator) as url:
+        assert httpx.post(f"{url}/v1/search", json={"query": "cat", "top_k": 1}).status_code == 200
+        asked = httpx.post(f"{url}/v1/ask", json={"question": "what?"})
+        assert asked.status_code == 404 and "generator" in asked.text
+    with LiveServer(rerank_only) as url:
+        ranked = httpx.post(f"{url}/v1/rerank", json={"query": "cat", "documents": ["a cat", "a car"]})
+        assert ranked.status_code == 200
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": "cat"}).status_code == 404
+        assert httpx.post(f"{url}/v1/search", json={"query": "cat"}).status_code == 404
+
+
+def test_rerank_budget_reranks_the_best_candidates_and_always_the_top_k(embedder, reranker, tmp_path):
+    from retrieval_pipeline.retriever import TwoStageRetriever, rerank_cost
+
+    store = EdgeStore(tmp_path / "db", "docs")
+    RAGPipeline(store, embedder=embedder).index([CORPUS], show_progress_bar=False)
+    unlimited = TwoStageRetriever(embedder, store, reranker, candidates=7)
+    everything = unlimited.retrieve("revenue chart", top_k=7)
+    assert all(h.rerank_score is not None for h in everything)
+    tight = TwoStageRetriever(embedder, store, reranker, candidates=7, rerank_budget=1)
+    hits = tight.retrieve("revenue chart", top_k=2)
+    assert len(hits) == 2 and all(h.rerank_score is not None for h in hits)  # the top_k are always reranked
+    candidates = tight.retrieve("revenue chart", top_k=7, rerank=False)
+    costs = [rerank_cost(h.item, reranker.media) for h in candidates]
+    assert max(costs) > 3 * 1000  # a page or photo: its vision tokens count three times
+    budget = sum(costs[:3])
+    fresh = tight.retrieve("revenue chart", top_k=7, rerank=False)
+    some = TwoStageRetriever(embedder, store, reranker, rerank_budget=budget).rerank_hits("revenue chart", fresh)
+    assert len(some) == 7
+    assert {h.id for h in some[:3]} == {h.id for h in candidates[:3]}  # the best three by vector score, reranked
+    assert all(h.rerank_score is not None for h in some[:3]) and all(h.rerank_score is None for h in some[3:])
+    assert [h.id for h in some[3:]] == [h.id for h in candidates[3:]]  # the rest in vector order, after them
+
+
+def test_cpu_defaults_and_speed_knobs(tmp_path):
+    store = EdgeStore(tmp_path / "db", "docs")
+    cpu = RAGPipeline(store, device="cpu", embedding_model=str(TINY), media_options={"max_pixels": 64 * 1024})
+    assert cpu.candidates == 20 and cpu.rerank_budget == 6000 and cpu.staging == "free"
+    assert cpu.embedder.media.max_pixels == 64 * 1024
+    kept = RAGPipeline(store, device="cpu", offload=False, candidates=7, rerank_budget=None)
+    assert kept.candidates == 7 and kept.rerank_budget is None and kept.staging == "keep"
+
+
+def test_index_bar_ends_with_the_real_counts(tmp_path, models_env):  # noqa: F811
+    run = cli("index", str(CORPUS), "--image-tokens", "64", "--video-frames", "4", env=models_env, db=tmp_path / "db")
+    assert run.returncode == 0, run.stderr
+    summary = run.stdout.strip().splitlines()[0]
+    indexed = int(summary.split(": ")[1].split()[0])  # "6 files: 7 items indexed, ..."
+    last_bar = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.startswith("indexing")][-1]
+    assert f"6/6 files, {indexed} indexed, 0 present, 0 failed" in last_bar, (last_bar, summary)
+    assert "100%" in last_bar and " left, " in last_bar
