@@ -2,6 +2,7 @@
 against bfloat16, side by side in one run.
 
     python benchmarks/bench_cpu_realsize.py [--size 2B] [--cache /tmp/qwen3vl-realsize] [--dtypes float32,bfloat16]
+    python benchmarks/bench_cpu_realsize.py --knobs --dtypes bfloat16     # time and cosine per speed knob
 
 Per dtype (each in a fresh process, one model resident at a time, as the CLI runs on a CPU): load time and peak
 resident memory of each model; the embedder on texts, a 1024x768 photo, a PDF page at the default resolution and a
@@ -128,6 +129,29 @@ def child(model: str, dtype: str, out: Path) -> None:
     out.write_text(json.dumps(res))
 
 
+def knobs(model: str, dtype: str) -> None:
+    """The speed knobs at real size: a PDF page at several image-token budgets, the 30-s video at several frame
+    budgets (the CLI's --image-tokens and --video-frames), with the cosine of each vector to the default one."""
+    from retrieval_pipeline import Qwen3VLEmbedder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = media(Path(tmp))
+        print(f"\nspeed knobs ({dtype}): seconds per item, cosine to the default setting's vector")
+        reference: dict[str, Any] = {}
+
+        def run(label: str, key: str, item: dict[str, Any], **settings: Any) -> None:
+            emb = Qwen3VLEmbedder(model, torch_dtype=dtype, **settings)
+            emb.embed(["warm up"])
+            s, vec = timed(lambda: emb.embed([item]))
+            reference.setdefault(key, vec[0])
+            print(f"  {label:34} {s:7.1f} s   cosine {float(vec[0] @ reference[key]):.4f}")
+
+        for tokens in (1800, 1024, 512, 256):
+            run(f"PDF page, --image-tokens {tokens}", "page", {"image": m["page"]}, max_pixels=tokens * 32 * 32)
+        for frames in (64, 16, 8):
+            run(f"30-s video, --video-frames {frames}", "video", {"video": m["video"]}, max_frames=frames)
+
+
 def fidelity(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
     """b (bfloat16) against a (float32): max abs diff, worst cosine, top-10 order changes per query."""
     diffs = [np.abs(a[k] - b[k]).max() for k in ("corpus", "queries", "photo")]
@@ -184,6 +208,7 @@ def main() -> None:
     ap.add_argument("--size", default="2B", choices=["2B", "8B"])
     ap.add_argument("--cache", default="/tmp/qwen3vl-realsize")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--knobs", action="store_true", help="only the speed knobs, in --dtypes' first dtype")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "DTYPE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -197,6 +222,9 @@ def main() -> None:
         print(f"building the random {args.size} checkpoint in {model} ...", flush=True)
         build_random_checkpoint(model, like=TINY, size=args.size)
     print(f"checkpoint: random Qwen3-VL-{args.size} architecture at {model}; native bfloat16: {cpu_has_native_bf16()}")
+    if args.knobs:
+        knobs(str(model), args.dtypes.split(",")[0])
+        return
     results, arrays = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes.split(","):

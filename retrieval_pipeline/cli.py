@@ -72,6 +72,12 @@ def _common() -> argparse.ArgumentParser:
     k.add_argument("--video-fps", type=float, default=None, help="frames sampled per second of video (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log messages")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also the libraries' own messages (transformers' load reports and bars, video decoder logs) and timings",
+    )
     return p
 
 
@@ -445,9 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         _check_serve_args(parser, args)
     quiet = args.quiet or args.json
-    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if quiet:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    configure_output(quiet=quiet, verbose=args.verbose and not quiet)
     try:
         return run_command(args)
     except KeyboardInterrupt:
@@ -457,6 +461,32 @@ def main(argv: list[str] | None = None) -> int:
         if kind is None:
             raise
         return _fail(exc, kind.exit_code)
+
+
+def configure_output(*, quiet: bool, verbose: bool) -> None:
+    """What reaches the terminal. Default: this project's progress, warnings and results; the libraries' load
+    reports, weight-loading bars and the video decoders' C-level logs are silenced (they are expected noise for
+    these checkpoints). ``verbose``: all of it, and this project's info messages (stage timings). ``quiet``:
+    errors only."""
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=logging.WARNING if not quiet else logging.ERROR, format="%(levelname)s: %(message)s")
+    logging.getLogger("retrieval_pipeline").setLevel(level)
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars; hub downloads keep their own bars
+    except ImportError:  # pragma: no cover
+        pass
+    for module, quiet_level in (("av.logging", "PANIC"), ("decord.logging", "QUIET")):
+        try:
+            lib = __import__(module, fromlist=["set_level"])
+            lib.set_level(getattr(lib, quiet_level))
+        except (ImportError, AttributeError):  # pragma: no cover - the decoder is not installed
+            pass
 
 
 def _server_limits(items: list[str]) -> Any:

@@ -379,8 +379,11 @@ def _read_text(path: Path) -> str:
 def video_duration(path: Path) -> float:
     import decord
 
+    from .video import native_stderr_to_log
+
     try:
-        reader = decord.VideoReader(str(path))
+        with native_stderr_to_log():
+            reader = decord.VideoReader(str(path))
         frames, fps = len(reader), reader.get_avg_fps()
     except Exception as exc:
         raise InputError(f"unreadable video: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
@@ -581,7 +584,8 @@ class Indexer:
             bar.set_postfix_str(_progress(n, len(supported), report), refresh=False)
         group, pending = pending, []
         self._flush(group, report)
-        bar.set_postfix_str(_progress(len(supported), len(supported), report))  # the real counts when it closes
+        bar.set_postfix_str(_progress(len(supported), len(supported), report), refresh=False)  # the real counts
+
         bar.close()
         if prune:
             self.prune(paths, report)

@@ -26,7 +26,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -117,6 +121,33 @@ def probe(path: str) -> VideoHeader:
     return header
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """What C/C++ code writes straight to file descriptor 2 inside the block (decord prints its errors there,
+    beside the exception it raises) goes to this module's logger (INFO: ``--verbose`` shows it), not the terminal.
+    Blocks run one at a time (file descriptor 2 is the process's)."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr (embedded interpreters): nothing to redirect
+            yield
+            return
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read(64 * 1024).decode("utf-8", "replace").strip()
+            if text:
+                logger.info("video decoder: %s", text)
+
+
 @lru_cache(maxsize=64)
 def _read_header(path: str, _mtime: int, _size: int, _inode: int) -> tuple[VideoHeader, int, float]:
     """(header, frames and seconds the container claims). Cached per file version; limits are checked by the
@@ -145,7 +176,8 @@ def _read_header(path: str, _mtime: int, _size: int, _inode: int) -> tuple[Video
     _check_limit("max_video_frames", claimed_frames, MAX_VIDEO_FRAMES, "frames")
     _check_limit("max_video_seconds", claimed_seconds, MAX_VIDEO_SECONDS, "seconds")
     try:
-        reader = decord.VideoReader(path, num_threads=DECODER_THREADS)
+        with native_stderr_to_log():
+            reader = decord.VideoReader(path, num_threads=DECODER_THREADS)
         frames, fps = len(reader), float(reader.get_avg_fps())
         del reader
     except Exception as exc:  # decord raises its own DECORDError / RuntimeError
@@ -274,7 +306,8 @@ def read_video(plan: VideoPlan) -> torch.Tensor:
     for first in range(0, plan.nframes, per_chunk):
         chunk = plan.indices[first : first + per_chunk]
         try:
-            reader = decord.VideoReader(plan.header.path, num_threads=DECODER_THREADS, **kwargs)
+            with native_stderr_to_log():
+                reader = decord.VideoReader(plan.header.path, num_threads=DECODER_THREADS, **kwargs)
             try:
                 frames = reader.get_batch(chunk).asnumpy()
             finally:

@@ -23,6 +23,7 @@ import torch
 
 from .batching import Batch, collate
 from .encoding import Encoded, MediaSettings
+from .hub import prepare_hub_load
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -267,6 +268,7 @@ class CheckpointModel:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
         logger.info("loading %s %s on %s (%s)", type(self).__name__, model_name_or_path, self.device, self.dtype)
+        prepare_hub_load(self.model_name_or_path, from_pretrained_kwargs)  # seconds, not minutes, when offline
         self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
         tokenizer = self.processor.tokenizer
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
