@@ -17,68 +17,59 @@ PROCESSOR_FILES = (
 
 # The released architectures (from the public config.json of Qwen3-VL-2B/8B-Instruct, which the Embedding and
 # Reranker models share). Sizes only: token ids and processor settings come from the ``like`` checkpoint.
+_TEXT_COMMON: dict[str, Any] = {
+    "head_dim": 128,
+    "num_key_value_heads": 8,
+    "vocab_size": 151936,
+    "max_position_embeddings": 262144,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5000000.0,
+        "mrope_section": [24, 20, 20],
+        "mrope_interleaved": True,
+    },
+}
+_VISION_COMMON: dict[str, Any] = {
+    "num_heads": 16,
+    "num_position_embeddings": 2304,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
 REAL_SIZES: dict[str, dict[str, Any]] = {
     "2B": {
         "text": {
+            **_TEXT_COMMON,
             "hidden_size": 2048,
             "intermediate_size": 6144,
             "num_hidden_layers": 28,
             "num_attention_heads": 16,
-            "num_key_value_heads": 8,
-            "head_dim": 128,
-            "vocab_size": 151936,
-            "tie_word_embeddings": True,
-            "max_position_embeddings": 262144,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 5000000.0,
-                "mrope_section": [24, 20, 20],
-                "mrope_interleaved": True,
-            },
         },
         "vision": {
+            **_VISION_COMMON,
             "depth": 24,
             "hidden_size": 1024,
             "intermediate_size": 4096,
-            "num_heads": 16,
             "out_hidden_size": 2048,
             "deepstack_visual_indexes": [5, 11, 17],
-            "num_position_embeddings": 2304,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
         },
         "tie_word_embeddings": True,
     },
     "8B": {
         "text": {
+            **_TEXT_COMMON,
             "hidden_size": 4096,
             "intermediate_size": 12288,
             "num_hidden_layers": 36,
             "num_attention_heads": 32,
-            "num_key_value_heads": 8,
-            "head_dim": 128,
-            "vocab_size": 151936,
-            "tie_word_embeddings": False,
-            "max_position_embeddings": 262144,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 5000000.0,
-                "mrope_section": [24, 20, 20],
-                "mrope_interleaved": True,
-            },
         },
         "vision": {
+            **_VISION_COMMON,
             "depth": 27,
             "hidden_size": 1152,
             "intermediate_size": 4304,
-            "num_heads": 16,
             "out_hidden_size": 4096,
             "deepstack_visual_indexes": [8, 16, 24],
-            "num_position_embeddings": 2304,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
         },
         "tie_word_embeddings": False,
     },
