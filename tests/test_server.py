@@ -53,10 +53,10 @@ def test_health_models_and_openapi(client, embedder):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["embedding_model"] == "tiny-qwen3vl"  # a name, not a folder
     models = client.get("/v1/models").json()
-    assert {m["type"] for m in models["data"]} == {"embedding", "rerank"}
+    assert {m["type"] for m in models["data"]} == {"embedding", "rerank", "chat"}  # the pipeline has a generator
     assert {m["id"] for m in models["data"]} == {"tiny-qwen3vl"}
     spec = client.get("/openapi.json").json()
-    assert {"/v1/embeddings", "/v1/rerank", "/v1/search", "/v1/ask"} <= set(spec["paths"])
+    assert {"/v1/embeddings", "/v1/rerank", "/v1/search", "/v1/ask", "/v1/chat/completions"} <= set(spec["paths"])
 
 
 def test_auth(base_url):

@@ -9,7 +9,8 @@ LangChain LLM wrapped in a function, ...).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,10 +103,7 @@ class Qwen3VLGenerator(CheckpointModel):
             out.append({"role": message.get("role", "user"), "content": items})
         return out
 
-    @torch.inference_mode()
-    def chat(self, messages: Sequence[dict[str, Any]], *, max_new_tokens: int | None = None) -> str:
-        """Generate the assistant's reply to ``messages``: ``[{"role", "content": [multimodal objects]}]``, each
-        content part a str or ``{"text" / "image" / "video": ...}`` (paths, URLs, PIL images, bytes)."""
+    def _inputs(self, messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
         conversation = self._chat_template_input(messages)
         enc = encode_conversation(self.processor, conversation, max_length=None, truncation=False)
         ids = enc.input_ids[None]
@@ -118,13 +116,177 @@ class Qwen3VLGenerator(CheckpointModel):
             "pixel_values_videos": enc.pixel_values_videos,
             "video_grid_thw": enc.video_grid_thw,
         }
-        inputs = {k: v for k, v in batch_to_device(tensors, self.device, self.dtype).items() if v is not None}
-        tokenizer = self.processor.tokenizer
-        with self._lock:
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            )
-        return tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        return {k: v for k, v in batch_to_device(tensors, self.device, self.dtype).items() if v is not None}
+
+    def chat(self, messages: Sequence[dict[str, Any]], *, max_new_tokens: int | None = None, **sampling: Any) -> str:
+        """Generate the assistant's reply to ``messages``: ``[{"role", "content": [multimodal objects]}]``, each
+        content part a str or ``{"text" / "image" / "video": ...}`` (paths, URLs, PIL images, bytes). ``sampling``:
+        :meth:`stream`'s options. The text equals the concatenation of :meth:`stream`'s pieces."""
+        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, **sampling))
+
+    def stream(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        cancel: threading.Event | None = None,
+        result: GenerationResult | None = None,
+    ) -> Iterator[str]:
+        """The reply as it is generated, in pieces of text (leading and trailing whitespace of the whole reply left
+        out). Greedy at ``temperature`` 0 (the default), else sampled (``top_p``, ``seed``). Generation stops at
+        ``max_new_tokens``, at a ``stop`` string (not included), or when ``cancel`` is set (a client went away);
+        closing the iterator early sets it. ``result`` receives the token counts and the finish reason."""
+        result = result if result is not None else GenerationResult()
+        cancel = cancel or threading.Event()
+        inputs = self._inputs(messages)
+        result.prompt_tokens = int(inputs["input_ids"].shape[1])
+        limit = max_new_tokens or self.max_new_tokens
+        streamer = _CountingStreamer(self.processor.tokenizer, result, timeout=None)
+        options = _sampling(temperature, top_p, self.processor.tokenizer)
+        worker = threading.Thread(
+            target=self._generate,
+            args=(inputs, limit, options, streamer, cancel, seed, result),
+            name="generate",
+            daemon=True,
+        )
+        worker.start()
+        trimmer = _Trimmer(stop or ())
+        try:
+            for piece in streamer:
+                out = trimmer.feed(piece)
+                if out:
+                    yield out
+                if trimmer.stopped:
+                    result.finish_reason = "stop"
+                    cancel.set()
+                    break
+            tail = trimmer.flush()
+            if tail:
+                yield tail
+        finally:
+            cancel.set()  # a consumer that stops early stops the generation
+            worker.join()
+        if result.error is not None:
+            raise result.error
+        if result.finish_reason is None:
+            result.finish_reason = "length" if result.completion_tokens >= limit else "stop"
+
+    @torch.inference_mode()
+    def _generate(
+        self,
+        inputs: dict[str, Any],
+        limit: int,
+        options: dict[str, Any],
+        streamer: Any,
+        cancel: threading.Event,
+        seed: int | None,
+        result: GenerationResult,
+    ) -> None:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        try:
+            with self._lock:
+                if cancel.is_set():
+                    return
+                if seed is not None:
+                    torch.manual_seed(seed)
+                self.model.generate(
+                    **inputs,
+                    max_new_tokens=limit,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                    **options,
+                )
+        except Exception as exc:  # reported to the consumer
+            result.error = exc
+        finally:
+            streamer.end()
+
+
+@dataclass
+class GenerationResult:
+    """What one generation did: tokens in and out, why it ended ("stop": end of text or a stop string, "length":
+    ``max_new_tokens``)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    error: BaseException | None = None
+
+
+def _sampling(temperature: float, top_p: float | None, tokenizer: Any) -> dict[str, Any]:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if temperature <= 0:
+        return {"do_sample": False, "pad_token_id": pad, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p or 1.0, "top_k": None, "pad_token_id": pad}
+
+
+class _CountingStreamer:
+    """transformers' ``TextIteratorStreamer`` (text of the new tokens, as they come) that also counts them."""
+
+    def __init__(self, tokenizer: Any, result: GenerationResult, timeout: float | None) -> None:
+        from transformers import TextIteratorStreamer
+
+        self._inner = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
+        self._result = result
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._prompt_seen:
+            self._result.completion_tokens += int(value.numel())
+        self._prompt_seen = True
+        self._inner.put(value)
+
+    def end(self) -> None:
+        if not getattr(self, "_ended", False):
+            self._ended = True
+            self._inner.end()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inner)
+
+
+class _Trimmer:
+    """Pieces of text in, the same text out without its leading and trailing whitespace (a piece's trailing
+    whitespace is held until more text comes) and cut before the first stop string."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.stopped = False
+        self._started = False
+        self._held = ""  # trailing whitespace, or a tail that may begin a stop string
+        self._longest = max((len(s) for s in self.stop), default=0)
+
+    def feed(self, piece: str) -> str:
+        if self.stopped or not piece:
+            return ""
+        text = self._held + piece
+        if not self._started:
+            text = text.lstrip()
+            if not text:
+                self._held = ""
+                return ""
+            self._started = True
+        for s in self.stop:
+            at = text.find(s)
+            if at >= 0:
+                self.stopped = True
+                return text[:at].rstrip()
+        # what may begin a stop string waits, and so does the whitespace before it (or at the end)
+        cut = max(0, len(text) - (self._longest - 1)) if self._longest > 1 else len(text)
+        cut = len(text[:cut].rstrip())
+        self._held = text[cut:]
+        return text[:cut]
+
+    def flush(self) -> str:
+        """The end of the text: what was held back, without trailing whitespace."""
+        out, self._held = ("" if self.stopped else self._held.rstrip()), ""
+        return out

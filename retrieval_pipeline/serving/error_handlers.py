@@ -24,9 +24,18 @@ logger = logging.getLogger(__name__)
 class HTTPError(Exception):
     """A refusal of the server's own: ``status``, ``message``, error ``kind`` and extra body fields."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", **extra: Any):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
         super().__init__(message)
         self.status, self.message, self.kind, self.extra = status, message, kind, extra
+        self.headers = headers or {}
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", **extra: Any) -> JSONResponse:
@@ -71,7 +80,9 @@ async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSO
 
 
 async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.kind, **exc.extra)
+    response = error_response(exc.status, exc.message, exc.kind, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

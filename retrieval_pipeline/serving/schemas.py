@@ -126,6 +126,7 @@ class AskRequest(BaseModel):
     top_k: int = Field(default=3, ge=1, le=20)
     filters: dict[str, FilterValue] | None = None
     rerank: bool = True
+    stream: bool = False
 
 
 class AskResponse(BaseModel):
@@ -153,3 +154,98 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 411, 4
 def plain(item: Any) -> Any:
     """A request item as the core takes it: a string, or the dict of a multimodal object."""
     return item.model_dump(exclude_none=True) if isinstance(item, BaseModel) else item
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# OpenAI chat completions (retrieval-augmented): OpenAI's request, unknown fields accepted and ignored
+
+
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: StrictStr
+    detail: str | None = None
+
+
+class ContentPart(BaseModel):
+    """OpenAI's content parts: ``text`` and ``image_url`` (an http(s) URL or a data URI)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+    text: StrictStr | None = None
+    image_url: ImageURL | StrictStr | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class RetrievalOptions(BaseModel):
+    """The extension object ``retrieval``: what the last user turn retrieves (``enabled: false``: plain chat)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    enabled: bool = True
+    top_k: int = Field(default=3, ge=1, le=20)
+    filters: dict[str, FilterValue] | None = None
+    rerank: bool = True
+    collection: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    retrieval: RetrievalOptions | None = None
+
+
+class ChatSource(SearchHit):
+    """A retrieved item given to the model (extension field ``sources``; OpenAI clients ignore it)."""
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage
+    sources: list[ChatSource] = Field(default_factory=list)

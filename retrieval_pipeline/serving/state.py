@@ -35,6 +35,72 @@ def model_name(component: Any) -> str | None:
     return Path(name).name if os.path.isabs(name) or os.path.isdir(name) else name
 
 
+class GenerationQueue:
+    """Chat generations one at a time, in arrival order (the generator holds the device); at most ``max_waiting``
+    admitted at once (running or waiting), beyond that 429 with ``Retry-After``. Its single thread runs the
+    generator's blocking calls."""
+
+    def __init__(self, max_waiting: int, retry_after_s: int) -> None:
+        self.max_waiting, self.retry_after_s = max_waiting, retry_after_s
+        self.admitted = 0
+        self.generations = 0
+        self.completion_tokens = 0
+        self._turn: asyncio.Semaphore | None = None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="generate")
+
+    def admit(self) -> _Ticket:
+        if self.admitted >= self.max_waiting:
+            raise HTTPError(
+                429,
+                f"{self.admitted} chat generations are running or waiting (max_queued_generations): retry later",
+                "rate_limit_error",
+                headers={"Retry-After": str(self.retry_after_s)},
+                limit="max_queued_generations",
+            )
+        self.admitted += 1
+        return _Ticket(self)
+
+    def turn(self) -> asyncio.Semaphore:
+        if self._turn is None:
+            self._turn = asyncio.Semaphore(1)
+        return self._turn
+
+    async def run(self, fn: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, contextvars.copy_context().run, fn)
+
+    def count(self, result: Any) -> None:
+        self.generations += 1
+        self.completion_tokens += int(getattr(result, "completion_tokens", 0))
+
+
+class _Ticket:
+    """One admitted generation: ``async with ticket`` waits for its turn; leaving (or dropping the ticket) frees its
+    place in the queue."""
+
+    def __init__(self, queue: GenerationQueue) -> None:
+        self.queue, self.done, self.holding = queue, False, False
+
+    async def __aenter__(self) -> _Ticket:
+        await self.queue.turn().acquire()
+        self.holding = True
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.holding:
+            self.holding = False
+            self.queue.turn().release()
+        self.release()
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.queue.admitted -= 1
+
+    def __del__(self) -> None:  # a stream whose body never ran (the client left before it started)
+        self.release()
+
+
 @dataclass
 class ServingState:
     """One app's models, pipeline, preparer, batchers and thread pools (``app.state.serving``)."""
@@ -49,6 +115,7 @@ class ServingState:
     store_pool: ThreadPoolExecutor
     pools: tuple[ThreadPoolExecutor, ...]
     source_root: Path | None
+    generation_queue: GenerationQueue
 
     @classmethod
     def build(cls, config: ServerConfig, embedder: Any, reranker: Any, pipeline: Any) -> ServingState:
@@ -84,6 +151,7 @@ class ServingState:
                     out.append(exc)
             return out
 
+        generation_queue = GenerationQueue(config.max_queued_generations, config.retry_after_s)
         embed_batcher = DynamicBatcher(
             run_embeddings, max_items=config.batch_items, max_wait_ms=wait, executor=embed_pool
         )
@@ -102,8 +170,9 @@ class ServingState:
             embed_batcher=embed_batcher,
             rerank_batcher=rerank_batcher,
             store_pool=store_pool,
-            pools=(local_pool, remote_pool, embed_pool, rerank_pool, store_pool),
+            pools=(local_pool, remote_pool, embed_pool, rerank_pool, store_pool, generation_queue.pool),
             source_root=Path(config.source_root).expanduser().resolve() if config.source_root else None,
+            generation_queue=generation_queue,
         )
 
     async def close(self) -> None:

@@ -31,7 +31,9 @@ async def health(request: Request, state: State) -> dict[str, Any]:
 @router.get("/v1/models")
 async def models(state: State) -> dict[str, Any]:
     data = []
-    for component, kind in ((state.embedder, "embedding"), (state.reranker, "rerank")):
+    rag = state.pipeline
+    chat = rag._generator if rag is not None and hasattr(rag._generator, "model_name_or_path") else None
+    for component, kind in ((state.embedder, "embedding"), (state.reranker, "rerank"), (chat, "chat")):
         if component is not None:
             data.append(
                 {

@@ -3,11 +3,16 @@ sources. Hits name local sources relative to ``source_root`` (a file name otherw
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 
+from ...models.generator import GenerationResult
 from ..schemas import ERRORS, AskRequest, AskResponse, SearchHit, SearchRequest, SearchResponse, plain
 from ..state import ServingState, State
 
@@ -44,14 +49,41 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
 
 
 @router.post("/v1/ask", response_model=AskResponse, responses=ERRORS)
-async def ask(body: AskRequest, state: State) -> AskResponse:
+async def ask(body: AskRequest, request: Request, state: State) -> Any:
+    """The answer with its sources; ``stream: true`` sends server-sent events: ``{"sources": [...]}`` first, then
+    ``{"delta": "..."}`` pieces as they are generated, then ``{"finish_reason": ...}`` and ``[DONE]``."""
     rag = state.need(state.pipeline, "collection")
     if not rag.has_generator:
         state.need(None, "generator")
     image = None
     if body.image is not None:
         image = (await state.preparer.query({"image": body.image}))["image"]
-    answer = await state.store_call(
-        rag.ask, body.question, image=image, top_k=body.top_k, filters=body.filters, rerank=body.rerank
-    )
-    return AskResponse(question=body.question, answer=answer.text, sources=[_hit(h, state) for h in answer.sources])
+    if not body.stream:
+        ticket = state.generation_queue.admit()
+        async with ticket:
+            answer = await state.store_call(
+                rag.ask, body.question, image=image, top_k=body.top_k, filters=body.filters, rerank=body.rerank
+            )
+        return AskResponse(question=body.question, answer=answer.text, sources=[_hit(h, state) for h in answer.sources])
+    from .chat import chat_model, generated_pieces
+
+    generator = chat_model(state)
+    query: Any = {"text": body.question, "image": image} if image is not None else body.question
+    hits = await state.store_call(rag.search, query, top_k=body.top_k, filters=body.filters, rerank=body.rerank)
+    ticket = state.generation_queue.admit()
+    chat = generator.conversation(body.question, hits)
+
+    async def events() -> AsyncIterator[str]:
+        result = GenerationResult()
+        yield _event({"sources": [_hit(h, state).model_dump() for h in hits]})
+        async with aclosing(generated_pieces(generator, chat, {}, ticket, request, result)) as pieces:
+            async for piece in pieces:
+                yield _event({"delta": piece})
+        yield _event({"finish_reason": result.finish_reason or "stop"})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"

@@ -1,0 +1,283 @@
+"""``POST /v1/chat/completions``: OpenAI's chat completions over the corpus. The last user turn (its text and first
+image) is retrieved through the two-stage pipeline; the retrieved items (images as images, pages as page images,
+text as text, videos as frames) and the conversation go to the generator. ``stream: true`` sends OpenAI's
+``chat.completion.chunk`` events as tokens are generated; a client that goes away stops the generation.
+
+Extensions OpenAI clients ignore: the request's ``retrieval`` object (``top_k``, ``filters``, ``rerank``,
+``collection``, ``enabled``) and the response's ``sources`` (in the first chunk when streaming).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ...media import parse_input
+from ...models.encoding import estimate_tokens
+from ...models.generator import SYSTEM_PROMPT, GenerationResult, Qwen3VLGenerator
+from ..error_handlers import HTTPError
+from ..schemas import (
+    ERRORS,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    ChatSource,
+    ChatUsage,
+    RetrievalOptions,
+)
+from ..state import ServingState, State, model_name
+from .retrieval import public_source
+
+router = APIRouter(tags=["chat"])
+
+# Tokens of retrieved context the generator's prompt may hold; past it the lowest-ranked items are left out.
+CONTEXT_TOKENS = 6144
+DEFAULT_MAX_TOKENS = 512
+
+
+def chat_model(state: ServingState) -> Qwen3VLGenerator:
+    rag = state.pipeline
+    generator = rag.generator if rag is not None and rag.has_generator else None
+    if not isinstance(generator, Qwen3VLGenerator):
+        raise HTTPError(404, "this server has no chat (generator) model loaded", "not_found_error")
+    return generator
+
+
+def refuse_unsupported(body: ChatCompletionRequest) -> None:
+    """OpenAI fields that would change what the answer means, which this server cannot honour: a clear 400."""
+    if body.n not in (None, 1):
+        raise HTTPError(400, "n > 1 is not supported: ask for one choice", "invalid_request_error", param="n")
+    if body.tools or body.functions or body.tool_choice not in (None, "none", "auto"):
+        raise HTTPError(400, "tools / function calling are not supported", "invalid_request_error", param="tools")
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise HTTPError(400, "only response_format text is supported", "invalid_request_error", param="response_format")
+    if body.logprobs:
+        raise HTTPError(400, "logprobs are not supported", "invalid_request_error", param="logprobs")
+    if body.messages[-1].role != "user":
+        raise HTTPError(400, "the last message must be the user's", "invalid_request_error", param="messages")
+
+
+def _parts(message: ChatMessage, index: int) -> list[dict[str, Any]]:
+    """A message's content as multimodal objects: ``{"text"}`` and ``{"image": url}``."""
+    if message.content is None or isinstance(message.content, str):
+        return [{"text": message.content}] if message.content else []
+    out: list[dict[str, Any]] = []
+    for p, part in enumerate(message.content):
+        if part.type in ("text", "input_text") and part.text is not None:
+            out.append({"text": part.text})
+        elif part.type == "image_url" and part.image_url is not None:
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            out.append({"image": url})
+        else:
+            raise HTTPError(
+                400,
+                f"messages[{index}].content[{p}]: unsupported content part type {part.type!r} (text, image_url)",
+                "invalid_request_error",
+                param=f"messages.{index}.content.{p}",
+            )
+    return out
+
+
+async def prepared_turns(messages: list[ChatMessage], state: ServingState) -> tuple[str, list[dict[str, Any]]]:
+    """(the clients' system text, the user / assistant turns with their images fetched under the server's policy)."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if message.role == "tool":
+            raise HTTPError(400, "tool messages are not supported", "invalid_request_error", param=f"messages.{i}")
+        parts = _parts(message, i)
+        if message.role in ("system", "developer"):
+            system.extend(p["text"] for p in parts if "text" in p)
+        else:
+            turns.append({"role": message.role, "content": parts})
+    refs = [p["image"] for t in turns for p in t["content"] if "image" in p]
+    if refs:
+        fetched = iter((await state.preparer.query({"image": refs}))["image"])
+        for turn in turns:
+            turn["content"] = [{"image": next(fetched)} if "image" in p else p for p in turn["content"]]
+    return "\n\n".join(system), turns
+
+
+def _query(turn: dict[str, Any]) -> Any:
+    text = " ".join(p["text"] for p in turn["content"] if "text" in p).strip()
+    images = [p["image"] for p in turn["content"] if "image" in p]
+    if images:
+        return {"text": text, "image": images[0]} if text else {"image": images[0]}
+    return text or None
+
+
+async def retrieve(turns: list[dict[str, Any]], options: RetrievalOptions, state: ServingState) -> list[Any]:
+    rag = state.pipeline
+    if options.collection not in (None, rag.store.collection):
+        raise HTTPError(
+            404,
+            f"collection {options.collection!r} is not served here ({rag.store.collection!r} is)",
+            "not_found_error",
+        )
+    query = _query(turns[-1])
+    if not options.enabled or query is None:
+        return []
+    return await state.store_call(
+        rag.search, query, top_k=options.top_k, filters=options.filters, rerank=options.rerank
+    )
+
+
+def within_budget(hits: list[Any], media: Any, budget: int = CONTEXT_TOKENS) -> list[Any]:
+    """The best hits whose context fits ``budget`` tokens (the lowest-ranked leave first)."""
+    given, spent = [], 0
+    for hit in hits:
+        try:
+            cost = sum(estimate_tokens(parse_input(part), media) for part in hit.context())
+        except Exception:  # noqa: BLE001 - an item that cannot be read is not given
+            continue
+        if spent + cost > budget:
+            break
+        given.append(hit)
+        spent += cost
+    return given
+
+
+def conversation(system: str, turns: list[dict[str, Any]], hits: list[Any]) -> list[dict[str, Any]]:
+    """The generator's chat: the RAG system prompt (with the clients'), earlier turns as they are, and the last user
+    turn preceded by the numbered context items."""
+    sys_text = (SYSTEM_PROMPT + ("\n\n" + system if system else "")) if hits else system
+    out = [{"role": "system", "content": [{"text": sys_text}]}] if sys_text else []
+    out.extend(turns[:-1])
+    content: list[Any] = []
+    for n, hit in enumerate(hits, 1):
+        content.append({"text": f"[{n}] {hit.describe()}\n"})
+        content.extend(hit.context())
+        content.append({"text": "\n"})
+    last = turns[-1]["content"]
+    if hits:
+        content.append({"text": "Question: "})
+    out.append({"role": "user", "content": content + last})
+    return out
+
+
+def sampling(body: ChatCompletionRequest) -> dict[str, Any]:
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    return {
+        "max_new_tokens": body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+        "temperature": body.temperature or 0.0,
+        "top_p": body.top_p,
+        "stop": stop,
+        "seed": body.seed,
+    }
+
+
+def sources(hits: list[Any], state: ServingState) -> list[ChatSource]:
+    out = []
+    for hit in hits:
+        data = hit.to_dict()
+        data["source"] = public_source(data.get("source"), state)
+        out.append(ChatSource(**data))
+    return out
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
+    refuse_unsupported(body)
+    generator = chat_model(state)
+    state.check_model(body.model, generator)
+    system, turns = await prepared_turns(body.messages, state)
+    hits = await retrieve(turns, body.retrieval or RetrievalOptions(), state)
+    given = within_budget(hits, generator.media)
+    chat = conversation(system, turns, given)
+    options = sampling(body)
+    ticket = state.generation_queue.admit()  # 429 now, before any byte of a stream is sent
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name(generator)}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = stream_events(generator, chat, options, ticket, meta, sources(given, state), include_usage, request)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    result = GenerationResult()
+    async with ticket:
+        text = await state.generation_queue.run(lambda: generator.chat(chat, result=result, **options))
+    state.generation_queue.count(result)
+    return ChatCompletion(
+        **meta,
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=result.finish_reason or "stop")],
+        usage=_usage(result),
+        sources=sources(given, state),
+    )
+
+
+def _usage(result: GenerationResult) -> ChatUsage:
+    return ChatUsage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+
+
+def _chunk(meta: dict[str, Any], delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    body = {**meta, "object": "chat.completion.chunk", "choices": choices, **extra}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def generated_pieces(
+    generator: Qwen3VLGenerator,
+    chat: list[dict[str, Any]],
+    options: dict[str, Any],
+    ticket: Any,
+    request: Request,
+    result: GenerationResult,
+) -> AsyncIterator[str]:
+    """The reply's pieces as they are generated, when the ticket's turn comes; the generation stops when the client
+    disconnects (or the consumer stops early)."""
+    queue = request.app.state.serving.generation_queue
+    cancel = threading.Event()
+    sentinel = object()
+    async with ticket:
+        pieces = generator.stream(chat, cancel=cancel, result=result, **options)
+        try:
+            while True:
+                piece = await queue.run(lambda: next(pieces, sentinel))
+                if piece is sentinel or await request.is_disconnected():
+                    break
+                yield piece
+        finally:
+            cancel.set()  # the generation stops at its next token
+            # closed (and counted) on the generation thread, after a piece it may still be waiting for; not awaited:
+            # a client that went away cancels this task
+            queue.pool.submit(_close_and_count, pieces, queue, result)
+
+
+async def stream_events(
+    generator: Qwen3VLGenerator,
+    chat: list[dict[str, Any]],
+    options: dict[str, Any],
+    ticket: Any,
+    meta: dict[str, Any],
+    given: list[ChatSource],
+    include_usage: bool,
+    request: Request,
+) -> AsyncIterator[str]:
+    """Server-sent ``chat.completion.chunk`` events: the role and the sources first, then the text as it is
+    generated, the finish reason, the usage when asked, ``[DONE]``."""
+    result = GenerationResult()
+    yield _chunk(meta, {"role": "assistant", "content": ""}, sources=[s.model_dump() for s in given])
+    async with aclosing(generated_pieces(generator, chat, options, ticket, request, result)) as pieces:
+        async for piece in pieces:
+            yield _chunk(meta, {"content": piece})
+    yield _chunk(meta, {}, result.finish_reason or "stop")
+    if include_usage:
+        yield _chunk(meta, None, usage=_usage(result).model_dump())
+    yield "data: [DONE]\n\n"
+
+
+def _close_and_count(pieces: Any, queue: Any, result: GenerationResult) -> None:
+    pieces.close()
+    queue.count(result)

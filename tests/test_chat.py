@@ -1,0 +1,224 @@
+"""``/v1/chat/completions`` through the client packages people use (openai, langchain-openai, LlamaIndex's
+OpenAI-like LLM) against a real server on 127.0.0.1: answers over the corpus, streaming, sources, refusals."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import pytest
+from conftest import MEDIA, TINY, LiveServer
+
+from retrieval_pipeline.models.generator import GenerationResult
+from retrieval_pipeline.pipeline import RAGPipeline
+from retrieval_pipeline.serving import ServerConfig, create_app
+from retrieval_pipeline.store import EdgeStore
+
+QUESTION = "What does the revenue chart show?"
+
+
+@pytest.fixture(scope="module")
+def server(embedder, reranker, generator, tmp_path_factory):
+    from test_cli import CORPUS
+
+    store = EdgeStore(tmp_path_factory.mktemp("chat") / "db", "docs")
+    rag = RAGPipeline(store, embedder=embedder, reranker=reranker, generator=generator, offload=False)
+    rag.index([CORPUS], show_progress_bar=False)
+    app = create_app(pipeline=rag, config=ServerConfig(max_queued_generations=2))
+    with LiveServer(app) as url:
+        yield url, app, rag
+    store.close()
+
+
+def _client(url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_chat_answers_over_the_corpus_with_sources(server, generator):
+    url, app, rag = server
+    client = _client(url)
+    listed = {m.id: m for m in client.models.list().data}
+    assert "tiny-qwen3vl" in listed and listed["tiny-qwen3vl"].model_extra["type"] == "chat"
+    resp = client.chat.completions.create(
+        model="tiny-qwen3vl", messages=[{"role": "user", "content": QUESTION}], max_tokens=12, temperature=0
+    )
+    assert resp.object == "chat.completion" and resp.choices[0].message.role == "assistant"
+    sources = resp.model_extra["sources"]
+    assert len(sources) == 3 and [s["rank"] for s in sources] == [1, 2, 3]
+    hits = rag.search(QUESTION, top_k=3)
+    assert [s["id"] for s in sources] == [h.id for h in hits]
+    expected = generator.chat(
+        __import__("retrieval_pipeline.serving.routes.chat", fromlist=["conversation"]).conversation(
+            "", [{"role": "user", "content": [{"text": QUESTION}]}], hits
+        ),
+        max_new_tokens=12,
+    )
+    assert resp.choices[0].message.content == expected  # the library's own answer
+    assert resp.usage.completion_tokens <= 12 and resp.usage.prompt_tokens > 0
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+def test_openai_streaming_equals_the_answer_and_reports_usage(server):
+    url, app, rag = server
+    client = _client(url)
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Tell me about the cat."},
+        {"role": "assistant", "content": "Which cat?"},
+        {"role": "user", "content": "The one on the sofa."},
+    ]
+    whole = client.chat.completions.create(model="tiny-qwen3vl", messages=messages, max_tokens=16)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-qwen3vl",
+            messages=messages,
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].model_extra["sources"]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2  # pieces, as generated
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+
+
+def test_image_parts_retrieval_off_and_stop(server):
+    url, _, rag = server
+    client = _client(url)
+    data = base64.b64encode((MEDIA / "chelsea.jpg").read_bytes()).decode()
+    content = [
+        {"type": "text", "text": "Which picture is like this one?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{data}"}},
+    ]
+    resp = client.chat.completions.create(model="tiny-qwen3vl", messages=[{"role": "user", "content": content}])
+    query = {"text": "Which picture is like this one?", "image": (MEDIA / "chelsea.jpg").read_bytes()}
+    assert [s["id"] for s in resp.model_extra["sources"]] == [h.id for h in rag.search(query, top_k=3)]
+    plain = client.chat.completions.create(
+        model="tiny-qwen3vl",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=8,
+        extra_body={"retrieval": {"enabled": False}},
+    )
+    assert plain.model_extra["sources"] == []
+    full = plain.choices[0].message.content
+    if len(full) > 3:
+        stopped = client.chat.completions.create(
+            model="tiny-qwen3vl",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=8,
+            stop=[full[2:4]],
+            extra_body={"retrieval": {"enabled": False}},
+        )
+        assert stopped.choices[0].message.content == full[: full.index(full[2:4])].rstrip()
+
+
+def test_refusals_are_clear(server):
+    import openai
+
+    url, _, _ = server
+    client = _client(url)
+    user = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError, match="n > 1"):
+        client.chat.completions.create(model="tiny-qwen3vl", messages=user, n=2)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(model="tiny-qwen3vl", messages=user, tools=[tool])
+    with pytest.raises(openai.NotFoundError, match="not found"):
+        client.chat.completions.create(model="gpt-4o", messages=user)
+    with pytest.raises(openai.BadRequestError, match="last message"):
+        client.chat.completions.create(model="tiny-qwen3vl", messages=[{"role": "system", "content": "x"}])
+    ok = client.chat.completions.create(model="tiny-qwen3vl", messages=user, max_tokens=2, frequency_penalty=0.0)
+    assert ok.choices  # an unknown-to-us OpenAI field is accepted and ignored
+
+
+def test_a_full_queue_is_429_with_retry_after(server):
+    url, app, _ = server
+    queue = app.state.serving.generation_queue
+    held = [queue.admit(), queue.admit()]  # the queue's two places taken
+    try:
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["limit"] == "max_queued_generations"
+    finally:
+        for ticket in held:
+            ticket.release()
+    r = httpx.post(
+        f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    )
+    assert r.status_code == 200
+
+
+def test_a_client_that_disconnects_stops_the_generation(server, generator):
+    url, app, _ = server
+    queue = app.state.serving.generation_queue
+    before, generations = queue.completion_tokens, queue.generations
+    body = {
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 4000,
+        "stream": True,
+        "retrieval": {"enabled": False},
+    }
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert '"role": "assistant"' in first
+        next(line for line in lines if '"content": "' in line and '"role"' not in line)  # the first generated piece
+    deadline = time.time() + 30
+    while (queue.admitted or queue.generations == generations) and time.time() < deadline:
+        time.sleep(0.1)
+    assert queue.admitted == 0 and queue.generations == generations + 1
+    generated = queue.completion_tokens - before
+    assert 0 < generated < 4000  # stopped long before max_tokens
+    # the same generation, not cancelled, runs to the limit (the tiny model never emits end of text early)
+    result = GenerationResult()
+    generator.chat([{"role": "user", "content": [{"text": "Write a long story."}]}], max_new_tokens=300, result=result)
+    assert result.completion_tokens == 300 or result.finish_reason == "stop"
+
+
+def test_langchain_openai_chat_model(server):
+    from langchain_openai import ChatOpenAI
+
+    url, _, _ = server
+    llm = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model="tiny-qwen3vl", max_tokens=12, temperature=0)
+    answer = llm.invoke(QUESTION)
+    streamed = "".join(chunk.content for chunk in llm.stream(QUESTION))
+    assert isinstance(answer.content, str) and streamed == answer.content
+
+
+def test_llama_index_openai_like_llm(server):
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai_like import OpenAILike
+
+    url, _, _ = server
+    llm = OpenAILike(
+        api_base=f"{url}/v1", api_key="unused", model="tiny-qwen3vl", is_chat_model=True, max_tokens=12, temperature=0
+    )
+    messages = [ChatMessage(role="user", content=QUESTION)]
+    answer = llm.chat(messages).message.content
+    streamed = "".join(r.delta or "" for r in llm.stream_chat(messages))
+    assert streamed == answer
+    assert str(TINY.name) == "tiny-qwen3vl"
+
+
+def test_ask_streams_the_same_answer(server):
+    import json
+
+    url, _, _ = server
+    body = {"question": QUESTION, "top_k": 2}
+    whole = httpx.post(f"{url}/v1/ask", json=body, timeout=60).json()
+    events = []
+    with httpx.stream("POST", f"{url}/v1/ask", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    assert [s["id"] for s in events[0]["sources"]] == [s["id"] for s in whole["sources"]]
+    assert "".join(e.get("delta", "") for e in events) == whole["answer"]
+    assert events[-1]["finish_reason"] in ("stop", "length")
