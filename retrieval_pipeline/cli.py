@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fetches", type=int, default=16, help="media URLs per request (default 16)")
     p.add_argument("--max-items", type=int, default=256, help="inputs / documents per request (default 256)")
     p.add_argument("--max-in-flight", type=int, default=16, help="requests at once; beyond: 429 (default 16)")
+    p.add_argument(
+        "--max-queued-generations",
+        type=int,
+        default=8,
+        help="chat / ask generations running or waiting; beyond: 429 (default 8)",
+    )
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds to load one request's media")
     p.add_argument("--body-timeout", type=float, default=15.0, help="seconds for a client to send its request body")
     p.add_argument("--served-model-name", action="append", default=[], help="extra accepted 'model' name")
@@ -425,6 +431,7 @@ def _serve(args: argparse.Namespace, pipeline: Any) -> int:
         max_fetches=args.max_fetches,
         max_items=args.max_items,
         max_in_flight=args.max_in_flight,
+        max_queued_generations=args.max_queued_generations,
         request_timeout=args.request_timeout,
         body_timeout=args.body_timeout,
         served_model_names=tuple(args.served_model_name),

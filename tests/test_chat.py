@@ -222,3 +222,18 @@ def test_ask_streams_the_same_answer(server):
     assert [s["id"] for s in events[0]["sources"]] == [s["id"] for s in whole["sources"]]
     assert "".join(e.get("delta", "") for e in events) == whole["answer"]
     assert events[-1]["finish_reason"] in ("stop", "length")
+
+
+def test_the_prompt_budget_leaves_the_lowest_ranked_out_and_sources_say_so(server, generator, monkeypatch):
+    from retrieval_pipeline.media import parse_input
+    from retrieval_pipeline.models.encoding import estimate_tokens
+    from retrieval_pipeline.serving.routes import chat as chat_route
+
+    url, _, rag = server
+    hits = rag.search(QUESTION, top_k=3)
+    costs = [sum(estimate_tokens(parse_input(p), generator.media) for p in h.context()) for h in hits]
+    monkeypatch.setattr(chat_route, "CONTEXT_TOKENS", costs[0] + costs[1])
+    resp = _client(url).chat.completions.create(
+        model="tiny-qwen3vl", messages=[{"role": "user", "content": QUESTION}], max_tokens=2
+    )
+    assert [s["id"] for s in resp.model_extra["sources"]] == [h.id for h in hits[:2]]

@@ -46,8 +46,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("an empty bearer token would switch authentication off: pass a real token or None")
-        if self.max_in_flight < 1 or self.prepare_workers < 1:
-            raise ValueError("max_in_flight and prepare_workers must be >= 1")
+        if self.max_in_flight < 1 or self.prepare_workers < 1 or self.max_queued_generations < 1:
+            raise ValueError("max_in_flight, prepare_workers and max_queued_generations must be >= 1")
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy.server(

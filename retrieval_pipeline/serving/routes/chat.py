@@ -132,8 +132,10 @@ async def retrieve(turns: list[dict[str, Any]], options: RetrievalOptions, state
     )
 
 
-def within_budget(hits: list[Any], media: Any, budget: int = CONTEXT_TOKENS) -> list[Any]:
-    """The best hits whose context fits ``budget`` tokens (the lowest-ranked leave first)."""
+def within_budget(hits: list[Any], media: Any, budget: int | None = None) -> list[Any]:
+    """The best hits whose context fits ``budget`` tokens (default :data:`CONTEXT_TOKENS`; the lowest-ranked leave
+    first)."""
+    budget = CONTEXT_TOKENS if budget is None else budget
     given, spent = [], 0
     for hit in hits:
         try:
