@@ -65,26 +65,40 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+Document = StrictStr | dict[str, Any]
+
+
 class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    query: InputItem
-    documents: list[InputItem]
+    """Every rerank dialect's request: Cohere v1 / v2, Jina, vLLM, Infinity. A document is a string, the project's
+    multimodal object, the content-part form (``{"content": [...]}``) or a Cohere structured document."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: Document
+    documents: list[Document]
     top_n: PositiveInt | None = None
-    return_documents: bool = False
+    return_documents: bool | None = None
+    rank_fields: list[StrictStr] | None = Field(default=None, description="Cohere v1: the fields ranked on.")
+    max_chunks_per_doc: PositiveInt | None = Field(default=None, description="Cohere v1; accepted, not used.")
+    max_tokens_per_doc: PositiveInt | None = Field(default=None, description="Cohere v2: each document's text cut.")
+    raw_scores: bool | None = Field(default=None, description="Infinity: relevance_score is the raw logit difference.")
     instruction: str | None = None
     model: str | None = Field(default=None, description="Checked when given (see /v1/models).")
+    truncate_prompt_tokens: int | None = None  # vLLM; accepted
 
 
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
-    document: InputItem | None = None
+    document: Any = None
 
 
 class RerankResponse(BaseModel):
+    id: str | None = None
+    object: str | None = None
     model: str
     results: list[RerankResult]
     usage: dict[str, int]
+    meta: dict[str, Any] | None = None
 
 
 FilterValue = StrictStr | StrictInt | StrictBool | list[StrictStr] | list[StrictInt]

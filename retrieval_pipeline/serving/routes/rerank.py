@@ -1,24 +1,43 @@
-"""``POST /v1/rerank`` (the Cohere / Jina shape): ``query``, ``documents``, ``top_n``, ``return_documents`` ->
-``results[{index, relevance_score}]`` best first."""
+"""Rerank in every common dialect, multimodal on both sides, one engine behind them:
+
+- ``POST /v1/rerank``: Jina-style clients and the Cohere v1 SDK (``return_documents``, ``rank_fields`` for
+  structured documents); a returned ``document`` is an object with ``text`` (strings) or the object sent.
+- ``POST /v2/rerank``: the Cohere v2 SDK, ``langchain-cohere``, LiteLLM ``cohere/`` (``max_tokens_per_doc``);
+  results ``{index, relevance_score}`` (documents only when ``return_documents``).
+- ``POST /rerank``: LiteLLM ``hosted_vllm/`` and Infinity's client. The two want different shapes and are told
+  apart by what they send: Infinity always sends ``raw_scores``, and gets ``document`` as a string and
+  ``usage.prompt_tokens``; any other request gets vLLM's shape (``document.text``).
+
+``raw_scores: true``: ``relevance_score`` is the raw score, the "yes" minus "no" logit before the sigmoid.
+``usage`` carries ``prompt_tokens`` and ``total_tokens`` (the tokens the reranker read) everywhere.
+"""
 
 from __future__ import annotations
+
+import uuid
+from typing import Any
 
 from fastapi import APIRouter
 
 from ...models.reranker import rank_scores
+from ..dialects import raw_score, returned_document, to_input
 from ..error_handlers import HTTPError
 from ..prepare import check_sources
-from ..schemas import ERRORS, RerankRequest, RerankResponse, RerankResult, plain
-from ..state import State, model_name
+from ..schemas import ERRORS, RerankRequest, RerankResponse, RerankResult
+from ..state import ServingState, State, model_name
 
 router = APIRouter(tags=["rerank"])
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS)
-async def rerank(body: RerankRequest, state: State) -> RerankResponse:
+def _cut(text: str, tokens: int, tokenizer: Any) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= tokens else tokenizer.decode(ids[:tokens])
+
+
+async def _scores(body: RerankRequest, state: ServingState) -> tuple[list[float], int, Any]:
+    """(scores in document order, tokens read, the model) for any dialect's request."""
     model = state.need(state.reranker, "reranker")
     state.check_model(body.model, model)
-    name = model_name(model) or ""
     if len(body.documents) > state.config.max_items:
         raise HTTPError(
             413,
@@ -26,7 +45,11 @@ async def rerank(body: RerankRequest, state: State) -> RerankResponse:
             param="documents",
             limit="max_items",
         )
-    query, documents = plain(body.query), [plain(d) for d in body.documents]
+    query = to_input(body.query, "query")
+    documents = [to_input(d, f"documents.{i}", body.rank_fields) for i, d in enumerate(body.documents)]
+    if body.max_tokens_per_doc:
+        tokenizer = model.processor.tokenizer
+        documents = [_cut(d, body.max_tokens_per_doc, tokenizer) if isinstance(d, str) else d for d in documents]
     everything = [query, *documents]
 
     def work() -> object:
@@ -37,10 +60,48 @@ async def rerank(body: RerankRequest, state: State) -> RerankResponse:
 
     prepared = await state.preparer.run(work, everything)
     if prepared is None:
-        return RerankResponse(model=name, results=[], usage={"documents": 0})
+        return [], 0, model
     (scores,) = await state.rerank_batcher.submit([prepared])
-    results = [
-        RerankResult(index=i, relevance_score=score, document=body.documents[i] if body.return_documents else None)
-        for i, score in rank_scores(scores, body.top_n)
-    ]
-    return RerankResponse(model=name, results=results, usage={"documents": len(documents)})
+    return list(scores), sum(len(pair) for pair in prepared.pairs), model
+
+
+def _response(
+    body: RerankRequest, scores: list[float], tokens: int, model: Any, *, document_as: str, with_documents: bool
+) -> RerankResponse:
+    results = []
+    for i, score in rank_scores(scores, body.top_n):
+        relevance = raw_score(score) if body.raw_scores else score
+        document = None
+        if with_documents:
+            sent = body.documents[i]
+            document = sent if document_as == "string" and isinstance(sent, str) else returned_document(sent)
+        results.append(RerankResult(index=i, relevance_score=relevance, document=document))
+    return RerankResponse(
+        id=str(uuid.uuid4()),
+        model=model_name(model) or "",
+        results=results,
+        usage={"prompt_tokens": tokens, "total_tokens": tokens, "documents": len(body.documents)},
+        meta={"billed_units": {"search_units": 1}},
+    )
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS)
+async def rerank_v1(body: RerankRequest, state: State) -> RerankResponse:
+    scores, tokens, model = await _scores(body, state)
+    return _response(body, scores, tokens, model, document_as="object", with_documents=bool(body.return_documents))
+
+
+@router.post("/v2/rerank", response_model=RerankResponse, responses=ERRORS)
+async def rerank_v2(body: RerankRequest, state: State) -> RerankResponse:
+    scores, tokens, model = await _scores(body, state)
+    return _response(body, scores, tokens, model, document_as="object", with_documents=bool(body.return_documents))
+
+
+@router.post("/rerank", response_model=RerankResponse, responses=ERRORS)
+async def rerank_plain(body: RerankRequest, state: State) -> RerankResponse:
+    scores, tokens, model = await _scores(body, state)
+    if body.raw_scores is not None:  # Infinity's client: document as a string, usage tokens
+        response = _response(body, scores, tokens, model, document_as="string", with_documents=True)
+        response.object = "rerank"
+        return response
+    return _response(body, scores, tokens, model, document_as="object", with_documents=True)  # vLLM
