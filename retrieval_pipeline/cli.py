@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fetch-timeout", type=float, default=20.0, help="seconds per media URL, in all (default 20)")
     p.add_argument("--fetch-max-mb", type=float, default=64.0, help="MB per media URL (default 64)")
     p.add_argument("--max-fetches", type=int, default=16, help="media URLs per request (default 16)")
-    p.add_argument("--max-items", type=int, default=256, help="inputs / documents per request (default 256)")
+    p.add_argument(
+        "--max-items", type=int, default=2048, help="inputs / documents per request, as OpenAI's (default 2048)"
+    )
     p.add_argument("--max-in-flight", type=int, default=16, help="requests at once; beyond: 429 (default 16)")
     p.add_argument(
         "--max-queued-generations",

@@ -89,3 +89,107 @@ def test_multimodal_documents_in_every_form(server, reranker):
     assert image  # a local path would be refused by the server's default (no local files)
     bad = httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": [{"content": [{"type": "audio"}]}]})
     assert bad.status_code == 400 and "documents.0.content.0" in bad.text
+
+
+def test_openai_embeddings_every_encoding_and_dimensions(server, embedder):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    texts = ["a cat", "a rocket"]
+    expected = embedder.embed(texts)
+    floats = client.embeddings.create(model="tiny-qwen3vl", input=texts, encoding_format="float")
+    assert np.abs(np.array([d.embedding for d in floats.data]) - expected).max() < TOL
+    packed = client.embeddings.create(model="tiny-qwen3vl", input=texts, encoding_format="base64")
+    decoded = np.array([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in packed.data])
+    assert np.abs(decoded - expected).max() < TOL
+    plain = client.embeddings.create(model="tiny-qwen3vl", input=texts)  # the SDK asks for base64 and decodes it
+    assert np.abs(np.array([d.embedding for d in plain.data]) - expected).max() < TOL
+    short = client.embeddings.create(model="tiny-qwen3vl", input=texts, dimensions=16)
+    assert np.abs(np.array([d.embedding for d in short.data]) - embedder.embed(texts, dim=16)).max() < TOL
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens > 0
+
+
+def test_token_ids_are_refused_with_what_to_do(server, embedder):
+    import openai
+    from langchain_openai import OpenAIEmbeddings
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    for token_ids in ([1, 2, 3], [[1, 2, 3], [4, 5]]):  # what LangChain's default sends (tiktoken ids)
+        with pytest.raises(openai.BadRequestError, match="check_embedding_ctx_length=False"):
+            client.embeddings.create(model="tiny-qwen3vl", input=token_ids)
+    works = OpenAIEmbeddings(
+        base_url=f"{server}/v1", api_key="unused", model="tiny-qwen3vl", check_embedding_ctx_length=False
+    )
+    got = np.array(works.embed_documents(["a cat", "a rocket"]))
+    assert np.abs(got - embedder.embed(["a cat", "a rocket"])).max() < TOL
+    query = np.array(works.embed_query("a cat"))
+    assert np.abs(query - embedder.embed(["a cat"])[0]).max() < TOL
+
+
+def test_llama_index_openai_like_embedding(server, embedder):
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    emb = OpenAILikeEmbedding(model_name="tiny-qwen3vl", api_base=f"{server}/v1", api_key="unused")
+    got = np.array(emb.get_text_embedding_batch(["a cat", "a rocket"]))
+    assert np.abs(got - embedder.embed(["a cat", "a rocket"])).max() < TOL
+
+
+def test_vllm_messages_input(server, embedder):
+    data = "data:image/jpeg;base64," + base64.b64encode((MEDIA / "chelsea.jpg").read_bytes()).decode()
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "a photo"}, {"type": "image_url", "image_url": {"url": data}}],
+        }
+    ]
+    r = httpx.post(f"{server}/v1/embeddings", json={"model": "tiny-qwen3vl", "messages": messages}, timeout=60)
+    assert r.status_code == 200, r.text
+    expected = embedder.embed([{"text": "a photo", "image": data}])[0]
+    assert np.abs(np.array(r.json()["data"][0]["embedding"]) - expected).max() < TOL
+
+
+def test_cohere_v2_embed_types_round_trip(server, embedder):
+    import cohere
+
+    from retrieval_pipeline.retriever import QUERY_INSTRUCTION
+
+    client = cohere.ClientV2(api_key="unused", base_url=server)
+    texts = ["a cat", "quarterly revenue"]
+    kinds = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+    resp = client.embed(
+        model="tiny-qwen3vl", texts=texts, input_type="search_document", embedding_types=kinds, output_dimension=32
+    )
+    expected = embedder.embed(texts, dim=32)
+    e = resp.embeddings
+    assert np.abs(np.array(e.float_) - expected).max() < TOL
+    assert np.abs(np.array(e.int8) / 127 - expected).max() <= 0.5 / 127 + TOL
+    assert np.abs(np.array(e.uint8) / 127.5 - 1 - expected).max() <= 0.5 / 127.5 + TOL
+    bits = np.unpackbits(np.array(e.ubinary, dtype=np.uint8), axis=-1)
+    assert np.array_equal(bits.astype(bool), expected > 0)
+    assert np.array_equal(np.array(e.binary) + 128, np.array(e.ubinary))
+    decoded = np.array([np.frombuffer(base64.b64decode(b), dtype="<f4") for b in e.base64])
+    assert np.abs(decoded - expected).max() < TOL
+    query = client.embed(model="tiny-qwen3vl", texts=["a cat"], input_type="search_query", embedding_types=["float"])
+    assert (
+        np.abs(np.array(query.embeddings.float_[0]) - embedder.embed(["a cat"], instruction=QUERY_INSTRUCTION)[0]).max()
+        < TOL
+    )
+    data = "data:image/jpeg;base64," + base64.b64encode((MEDIA / "chelsea.jpg").read_bytes()).decode()
+    image = client.embed(model="tiny-qwen3vl", images=[data], input_type="image", embedding_types=["float"])
+    assert np.abs(np.array(image.embeddings.float_[0]) - embedder.embed([{"image": data}])[0]).max() < TOL
+    mixed = client.embed(
+        model="tiny-qwen3vl",
+        inputs=[{"content": [{"type": "text", "text": "a photo"}, {"type": "image_url", "image_url": {"url": data}}]}],
+        input_type="search_document",
+        embedding_types=["float"],
+    )
+    expected_mixed = embedder.embed([{"text": "a photo", "image": data}])[0]
+    assert np.abs(np.array(mixed.embeddings.float_[0]) - expected_mixed).max() < TOL
+
+
+def test_long_token_id_lists_get_the_same_advice_from_the_body_guard(server):
+    body = {"model": "tiny-qwen3vl", "input": [list(range(50_000))]}  # a body over the guard's pre-check size
+    r = httpx.post(f"{server}/v1/embeddings", json=body, timeout=30)
+    assert r.status_code == 400 and "check_embedding_ctx_length=False" in r.json()["error"]["message"]
+    many = httpx.post(f"{server}/v1/embeddings", json={"input": ["a"] * 3000}, timeout=30)
+    assert many.status_code == 413 and many.json()["error"]["limit"] == "max_items"  # past OpenAI's 2048

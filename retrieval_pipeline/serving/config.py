@@ -8,7 +8,7 @@ from ..media import SERVER_LIMITS, InputLimits
 from ..netfetch import FetchPolicy
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
-MAX_ITEMS = 256
+MAX_ITEMS = 2048  # OpenAI's limit of inputs per embeddings request
 
 
 @dataclass

@@ -111,6 +111,12 @@ def install_guard(app: FastAPI, config: ServerConfig, pool: Executor) -> None:
             app.state.in_flight -= 1
 
 
+TOKEN_IDS = (
+    "input: token ids carry no tokenizer, and embedding them in this model's vocabulary would give wrong vectors; "
+    "send the text instead (LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False; LlamaIndex and the "
+    "openai SDK send text by default)"
+)
+
 # Bodies above this size are pre-checked off the event loop (see the guard middleware).
 PRECHECK_BYTES = 64 * 1024
 
@@ -127,6 +133,8 @@ def oversized_array(body: bytes, max_array: int) -> tuple[int, str, str | None] 
     while stack:
         value = stack.pop()
         if isinstance(value, list):
+            if len(value) > max_array and all(type(v) is int for v in value):
+                return 400, TOKEN_IDS, None  # token ids (LangChain's default): say what to send instead
             if len(value) > max_array:
                 return (
                     413,

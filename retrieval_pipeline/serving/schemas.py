@@ -34,7 +34,12 @@ InputItem = StrictStr | MultimodalInput
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    input: str | list[InputItem] = Field(description="A string, or a list of strings / multimodal objects.")
+    input: str | list[InputItem] | list[StrictInt] | list[list[StrictInt]] | None = Field(
+        default=None, description="A string, or a list of strings / multimodal objects (token ids are refused)."
+    )
+    messages: list[dict[str, Any]] | None = Field(
+        default=None, description="vLLM's chat-style input: one embedding of the messages' content parts."
+    )
     model: str | None = Field(
         default=None, description="Checked when given: the served model's name (see /v1/models) or an alias."
     )
@@ -263,3 +268,23 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: ChatUsage
     sources: list[ChatSource] = Field(default_factory=list)
+
+
+class CohereEmbedInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content: list[dict[str, Any]]
+
+
+class CohereEmbedRequest(BaseModel):
+    """Cohere v2 ``/v2/embed``: ``texts``, ``images`` (data URIs) or ``inputs`` (content parts)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    input_type: Literal["search_document", "search_query", "classification", "clustering", "image"] | None = None
+    texts: list[StrictStr] | None = None
+    images: list[StrictStr] | None = None
+    inputs: list[CohereEmbedInput] | None = None
+    output_dimension: PositiveInt | None = None
+    embedding_types: list[Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]] | None = None
+    max_tokens: PositiveInt | None = None
+    truncate: Literal["NONE", "START", "END"] | None = None
