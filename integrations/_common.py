@@ -60,7 +60,11 @@ def load_core_model(
     core_class: Callable[..., T], injected: T | None, name: str, model_kwargs: Mapping[str, Any], arg: str, **fixed: Any
 ) -> T:
     """The core model an adapter wraps: ``injected`` (passed as ``arg=``) as is, else ``core_class(name, ...)``.
-    Model keyword arguments only make sense when the adapter loads the model, so both together are an error."""
+    Model keyword arguments only make sense when the adapter loads the model, so both together are an error.
+    ``base_url=`` (and ``api_key=``) among them: the model of a running ``qwen3vl-rag serve`` instead
+    (:mod:`retrieval_pipeline.client`), the same numbers without loading a model in this process."""
+    if injected is None and model_kwargs.get("base_url"):
+        return remote_model(core_class, model_kwargs)  # type: ignore[return-value]
     if injected is None:
         return core_class(name, **fixed, **model_kwargs)
     if model_kwargs:
@@ -69,6 +73,23 @@ def load_core_model(
             f"(got {sorted(model_kwargs)}): set those options when loading the {arg}"
         )
     return injected
+
+
+def remote_model(core_class: Any, model_kwargs: Mapping[str, Any]) -> Any:
+    from retrieval_pipeline.client import RemoteEmbedder, RemoteReranker
+
+    remote = {"Qwen3VLEmbedder": RemoteEmbedder, "Qwen3VLReranker": RemoteReranker}.get(core_class.__name__)
+    if remote is None:
+        raise ValueError(
+            f"base_url= is for the embedding and rerank models; for answers, point an OpenAI-compatible LLM at the "
+            f"server's /v1/chat/completions (got {core_class.__name__})"
+        )
+    other = sorted(set(model_kwargs) - {"base_url", "api_key", "timeout"})
+    if other:
+        raise ValueError(f"base_url= uses the server's model: its options are the server's, not {other}")
+    return remote(
+        model_kwargs["base_url"], api_key=model_kwargs.get("api_key"), timeout=model_kwargs.get("timeout", 300)
+    )
 
 
 def init_core_model(

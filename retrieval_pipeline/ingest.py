@@ -502,7 +502,8 @@ class Indexer:
             model=str(local.resolve()) if local.is_dir() else name,  # a folder: loadable from any directory
             dim=self.dim,
             instruction=self.instruction,
-            model_id=model_fingerprint(name, getattr(embedder, "revision", None)),
+            model_id=getattr(embedder, "model_id", None)
+            or model_fingerprint(name, getattr(embedder, "revision", None)),
             dtype=dtype_name(getattr(embedder, "dtype", None)),
         )
 

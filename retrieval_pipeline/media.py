@@ -142,7 +142,7 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class VideoFileSource:
-    kind: str  # "path" | "url"
+    kind: str  # "path" | "url" | "data" (a data:video/...;base64 URI)
     value: str
 
 
@@ -391,6 +391,8 @@ def _video_source(value: Any, check_files: bool) -> VideoFileSource | FramesSour
         text = os.fspath(value)
         if text.startswith(("http://", "https://")):
             return VideoFileSource("url", text)
+        if text.startswith("data:video/"):
+            return VideoFileSource("data", text)
         if not text.strip():
             raise InputError("empty video path")
         path = _resolve_local(text)
@@ -602,6 +604,8 @@ def _load_video_src(arg: tuple[VideoFileSource | FramesSource, int | None], time
         return same_size_frames(images)
     if src.kind == "url":
         path = download_video(src.value, timeout)
+    elif src.kind == "data":
+        path = video_from_data_uri(src.value)
     else:
         path = src.value
         _check_file(Path(path))
@@ -660,6 +664,31 @@ def download_video(url: str, timeout: float) -> str:
             _download_files[key] = (hit[0], hit[1], time.monotonic())
             return hit[0]
     data = fetch(url, timeout=timeout, head_check=video_container)
+    return _cache_video(key, data)
+
+
+def video_from_data_uri(uri: str) -> str:
+    """A ``data:video/...;base64,`` URI's video, stored once in the bounded download cache (a remote client's
+    local file, e.g. :class:`~retrieval_pipeline.client.RemoteReranker`); its container is checked first."""
+    header, _, payload = uri.partition(",")
+    if ";base64" not in header:
+        raise InputError("a video data URI must be base64 encoded (data:video/mp4;base64,...)")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the video data URI is not valid base64") from None
+    video_container(data[:64])
+    key = "data-" + hashlib.sha256(data).hexdigest()[:32]
+    with _download_lock:
+        hit = _download_files.get(key)
+        if hit is not None and os.path.exists(hit[0]):
+            _download_files[key] = (hit[0], hit[1], time.monotonic())
+            return hit[0]
+    return _cache_video(key, data)
+
+
+def _cache_video(key: str, data: bytes) -> str:
+    global _download_dir
     suffix = video_container(data[:64])
     with _download_lock:
         if _download_dir is None or not os.path.isdir(_download_dir):

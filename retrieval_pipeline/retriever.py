@@ -156,7 +156,9 @@ class TwoStageRetriever:
 
     def _spec(self, embedder: Any) -> CollectionSpec:
         spec = self.store.open(create=False)
-        mine = CollectionSpec(embedder.model_name_or_path, spec.dim, spec.instruction)
+        mine = CollectionSpec(
+            embedder.model_name_or_path, spec.dim, spec.instruction, model_id=getattr(embedder, "model_id", None)
+        )
         mine.check(spec, self.store.collection)
         return spec
 

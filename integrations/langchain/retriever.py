@@ -10,6 +10,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, model_validator
 
 from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
+from retrieval_pipeline.client import RemoteEmbedder, RemoteReranker
 from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
 from retrieval_pipeline.store import VectorStore
 
@@ -36,9 +37,9 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    embedder: Qwen3VLEmbedder
+    embedder: Qwen3VLEmbedder | RemoteEmbedder  # RemoteEmbedder: a running ``qwen3vl-rag serve``'s model
     store: VectorStore = Field(default_factory=default_store)
-    reranker: Qwen3VLReranker | None = None
+    reranker: Qwen3VLReranker | RemoteReranker | None = None
     k: int = Field(default=5, gt=0, description="Documents to return, best first.")
     candidates: int = Field(default=CANDIDATES, gt=0, description="First-stage (vector) hits handed to the reranker.")
     filters: dict[str, Any] | None = Field(default=None, description="Payload filters of the first stage.")

@@ -12,6 +12,16 @@ from ..state import State, model_name
 router = APIRouter(tags=["info"])
 
 
+def fingerprint(component: Any) -> str:
+    from ...store import model_fingerprint
+
+    cached = getattr(component, "_fingerprint", None)
+    if cached is None:
+        cached = model_fingerprint(str(component.model_name_or_path), getattr(component, "revision", None))
+        component._fingerprint = cached
+    return cached
+
+
 @router.get("/health")
 async def health(request: Request, state: State) -> dict[str, Any]:
     body: dict[str, Any] = {"status": "ok"}
@@ -38,6 +48,8 @@ async def models(state: State) -> dict[str, Any]:
             data.append(
                 {
                     "id": model_name(component),
+                    # what the model is (config and weight headers), never where: remote clients key ids by it
+                    "fingerprint": fingerprint(component),
                     "object": "model",
                     "owned_by": "qwen3-vl-rag",
                     "type": kind,
