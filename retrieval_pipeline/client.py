@@ -4,7 +4,8 @@
 
 An app with several worker processes shares one server's models instead of loading them in every process; the
 numbers are the server's, which are the library's. Local media (paths, PIL images, bytes, video files up to 16 MB)
-travel as data URIs, so the server needs no access to the client's files; URLs travel as they are (the server fetches them if allowed).
+travel as data URIs, so the server needs no access to the client's files; URLs travel as they are (the server
+fetches them if allowed).
 Errors come back as the library's own: a bad input is an :class:`~retrieval_pipeline.errors.InputError` naming the
 item, a limit a :class:`~retrieval_pipeline.errors.LimitError`, an unreachable or failing server a
 :class:`~retrieval_pipeline.errors.ModelLoadError`.
