@@ -57,7 +57,12 @@ def test_cohere_v2_sdk_rerank(server, reranker):
 
 def test_rerank_plain_route_vllm_and_infinity_shapes_and_raw_scores(server, reranker):
     expected = reranker.score(QUERY, DOCS)
-    vllm = httpx.post(f"{server}/rerank", json={"model": "tiny-qwen3vl", "query": QUERY, "documents": DOCS}).json()
+    body = {"model": "tiny-qwen3vl", "query": QUERY, "documents": DOCS}
+    assert all(
+        "document" not in r or r["document"] is None
+        for r in httpx.post(f"{server}/rerank", json=body).json()["results"]
+    )
+    vllm = httpx.post(f"{server}/rerank", json={**body, "return_documents": True}).json()
     assert all(r["document"] == {"text": DOCS[r["index"]]} for r in vllm["results"])
     assert vllm["usage"]["total_tokens"] > 0
     infinity = httpx.post(

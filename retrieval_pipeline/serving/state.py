@@ -24,6 +24,7 @@ from .prepare import Preparer
 
 logger = logging.getLogger(__name__)
 
+UNSPECIFIED_MODEL = ("", "default/not-specified")
 RERANK_BATCH_SHARE = 8  # a rerank call is many pairs: a merged rerank batch holds 1/8 of batch_items calls
 
 
@@ -189,8 +190,9 @@ class ServingState:
         return component
 
     def check_model(self, requested: str | None, component: Any) -> None:
-        """A request's ``model``, when given, must name the served model (its own name or an alias)."""
-        if requested is None:
+        """A request's ``model``, when given, must name the served model (its own name or an alias). Infinity's
+        client sends ``default/not-specified`` when its user named none: that names none."""
+        if requested is None or requested in UNSPECIFIED_MODEL:
             return
         aliases = self.config.served_model_names
         if requested not in {str(component.model_name_or_path), model_name(component), *aliases}:

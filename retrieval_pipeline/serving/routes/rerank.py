@@ -4,9 +4,12 @@
   structured documents); a returned ``document`` is an object with ``text`` (strings) or the object sent.
 - ``POST /v2/rerank``: the Cohere v2 SDK, ``langchain-cohere``, LiteLLM ``cohere/`` (``max_tokens_per_doc``);
   results ``{index, relevance_score}`` (documents only when ``return_documents``).
-- ``POST /rerank``: LiteLLM ``hosted_vllm/`` and Infinity's client. The two want different shapes and are told
-  apart by what they send: Infinity always sends ``raw_scores``, and gets ``document`` as a string and
-  ``usage.prompt_tokens``; any other request gets vLLM's shape (``document.text``).
+- ``POST /rerank``: LiteLLM ``hosted_vllm/`` and ``infinity/``, and Infinity's own client. Documents come back
+  only when ``return_documents`` is true (LiteLLM's two providers send the same body but read ``document``
+  differently, and both accept none); their shape is told apart by what the request sends: Infinity's client
+  always sends ``raw_scores`` and gets ``document`` as a string, any other request vLLM's ``document.text``.
+- ``POST /infinity/rerank``: always Infinity's shape, for LiteLLM's ``infinity/`` provider (``api_base`` ending in
+  ``/infinity``): its requests are byte for byte those of ``hosted_vllm/``, so only the address can tell them.
 
 ``raw_scores: true``: ``relevance_score`` is the raw score, the "yes" minus "no" logit before the sigmoid.
 ``usage`` carries ``prompt_tokens`` and ``total_tokens`` (the tokens the reranker read) everywhere.
@@ -100,8 +103,19 @@ async def rerank_v2(body: RerankRequest, state: State) -> RerankResponse:
 @router.post("/rerank", response_model=RerankResponse, responses=ERRORS)
 async def rerank_plain(body: RerankRequest, state: State) -> RerankResponse:
     scores, tokens, model = await _scores(body, state)
+    with_documents = bool(body.return_documents)  # LiteLLM's infinity/ and hosted_vllm/ send the same body
     if body.raw_scores is not None:  # Infinity's client: document as a string, usage tokens
-        response = _response(body, scores, tokens, model, document_as="string", with_documents=True)
+        response = _response(body, scores, tokens, model, document_as="string", with_documents=with_documents)
         response.object = "rerank"
         return response
-    return _response(body, scores, tokens, model, document_as="object", with_documents=True)  # vLLM
+    return _response(body, scores, tokens, model, document_as="object", with_documents=with_documents)  # vLLM
+
+
+@router.post("/infinity/rerank", response_model=RerankResponse, responses=ERRORS)
+async def rerank_infinity(body: RerankRequest, state: State) -> RerankResponse:
+    """Infinity's shape whatever the request sends (``document`` a string): the base URL for LiteLLM's
+    ``infinity/`` provider, whose requests cannot be told from ``hosted_vllm/``'s."""
+    scores, tokens, model = await _scores(body, state)
+    response = _response(body, scores, tokens, model, document_as="string", with_documents=bool(body.return_documents))
+    response.object = "rerank"
+    return response
