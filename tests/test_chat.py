@@ -237,3 +237,23 @@ def test_the_prompt_budget_leaves_the_lowest_ranked_out_and_sources_say_so(serve
         model="tiny-qwen3vl", messages=[{"role": "user", "content": QUESTION}], max_tokens=2
     )
     assert [s["id"] for s in resp.model_extra["sources"]] == [h.id for h in hits[:2]]
+
+
+def test_a_follow_up_can_be_rewritten_into_a_standalone_query(server, generator):
+    from retrieval_pipeline.serving.routes.chat import rewrite_conversation
+
+    url, _, rag = server
+    messages = [
+        {"role": "user", "content": "What did revenue do in Q3?"},
+        {"role": "assistant", "content": "It grew twelve percent."},
+        {"role": "user", "content": "and in Q4?"},
+    ]
+    resp = _client(url).chat.completions.create(
+        model="tiny-qwen3vl", messages=messages, max_tokens=2, extra_body={"retrieval": {"rewrite": True}}
+    )
+    turns = [{"role": m["role"], "content": [{"text": m["content"]}]} for m in messages]
+    rewritten = generator.chat(rewrite_conversation(turns), max_new_tokens=64)
+    assert resp.model_extra["retrieval_query"] == rewritten
+    assert [s["id"] for s in resp.model_extra["sources"]] == [h.id for h in rag.search(rewritten, top_k=3)]
+    plain = _client(url).chat.completions.create(model="tiny-qwen3vl", messages=messages, max_tokens=2)
+    assert plain.model_extra["retrieval_query"] == "and in Q4?"  # off by default: the last turn as it is

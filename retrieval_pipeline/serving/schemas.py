@@ -210,6 +210,11 @@ class RetrievalOptions(BaseModel):
     filters: dict[str, FilterValue] | None = None
     rerank: bool = True
     collection: str | None = None
+    rewrite: bool = Field(
+        default=False,
+        description="Rewrite a follow-up question into a standalone search query from the conversation (one more "
+        "short generation) before retrieving.",
+    )
 
 
 class StreamOptions(BaseModel):
@@ -268,6 +273,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: ChatUsage
     sources: list[ChatSource] = Field(default_factory=list)
+    retrieval_query: str | None = None
 
 
 class CohereEmbedInput(BaseModel):

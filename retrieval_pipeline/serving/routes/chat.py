@@ -116,20 +116,46 @@ def _query(turn: dict[str, Any]) -> Any:
     return text or None
 
 
-async def retrieve(turns: list[dict[str, Any]], options: RetrievalOptions, state: ServingState) -> list[Any]:
+REWRITE_PROMPT = (
+    "Rewrite the user's last message as one standalone search query that can be understood without the "
+    "conversation. Reply with the query only."
+)
+
+
+def rewrite_conversation(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The generator's chat that turns a follow-up ("and in Q4?") into a standalone query (texts only)."""
+    lines = []
+    for turn in turns:
+        text = " ".join(p["text"] for p in turn["content"] if "text" in p).strip()
+        if text:
+            lines.append(f"{turn['role']}: {text}")
+    return [
+        {"role": "system", "content": [{"text": REWRITE_PROMPT}]},
+        {"role": "user", "content": [{"text": "\n".join(lines)}]},
+    ]
+
+
+async def retrieve(
+    turns: list[dict[str, Any]], options: RetrievalOptions, state: ServingState, generator: Qwen3VLGenerator
+) -> tuple[list[Any], Any]:
+    """(hits, the query searched) for the last user turn; ``rewrite``: first made standalone by the generator."""
     rag = state.pipeline
     if options.collection not in (None, rag.store.collection):
-        raise HTTPError(
-            404,
-            f"collection {options.collection!r} is not served here ({rag.store.collection!r} is)",
-            "not_found_error",
-        )
+        served = rag.store.collection
+        raise HTTPError(404, f"collection {options.collection!r} is not served here ({served!r} is)", "not_found_error")
     query = _query(turns[-1])
     if not options.enabled or query is None:
-        return []
-    return await state.store_call(
+        return [], None
+    if options.rewrite and len(turns) > 1:
+        queue = state.generation_queue
+        async with queue.admit():
+            text = await queue.run(lambda: generator.chat(rewrite_conversation(turns), max_new_tokens=64))
+        if text:
+            query = {**query, "text": text} if isinstance(query, dict) else text
+    hits = await state.store_call(
         rag.search, query, top_k=options.top_k, filters=options.filters, rerank=options.rerank
     )
+    return hits, query
 
 
 def within_budget(hits: list[Any], media: Any, budget: int | None = None) -> list[Any]:
@@ -193,7 +219,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     generator = chat_model(state)
     state.check_model(body.model, generator)
     system, turns = await prepared_turns(body.messages, state)
-    hits = await retrieve(turns, body.retrieval or RetrievalOptions(), state)
+    hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator)
     given = within_budget(hits, generator.media)
     chat = conversation(system, turns, given)
     options = sampling(body)
@@ -212,7 +238,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=result.finish_reason or "stop")],
         usage=_usage(result),
         sources=sources(given, state),
+        retrieval_query=_query_text(query),
     )
+
+
+def _query_text(query: Any) -> str | None:
+    return query.get("text") if isinstance(query, dict) else query
 
 
 def _usage(result: GenerationResult) -> ChatUsage:
