@@ -111,32 +111,7 @@ def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = argparse.ArgumentParser(
-        prog="qwen3vl-rag",
-        description="Multimodal RAG on Qwen3-VL-Embedding, Qwen3-VL-Reranker and Qdrant.",
-        epilog="Exit codes: 1 failed items / bad input, 2 usage, 3 model, 4 store unreachable, 5 collection.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", parents=[common], help="index PATH... then answer QUESTION (the main job)")
-    p.add_argument("args", nargs="+", metavar="PATH... QUESTION")
-    _index_options(p)
-    _query_options(p, 3)
-    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
-    p = sub.add_parser("index", parents=[common], help="index files and folders")
-    p.add_argument("paths", nargs="+")
-    _index_options(p)
-    p = sub.add_parser("search", parents=[common], help="two-stage retrieval")
-    p.add_argument("query")
-    _query_options(p, 5)
-    p = sub.add_parser("ask", parents=[common], help="retrieval + generated answer")
-    p.add_argument("question")
-    _query_options(p, 3)
-    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
-    sub.add_parser("info", parents=[common], help="what the collection holds")
-    p = sub.add_parser("serve", parents=[common], help="HTTP API: embeddings, rerank, search, ask")
+def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         default=_env("SERVE_MODELS", "embed,rerank,generate"),
@@ -187,6 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
         "max_request_pixels, max_rerank_tokens, ...; 'none' lifts it) over the server defaults (repeatable)",
     )
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="qwen3vl-rag",
+        description="Multimodal RAG on Qwen3-VL-Embedding, Qwen3-VL-Reranker and Qdrant.",
+        epilog="Exit codes: 1 failed items / bad input, 2 usage, 3 model, 4 store unreachable, 5 collection.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", parents=[common], help="index PATH... then answer QUESTION (the main job)")
+    p.add_argument("args", nargs="+", metavar="PATH... QUESTION")
+    _index_options(p)
+    _query_options(p, 3)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    p = sub.add_parser("index", parents=[common], help="index files and folders")
+    p.add_argument("paths", nargs="+")
+    _index_options(p)
+    p = sub.add_parser("search", parents=[common], help="two-stage retrieval")
+    p.add_argument("query")
+    _query_options(p, 5)
+    p = sub.add_parser("ask", parents=[common], help="retrieval + generated answer")
+    p.add_argument("question")
+    _query_options(p, 3)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    sub.add_parser("info", parents=[common], help="what the collection holds")
+    p = sub.add_parser("serve", parents=[common], help="HTTP API: embeddings, rerank, search, ask")
+    _serve_options(p)
     p = sub.add_parser("push", parents=[common], help="copy the collection to a Qdrant server")
     p.add_argument("--to-url", required=True)
     p.add_argument("--to-api-key", default=None)
