@@ -25,7 +25,8 @@ import numpy as np
 
 from .errors import InputError, LimitError, ModelLoadError
 from .media import InputLike
-from .models.reranker import rank_scores
+from .models.embedder import check_matryoshka_dim
+from .models.reranker import check_top_k, rank_scores
 
 TIMEOUT = 300.0
 MAX_VIDEO_UPLOAD = 16 * 1024 * 1024  # a local video travels inside the request body (the server takes 32 MB)
@@ -146,14 +147,7 @@ class RemoteEmbedder(_Remote):
         return self._hidden_size
 
     def check_dim(self, dim: int | None) -> int | None:
-        if dim is None:
-            return None
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.hidden_size:
-            raise ValueError(
-                f"dim={dim!r} is outside this model's Matryoshka range: pass an int from 1 to {self.hidden_size} "
-                "(or None for the full dimension)"
-            )
-        return int(dim)
+        return check_matryoshka_dim(dim, self.hidden_size)
 
     def embed(
         self,
@@ -220,6 +214,5 @@ class RemoteReranker(_Remote):
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> list[tuple[int, float]]:
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        check_top_k(top_k)
         return rank_scores(self.score(query, documents, instruction=instruction), top_k)

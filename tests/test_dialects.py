@@ -198,3 +198,17 @@ def test_long_token_id_lists_get_the_same_advice_from_the_body_guard(server):
     assert r.status_code == 400 and "check_embedding_ctx_length=False" in r.json()["error"]["message"]
     many = httpx.post(f"{server}/v1/embeddings", json={"input": ["a"] * 3000}, timeout=30)
     assert many.status_code == 413 and many.json()["error"]["limit"] == "max_items"  # past OpenAI's 2048
+
+
+def test_every_route_answers_errors_in_one_envelope(server):
+    for method, path, body in (
+        ("POST", "/v3/nothing", {}),
+        ("GET", "/v1/embeddings", None),
+        ("POST", "/v2/embed", {"texts": ["a"], "images": ["data:,"]}),
+        ("POST", "/rerank", {"query": "a"}),
+        ("POST", "/v1/chat/completions", {"messages": []}),
+    ):
+        r = httpx.request(method, f"{server}{path}", json=body)
+        assert r.status_code >= 400
+        error = r.json()["error"]
+        assert isinstance(error["message"], str) and isinstance(error["type"], str), (path, r.text)

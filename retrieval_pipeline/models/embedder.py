@@ -54,6 +54,18 @@ def truncate_and_normalize(
     return t.cpu().numpy().astype(np.float32, copy=False)
 
 
+def check_matryoshka_dim(dim: Any, hidden_size: int) -> int | None:
+    """``dim`` as an int when it is a Matryoshka dimension (1..hidden_size); None stays None; else ValueError."""
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= hidden_size:
+        raise ValueError(
+            f"dim={dim!r} is outside this model's Matryoshka range: pass an int from 1 to {hidden_size} "
+            "(or None for the full dimension)"
+        )
+    return int(dim)
+
+
 class Qwen3VLEmbedder(CheckpointModel):
     """Embed text, images, screenshots, videos and mixed inputs with a Qwen3-VL-Embedding checkpoint.
 
@@ -142,14 +154,7 @@ class Qwen3VLEmbedder(CheckpointModel):
         return self._check_dim(dim)
 
     def _check_dim(self, dim: int | None) -> int | None:
-        if dim is None:
-            return None
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= self.hidden_size:
-            raise ValueError(
-                f"dim={dim!r} is outside this model's Matryoshka range: pass an int from 1 to {self.hidden_size} "
-                "(or None for the full dimension)"
-            )
-        return int(dim)
+        return check_matryoshka_dim(dim, self.hidden_size)
 
     def encode_input(
         self, parsed_item: Any, index: int, instruction: str | None, limits: InputLimits | None = None

@@ -85,6 +85,11 @@ class _Query:
     leading: tuple[SharedVision, torch.Tensor] | None = None  # images encoded once: (patches, grids)
 
 
+def check_top_k(top_k: Any) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+
+
 class Qwen3VLReranker(CheckpointModel):
     """Score (query, document) pairs with a Qwen3-VL-Reranker checkpoint (hub id or local folder)."""
 
@@ -192,8 +197,7 @@ class Qwen3VLReranker(CheckpointModel):
         show_progress_bar: bool | None = None,
     ) -> list[tuple[int, float]]:
         """``(document index, score)`` best first, the ``top_k`` best (all when ``None``)."""
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        check_top_k(top_k)
         scores = self.score(
             query, documents, instruction=instruction, batch_size=batch_size, show_progress_bar=show_progress_bar
         )
