@@ -148,6 +148,9 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
         default=8,
         help="chat / ask generations running or waiting; beyond: 429 (default 8)",
     )
+    p.add_argument(
+        "--max-generation-tokens", type=int, default=4096, help="most max_tokens a chat request may ask (default 4096)"
+    )
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds to load one request's media")
     p.add_argument("--body-timeout", type=float, default=15.0, help="seconds for a client to send its request body")
     p.add_argument("--served-model-name", action="append", default=[], help="extra accepted 'model' name")
@@ -438,6 +441,7 @@ def _serve(args: argparse.Namespace, pipeline: Any) -> int:
         max_items=args.max_items,
         max_in_flight=args.max_in_flight,
         max_queued_generations=args.max_queued_generations,
+        max_generation_tokens=args.max_generation_tokens,
         request_timeout=args.request_timeout,
         body_timeout=args.body_timeout,
         served_model_names=tuple(args.served_model_name),

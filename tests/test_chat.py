@@ -257,3 +257,17 @@ def test_a_follow_up_can_be_rewritten_into_a_standalone_query(server, generator)
     assert [s["id"] for s in resp.model_extra["sources"]] == [h.id for h in rag.search(rewritten, top_k=3)]
     plain = _client(url).chat.completions.create(model="tiny-qwen3vl", messages=messages, max_tokens=2)
     assert plain.model_extra["retrieval_query"] == "and in Q4?"  # off by default: the last turn as it is
+
+
+def test_a_conversation_is_bounded_like_any_input(server):
+    url, _, _ = server
+    huge = {"messages": [{"role": "user", "content": "x" * 100_001}]}
+    r = httpx.post(f"{url}/v1/chat/completions", json=huge, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["limit"] == "max_text_chars"
+    pixel = "data:image/png;base64," + base64.b64encode((MEDIA / "camera_gray.png").read_bytes()).decode()
+    parts = [{"type": "image_url", "image_url": {"url": pixel}}] * 17
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": parts}]}, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["limit"] == "max_images_per_item"
+    long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
+    r = httpx.post(f"{url}/v1/chat/completions", json=long, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["limit"] == "max_generation_tokens"

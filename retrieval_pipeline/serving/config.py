@@ -36,6 +36,7 @@ class ServerConfig:
     max_in_flight: int = 16  # requests served at once; beyond: 429 with Retry-After
     retry_after_s: int = 1
     max_queued_generations: int = 8  # chat / ask generations running or waiting; beyond: 429 with Retry-After
+    max_generation_tokens: int = 4096  # a chat request's max_tokens; above: 413 naming the limit
     prepare_workers: int = 4  # threads preparing requests (twice: one pool for requests with URLs)
     served_model_names: tuple[str, ...] = ()  # names accepted in a request's "model" (besides the model's own)
     source_root: str | None = None  # search hits name local sources relative to this folder

@@ -101,11 +101,35 @@ async def prepared_turns(messages: list[ChatMessage], state: ServingState) -> tu
         else:
             turns.append({"role": message.role, "content": parts})
     refs = [p["image"] for t in turns for p in t["content"] if "image" in p]
+    check_conversation_size(system, turns, len(refs), state)
     if refs:
         fetched = iter((await state.preparer.query({"image": refs}))["image"])
         for turn in turns:
             turn["content"] = [{"image": next(fetched)} if "image" in p else p for p in turn["content"]]
     return "\n\n".join(system), turns
+
+
+def check_conversation_size(system: str, turns: list[dict[str, Any]], images: int, state: ServingState) -> None:
+    """A conversation is one input to the generator: the server's per-input limits bound its characters and
+    images (413 naming the limit), so one request cannot make a prompt of millions of tokens."""
+    limits = state.config.limits
+    chars = len(system) + sum(len(p["text"]) for t in turns for p in t["content"] if "text" in p)
+    if limits.max_text_chars is not None and chars > limits.max_text_chars:
+        raise HTTPError(
+            413,
+            f"the conversation has {chars} characters of text, over the limit of {limits.max_text_chars} "
+            "(max_text_chars)",
+            param="messages",
+            limit="max_text_chars",
+        )
+    if limits.max_images_per_item is not None and images > limits.max_images_per_item:
+        raise HTTPError(
+            413,
+            f"the conversation has {images} images, over the limit of {limits.max_images_per_item} "
+            "(max_images_per_item)",
+            param="messages",
+            limit="max_images_per_item",
+        )
 
 
 def _query(turn: dict[str, Any]) -> Any:
@@ -193,10 +217,18 @@ def conversation(system: str, turns: list[dict[str, Any]], hits: list[Any]) -> l
     return out
 
 
-def sampling(body: ChatCompletionRequest) -> dict[str, Any]:
+def sampling(body: ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    wanted = body.max_completion_tokens or body.max_tokens or min(DEFAULT_MAX_TOKENS, max_tokens)
+    if wanted > max_tokens:
+        raise HTTPError(
+            413,
+            f"max_tokens {wanted} is over this server's limit of {max_tokens} (max_generation_tokens)",
+            param="max_tokens",
+            limit="max_generation_tokens",
+        )
     return {
-        "max_new_tokens": body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+        "max_new_tokens": wanted,
         "temperature": body.temperature or 0.0,
         "top_p": body.top_p,
         "stop": stop,
@@ -216,13 +248,13 @@ def sources(hits: list[Any], state: ServingState) -> list[ChatSource]:
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
     refuse_unsupported(body)
+    options = sampling(body, state.config.max_generation_tokens)  # refused before any work
     generator = chat_model(state)
     state.check_model(body.model, generator)
     system, turns = await prepared_turns(body.messages, state)
     hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator)
     given = within_budget(hits, generator.media)
     chat = conversation(system, turns, given)
-    options = sampling(body)
     ticket = state.generation_queue.admit()  # 429 now, before any byte of a stream is sent
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name(generator)}
     if body.stream:
