@@ -172,7 +172,7 @@ async def retrieve(
         return [], None
     if options.rewrite and len(turns) > 1:
         queue = state.generation_queue
-        async with queue.admit():
+        async with queue.turn():  # the request's admission covers it: wait for the generator's turn only
             text = await queue.run(lambda: generator.chat(rewrite_conversation(turns), max_new_tokens=64))
         if text:
             query = {**query, "text": text} if isinstance(query, dict) else text
@@ -251,11 +251,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     options = sampling(body, state.config.max_generation_tokens)  # refused before any work
     generator = chat_model(state)
     state.check_model(body.model, generator)
-    system, turns = await prepared_turns(body.messages, state)
-    hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator)
-    given = within_budget(hits, generator.media)
-    chat = conversation(system, turns, given)
-    ticket = state.generation_queue.admit()  # 429 now, before any byte of a stream is sent
+    ticket = state.generation_queue.admit()  # 429 now, before retrieval and before any byte of a stream
+    try:
+        system, turns = await prepared_turns(body.messages, state)
+        hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator)
+        given = within_budget(hits, generator.media)
+        chat = conversation(system, turns, given)
+    except BaseException:
+        ticket.release()
+        raise
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name(generator)}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
