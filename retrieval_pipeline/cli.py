@@ -4,7 +4,8 @@
     qwen3vl-rag index PATH...            index files and folders (images, videos, text/Markdown, PDFs)
     qwen3vl-rag search QUERY             two-stage retrieval (--image for an image query, --no-rerank for stage one)
     qwen3vl-rag ask QUESTION             retrieval + a Qwen3-VL answer with its sources
-    qwen3vl-rag info                     what the collection holds
+    qwen3vl-rag info                     what the collection holds (points, spec, index)
+    qwen3vl-rag optimize                 build the collection's vector index now
     qwen3vl-rag push --to-url URL        copy the collection (same ids, vectors, payloads) to a Qdrant server
     qwen3vl-rag serve [--port 8000]      HTTP API (embeddings, rerank, search, ask) with dynamic batching
 
@@ -43,6 +44,13 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--url", default=_env("URL"), help="Qdrant server URL (instead of --db)")
     g.add_argument("--api-key", default=_env("API_KEY"), help="Qdrant server API key")
     g.add_argument("--collection", default=_env("COLLECTION", "default"), help="collection name (default: default)")
+    g.add_argument(
+        "--indexing-threshold-kb",
+        type=int,
+        default=None,
+        help="embedded store: KB of vectors a segment holds before it gets an HNSW index (default Qdrant's, about "
+        "10 MB; or QWEN3VL_RAG_INDEXING_THRESHOLD_KB); set when a collection is created",
+    )
     m = p.add_argument_group("models (hub ids or local folders)")
     m.add_argument("--embedding-model", default=_env("EMBEDDING_MODEL"), help=f"default: {DEFAULT_EMBEDDING_MODEL}")
     m.add_argument("--reranker-model", default=_env("RERANKER_MODEL"), help=f"default: {DEFAULT_RERANKER_MODEL}")
@@ -192,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _query_options(p, 3)
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
     sub.add_parser("info", parents=[common], help="what the collection holds")
+    sub.add_parser("optimize", parents=[common], help="build the collection's vector index now")
     p = sub.add_parser("serve", parents=[common], help="HTTP API: embeddings, rerank, search, ask")
     _serve_options(p)
     p = sub.add_parser("push", parents=[common], help="copy the collection to a Qdrant server")
@@ -228,7 +237,7 @@ def _store(args: argparse.Namespace) -> Any:
 
     if args.url:  # --url wins over --db (or QWEN3VL_RAG_DB)
         return open_store(url=args.url, api_key=args.api_key, collection=args.collection)
-    return open_store(db=args.db, collection=args.collection)
+    return open_store(db=args.db, collection=args.collection, indexing_threshold_kb=args.indexing_threshold_kb)
 
 
 SERVE_MODELS = ("embed", "rerank", "generate")
@@ -365,6 +374,13 @@ def run_command(args: argparse.Namespace) -> int:
             store.open(create=False)
             info = {**store.info(), "verified": store.verify()}  # a damaged store is a StoreError (exit 4)
             _print(args, info, "\n".join(f"{k}: {v}" for k, v in info.items()))
+            return 0
+        if args.command == "optimize":
+            store.open(create=False)
+            if hasattr(store, "optimize"):
+                store.optimize()
+            status = store.index_status()
+            _print(args, status, "\n".join(f"{k}: {v}" for k, v in status.items()))
             return 0
         if args.command == "push":
             from .store import ServerStore

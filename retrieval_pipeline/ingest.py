@@ -590,6 +590,8 @@ class Indexer:
         bar.close()
         if prune:
             self.prune(paths, report)
+        if report.indexed:
+            self.store.build_index()  # the embedded engine indexes only when asked
         return report
 
     def prune(self, roots: Sequence[str | Path], report: IndexReport | None = None) -> IndexReport:

@@ -482,7 +482,16 @@ class VectorStore:
             "collection": self.collection,
             "points": self.count() if spec else 0,
             "spec": spec.to_dict() if spec else None,
+            "index": self.index_status() if spec else None,
         }
+
+    def index_status(self) -> dict[str, Any]:
+        """How much of the collection its vector index covers: ``indexed_vectors``, ``segments``."""
+        return {}
+
+    def build_index(self) -> bool:
+        """Index what is not indexed yet (the embedded engine has no background optimizer); True when it ran."""
+        return False
 
     def push_to(self, target: VectorStore, *, batch: int = SCROLL_PAGE) -> int:
         """Copy every point (same ids, vectors, payloads) into ``target``: laptop -> cluster."""
@@ -543,6 +552,10 @@ def _locked(lock_path: Path) -> Iterator[None]:
 _IN_USE = "another process has it open"
 
 
+# Qdrant's default indexing threshold (KB of vectors in a segment before it gets an HNSW index).
+EDGE_INDEXING_KB = 10_000
+
+
 class EdgeStore(VectorStore):
     """Embedded Qdrant Edge shard under ``<root>/<collection>/``: nothing to start.
 
@@ -559,6 +572,7 @@ class EdgeStore(VectorStore):
         hnsw_m: int = 16,
         ef_construct: int = 100,
         hnsw_ef: int = 128,
+        indexing_threshold_kb: int | None = None,
     ):
         import qdrant_edge  # noqa: F401 - fail early with the import error if the engine is missing
 
@@ -570,6 +584,12 @@ class EdgeStore(VectorStore):
         self._damaged = False
         self._hnsw = (hnsw_m, ef_construct)
         self.hnsw_ef = hnsw_ef  # search-time beam width (at least the number of results asked for)
+        # Segments smaller than this (KB of vectors) are searched without an index: the engine's default (about
+        # 10 MB) unless set here or by QWEN3VL_RAG_INDEXING_THRESHOLD_KB (tests cross it with small data).
+        env = os.environ.get("QWEN3VL_RAG_INDEXING_THRESHOLD_KB")
+        self.indexing_threshold_kb = (
+            indexing_threshold_kb if indexing_threshold_kb is not None else (int(env) if env else None)
+        )
 
     @property
     def location(self) -> str:
@@ -689,9 +709,15 @@ class EdgeStore(VectorStore):
         if shard_path.exists():  # left by a creation that died before writing collection.json
             logger.warning("removing the unfinished collection at %s", self.folder)
             shutil.rmtree(shard_path)
+        optimizers = (
+            qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
+            if self.indexing_threshold_kb is not None
+            else None
+        )
         config = qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine),
             hnsw_config=qe.HnswIndexConfig(m=self._hnsw[0], ef_construct=self._hnsw[1], full_scan_threshold=10000),
+            optimizers=optimizers,
         )
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -843,9 +869,38 @@ class EdgeStore(VectorStore):
         return points, offset
 
     def optimize(self) -> None:
-        """Build the HNSW index now (otherwise the engine does it as segments grow)."""
+        """Build the HNSW index now: Qdrant Edge has no background optimizer, so without this every search of
+        a collection is a full scan (fine at 1k points, seconds at a million)."""
         self._need()
         self._call("optimize", self._shard.optimize)
+
+    def index_status(self) -> dict[str, Any]:
+        self._need()
+        info = self._call("info", self._shard.info)
+        return {
+            "indexed_vectors": int(info.indexed_vectors_count),
+            "points": int(info.points_count),
+            "segments": int(info.segments_count),
+            "indexing_threshold_kb": self.indexing_threshold_kb,
+        }
+
+    def build_index(self) -> bool:
+        """Optimize when the points not indexed yet hold more vectors than the indexing threshold (below it the
+        engine keeps a segment as a scan anyway, and a scan of it is fast)."""
+        status = self.index_status()
+        unindexed = status["points"] - status["indexed_vectors"]
+        dim = self.spec.dim if self.spec is not None else 0
+        threshold_kb = self.indexing_threshold_kb if self.indexing_threshold_kb is not None else EDGE_INDEXING_KB
+        if unindexed <= 0 or unindexed * dim * 4 < threshold_kb * 1024:
+            return False
+        logger.warning(
+            "building the search index of %s (%d points, %d indexed so far) ...",
+            self.collection,
+            status["points"],
+            status["indexed_vectors"],
+        )
+        self.optimize()
+        return True
 
     def verify(self, *, sample: int = VERIFY_SAMPLE) -> dict[str, Any]:
         self._need()
@@ -926,6 +981,16 @@ class ServerStore(VectorStore):
         self._create(spec)
         self.spec = spec
         return spec
+
+    def index_status(self) -> dict[str, Any]:
+        self._need()
+        info = self._call("get_collection", self.client.get_collection, self.collection)
+        return {
+            "indexed_vectors": int(info.indexed_vectors_count or 0),
+            "points": int(info.points_count or 0),
+            "segments": int(info.segments_count or 0),
+            "status": str(getattr(info.status, "value", info.status)),
+        }
 
     def _stored_spec(self) -> CollectionSpec:
         info = self._call("get_collection", self.client.get_collection, self.collection)

@@ -257,3 +257,22 @@ def test_index_bar_ends_with_the_real_counts(tmp_path, models_env):  # noqa: F81
     last_bar = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.startswith("indexing")][-1]
     assert f"6/6 files, {indexed} indexed, 0 present, 0 failed" in last_bar, (last_bar, summary)
     assert "100%" in last_bar and " left, " in last_bar
+
+
+def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env):  # noqa: F811
+    """Qdrant Edge has no background optimizer: `index` builds the HNSW index when the unindexed vectors pass the
+    indexing threshold (lowered here so the small corpus crosses it); `info` reports it; `optimize` runs it on
+    demand (a segment under the threshold, set when the collection was created, stays a scan)."""
+    db = tmp_path / "db"
+    env = {**models_env, "QWEN3VL_RAG_INDEXING_THRESHOLD_KB": "1"}
+    run = cli("index", str(CORPUS), env=env, db=db)
+    assert run.returncode == 0, run.stderr
+    assert "building the search index" in run.stderr
+    info = json.loads(cli("info", "--json", db=db).stdout)
+    assert info["index"]["indexed_vectors"] == info["points"] > 0
+    plain = tmp_path / "plain"
+    assert cli("index", str(CORPUS), env=models_env, db=plain).returncode == 0  # the default threshold: a scan
+    unindexed = json.loads(cli("info", "--json", db=plain).stdout)
+    assert unindexed["index"]["indexed_vectors"] == 0
+    optimized = json.loads(cli("optimize", "--json", db=plain).stdout)
+    assert optimized["points"] == unindexed["points"] and optimized["indexed_vectors"] == 0
