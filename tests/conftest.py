@@ -125,3 +125,66 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class ServeProcess:
+    """``qwen3vl-rag serve`` as a user starts it (a separate process on a free 127.0.0.1 port) for client packages:
+    ``with ServeProcess("--models", "embed,rerank", ...) as url``. float32 and the parity fixture's image budget, so
+    its numbers are the session fixtures' numbers."""
+
+    def __init__(self, *args: str, db=None):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.args = [
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--image-tokens",
+            "64",
+            "--embedding-model",
+            str(TINY),
+            "--reranker-model",
+            str(TINY),
+            "--generator-model",
+            str(TINY),
+            "-q",
+            *args,
+        ]
+        if db is not None:
+            self.args += ["--db", str(db)]
+        self.proc = None
+
+    def __enter__(self) -> str:
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+
+        cmd = [sys.executable, "-m", "retrieval_pipeline.cli", "serve", *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ)
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                return url
+            except httpx.TransportError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+                    self.__exit__()
+                    raise RuntimeError(f"serve did not start: {err[-2000:]}") from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()

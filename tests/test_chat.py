@@ -31,6 +31,20 @@ def server(embedder, reranker, generator, tmp_path_factory):
     store.close()
 
 
+@pytest.fixture(scope="module")
+def serve_url(embedder, tmp_path_factory):
+    """A real ``qwen3vl-rag serve`` process with all three models over an indexed corpus."""
+    from conftest import ServeProcess
+    from test_cli import CORPUS
+
+    db = tmp_path_factory.mktemp("chat-serve") / "db"
+    store = EdgeStore(db, "default")
+    RAGPipeline(store, embedder=embedder).index([CORPUS], show_progress_bar=False)
+    store.close()  # the embedded store serves one process: the server's
+    with ServeProcess(db=db) as url:
+        yield url
+
+
 def _client(url):
     from openai import OpenAI
 
@@ -61,8 +75,8 @@ def test_openai_chat_answers_over_the_corpus_with_sources(server, generator):
     assert resp.choices[0].finish_reason in ("stop", "length")
 
 
-def test_openai_streaming_equals_the_answer_and_reports_usage(server):
-    url, app, rag = server
+def test_openai_streaming_equals_the_answer_and_reports_usage(serve_url):
+    url = serve_url
     client = _client(url)
     messages = [
         {"role": "system", "content": "Answer briefly."},
@@ -118,10 +132,10 @@ def test_image_parts_retrieval_off_and_stop(server):
         assert stopped.choices[0].message.content == full[: full.index(full[2:4])].rstrip()
 
 
-def test_refusals_are_clear(server):
+def test_refusals_are_clear(serve_url):
     import openai
 
-    url, _, _ = server
+    url = serve_url
     client = _client(url)
     user = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.BadRequestError, match="n > 1"):
@@ -182,21 +196,21 @@ def test_a_client_that_disconnects_stops_the_generation(server, generator):
     assert result.completion_tokens == 300 or result.finish_reason == "stop"
 
 
-def test_langchain_openai_chat_model(server):
+def test_langchain_openai_chat_model(serve_url):
     from langchain_openai import ChatOpenAI
 
-    url, _, _ = server
+    url = serve_url
     llm = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model="tiny-qwen3vl", max_tokens=12, temperature=0)
     answer = llm.invoke(QUESTION)
     streamed = "".join(chunk.content for chunk in llm.stream(QUESTION))
     assert isinstance(answer.content, str) and streamed == answer.content
 
 
-def test_llama_index_openai_like_llm(server):
+def test_llama_index_openai_like_llm(serve_url):
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.openai_like import OpenAILike
 
-    url, _, _ = server
+    url = serve_url
     llm = OpenAILike(
         api_base=f"{url}/v1", api_key="unused", model="tiny-qwen3vl", is_chat_model=True, max_tokens=12, temperature=0
     )

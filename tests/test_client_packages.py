@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LiveServer
-
-from retrieval_pipeline.serving import create_app
+from conftest import ServeProcess
 
 CLIENTS = Path(__file__).with_name("clients")
 sys.path.insert(0, str(CLIENTS))
@@ -23,7 +21,7 @@ from calls import CALL_NAMES, DOCS, QUERY  # noqa: E402
 @pytest.fixture(scope="module")
 def client_results(reranker):
     client_python = build()
-    with LiveServer(create_app(reranker=reranker)) as url:
+    with ServeProcess("--models", "rerank") as url:  # a real `qwen3vl-rag serve` process
         done = subprocess.run(
             [str(client_python), str(CLIENTS / "calls.py"), url, "tiny-qwen3vl"],
             capture_output=True,

@@ -9,9 +9,7 @@ import math
 import httpx
 import numpy as np
 import pytest
-from conftest import MEDIA, LiveServer
-
-from retrieval_pipeline.serving import create_app
+from conftest import MEDIA, ServeProcess
 
 TOL = 1e-5
 QUERY = "a cat on a sofa"
@@ -19,8 +17,9 @@ DOCS = ["a dog in the park", "the cat sleeps on the red sofa", "quarterly revenu
 
 
 @pytest.fixture(scope="module")
-def server(embedder, reranker):
-    with LiveServer(create_app(embedder=embedder, reranker=reranker)) as url:
+def server(tmp_path_factory):
+    """A real ``qwen3vl-rag serve`` process (embedding and rerank models)."""
+    with ServeProcess("--models", "embed,rerank", db=tmp_path_factory.mktemp("dialects") / "db") as url:
         yield url
 
 
