@@ -271,6 +271,18 @@ def test_a_follow_up_can_be_rewritten_into_a_standalone_query(server, generator)
     assert [s["id"] for s in resp.model_extra["sources"]] == [h.id for h in rag.search(rewritten, top_k=3)]
     plain = _client(url).chat.completions.create(model="tiny-qwen3vl", messages=messages, max_tokens=2)
     assert plain.model_extra["retrieval_query"] == "and in Q4?"  # off by default: the last turn as it is
+    first = next(
+        iter(
+            _client(url).chat.completions.create(
+                model="tiny-qwen3vl",
+                messages=messages,
+                max_tokens=2,
+                stream=True,
+                extra_body={"retrieval": {"rewrite": True}},
+            )
+        )
+    )
+    assert first.model_extra["retrieval_query"] == rewritten  # streaming says it in the first chunk
 
 
 def test_a_conversation_is_bounded_like_any_input(server):

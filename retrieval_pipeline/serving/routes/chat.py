@@ -261,9 +261,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         ticket.release()
         raise
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name(generator)}
+    searched = _query_text(query)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = stream_events(generator, chat, options, ticket, meta, sources(given, state), include_usage, request)
+        found = {"sources": [x.model_dump() for x in sources(given, state)], "retrieval_query": searched}
+        events = stream_events(generator, chat, options, ticket, meta, found, include_usage, request)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     result = GenerationResult()
     async with ticket:
@@ -274,7 +276,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=result.finish_reason or "stop")],
         usage=_usage(result),
         sources=sources(given, state),
-        retrieval_query=_query_text(query),
+        retrieval_query=searched,
     )
 
 
@@ -330,14 +332,14 @@ async def stream_events(
     options: dict[str, Any],
     ticket: Any,
     meta: dict[str, Any],
-    given: list[ChatSource],
+    found: dict[str, Any],
     include_usage: bool,
     request: Request,
 ) -> AsyncIterator[str]:
-    """Server-sent ``chat.completion.chunk`` events: the role and the sources first, then the text as it is
-    generated, the finish reason, the usage when asked, ``[DONE]``."""
+    """Server-sent ``chat.completion.chunk`` events: the role, the sources and the query searched first, then the
+    text as it is generated, the finish reason, the usage when asked, ``[DONE]``."""
     result = GenerationResult()
-    yield _chunk(meta, {"role": "assistant", "content": ""}, sources=[s.model_dump() for s in given])
+    yield _chunk(meta, {"role": "assistant", "content": ""}, **found)
     async with aclosing(generated_pieces(generator, chat, options, ticket, request, result)) as pieces:
         async for piece in pieces:
             yield _chunk(meta, {"content": piece})
