@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .media import InputError, InputLike, parse_input
-from .models.encoding import estimate_tokens
+from .models.encoding import estimate_text_tokens, estimate_vision_tokens
 from .records import Record
 from .store import CollectionSpec, VectorStore
 
@@ -48,10 +48,10 @@ def rerank_cost(item: Any, media: Any) -> int:
     """The work of reranking one document, in text tokens: its text, plus its vision tokens (estimated from the
     headers) at :data:`VISION_TOKEN_COST` each."""
     parsed = parse_input(item)
-    text = sum(len(t) // 3 + 1 for t in parsed.texts)
+    text = estimate_text_tokens(parsed)
     if media is None:
         return text + VISION_TOKEN_COST * 1024 * (len(parsed.images) + len(parsed.videos))
-    return text + VISION_TOKEN_COST * (estimate_tokens(parsed, media) - text)
+    return text + VISION_TOKEN_COST * estimate_vision_tokens(parsed, media)
 
 
 @dataclass

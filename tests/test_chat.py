@@ -297,3 +297,21 @@ def test_a_conversation_is_bounded_like_any_input(server):
     long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
     r = httpx.post(f"{url}/v1/chat/completions", json=long, timeout=30)
     assert r.status_code == 413 and r.json()["error"]["limit"] == "max_generation_tokens"
+
+
+def test_concurrent_requests_with_one_bad_among_them(server):
+    import asyncio
+
+    url, app, _ = server
+    bad_image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}
+    good = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    bad = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, bad_image]}], "max_tokens": 3}
+
+    async def main():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/v1/chat/completions", json=b) for b in (good, bad)))
+
+    ok, refused = asyncio.run(main())
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
+    assert 400 <= refused.status_code < 500 and refused.json()["error"]["message"]
+    assert app.state.serving.generation_queue.admitted == 0  # the bad one gave its place back

@@ -169,11 +169,20 @@ def estimate_tokens(parsed: ParsedInput, media: MediaSettings) -> int:
     """Tokens an input will take, from its structure and headers (before anything is decoded): images exactly
     when their size is known (else at ``max_pixels``), a video at its pixel budget, text at 3 characters a token
     (prose averages about 4)."""
-    tokens = sum(len(t) // 3 + 1 for t in parsed.texts)
+    return estimate_text_tokens(parsed) + estimate_vision_tokens(parsed, media)
+
+
+def estimate_text_tokens(parsed: ParsedInput) -> int:
+    """Text tokens at 3 characters a token (see :func:`estimate_tokens`)."""
+    return sum(len(t) // 3 + 1 for t in parsed.texts)
+
+
+def estimate_vision_tokens(parsed: ParsedInput, media: MediaSettings) -> int:
+    """Image and video tokens from the headers (see :func:`estimate_tokens`)."""
+    tokens = 0
     for src in parsed.images:
         tokens += image_tokens(*src.size, media) if src.size else media.max_pixels // (IMAGE_FACTOR * IMAGE_FACTOR)
-    tokens += len(parsed.videos) * (media.total_pixels // (IMAGE_FACTOR * IMAGE_FACTOR) + 2)
-    return tokens
+    return tokens + len(parsed.videos) * (media.total_pixels // (IMAGE_FACTOR * IMAGE_FACTOR) + 2)
 
 
 def check_image_budget(parsed: ParsedInput, media: MediaSettings, max_length: int) -> None:

@@ -140,8 +140,12 @@ def pop_dtype(torch_dtype: Any, kwargs: dict[str, Any]) -> Any:
 def load_processor(model_name_or_path: str, **kwargs: Any) -> Any:
     from transformers import AutoProcessor
 
-    keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
-    return AutoProcessor.from_pretrained(model_name_or_path, **keep)
+    return AutoProcessor.from_pretrained(model_name_or_path, **hub_kwargs(kwargs))
+
+
+def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``from_pretrained`` arguments that say where a checkpoint comes from (for its processor and config)."""
+    return {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
 
 
 def default_max_padding(device: torch.device) -> float:
@@ -171,13 +175,8 @@ def stored_dtype(model_name_or_path: str, from_pretrained_kwargs: dict[str, Any]
     """The dtype a checkpoint's weights are saved in (its config's ``dtype``), ``None`` when it does not say."""
     from transformers import AutoConfig
 
-    keep = {
-        k: from_pretrained_kwargs[k]
-        for k in ("revision", "cache_dir", "token", "local_files_only")
-        if k in from_pretrained_kwargs
-    }
     try:
-        config = AutoConfig.from_pretrained(model_name_or_path, **keep)
+        config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs(from_pretrained_kwargs))
     except (OSError, ValueError):
         return None  # from_pretrained reports it with its own message
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
