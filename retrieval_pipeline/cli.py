@@ -99,6 +99,74 @@ def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metadata", default=None, help="JSON object stored with every item (payload 'metadata')")
     p.add_argument("--prune", action="store_true", help="remove the items of files under PATH that no longer exist")
     p.add_argument("--rebuild", action="store_true", help="delete the collection first (e.g. a damaged one)")
+    _layout_options(p)
+
+
+def _layout_options(p: argparse.ArgumentParser) -> None:
+    """How a new collection lays out its vectors (fixed at creation; the default is chosen by dimension)."""
+    g = p.add_argument_group(
+        "vector layout of a new collection",
+        "default: for 1024-d and larger vectors a 256-d int8 funnel with every original on disk, for smaller ones a "
+        "float HNSW; BM25 hybrid on. An existing collection keeps its layout (asking for another is an error).",
+    )
+    g.add_argument("--quantization", choices=("none", "int8", "binary"), default=None, help="of the indexed vector")
+    g.add_argument(
+        "--funnel",
+        type=int,
+        default=None,
+        metavar="DIMS",
+        help="Matryoshka funnel: index this many leading dimensions, rescore on the full vector (0: no funnel)",
+    )
+    g.add_argument(
+        "--on-disk",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the indexed vector's originals on disk (memory-mapped) rather than in RAM",
+    )
+    _hybrid_option(p)
+
+
+def _hybrid_option(p: argparse.ArgumentParser) -> None:
+    if "--hybrid" not in p._option_string_actions:  # run has both the index and the query options
+        p.add_argument(
+            "--hybrid",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="BM25 over the text of text chunks and PDF pages, fused with the dense search (default: on)",
+        )
+
+
+def _search_knobs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("vector search (stage one)")
+    g.add_argument("--hnsw-ef", type=int, default=None, help="HNSW beam width (default 128; higher: better recall)")
+    g.add_argument("--oversampling", type=float, default=None, help="quantized candidates per result before rescoring")
+    g.add_argument("--no-rescore", action="store_true", help="quantized (or prefix-only) scores, no rescoring")
+    g.add_argument("--prefetch", type=int, default=None, help="funnel candidates taken on the prefix")
+    g.add_argument("--exact", action="store_true", help="no index: an exact full scan (slow on big collections)")
+    _hybrid_option(p)
+
+
+def _search_options(args: argparse.Namespace) -> dict[str, Any]:
+    out = {
+        "hnsw_ef": getattr(args, "hnsw_ef", None),
+        "oversampling": getattr(args, "oversampling", None),
+        "rescore": False if getattr(args, "no_rescore", False) else None,
+        "prefetch": getattr(args, "prefetch", None),
+        "hybrid": getattr(args, "hybrid", None),
+        "exact": True if getattr(args, "exact", False) else None,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _layout(args: argparse.Namespace) -> dict[str, Any]:
+    """The layout options given (overrides of the default for the collection's dimension)."""
+    out = {
+        "quantization": getattr(args, "quantization", None),
+        "prefix_dim": getattr(args, "funnel", None),
+        "on_disk": getattr(args, "on_disk", None),
+        "hybrid": getattr(args, "hybrid", None),
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
@@ -117,9 +185,11 @@ def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
     )
     p.add_argument("--no-rerank", action="store_true", help="stage one only")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
+    _search_knobs(p)
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
+    _search_knobs(p)  # the server's defaults; a request's search_options override them
     p.add_argument(
         "--models",
         default=_env("SERVE_MODELS", "embed,rerank,generate"),
@@ -207,8 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-url", required=True)
     p.add_argument("--to-api-key", default=None)
     p.add_argument("--to-collection", default=None)
-    p.add_argument("--on-disk", action="store_true", help="vectors on disk on the server")
-    p.add_argument("--quantization", action="store_true", help="int8 scalar quantization on the server")
+    _layout_options(p)  # default: the layout of the collection pushed
     p.add_argument("--shards", type=int, default=None)
     p.add_argument("--replicas", type=int, default=None)
     return parser
@@ -275,6 +344,8 @@ def _pipeline(args: argparse.Namespace, store: Any) -> Any:
         media_options=_media_options(args),
         offload=offload,
         generator_options={"max_new_tokens": getattr(args, "max_new_tokens", 256)},
+        layout=_layout(args) if args.command in ("index", "run") else None,
+        search_options=_search_options(args),
     )
 
 
@@ -350,9 +421,17 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
     if args.rebuild:
         pipeline.store.drop()
         logging.getLogger(__name__).warning("deleted collection %r: indexing it anew", pipeline.store.collection)
-    return pipeline.index(
+    new = not pipeline.store.exists()
+    report = pipeline.index(
         paths, options=options, metadata=metadata, show_progress_bar=not (args.quiet or args.json), prune=args.prune
     )
+    spec = pipeline.store.spec
+    if new and spec is not None and not (args.quiet or args.json):
+        chosen = "as asked" if _layout(args) else f"the default for {spec.dim}-d vectors"
+        print(
+            f"collection {pipeline.store.collection!r}: {spec.vectors.describe(spec.dim)} ({chosen})", file=sys.stderr
+        )
+    return report
 
 
 def _query(args: argparse.Namespace, text: str) -> Any:
@@ -383,18 +462,22 @@ def run_command(args: argparse.Namespace) -> int:
             _print(args, status, "\n".join(f"{k}: {v}" for k, v in status.items()))
             return 0
         if args.command == "push":
+            from dataclasses import replace
+
             from .store import ServerStore
 
             target = ServerStore(
                 args.to_url,
                 args.to_collection or args.collection,
                 api_key=args.to_api_key,
-                on_disk=args.on_disk,
-                quantization=args.quantization,
                 shard_number=args.shards,
                 replication_factor=args.replicas,
             )
-            n = store.push_to(target)
+            spec = store.open(create=False)
+            layout = replace(spec.vectors, **_layout(args)) if _layout(args) else None
+            if layout is not None:
+                layout.check(spec.dim)
+            n = store.push_to(target, layout=layout)
             _print(args, {"pushed": n, "to": target.location}, f"pushed {n} points to {target.location}")
             return 0
         pipeline = _pipeline(args, store)

@@ -36,6 +36,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .layout import VectorLayout
 from .media import IMAGE_EXTENSIONS, MAX_DOWNLOAD_BYTES, InputError, parse_input
 from .records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
     PDF_DPI,
@@ -490,6 +491,7 @@ class Indexer:
         dim: int | None = None,
         instruction: str | None = None,
         group_size: int = GROUP_SIZE,
+        layout: VectorLayout | Mapping[str, Any] | None = None,
     ):
         self.embedder = embedder
         self.store = store
@@ -505,6 +507,10 @@ class Indexer:
             model_id=getattr(embedder, "model_id", None)
             or model_fingerprint(name, getattr(embedder, "revision", None)),
             dtype=dtype_name(getattr(embedder, "dtype", None)),
+            # a new collection's layout: as given, or the default for the dimension with the given overrides
+            layout=VectorLayout.choose(self.dim, **layout)
+            if isinstance(layout, Mapping) and layout
+            else layout or None,
         )
 
     def _open(self) -> CollectionSpec:

@@ -19,6 +19,7 @@ import torch
 
 from .errors import CollectionMismatchError, CollectionNotFoundError, ModelLoadError, StoreError  # noqa: F401
 from .ingest import Indexer, IndexReport, IngestOptions
+from .layout import SearchOptions, VectorLayout
 from .media import InputLike
 from .models.generator import Answer, Qwen3VLGenerator
 from .models.runtime import release_memory, resolve_device
@@ -55,8 +56,16 @@ class RAGPipeline:
         generator_options: Mapping[str, Any] | None = None,
         embedder: Any = None,
         reranker: Any = None,
+        layout: VectorLayout | None = None,
+        search_options: SearchOptions | Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        # a new collection's vector layout (None: chosen for its dimension, VectorLayout.choose); an existing
+        # collection keeps its own, and a different one asked for here is refused
+        self.layout = layout
+        self.search_options = (
+            search_options if isinstance(search_options, SearchOptions) else SearchOptions.from_mapping(search_options)
+        )
         self.embedding_model = embedding_model
         self.reranker_model = reranker_model
         self.generator_spec = generator
@@ -209,7 +218,7 @@ class RAGPipeline:
         show_progress_bar: bool = True,
         prune: bool = False,
     ) -> IndexReport:
-        indexer = Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim())
+        indexer = Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim(), layout=self.layout)
         with self.timed("index"):
             return indexer.index_paths(
                 paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar, prune=prune
@@ -230,6 +239,7 @@ class RAGPipeline:
             query_instruction=self.query_instruction,
             timer=self.timed,
             rerank_budget=self.rerank_budget,
+            search_options=self.search_options,
         )
 
     def search(
@@ -239,8 +249,11 @@ class RAGPipeline:
         top_k: int = 5,
         filters: Mapping[str, Any] | None = None,
         rerank: bool = True,
+        search_options: SearchOptions | Mapping[str, Any] | None = None,
     ) -> list[Hit]:
-        return self.retriever(rerank=rerank).retrieve(query, top_k=top_k, filters=filters)
+        """Two-stage retrieval; ``search_options`` tune stage one for this query (see :class:`SearchOptions`)."""
+        retriever = self.retriever(rerank=rerank)
+        return retriever.retrieve(query, top_k=top_k, filters=filters, search_options=search_options)
 
     def ask(
         self,
@@ -250,9 +263,10 @@ class RAGPipeline:
         top_k: int = 3,
         filters: Mapping[str, Any] | None = None,
         rerank: bool = True,
+        search_options: SearchOptions | Mapping[str, Any] | None = None,
     ) -> Answer:
         query: InputLike = {"text": question, "image": image} if image is not None else question
-        hits = self.search(query, top_k=top_k, filters=filters, rerank=rerank)
+        hits = self.search(query, top_k=top_k, filters=filters, rerank=rerank, search_options=search_options)
         generator = self.generator
         if generator is None:
             raise ModelLoadError("no generator: pass a generator model or a callable")

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from .layout import SearchOptions
 from .media import InputError, InputLike, parse_input
 from .models.encoding import estimate_text_tokens, estimate_vision_tokens
 from .records import Record
@@ -112,6 +113,10 @@ class Hit:
         }
 
 
+def _options(value: SearchOptions | Mapping[str, Any] | None) -> SearchOptions:
+    return value if isinstance(value, SearchOptions) else SearchOptions.from_mapping(value)
+
+
 class TwoStageRetriever:
     """Stage one: cosine top-``candidates`` from the store (with payload filters). Stage two: the reranker's
     scores (batched, on the reranker's device). Without a reranker, stage one alone.
@@ -136,6 +141,7 @@ class TwoStageRetriever:
         rerank_instruction: str | None = None,
         timer: Callable[[str], AbstractContextManager[Any]] | None = None,
         rerank_budget: int | None = None,
+        search_options: SearchOptions | Mapping[str, Any] | None = None,
     ):
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -147,6 +153,7 @@ class TwoStageRetriever:
         self.rerank_instruction = rerank_instruction
         self._timer = timer or (lambda stage: nullcontext())
         self.rerank_budget = rerank_budget
+        self.search_options = _options(search_options)
 
     @property
     def embedder(self) -> Any:
@@ -169,11 +176,16 @@ class TwoStageRetriever:
         top_k: int = 5,
         filters: Mapping[str, Any] | None = None,
         rerank: bool = True,
+        search_options: SearchOptions | Mapping[str, Any] | None = None,
     ) -> list[Hit]:
+        """The ``top_k`` best hits for ``query``. ``search_options`` (:class:`SearchOptions` or a dict: ``hnsw_ef``,
+        ``oversampling``, ``rescore``, ``prefetch``, ``hybrid``, ``exact``) tune stage one for this query, over the
+        retriever's own."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        options = _options(search_options).merged(self.search_options)
         try:
-            parse_input(query)
+            parsed = parse_input(query)
         except InputError as exc:
             raise exc.at(kind="query") from None
         with self._timer("embed query"):
@@ -184,7 +196,9 @@ class TwoStageRetriever:
         use_reranker = self.reranker is not None and rerank
         limit = max(self.candidates, top_k) if use_reranker else top_k
         with self._timer("vector search"):
-            found = self.store.search(vector.tolist(), limit=limit, filters=filters)
+            # the query's words also search the BM25 vectors of a hybrid collection (fused inside Qdrant)
+            text = " ".join(parsed.texts) or None
+            found = self.store.search(vector.tolist(), limit=limit, filters=filters, text=text, options=options)
         hits = [Hit(h.id, h.score, h.score, None, h.payload) for h in found]
         if use_reranker and hits:
             with self._timer("rerank"):

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import struct
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -35,6 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CollectionMismatchError, CollectionNotFoundError, RAGError, StoreError
+from .layout import (
+    DENSE,
+    LEGACY,
+    PREFIX,
+    RRF_K,
+    SPARSE,
+    QueryNode,
+    SearchOptions,
+    SparseQuery,
+    VectorLayout,
+    document_sparse,
+    query_plan,
+)
 from .records import FILE_FIELDS, file_fields, sources_of, sources_update
 
 __all__ = [  # the errors and the payload helpers are re-exported: ``from retrieval_pipeline.store import ...``
@@ -47,6 +61,8 @@ __all__ = [  # the errors and the payload helpers are re-exported: ``from retrie
     "ServerStore",
     "StoreError",
     "StoredHit",
+    "SearchOptions",
+    "VectorLayout",
     "VectorStore",
     "default_db",
     "file_fields",
@@ -66,9 +82,12 @@ POINT_NAMESPACE = uuid.UUID("6c1f0b8e-3a52-4d5e-9f0e-7b0f51a9c2d4")
 SCROLL_PAGE = 256
 # Layout of ``collection.json`` (and of the collection metadata on a server). 0: the first layout (no ``format``
 # key; point ids derive from the model name as typed). 1: ``model_id`` (what the model is, see
-# :func:`model_fingerprint`) keys the point ids. A later layout bumps this; older ones keep opening.
-FORMAT = 1
+# :func:`model_fingerprint`) keys the point ids. 2: named vectors laid out as the spec's ``layout`` records
+# (:mod:`retrieval_pipeline.layout`); formats 0 and 1 have no ``layout`` and hold one unnamed vector. A later
+# layout bumps this; older ones keep opening (no migration: a spec without ``layout`` is read as that).
+FORMAT = 2
 ID_SCHEMES = {0: "uuid5(model|dim|content_key)", 1: "uuid5(model_id|dim|content_key)"}
+ID_SCHEMES[2] = ID_SCHEMES[1]
 # Points sampled (payload + vector read back) by a quick :meth:`VectorStore.verify`.
 VERIFY_SAMPLE = 1024
 # Largest safetensors header read by :func:`model_fingerprint` (real ones are a few MB at most).
@@ -150,10 +169,29 @@ class CollectionSpec:
     # The dtype the vectors were computed in ("float32", "bfloat16"); None for collections that predate it.
     # Recorded, not enforced: vectors of either dtype answer the same queries (see the README's fidelity table).
     dtype: str | None = None
+    # How the vectors are laid out (quantization, funnel, BM25). None in a spec asked for: whatever the collection
+    # has (a new one gets :meth:`VectorLayout.choose` for its dimension); a stored spec always has one.
+    layout: VectorLayout | None = None
 
     def __post_init__(self) -> None:
         if self.format >= 1 and self.model_id is None:
             object.__setattr__(self, "model_id", model_fingerprint(self.model))
+        if isinstance(self.layout, Mapping):
+            object.__setattr__(self, "layout", VectorLayout.from_dict(self.layout))
+
+    @property
+    def vectors(self) -> VectorLayout:
+        """The layout in force (a spec without one: the layout before layouts existed)."""
+        return self.layout or LEGACY
+
+    def resolved(self) -> CollectionSpec:
+        """This spec as a new collection records it: its layout chosen when not given."""
+        from dataclasses import replace
+
+        # (a spec of an older format, as tests of old collections write, gets the layout of that time)
+        layout = self.layout or (VectorLayout.choose(self.dim) if self.format >= FORMAT else LEGACY)
+        layout.check(self.dim)
+        return replace(self, layout=layout, format=FORMAT if layout.named else min(self.format, 1))
 
     @property
     def id_key(self) -> str:
@@ -183,6 +221,7 @@ class CollectionSpec:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["format"] = fmt
+        values["layout"] = VectorLayout.from_dict(data["layout"]) if "layout" in data else LEGACY
         missing = {"model", "dim", "instruction"} - set(values)
         if missing:
             raise KeyError(", ".join(sorted(missing)))
@@ -196,6 +235,13 @@ class CollectionSpec:
         return stored.model == self.model or model_fingerprint(stored.model) == mine
 
     def check(self, other: CollectionSpec, collection: str) -> None:
+        if self.layout is not None and other.layout is not None and self.layout != other.layout:
+            raise CollectionMismatchError(
+                f"collection {collection!r} was created with the vector layout {other.layout.describe(other.dim)!r}; "
+                f"it cannot be opened with another one ({'; '.join(self.layout.differences(other.layout))}). "
+                "Leave the layout options out to use it as it is, or index into another --collection "
+                "(--rebuild recreates it)"
+            )
         if self.dim != other.dim or not self.same_model(other):
             raise CollectionMismatchError(
                 f"collection {collection!r} holds {other.dim}-d vectors of {other.model!r} "
@@ -324,7 +370,8 @@ class VectorStore:
     def _delete_filter(self, flt: Any) -> None:
         raise NotImplementedError
 
-    def _search(self, vector: list[float], limit: int, flt: Any) -> list[StoredHit]:
+    def _query(self, plan: QueryNode, flt: Any) -> list[StoredHit]:
+        """Run a :func:`~retrieval_pipeline.layout.query_plan` (prefetch stages, fusion) as one native request."""
         raise NotImplementedError
 
     def _count(self, flt: Any) -> int:
@@ -390,10 +437,67 @@ class VectorStore:
         if ids:
             self._delete_ids(ids)
 
-    def search(self, vector: list[float], *, limit: int, filters: Mapping[str, Any] | None = None) -> list[StoredHit]:
+    def search(
+        self,
+        vector: list[float],
+        *,
+        limit: int,
+        filters: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        options: SearchOptions | Mapping[str, Any] | None = None,
+    ) -> list[StoredHit]:
+        """The ``limit`` nearest points to ``vector`` (matching ``filters``), searched the way the collection's
+        layout says: quantized with rescoring, through the funnel, and fused with BM25 on ``text`` (the query's
+        text) in a hybrid collection. ``options``: :class:`SearchOptions` (or a dict of them) for this search."""
+        if not isinstance(options, SearchOptions):
+            options = SearchOptions.from_mapping(options)
         flt = self._filter(filters)
         self._need()
-        return self._search(list(vector), limit, flt)
+        spec = self.spec or self.open(create=False)
+        vector = list(vector)
+        if len(vector) != spec.dim:
+            raise ValueError(
+                f"the query vector has {len(vector)} dimensions; collection {self.collection!r} holds {spec.dim}"
+            )
+        plan = query_plan(spec.vectors, vector, limit, options.merged(self.search_defaults), text)
+        return self._query(plan, flt)
+
+    def explain(
+        self, *, limit: int, text: str | None = None, options: SearchOptions | Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """The stages a search of this collection runs (leaves first), e.g. for ``info``."""
+        if not isinstance(options, SearchOptions):
+            options = SearchOptions.from_mapping(options)
+        self._need()
+        spec = self.spec or self.open(create=False)
+        plan = query_plan(spec.vectors, [0.0] * spec.dim, limit, options.merged(self.search_defaults), text)
+        return plan.stages()
+
+    @property
+    def search_defaults(self) -> SearchOptions:
+        return getattr(self, "_search_defaults", None) or SearchOptions()
+
+    def _layout_vectors(self, point: Point) -> Any:
+        """What the engine stores for ``point`` under the collection's layout: the vector itself (a legacy
+        collection), or its named vectors (the dense one, its Matryoshka prefix, the BM25 vector of its text)."""
+        layout = (self.spec or self.open(create=False)).vectors
+        vector = point.vector if isinstance(point.vector, list) else [float(x) for x in point.vector]
+        if not layout.named:
+            return vector
+        out: dict[str, Any] = {DENSE: vector}
+        if layout.prefix_dim:
+            out[PREFIX] = vector[: layout.prefix_dim]
+        if layout.hybrid:
+            sparse = document_sparse(str(point.payload.get("text") or ""))
+            if sparse is not None:
+                out[SPARSE] = sparse
+        return out
+
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """Around a large upload: index once at the end rather than while the points arrive (a server defers its
+        HNSW build; the embedded engine only indexes when asked, and :meth:`build_index` runs after)."""
+        yield
 
     def count(self, filters: Mapping[str, Any] | None = None) -> int:
         flt = self._filter(filters)
@@ -482,6 +586,8 @@ class VectorStore:
             "collection": self.collection,
             "points": self.count() if spec else 0,
             "spec": spec.to_dict() if spec else None,
+            "layout": spec.vectors.describe(spec.dim) if spec else None,
+            "search": " => ".join(self.explain(limit=10, text="example")) if spec else None,
             "index": self.index_status() if spec else None,
         }
 
@@ -493,19 +599,25 @@ class VectorStore:
         """Index what is not indexed yet (the embedded engine has no background optimizer); True when it ran."""
         return False
 
-    def push_to(self, target: VectorStore, *, batch: int = SCROLL_PAGE) -> int:
-        """Copy every point (same ids, vectors, payloads) into ``target``: laptop -> cluster."""
+    def push_to(self, target: VectorStore, *, batch: int = SCROLL_PAGE, layout: VectorLayout | None = None) -> int:
+        """Copy every point (same ids, vectors, payloads) into ``target``: laptop -> cluster. The target collection
+        gets this one's vector layout (quantization, funnel, BM25) unless ``layout`` says otherwise; the prefix and
+        BM25 vectors are derived again from each point's vector and text."""
+        from dataclasses import replace
+
         self._need()
-        target.open(self.spec)
+        spec = self.spec or self.open(create=False)
+        target.open(replace(spec, layout=layout or spec.layout))
         done, buffer = 0, []
-        for point in self.scroll(with_vectors=True, page=batch):
-            buffer.append(point)
-            if len(buffer) >= batch:
+        with target.bulk_load():
+            for point in self.scroll(with_vectors=True, page=batch):
+                buffer.append(point)
+                if len(buffer) >= batch:
+                    target.upsert(buffer)
+                    done, buffer = done + len(buffer), []
+            if buffer:
                 target.upsert(buffer)
-                done, buffer = done + len(buffer), []
-        if buffer:
-            target.upsert(buffer)
-            done += len(buffer)
+                done += len(buffer)
         return done
 
     def __enter__(self) -> VectorStore:
@@ -554,6 +666,12 @@ _IN_USE = "another process has it open"
 
 # Qdrant's default indexing threshold (KB of vectors in a segment before it gets an HNSW index).
 EDGE_INDEXING_KB = 10_000
+# Filtered HNSW searches explore two hops (ACORN) when the filter keeps at most this share of the points: a filter
+# whose matches are too few for the graph's payload links and too many for a plain scan otherwise loses most of its
+# true neighbours (benchmarks/bench_million.py, a 10 % filter on 100k 256-d prefixes: recall@10 0.28 without).
+ACORN_SELECTIVITY = 0.4
+# Longest time writes stay unflushed in a collection without a write-ahead log.
+FLUSH_SECONDS = 5.0
 
 
 class EdgeStore(VectorStore):
@@ -573,6 +691,7 @@ class EdgeStore(VectorStore):
         ef_construct: int = 100,
         hnsw_ef: int = 128,
         indexing_threshold_kb: int | None = None,
+        search: SearchOptions | None = None,
     ):
         import qdrant_edge  # noqa: F401 - fail early with the import error if the engine is missing
 
@@ -582,8 +701,10 @@ class EdgeStore(VectorStore):
         self.spec: CollectionSpec | None = None
         self._shard: Any = None
         self._damaged = False
+        self._flushed = time.monotonic()
         self._hnsw = (hnsw_m, ef_construct)
         self.hnsw_ef = hnsw_ef  # search-time beam width (at least the number of results asked for)
+        self._search_defaults = search or SearchOptions()
         # Segments smaller than this (KB of vectors) are searched without an index: the engine's default (about
         # 10 MB) unless set here or by QWEN3VL_RAG_INDEXING_THRESHOLD_KB (tests cross it with small data).
         env = os.environ.get("QWEN3VL_RAG_INDEXING_THRESHOLD_KB")
@@ -702,23 +823,66 @@ class EdgeStore(VectorStore):
         except OSError as exc:
             logger.warning("cannot record the state of %s: %s", self.folder, exc)
 
-    def _create(self, spec: CollectionSpec) -> CollectionSpec:
+    def _edge_config(self, spec: CollectionSpec) -> Any:
+        """The engine configuration of a new collection laid out as ``spec.layout`` says."""
         import qdrant_edge as qe
 
-        shard_path = self.folder / "shard"
-        if shard_path.exists():  # left by a creation that died before writing collection.json
-            logger.warning("removing the unfinished collection at %s", self.folder)
-            shutil.rmtree(shard_path)
+        layout = spec.vectors
+        hnsw = qe.HnswIndexConfig(m=self._hnsw[0], ef_construct=self._hnsw[1], full_scan_threshold=10000)
+        cold = qe.Memory.Cold  # memory-mapped, read on demand (not loaded when the shard opens)
+        quantization = {
+            "int8": qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True),
+            "binary": qe.BinaryQuantizationConfig(always_ram=True),
+        }.get(layout.quantization)
+        vectors: Any
+        if not layout.named:
+            vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine)
+        elif layout.prefix_dim:
+            vectors = {
+                # the full vector only rescores the prefix's candidates: on disk, no graph (m=0)
+                DENSE: qe.EdgeVectorParams(
+                    size=spec.dim,
+                    distance=qe.Distance.Cosine,
+                    memory=cold,
+                    hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=self._hnsw[1], full_scan_threshold=10000),
+                ),
+                PREFIX: qe.EdgeVectorParams(
+                    size=layout.prefix_dim,
+                    distance=qe.Distance.Cosine,
+                    quantization_config=quantization,
+                    memory=cold if layout.on_disk else None,
+                ),
+            }
+        else:
+            vectors = {
+                DENSE: qe.EdgeVectorParams(
+                    size=spec.dim,
+                    distance=qe.Distance.Cosine,
+                    quantization_config=quantization,
+                    memory=cold if layout.on_disk else None,
+                )
+            }
+        sparse = {SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if layout.hybrid else None
         optimizers = (
             qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
             if self.indexing_threshold_kb is not None
             else None
         )
-        config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(m=self._hnsw[0], ef_construct=self._hnsw[1], full_scan_threshold=10000),
-            optimizers=optimizers,
+        # No write-ahead log: the engine keeps the log's retained segments in memory when a shard opens (about
+        # 770 MB of heap for 2048-d vectors, measured: 11 MB without one), and writes are flushed instead.
+        return qe.EdgeConfig(
+            vectors=vectors, sparse_vectors=sparse, hnsw_config=hnsw, optimizers=optimizers, wal_enabled=False
         )
+
+    def _create(self, spec: CollectionSpec) -> CollectionSpec:
+        import qdrant_edge as qe
+
+        spec = spec.resolved()
+        shard_path = self.folder / "shard"
+        if shard_path.exists():  # left by a creation that died before writing collection.json
+            logger.warning("removing the unfinished collection at %s", self.folder)
+            shutil.rmtree(shard_path)
+        config = self._edge_config(spec)
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self._shard = self._call("create", qe.EdgeShard.create, str(shard_path), config)
@@ -805,24 +969,38 @@ class EdgeStore(VectorStore):
         return qe.Filter(must=must) if must else None
 
     def _update(self, what: str, operation: Any) -> None:
-        # Durable once applied: the shard's write-ahead log replays after a crash (flushed on close).
+        # Collections created with a write-ahead log: durable once applied (the log replays after a crash).
+        # Without one (new collections, see _edge_config): durable once flushed -- at least every FLUSH_SECONDS
+        # while writing, after an index build and on close; a crash loses at most those seconds of writes, which
+        # indexing again redoes (point ids derive from the content).
         self._call(what, self._shard.update, operation)
+        now = time.monotonic()
+        if now - self._flushed > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make what was written durable now."""
+        if self._shard is not None:
+            self._call("flush", self._shard.flush)
+        self._flushed = time.monotonic()
 
     def _upsert(self, points: list[Point]) -> None:
         import qdrant_edge as qe
 
         try:
-            operation = qe.UpdateOperation.upsert_points([qe.Point(p.id, list(p.vector), p.payload) for p in points])
+            operation = qe.UpdateOperation.upsert_points(
+                [qe.Point(p.id, _edge_vectors(self._layout_vectors(p)), p.payload) for p in points]
+            )
         except (TypeError, ValueError) as exc:  # a payload the engine cannot store (e.g. unencodable text)
             raise ValueError(f"cannot store these points: {str(exc).splitlines()[0]}") from None
         self._update("upsert", operation)
 
+    def _with_vector(self, vectors: bool) -> Any:
+        return [DENSE] if vectors and self.spec is not None and self.spec.vectors.named else vectors
+
     def _retrieve(self, ids: list[str], *, payload: bool, vectors: bool) -> list[Point]:
-        records = self._call("retrieve", self._shard.retrieve, ids, payload, vectors)
-        return [
-            Point(str(r.id), list(r.vector) if vectors and r.vector is not None else [], dict(r.payload or {}))
-            for r in records
-        ]
+        records = self._call("retrieve", self._shard.retrieve, ids, payload, self._with_vector(vectors))
+        return [Point(str(r.id), _dense(r.vector) if vectors else [], dict(r.payload or {})) for r in records]
 
     def _set_payload(self, point: str, values: dict[str, Any]) -> None:
         import qdrant_edge as qe
@@ -839,18 +1017,47 @@ class EdgeStore(VectorStore):
 
         self._update("delete", qe.UpdateOperation.delete_points_by_filter(flt))
 
-    def _search(self, vector: list[float], limit: int, flt: Any) -> list[StoredHit]:
+    def _query(self, plan: QueryNode, flt: Any) -> list[StoredHit]:
         import qdrant_edge as qe
 
+        query, params = self._edge_stage(plan, flt is not None)
         request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(vector),
+            limit=plan.limit,
+            query=query,
+            prefetches=[self._edge_prefetch(p, flt) for p in plan.prefetch] or None,
             with_payload=True,
             filter=flt,
-            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+            params=params,
         )
         found = self._call("search", self._shard.query, request)
         return [StoredHit(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+
+    def _edge_stage(self, node: QueryNode, filtered: bool) -> tuple[Any, Any]:
+        import qdrant_edge as qe
+
+        if node.fusion:
+            return qe.Fusion.Rrf(k=RRF_K), None
+        vector = node.vector
+        if isinstance(vector, SparseQuery):
+            return qe.Query.Nearest(qe.SparseVector(vector.indices, vector.values), using=node.using), None
+        quantization = (
+            qe.QuantizationSearchParams(
+                ignore=node.ignore_quantization, rescore=node.rescore, oversampling=node.oversampling
+            )
+            if node.quantized
+            else None
+        )
+        ef = max(node.hnsw_ef or self.hnsw_ef, node.limit)
+        acorn = qe.AcornSearchParams(enable=True, max_selectivity=ACORN_SELECTIVITY) if filtered else None
+        params = qe.SearchParams(hnsw_ef=ef, exact=node.exact, quantization=quantization, acorn=acorn)
+        return qe.Query.Nearest(vector, using=node.using), params
+
+    def _edge_prefetch(self, node: QueryNode, flt: Any) -> Any:
+        import qdrant_edge as qe
+
+        query, params = self._edge_stage(node, flt is not None)
+        children = [self._edge_prefetch(p, flt) for p in node.prefetch] or None
+        return qe.Prefetch(limit=node.limit, query=query, prefetches=children, params=params, filter=flt)
 
     def _count(self, flt: Any) -> int:
         import qdrant_edge as qe
@@ -860,12 +1067,11 @@ class EdgeStore(VectorStore):
     def _scroll_page(self, flt: Any, limit: int, offset: Any, with_vectors: bool) -> tuple[list[Point], Any]:
         import qdrant_edge as qe
 
-        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=with_vectors, filter=flt)
+        request = qe.ScrollRequest(
+            offset=offset, limit=limit, with_payload=True, with_vector=self._with_vector(with_vectors), filter=flt
+        )
         records, offset = self._call("scroll", self._shard.scroll, request)
-        points = [
-            Point(str(r.id), list(r.vector) if with_vectors and r.vector is not None else [], dict(r.payload or {}))
-            for r in records
-        ]
+        points = [Point(str(r.id), _dense(r.vector) if with_vectors else [], dict(r.payload or {})) for r in records]
         return points, offset
 
     def optimize(self) -> None:
@@ -873,23 +1079,67 @@ class EdgeStore(VectorStore):
         a collection is a full scan (fine at 1k points, seconds at a million)."""
         self._need()
         self._call("optimize", self._shard.optimize)
+        self.flush()
 
     def index_status(self) -> dict[str, Any]:
+        """Points, segments and, per named vector, how many vectors it holds and how many its index covers.
+
+        The engine reports one total of indexed vectors over every named vector (3,000 points with a dense and a
+        prefix vector: 6,000); it is split per vector here. Dense vectors exist for every point; the BM25 vector for
+        points with text (counted). When the total says all is indexed the split is exact; otherwise the indexed
+        points are the total over the vectors per point (``exact`` False)."""
+        import qdrant_edge as qe
+
         self._need()
+        spec = self.spec or self.open(create=False)
         info = self._call("info", self._shard.info)
+        points, total = int(info.points_count), int(info.indexed_vectors_count)
+        layout = spec.vectors
+        dense = [DENSE, PREFIX] if layout.prefix_dim else [DENSE if layout.named else ""]
+        held = {name: points for name in dense}
+        if layout.hybrid:
+            has = qe.Filter(must=[qe.HasVectorCondition(SPARSE)])
+            held[SPARSE] = int(self._call("count", self._shard.count, qe.CountRequest(exact=True, filter=has)))
+        everything = sum(held.values())
+        if total >= everything:
+            indexed, exact = dict(held), True
+        else:
+            share = total / max(1.0, len(dense) + (held.get(SPARSE, 0) / points if points else 0.0))
+            indexed = {name: min(n, round(share * n / points)) if points else 0 for name, n in held.items()}
+            exact = total == 0
         return {
-            "indexed_vectors": int(info.indexed_vectors_count),
-            "points": int(info.points_count),
+            "points": points,
+            "indexed_vectors": total,
             "segments": int(info.segments_count),
+            "vectors": {
+                name or "(unnamed)": {"held": held[name], "indexed": indexed[name], **self._vector_kind(spec, name)}
+                for name in held
+            },
+            "split_exact": exact,
             "indexing_threshold_kb": self.indexing_threshold_kb,
+            "disk_bytes": _folder_bytes(self.folder),
+            "ram_estimate_bytes": ram_estimate(spec, points, held.get(SPARSE, 0), self._hnsw[0]),
         }
+
+    @staticmethod
+    def _vector_kind(spec: CollectionSpec, name: str) -> dict[str, Any]:
+        layout = spec.vectors
+        if name == SPARSE:
+            return {"kind": "bm25 sparse (idf)"}
+        if layout.prefix_dim and name == DENSE:
+            return {"kind": f"{spec.dim}-d float on disk, rescoring only (no graph)"}
+        size = layout.prefix_dim if name == PREFIX else spec.dim
+        quant = layout.quantization if layout.quantization != "none" else "float"
+        return {"kind": f"{size}-d {quant} hnsw" + (", originals on disk" if layout.on_disk else "")}
 
     def build_index(self) -> bool:
         """Optimize when the points not indexed yet hold more vectors than the indexing threshold (below it the
         engine keeps a segment as a scan anyway, and a scan of it is fast)."""
         status = self.index_status()
-        unindexed = status["points"] - status["indexed_vectors"]
-        dim = self.spec.dim if self.spec is not None else 0
+        indexed = status["vectors"].get(PREFIX) or next(iter(status["vectors"].values()))
+        unindexed = status["points"] - indexed["indexed"]
+        spec = self.spec or self.open(create=False)
+        dim = spec.vectors.prefix_dim or spec.dim
         threshold_kb = self.indexing_threshold_kb if self.indexing_threshold_kb is not None else EDGE_INDEXING_KB
         if unindexed <= 0 or unindexed * dim * 4 < threshold_kb * 1024:
             return False
@@ -913,6 +1163,48 @@ class EdgeStore(VectorStore):
             raise _damaged(self.folder, str(exc).removeprefix(f"{self.folder}: ")) from None
 
 
+def _edge_vectors(vectors: Any) -> Any:
+    import qdrant_edge as qe
+
+    if isinstance(vectors, dict):
+        return {
+            k: qe.SparseVector(v.indices, v.values) if isinstance(v, SparseQuery) else v for k, v in vectors.items()
+        }
+    return vectors
+
+
+def _dense(vector: Any) -> list[float]:
+    """The dense vector of a stored record (named or not)."""
+    if isinstance(vector, dict):
+        vector = vector.get(DENSE)
+    return list(vector) if isinstance(vector, (list, tuple)) else []
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_blocks * 512  # allocated, not apparent (sparse files)
+    return total
+
+
+def ram_estimate(spec: CollectionSpec, points: int, with_text: int, hnsw_m: int = 16) -> int:
+    """What the layout keeps in RAM for ``points`` points, estimated: the searched vector (quantized codes, the
+    originals unless on disk), the HNSW graph (level 0: 2m links of 4 bytes), the BM25 postings, the id tracker.
+    Memory-mapped files read while searching come on top, in the page cache (the benchmark measures both)."""
+    layout = spec.vectors
+    size = layout.prefix_dim or spec.dim
+    per_point = {"none": 0, "int8": size, "binary": (size + 7) // 8}[layout.quantization]
+    if not layout.on_disk:
+        per_point += 4 * size
+    if layout.prefix_dim == 0 and not layout.named:
+        per_point = 4 * size
+    per_point += 2 * hnsw_m * 4 + 64  # graph links, id mapping and versions
+    sparse = with_text * 40 * 8 if layout.hybrid else 0  # ~40 distinct terms per text, index + weight each
+    return points * per_point + sparse
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Qdrant server / cluster (qdrant-client)
 
@@ -928,12 +1220,13 @@ class ServerStore(VectorStore):
         *,
         api_key: str | None = None,
         path: str | None = None,
-        on_disk: bool = False,
-        quantization: bool = False,
         shard_number: int | None = None,
         replication_factor: int | None = None,
+        hnsw_m: int = 16,
+        ef_construct: int = 100,
         timeout: float = 30.0,
         client: Any = None,
+        search: SearchOptions | None = None,
     ):
         from qdrant_client import QdrantClient
 
@@ -951,8 +1244,9 @@ class ServerStore(VectorStore):
                 client = self._call("connect", QdrantClient, path=path)
         self.client = client
         self._options = dict(
-            on_disk=on_disk, quantization=quantization, shard_number=shard_number, replication_factor=replication_factor
+            shard_number=shard_number, replication_factor=replication_factor, hnsw_m=hnsw_m, ef_construct=ef_construct
         )
+        self._search_defaults = search or SearchOptions()
 
     @property
     def location(self) -> str:
@@ -978,9 +1272,8 @@ class ServerStore(VectorStore):
             return stored
         if spec is None or not create:
             raise CollectionNotFoundError(f"no collection {self.collection!r} at {self._where} (index something first)")
-        self._create(spec)
-        self.spec = spec
-        return spec
+        self.spec = self._create(spec)
+        return self.spec
 
     def index_status(self) -> dict[str, Any]:
         self._need()
@@ -1005,26 +1298,15 @@ class ServerStore(VectorStore):
                 "(no model/dimension metadata); use another --collection"
             ) from None
 
-    def _create(self, spec: CollectionSpec) -> None:
+    def _create(self, spec: CollectionSpec) -> CollectionSpec:
         from qdrant_client import models
 
-        opts = self._options
-        quantization = (
-            models.ScalarQuantization(
-                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
-            )
-            if opts["quantization"]
-            else None
-        )
+        spec = spec.resolved()
         self._call(
             "create_collection",
             self.client.create_collection,
             self.collection,
-            vectors_config=models.VectorParams(size=spec.dim, distance=models.Distance.COSINE, on_disk=opts["on_disk"]),
-            quantization_config=quantization,
-            shard_number=opts["shard_number"],
-            replication_factor=opts["replication_factor"],
-            metadata=spec.to_dict(),
+            **server_collection_config(spec, **self._options),
         )
         for name in INDEXED_FIELDS:
             self._call(
@@ -1034,6 +1316,20 @@ class ServerStore(VectorStore):
                 field_name=name,
                 field_schema=models.PayloadSchemaType.KEYWORD,
             )
+        return spec
+
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """Qdrant's bulk-upload mode: the HNSW graph is not built while points arrive (m=0), and is built once
+        after (m restored); the payload indexes exist from creation on. The original setting comes back even when
+        the upload fails."""
+        self._need()
+        self._call("update_collection", self.client.update_collection, self.collection, **bulk_load_diff(True))
+        try:
+            yield
+        finally:
+            restore = bulk_load_diff(False, self._options["hnsw_m"])
+            self._call("update_collection", self.client.update_collection, self.collection, **restore)
 
     def drop(self) -> None:
         self.spec = None
@@ -1062,12 +1358,16 @@ class ServerStore(VectorStore):
     def _upsert(self, points: list[Point]) -> None:
         from qdrant_client import models
 
-        structs = [models.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in points]
+        structs = [
+            models.PointStruct(id=p.id, vector=_server_vectors(self._layout_vectors(p)), payload=p.payload)
+            for p in points
+        ]
         self._call("upsert", self.client.upsert, self.collection, points=structs, wait=True)
 
     def _retrieve(self, ids: list[str], *, payload: bool, vectors: bool) -> list[Point]:
+        with_vectors = [DENSE] if vectors and self.spec is not None and self.spec.vectors.named else vectors
         records = self._call(
-            "retrieve", self.client.retrieve, self.collection, ids=ids, with_payload=payload, with_vectors=vectors
+            "retrieve", self.client.retrieve, self.collection, ids=ids, with_payload=payload, with_vectors=with_vectors
         )
         return [_point(r, vectors) for r in records]
 
@@ -1086,16 +1386,9 @@ class ServerStore(VectorStore):
         selector = models.FilterSelector(filter=flt)
         self._call("delete", self.client.delete, self.collection, points_selector=selector, wait=True)
 
-    def _search(self, vector: list[float], limit: int, flt: Any) -> list[StoredHit]:
-        response = self._call(
-            "query_points",
-            self.client.query_points,
-            self.collection,
-            query=vector,
-            limit=limit,
-            query_filter=flt,
-            with_payload=True,
-        )
+    def _query(self, plan: QueryNode, flt: Any) -> list[StoredHit]:
+        request = server_query(plan, flt)
+        response = self._call("query_points", self.client.query_points, self.collection, with_payload=True, **request)
         return [StoredHit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
     def _count(self, flt: Any) -> int:
@@ -1110,14 +1403,125 @@ class ServerStore(VectorStore):
             limit=limit,
             offset=offset,
             with_payload=True,
-            with_vectors=with_vectors,
+            with_vectors=[DENSE]
+            if with_vectors and self.spec is not None and self.spec.vectors.named
+            else with_vectors,
         )
         return [_point(r, with_vectors) for r in records], offset
 
 
 def _point(record: Any, with_vector: bool) -> Point:
-    vector = record.vector if with_vector and isinstance(record.vector, list) else []
-    return Point(str(record.id), list(vector), dict(record.payload or {}))
+    return Point(str(record.id), _dense(record.vector) if with_vector else [], dict(record.payload or {}))
+
+
+def server_collection_config(
+    spec: CollectionSpec,
+    *,
+    shard_number: int | None = None,
+    replication_factor: int | None = None,
+    hnsw_m: int = 16,
+    ef_construct: int = 100,
+) -> dict[str, Any]:
+    """``create_collection`` arguments for ``spec``'s layout on a Qdrant server: the same named vectors, quantization,
+    funnel and BM25 (IDF) as the embedded engine, with the server's own optimizer, on-disk originals and sharding."""
+    from qdrant_client import models
+
+    layout = spec.vectors
+    cosine = models.Distance.COSINE
+    quantization = {
+        "int8": models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+        ),
+        "binary": models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True)),
+    }.get(layout.quantization)
+    vectors: Any
+    if not layout.named:
+        vectors = models.VectorParams(size=spec.dim, distance=cosine)
+    elif layout.prefix_dim:
+        vectors = {
+            DENSE: models.VectorParams(
+                size=spec.dim, distance=cosine, on_disk=True, hnsw_config=models.HnswConfigDiff(m=0)
+            ),
+            PREFIX: models.VectorParams(
+                size=layout.prefix_dim, distance=cosine, on_disk=layout.on_disk, quantization_config=quantization
+            ),
+        }
+    else:
+        vectors = {
+            DENSE: models.VectorParams(
+                size=spec.dim, distance=cosine, on_disk=layout.on_disk, quantization_config=quantization
+            )
+        }
+    sparse = {SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)} if layout.hybrid else None
+    return dict(
+        vectors_config=vectors,
+        sparse_vectors_config=sparse,
+        hnsw_config=models.HnswConfigDiff(m=hnsw_m, ef_construct=ef_construct),
+        shard_number=shard_number,
+        replication_factor=replication_factor,
+        metadata=spec.to_dict(),
+    )
+
+
+def bulk_load_diff(start: bool, hnsw_m: int = 16) -> dict[str, Any]:
+    """``update_collection`` arguments that start (no graph while uploading: m=0) or end (m restored) a bulk load."""
+    from qdrant_client import models
+
+    return dict(hnsw_config=models.HnswConfigDiff(m=0 if start else hnsw_m))
+
+
+def server_query(plan: QueryNode, flt: Any) -> dict[str, Any]:
+    """``query_points`` arguments for a :func:`~retrieval_pipeline.layout.query_plan`."""
+    from qdrant_client import models
+
+    def stage(node: QueryNode) -> dict[str, Any]:
+        if node.fusion:
+            query: Any = models.RrfQuery(rrf=models.Rrf(k=RRF_K))
+            params = None
+        else:
+            vector = node.vector
+            query = (
+                models.SparseVector(indices=vector.indices, values=vector.values)
+                if isinstance(vector, SparseQuery)
+                else vector
+            )
+            quantization = (
+                models.QuantizationSearchParams(
+                    ignore=node.ignore_quantization, rescore=node.rescore, oversampling=node.oversampling
+                )
+                if node.quantized
+                else None
+            )
+            acorn = (
+                models.AcornSearchParams(enable=True, max_selectivity=ACORN_SELECTIVITY) if flt is not None else None
+            )
+            params = (
+                None
+                if isinstance(vector, SparseQuery)
+                else models.SearchParams(hnsw_ef=node.hnsw_ef, exact=node.exact, quantization=quantization, acorn=acorn)
+            )
+        out: dict[str, Any] = {"query": query, "using": node.using, "limit": node.limit}
+        if node.prefetch:
+            out["prefetch"] = [models.Prefetch(filter=flt, **stage(p)) for p in node.prefetch]
+        if params is not None:
+            out["params"] = params
+        return out
+
+    top = stage(plan)
+    if "params" in top:
+        top["search_params"] = top.pop("params")
+    return {**top, "query_filter": flt}
+
+
+def _server_vectors(vectors: Any) -> Any:
+    from qdrant_client import models
+
+    if isinstance(vectors, dict):
+        return {
+            k: models.SparseVector(indices=v.indices, values=v.values) if isinstance(v, SparseQuery) else v
+            for k, v in vectors.items()
+        }
+    return vectors
 
 
 # ---------------------------------------------------------------------------------------------------------------

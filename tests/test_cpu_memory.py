@@ -269,7 +269,10 @@ def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env):  # no
     assert run.returncode == 0, run.stderr
     assert "building the search index" in run.stderr
     info = json.loads(cli("info", "--json", db=db).stdout)
-    assert info["index"]["indexed_vectors"] == info["points"] > 0
+    vectors = info["index"]["vectors"]  # per named vector: the engine's total counts each of them
+    assert vectors["dense"]["indexed"] == vectors["dense"]["held"] == info["points"] > 0
+    assert vectors["bm25"]["indexed"] == vectors["bm25"]["held"] > 0  # the corpus's text chunks and PDF pages
+    assert info["index"]["indexed_vectors"] == info["points"] + vectors["bm25"]["held"]
     plain = tmp_path / "plain"
     assert cli("index", str(CORPUS), env=models_env, db=plain).returncode == 0  # the default threshold: a scan
     unindexed = json.loads(cli("info", "--json", db=plain).stdout)

@@ -54,7 +54,7 @@ def test_open_creates_and_checks_the_spec(store):
     with pytest.raises(CollectionNotFoundError):
         store.open(create=False)
     assert not store.exists()
-    assert store.open(SPEC) == SPEC
+    assert store.open(SPEC) == SPEC.resolved()
     assert store.exists()
     other_dim = CollectionSpec(model="tiny", dim=16, instruction=SPEC.instruction)
     with pytest.raises(CollectionMismatchError, match="8-d vectors of 'tiny'"):
@@ -117,7 +117,7 @@ def test_edge_store_persists_across_reopen(tmp_path):
     first.upsert(_points(5))
     first.close()
     again = EdgeStore(tmp_path / "db", "c")
-    assert again.open(create=False) == SPEC  # the spec comes from disk
+    assert again.open(create=False) == SPEC.resolved()  # the spec comes from disk
     assert again.count() == 5
     again.close()
 
@@ -129,7 +129,7 @@ def test_push_from_edge_to_server_keeps_ids_and_payloads(tmp_path):
     edge.upsert(points)
     server = ServerStore(path=str(tmp_path / "server"), collection="c")
     assert edge.push_to(server) == 9
-    assert server.open(create=False) == SPEC
+    assert server.open(create=False) == SPEC.resolved()
     assert server.count() == 9
     hit = server.search(points[2].vector, limit=1)[0]
     assert hit.id == points[2].id and hit.payload == points[2].payload

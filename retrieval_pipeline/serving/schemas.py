@@ -109,12 +109,34 @@ class RerankResponse(BaseModel):
 FilterValue = StrictStr | StrictInt | StrictBool | list[StrictStr] | list[StrictInt]
 
 
+class SearchKnobs(BaseModel):
+    """Stage one's search-time knobs for one request (unset: the server's defaults). An exact full scan is not
+    offered over HTTP: on a big collection it reads every vector."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    hnsw_ef: int | None = Field(default=None, ge=1, le=2048, description="HNSW beam width")
+    oversampling: float | None = Field(
+        default=None, ge=1.0, le=20.0, description="quantized candidates per result before rescoring"
+    )
+    rescore: bool | None = Field(default=None, description="rescore quantized / prefix candidates on the originals")
+    prefetch: int | None = Field(default=None, ge=1, le=5000, description="funnel candidates taken on the prefix")
+    hybrid: bool | None = Field(default=None, description="fuse BM25 over stored text (default: on where there is)")
+
+    def options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+def knobs(value: SearchKnobs | None) -> dict[str, Any] | None:
+    return value.options() if value is not None else None
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     query: InputItem
     top_k: int = Field(default=5, ge=1, le=100)
     filters: dict[str, FilterValue] | None = None
     rerank: bool = True
+    search_options: SearchKnobs | None = None
 
 
 class SearchHit(BaseModel):
@@ -146,6 +168,7 @@ class AskRequest(BaseModel):
     filters: dict[str, FilterValue] | None = None
     rerank: bool = True
     stream: bool = False
+    search_options: SearchKnobs | None = None
 
 
 class AskResponse(BaseModel):
@@ -210,6 +233,7 @@ class RetrievalOptions(BaseModel):
     filters: dict[str, FilterValue] | None = None
     rerank: bool = True
     collection: str | None = None
+    search_options: SearchKnobs | None = None
     rewrite: bool = Field(
         default=False,
         description="Rewrite a follow-up question into a standalone search query from the conversation (one more "

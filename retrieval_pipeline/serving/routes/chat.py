@@ -34,6 +34,7 @@ from ..schemas import (
     ChatSource,
     ChatUsage,
     RetrievalOptions,
+    knobs,
 )
 from ..state import ServingState, State, model_name
 from .retrieval import public_source
@@ -177,7 +178,12 @@ async def retrieve(
         if text:
             query = {**query, "text": text} if isinstance(query, dict) else text
     hits = await state.store_call(
-        rag.search, query, top_k=options.top_k, filters=options.filters, rerank=options.rerank
+        rag.search,
+        query,
+        top_k=options.top_k,
+        filters=options.filters,
+        rerank=options.rerank,
+        search_options=knobs(options.search_options),
     )
     return hits, query
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ...models.generator import GenerationResult
-from ..schemas import ERRORS, AskRequest, AskResponse, SearchHit, SearchRequest, SearchResponse, plain
+from ..schemas import ERRORS, AskRequest, AskResponse, SearchHit, SearchRequest, SearchResponse, knobs, plain
 from ..state import ServingState, State
 
 router = APIRouter(tags=["retrieval"])
@@ -44,7 +44,14 @@ def _hit(hit: Any, state: ServingState) -> SearchHit:
 async def search(body: SearchRequest, state: State) -> SearchResponse:
     rag = state.need(state.pipeline, "collection")
     query = await state.preparer.query(plain(body.query))
-    hits = await state.store_call(rag.search, query, top_k=body.top_k, filters=body.filters, rerank=body.rerank)
+    hits = await state.store_call(
+        rag.search,
+        query,
+        top_k=body.top_k,
+        filters=body.filters,
+        rerank=body.rerank,
+        search_options=knobs(body.search_options),
+    )
     return SearchResponse(results=[_hit(h, state) for h in hits])
 
 
@@ -62,14 +69,27 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
         ticket = state.generation_queue.admit()
         async with ticket:
             answer = await state.store_call(
-                rag.ask, body.question, image=image, top_k=body.top_k, filters=body.filters, rerank=body.rerank
+                rag.ask,
+                body.question,
+                image=image,
+                top_k=body.top_k,
+                filters=body.filters,
+                rerank=body.rerank,
+                search_options=knobs(body.search_options),
             )
         return AskResponse(question=body.question, answer=answer.text, sources=[_hit(h, state) for h in answer.sources])
     from .chat import chat_model, generated_pieces
 
     generator = chat_model(state)
     query: Any = {"text": body.question, "image": image} if image is not None else body.question
-    hits = await state.store_call(rag.search, query, top_k=body.top_k, filters=body.filters, rerank=body.rerank)
+    hits = await state.store_call(
+        rag.search,
+        query,
+        top_k=body.top_k,
+        filters=body.filters,
+        rerank=body.rerank,
+        search_options=knobs(body.search_options),
+    )
     ticket = state.generation_queue.admit()
     chat = generator.conversation(body.question, hits)
 
