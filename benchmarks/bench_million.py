@@ -205,6 +205,16 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the stores are built (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the built stores")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="more search options to measure on each layout, e.g. '{\"prefetch\": 200}' (repeatable)",
+    )
+    ap.add_argument(
+        "--reuse", action="store_true", help="with --dir and --keep: probe stores built by an earlier run again"
+    )
     args = ap.parse_args()
 
     def log(text: str) -> None:
@@ -221,19 +231,40 @@ def main() -> None:
     log(f"generator ready ({time.perf_counter() - t0:.1f} s); building {names} at {args.size} x {DIM}-d in {root}")
     queries_file = root / "queries.npy"
     np.save(queries_file, gen.queries)
+    truth_file = root / "truth.npz"
     truth = None
+    if args.reuse and truth_file.exists():
+        saved = np.load(truth_file)
+        truth = {k: TopK(args.queries) for k in ("full", "prefix", "filtered")}
+        for k in truth:
+            truth[k].ids = saved[k]
     rows = []
-    for n, name in enumerate(names):
+    for name in names:
         folder = root / name
-        shutil.rmtree(folder, ignore_errors=True)
-        want_truth = n == 0
-        if want_truth:
-            truth = {"full": TopK(args.queries), "prefix": TopK(args.queries), "filtered": TopK(args.queries)}
-        built = build(name, folder, gen, truth if want_truth else None, log)
+        record = folder / "built.json"
+        if args.reuse and record.exists() and truth is not None:
+            built = json.loads(record.read_text())
+            log(f"  {name}: reusing the store built earlier")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            fresh = None
+            if truth is None:
+                fresh = truth = {
+                    "full": TopK(args.queries),
+                    "prefix": TopK(args.queries),
+                    "filtered": TopK(args.queries),
+                }
+            built = build(name, folder, gen, fresh, log)
+            if fresh is not None:
+                np.savez(truth_file, **{k: v.ids for k, v in truth.items()})
+            record.write_text(json.dumps(built))
         log(f"  {name}: upsert {built['upsert_s']:.0f} s, index {built['index_s']:.0f} s; probing")
         runs = [("", {})]
         if LAYOUTS[name].get("quantization", "int8") != "none" or name == "default":
             runs.append((" (no rescore)", {"rescore": False}))
+        for extra in args.also:
+            options = json.loads(extra)
+            runs.append((" (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")", options))
         for suffix, options in runs:
             measured = probe(folder, queries_file, options)
             lat = np.array(measured["lat"]) * 1000

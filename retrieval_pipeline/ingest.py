@@ -23,6 +23,7 @@ changed file's old text or image does not linger; ``prune`` does the same for fi
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -58,6 +59,8 @@ PDF_EXTENSIONS = {".pdf"}
 # Text chunks: about a page of prose each, overlapping so a sentence cut at a border is whole in one of them.
 CHUNK_CHARS = 1200
 CHUNK_OVERLAP = 200
+# Runs over at least this many files upload in the store's bulk-load mode (a server defers its HNSW build).
+BULK_LOAD_FILES = 1000
 # Units embedded and upserted together (also the unit of resumption after an interruption).
 GROUP_SIZE = 32
 
@@ -565,6 +568,28 @@ class Indexer:
             bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining} left{postfix}]",
         )
         pending: list[Unit] = []
+        bulk = contextlib.ExitStack()
+        if len(supported) >= BULK_LOAD_FILES:  # a server builds its graph once, after the upload
+            bulk.enter_context(self.store.bulk_load())
+        with bulk:
+            self._index_files(supported, costs, options, metadata, report, bar, pending)
+        bar.close()
+        if prune:
+            self.prune(paths, report)
+        if report.indexed:
+            self.store.build_index()  # the embedded engine indexes only when asked
+        return report
+
+    def _index_files(
+        self,
+        supported: list[Path],
+        costs: list[int],
+        options: IngestOptions,
+        metadata: Mapping[str, Any] | None,
+        report: IndexReport,
+        bar: Any,
+        pending: list[Unit],
+    ) -> None:
         for n, (path, cost) in enumerate(zip(supported, costs), 1):
             state = _FileState(path, os.fspath(path))
             units = units_for_file(path, options, metadata or {})
@@ -592,13 +617,6 @@ class Indexer:
         group, pending = pending, []
         self._flush(group, report)
         bar.set_postfix_str(_progress(len(supported), len(supported), report), refresh=False)  # the real counts
-
-        bar.close()
-        if prune:
-            self.prune(paths, report)
-        if report.indexed:
-            self.store.build_index()  # the embedded engine indexes only when asked
-        return report
 
     def prune(self, roots: Sequence[str | Path], report: IndexReport | None = None) -> IndexReport:
         """Take the files under ``roots`` that no longer exist off their points (a point no other file holds is

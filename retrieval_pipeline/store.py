@@ -664,6 +664,38 @@ def _locked(lock_path: Path) -> Iterator[None]:
 _IN_USE = "another process has it open"
 
 
+class _Holder:
+    """An exclusive, non-blocking lock held for as long as a process has a collection open (the engine's own lock
+    lives in its write-ahead log, which new collections do not have). Released when the file is closed, so a
+    process that dies lets go of it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh: Any = None
+
+    def acquire(self) -> bool:
+        if self._fh is not None:
+            return True
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+b")  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            return False
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
+
+
 # Qdrant's default indexing threshold (KB of vectors in a segment before it gets an HNSW index).
 EDGE_INDEXING_KB = 10_000
 # Filtered HNSW searches explore two hops (ACORN) when the filter keeps at most this share of the points: a filter
@@ -702,6 +734,7 @@ class EdgeStore(VectorStore):
         self._shard: Any = None
         self._damaged = False
         self._flushed = time.monotonic()
+        self._holder = _Holder(self.root / f".{self.collection}.open")
         self._hnsw = (hnsw_m, ef_construct)
         self.hnsw_ef = hnsw_ef  # search-time beam width (at least the number of results asked for)
         self._search_defaults = search or SearchOptions()
@@ -790,7 +823,12 @@ class EdgeStore(VectorStore):
         stored = self._read_meta()
         if spec is not None:
             spec.check(stored, self.collection)
-        self._shard = self._call("open", qe.EdgeShard.load, str(self.folder / "shard"))
+        self._hold()
+        try:
+            self._shard = self._call("open", qe.EdgeShard.load, str(self.folder / "shard"))
+        except StoreError:
+            self._holder.release()
+            raise
         self.spec = stored
         self._check_state()
         return stored
@@ -884,6 +922,7 @@ class EdgeStore(VectorStore):
             shutil.rmtree(shard_path)
         config = self._edge_config(spec)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._hold()
         try:
             self._shard = self._call("create", qe.EdgeShard.create, str(shard_path), config)
             for name in INDEXED_FIELDS:
@@ -899,6 +938,13 @@ class EdgeStore(VectorStore):
         self.spec = spec
         return spec
 
+    def _hold(self) -> None:
+        if not self._holder.acquire():
+            raise StoreError(
+                f"cannot open the Qdrant Edge shard at {self.folder}: {_IN_USE} (an embedded store serves one "
+                "process: stop the other one, or query it through `qwen3vl-rag serve`)"
+            )
+
     def _abandon(self) -> None:
         """Let go of the shard without writing anything (it is damaged or half made)."""
         shard, self._shard = self._shard, None
@@ -907,6 +953,7 @@ class EdgeStore(VectorStore):
             with contextlib.suppress(StoreError):
                 self._call("close", shard.close)
             self._damaged = damaged
+        self._holder.release()
 
     def drop(self) -> None:
         """Delete the collection's folder (a damaged one too); refused while another process has it open."""
@@ -915,20 +962,26 @@ class EdgeStore(VectorStore):
         self._abandon()
         self.spec = None
         with _locked(self._lock_path):
-            shard_path = self.folder / "shard"
-            if shard_path.exists():
-                try:  # the engine's lock tells whether another process has the shard open
-                    probe = self._call("open", qe.EdgeShard.load, str(shard_path))
-                except StoreError as exc:  # damaged: nothing to keep
-                    if _IN_USE in str(exc):
-                        raise StoreError(f"cannot rebuild {self.folder}: {_IN_USE} (stop it first)") from None
-                else:
-                    with contextlib.suppress(StoreError):
-                        self._call("close", probe.close)
-            with contextlib.suppress(FileNotFoundError):
-                self._meta_path.unlink()  # first: from here on the folder is not a collection
-            if self.folder.exists():
-                shutil.rmtree(self.folder)
+            if not self._holder.acquire():
+                raise StoreError(f"cannot rebuild {self.folder}: {_IN_USE} (stop it first)")
+            try:
+                shard_path = self.folder / "shard"
+                wal = shard_path / "wal"
+                if wal.exists():  # a collection with a write-ahead log: the engine's lock says whether it is in use
+                    try:
+                        probe = self._call("open", qe.EdgeShard.load, str(shard_path))
+                    except StoreError as exc:  # damaged: nothing to keep
+                        if _IN_USE in str(exc):
+                            raise StoreError(f"cannot rebuild {self.folder}: {_IN_USE} (stop it first)") from None
+                    else:
+                        with contextlib.suppress(StoreError):
+                            self._call("close", probe.close)
+                with contextlib.suppress(FileNotFoundError):
+                    self._meta_path.unlink()  # first: from here on the folder is not a collection
+                if self.folder.exists():
+                    shutil.rmtree(self.folder)
+            finally:
+                self._holder.release()
         self._damaged = False
 
     def close(self) -> None:
@@ -936,6 +989,7 @@ class EdgeStore(VectorStore):
         import qdrant_edge as qe
 
         if self._shard is None:
+            self._holder.release()
             return
         if self._damaged:
             self._abandon()
@@ -953,8 +1007,10 @@ class EdgeStore(VectorStore):
             self._call("close", shard.close)
         except StoreError as exc:
             logger.warning("closing %s: %s", self.folder, exc)
+            self._holder.release()
             return
         self._write_state({"clean": True, "points": points})
+        self._holder.release()
 
     # ------------------------------------------------------------------------------------------------------------
     # native primitives
@@ -1085,9 +1141,9 @@ class EdgeStore(VectorStore):
         """Points, segments and, per named vector, how many vectors it holds and how many its index covers.
 
         The engine reports one total of indexed vectors over every named vector (3,000 points with a dense and a
-        prefix vector: 6,000); it is split per vector here. Dense vectors exist for every point; the BM25 vector for
-        points with text (counted). When the total says all is indexed the split is exact; otherwise the indexed
-        points are the total over the vectors per point (``exact`` False)."""
+        prefix vector: 6,000); it is split per vector here. Dense vectors exist for every point and live in the same
+        segments (so each has the same share of the total); the BM25 vector exists for points with text (counted)
+        and its sparse index is kept from the first write on (it counts as indexed before any build)."""
         import qdrant_edge as qe
 
         self._need()
@@ -1100,13 +1156,9 @@ class EdgeStore(VectorStore):
         if layout.hybrid:
             has = qe.Filter(must=[qe.HasVectorCondition(SPARSE)])
             held[SPARSE] = int(self._call("count", self._shard.count, qe.CountRequest(exact=True, filter=has)))
-        everything = sum(held.values())
-        if total >= everything:
-            indexed, exact = dict(held), True
-        else:
-            share = total / max(1.0, len(dense) + (held.get(SPARSE, 0) / points if points else 0.0))
-            indexed = {name: min(n, round(share * n / points)) if points else 0 for name, n in held.items()}
-            exact = total == 0
+        sparse = held.get(SPARSE, 0)
+        each = max(0, min(points, (total - sparse) // len(dense)))
+        indexed = {name: (sparse if name == SPARSE else each) for name in held}
         return {
             "points": points,
             "indexed_vectors": total,
@@ -1115,7 +1167,6 @@ class EdgeStore(VectorStore):
                 name or "(unnamed)": {"held": held[name], "indexed": indexed[name], **self._vector_kind(spec, name)}
                 for name in held
             },
-            "split_exact": exact,
             "indexing_threshold_kb": self.indexing_threshold_kb,
             "disk_bytes": _folder_bytes(self.folder),
             "ram_estimate_bytes": ram_estimate(spec, points, held.get(SPARSE, 0), self._hnsw[0]),

@@ -276,6 +276,6 @@ def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env):  # no
     plain = tmp_path / "plain"
     assert cli("index", str(CORPUS), env=models_env, db=plain).returncode == 0  # the default threshold: a scan
     unindexed = json.loads(cli("info", "--json", db=plain).stdout)
-    assert unindexed["index"]["indexed_vectors"] == 0
+    assert unindexed["index"]["vectors"]["dense"]["indexed"] == 0  # (a BM25 index exists from the first write)
     optimized = json.loads(cli("optimize", "--json", db=plain).stdout)
-    assert optimized["points"] == unindexed["points"] and optimized["indexed_vectors"] == 0
+    assert optimized["points"] == unindexed["points"] and optimized["vectors"]["dense"]["indexed"] == 0

@@ -142,6 +142,14 @@ def test_search_and_ask(client):
     assert [h["rank"] for h in results] == [1, 2] and all(h["rerank_score"] is not None for h in results)
     r = client.post("/v1/search", json={"query": "x", "filters": {"modality": "image"}, "rerank": False})
     assert {h["modality"] for h in r.json()["results"]} == {"image"}
+    # search-time knobs per request; an exact scan is not offered over HTTP, and hybrid needs BM25 vectors
+    knobs = {"hnsw_ef": 256, "oversampling": 2.0, "rescore": True, "prefetch": 50, "hybrid": False}
+    r = client.post("/v1/search", json={"query": "a cat", "top_k": 2, "rerank": False, "search_options": knobs})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 2 and all(h["rerank_score"] is None for h in r.json()["results"])
+    for bad in ({"exact": True}, {"hnsw_ef": 0}, {"oversampling": 500.0}, {"prefetch": "many"}):
+        r = client.post("/v1/search", json={"query": "a cat", "search_options": bad})
+        assert r.status_code == 422, (bad, r.text)
     r = client.post("/v1/ask", json={"question": "What is in the picture?", "top_k": 1})
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["answer"], str) and len(r.json()["sources"]) == 1
