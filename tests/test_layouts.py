@@ -124,7 +124,7 @@ def test_funnel_runs_two_stages_prefix_then_full_vector(tmp_path):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     layout = VectorLayout(quantization="none", prefix_dim=prefix, hybrid=False)
     store = build(tmp_path, layout, vectors)
-    assert store.explain(limit=2) == ["prefix[4] -> 100", "dense[16] -> 2"]
+    assert store.explain(limit=2) == ["prefix[4] -> 200", "dense[16] -> 2"]
     assert ids(store.search(query.tolist(), limit=2, options={"rescore": False}))[0] == 0  # stage one alone
     assert ids(store.search(query.tolist(), limit=2))[0] == 1  # both stages: the full vector ranks it first
     # a prefetch too shallow to hold the right document cannot be fixed by the second stage
@@ -238,7 +238,8 @@ def test_server_backend_configuration_objects():
     assert config["shard_number"] == 6 and config["replication_factor"] == 2 and config["hnsw_config"].m == 16
     assert config["metadata"]["layout"]["prefix_dim"] == 256
     binary = server_collection_config(spec_for(VectorLayout(quantization="binary", hybrid=False), 2048))
-    assert binary["vectors_config"]["dense"].quantization_config.binary.always_ram
+    codes = binary["vectors_config"]["dense"].quantization_config.binary
+    assert codes.always_ram and codes.query_encoding == models.BinaryQuantizationQueryEncoding.SCALAR8BITS
     assert binary["sparse_vectors_config"] is None
     legacy = server_collection_config(CollectionSpec("tiny", 8, "i", format=1).resolved())
     assert isinstance(legacy["vectors_config"], models.VectorParams)  # unnamed, as before layouts
@@ -250,7 +251,7 @@ def test_server_backend_configuration_objects():
     funnel_stage, keyword = request["prefetch"]
     assert funnel_stage.using == "dense" and keyword.using == "bm25" and keyword.query.indices
     first = funnel_stage.prefetch[0]
-    assert first.using == "prefix" and len(first.query) == 256 and first.limit == 200
+    assert first.using == "prefix" and len(first.query) == 256 and first.limit == 400  # 20 per result
     assert first.params.hnsw_ef == 64 and first.params.quantization.oversampling == 3.0
     assert first.params.quantization.rescore is False  # the full vector rescores next
 

@@ -76,10 +76,15 @@ def test_search_finds_each_item_by_its_own_content(embedder, store, corpus):
     retriever = TwoStageRetriever(embedder, store, query_instruction=indexer.instruction)
     for point in store.scroll(with_vectors=False):
         item = item_for(point.payload)
-        hits = retriever.retrieve(item, top_k=3)
+        hits = retriever.retrieve(item, top_k=3, search_options={"hybrid": False})  # the dense search alone
         assert hits[0].id == point.id, point.payload["modality"]
         assert hits[0].vector_score == pytest.approx(1.0, abs=1e-4)
         assert hits[0].rank == 1 and hits[0].rerank_score is None
+        # hybrid (the default): the item's words also search the BM25 vectors; the fused list still holds it
+        fused = retriever.retrieve(item, top_k=3)
+        assert point.id in [h.id for h in fused]
+        if not point.payload.get("text"):  # no words: the dense search alone, cosine scores
+            assert fused[0].id == point.id and fused[0].vector_score == pytest.approx(1.0, abs=1e-4)
 
 
 def test_rerank_reorders_with_the_reranker_scores(embedder, reranker, store, corpus):
