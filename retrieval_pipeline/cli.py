@@ -136,6 +136,45 @@ def _hybrid_option(p: argparse.ArgumentParser) -> None:
         )
 
 
+def _dataset_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation datasets")
+    g.add_argument("--beir", default=None, metavar="DIR", help="a BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    g.add_argument("--vidore", default=None, metavar="DIR", help="a ViDoRe / MTEB folder: corpus, queries, qrels")
+    g.add_argument("--split", default="test", help="the BEIR qrels split (default test)")
+
+
+def _dataset(args: argparse.Namespace) -> Any:
+    from .evaluate import Dataset, load_beir, load_vidore, read_qrels, read_queries
+
+    if args.beir and args.vidore:
+        raise ValueError("pass --beir or --vidore, not both")
+    if args.beir:
+        dataset = load_beir(args.beir, args.split)
+    elif args.vidore:
+        dataset = load_vidore(args.vidore)
+    else:
+        dataset = None
+    if getattr(args, "queries", None) or getattr(args, "qrels", None):
+        if not (args.queries and args.qrels) and dataset is None:
+            raise ValueError("eval needs --queries and --qrels (or --beir / --vidore)")
+        queries = read_queries(args.queries) if args.queries else dataset.queries
+        qrels = read_qrels(args.qrels) if args.qrels else dataset.qrels
+        dataset = Dataset(queries, qrels, dataset.corpus if dataset else {})
+    return dataset
+
+
+def _ints(text: str | None, option: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"{option} takes positive integers, got {text!r}")
+    return values
+
+
 def _search_knobs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("vector search (stage one)")
     g.add_argument("--hnsw-ef", type=int, default=None, help="HNSW beam width (default 128; higher: better recall)")
@@ -259,9 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     _index_options(p)
     _query_options(p, 3)
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
-    p = sub.add_parser("index", parents=[common], help="index files and folders")
-    p.add_argument("paths", nargs="+")
+    p = sub.add_parser("index", parents=[common], help="index files and folders (or a BEIR / ViDoRe corpus)")
+    p.add_argument("paths", nargs="*")
     _index_options(p)
+    _dataset_options(p)
     p = sub.add_parser("search", parents=[common], help="two-stage retrieval")
     p.add_argument("query")
     _query_options(p, 5)
@@ -269,6 +309,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     _query_options(p, 3)
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    p = sub.add_parser("eval", parents=[common], help="retrieval quality on judged queries (nDCG, recall, MRR, MAP)")
+    _dataset_options(p)
+    p.add_argument("--queries", default=None, help="queries.jsonl (BEIR) or a TSV id<TAB>text")
+    p.add_argument("--qrels", default=None, help="judgements: query-id corpus-id score per line (TSV, TREC) or JSON")
+    p.add_argument("--k", type=int, default=10, help="cut-off of nDCG@k, R@k, RR@k (default 10)")
+    p.add_argument("--dims", default=None, help="Matryoshka dimensions to compare by exact search, e.g. 64,128,256")
+    p.add_argument(
+        "--rerank-depths", default="10,20,50", help="rerank the best N stage-one candidates (default 10,20,50)"
+    )
+    p.add_argument("--no-rerank", action="store_true", help="stage one only")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write quality against cost to this PNG")
+    p.add_argument(
+        "--per-query", default=None, metavar="FILE", help="write per-query metrics and rankings (JSON lines)"
+    )
+    p.add_argument("--root", default=None, help="folder that relative file ids in the judgements start from")
+    _search_knobs(p)
     sub.add_parser("info", parents=[common], help="what the collection holds")
     sub.add_parser("optimize", parents=[common], help="build the collection's vector index now")
     p = sub.add_parser("serve", parents=[common], help="HTTP API: embeddings, rerank, search, ask")
@@ -326,7 +382,9 @@ def _pipeline(args: argparse.Namespace, store: Any) -> Any:
     models = _serve_models(args.models) if args.command == "serve" else set(SERVE_MODELS)
     embedding = args.embedding_model
     if embedding is None:
-        embedding = None if args.command in ("search", "ask", "serve") and store.exists() else DEFAULT_EMBEDDING_MODEL
+        embedding = (
+            None if args.command in ("search", "ask", "serve", "eval") and store.exists() else DEFAULT_EMBEDDING_MODEL
+        )
     generator = getattr(args, "generator_model", None) or DEFAULT_GENERATOR_MODEL
     offload = args.offload
     if args.command == "serve":  # a server keeps what it serves loaded; --offload only moves models off a GPU
@@ -402,6 +460,30 @@ def _hits_text(hits: list[Any]) -> str:
         if snippet:
             lines.append(f"    {snippet}")
     return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace, pipeline: Any) -> int:
+    from .evaluate import evaluate
+
+    dataset = _dataset(args)
+    if dataset is None:
+        raise ValueError("eval needs --queries and --qrels (or --beir / --vidore DIR)")
+    report = evaluate(
+        pipeline.retriever(rerank=not args.no_rerank),
+        dataset,
+        k=args.k,
+        dims=_ints(args.dims, "--dims"),
+        rerank_depths=_ints(args.rerank_depths, "--rerank-depths"),
+        search_options=_search_options(args),
+        root=args.root,
+        show_progress_bar=not (args.quiet or args.json),
+    )
+    if args.plot:
+        report.plot(args.plot)
+    if args.per_query:
+        report.write_per_query(args.per_query)
+    _print(args, report.to_dict(), report.table())
+    return 0
 
 
 def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
@@ -485,7 +567,19 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "serve":
             return _serve(args, pipeline)
         if args.command == "index":
-            report = _do_index(args, pipeline, args.paths)
+            dataset = _dataset(args)
+            if dataset is None and not args.paths:
+                raise ValueError("index needs PATH... (or --beir / --vidore DIR)")
+            if dataset is not None:
+                from .evaluate import index_dataset
+
+                if args.paths:
+                    raise ValueError("index a dataset (--beir / --vidore) or PATH..., one per run")
+                if not dataset.corpus:
+                    raise ValueError("the dataset has no corpus to index")
+                report = index_dataset(pipeline.indexer(), dataset, show_progress_bar=not (args.quiet or args.json))
+            else:
+                report = _do_index(args, pipeline, args.paths)
             _print(args, report.to_dict(), report.summary())
             return 0 if report.ok else EXIT_FAILED  # everything failed: not a success
         if args.command == "run":
@@ -502,6 +596,8 @@ def run_command(args: argparse.Namespace) -> int:
             _print(args, data, f"{answer.text}\n\nSources:\n{_hits_text(answer.sources)}")
             return 0
         _require_points(pipeline)
+        if args.command == "eval":
+            return _eval(args, pipeline)
         if args.command == "search":
             hits = pipeline.search(
                 _query(args, args.query), top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank

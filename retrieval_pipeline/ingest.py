@@ -641,24 +641,40 @@ class Indexer:
         return report
 
     def index_items(
-        self, items: Iterable[Any], *, metadata: Mapping[str, Any] | None = None
+        self,
+        items: Iterable[Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        per_item: Sequence[Mapping[str, Any]] | None = None,
+        show_progress_bar: bool = False,
     ) -> tuple[IndexReport, list[str | None]]:
-        """Index items given directly; returns the report and each item's point id (None where it failed)."""
+        """Index items given directly; returns the report and each item's point id (None where it failed).
+
+        ``per_item``: metadata of each item (merged over ``metadata``), part of its identity: the same content under
+        two dataset ids is two points (:func:`~retrieval_pipeline.evaluate.index_dataset`)."""
         self._open()
         report = IndexReport()
         ids: list[str | None] = []
         units: list[Unit] = []
         for n, item in enumerate(items):
+            own = per_item[n] if per_item is not None else None
             try:
-                unit = unit_for_item(item, metadata)
+                unit = unit_for_item(item, {**(metadata or {}), **(own or {})})
             except InputError as exc:
                 report.failed.append(Failure(f"item {n}", exc.reason))
                 ids.append(None)
                 continue
+            if own:
+                unit.content_key += "|" + json.dumps(own, sort_keys=True, default=str)
             units.append(unit)
             ids.append(point_id(unit.content_key, self.spec))
+        bar = tqdm(total=len(units), desc="indexing", unit="item", disable=not show_progress_bar)
         for start in range(0, len(units), self.group_size):
             self._flush(units[start : start + self.group_size], report)
+            bar.update(len(units[start : start + self.group_size]))
+        bar.close()
+        if report.indexed:
+            self.store.build_index()
         stored = self.store.existing({i for i in ids if i is not None})
         return report, [i if i in stored else None for i in ids]
 

@@ -218,11 +218,15 @@ class RAGPipeline:
         show_progress_bar: bool = True,
         prune: bool = False,
     ) -> IndexReport:
-        indexer = Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim(), layout=self.layout)
+        indexer = self.indexer()
         with self.timed("index"):
             return indexer.index_paths(
                 paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar, prune=prune
             )
+
+    def indexer(self) -> Indexer:
+        """An indexer on this pipeline's embedder and store (the collection's dimension and layout)."""
+        return Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim(), layout=self.layout)
 
     def _stored_dim(self) -> int | None:
         return self.store.open(create=False).dim if self.store.exists() else None

@@ -1,0 +1,488 @@
+"""Retrieval quality on the user's own data: the standard IR evaluation, run by the pipeline that serves answers.
+
+Inputs are the formats people already have:
+
+* **BEIR** (a folder): ``corpus.jsonl`` (``_id``, ``title``, ``text``, optionally ``image`` / ``video``: a path
+  relative to the folder, or a URL), ``queries.jsonl`` (``_id``, ``text``, optionally ``image`` / ``video``),
+  ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``, with a header line).
+* **ViDoRe / MTEB visual documents** (a folder, local files): ``corpus``, ``queries`` and ``qrels``, each as
+  ``<name>.parquet``, ``<name>/*.parquet`` or ``<name>.jsonl``. Corpus rows carry ``corpus-id`` and ``image`` (the
+  datasets' ``{"bytes", "path"}`` struct, or a path); query rows ``query-id`` and ``query``; qrels rows
+  ``query-id``, ``corpus-id``, ``score``.
+
+:func:`index_dataset` ingests such a corpus keeping its ids: every point's payload holds ``metadata.corpus_id``.
+
+**How a judgement finds its item** (the documented rule). A stored point answers to these document ids, most
+specific first: its ``metadata.corpus_id`` (a dataset ingested with :func:`index_dataset`); else, for a folder
+indexed with ``qwen3vl-rag index``, ``<file>#page=<n>`` (a PDF page, 1-based), ``<file>#chunk=<n>`` (a text chunk,
+0-based), ``<file>#t=<start>`` (a video segment, its start in seconds as stored), and ``<file>`` itself, where
+``<file>`` is each of the source's absolute path, its path relative to ``root`` (default: the current folder) and
+its file name. A ranking lists each document once, at the rank of its best item. A judged id that no stored point
+answers to is reported (:attr:`EvalReport.unknown`), never silently dropped.
+
+Metrics come from ``ir_measures`` (trec_eval's definitions through ``pytrec_eval``): nDCG@k, R@k, RR@k (MRR) and
+AP (MAP), for stage one as the collection searches it (its layout and search knobs), for exact search at several
+Matryoshka dimensions (the stored vectors truncated in memory: a bounded corpus), and with the reranker at several
+depths; plus per-query latency of each stage.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .layout import SearchOptions
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("nDCG", "R", "RR", "AP")
+# Points loaded into memory for the exact searches at other dimensions (a bounded corpus).
+MAX_EXACT_POINTS = 500_000
+
+
+@dataclass
+class Dataset:
+    """Queries (id -> model input), judgements (query id -> document id -> grade) and, for ingestion, the corpus
+    (id -> model input)."""
+
+    queries: dict[str, Any]
+    qrels: dict[str, dict[str, int]]
+    corpus: dict[str, Any] = field(default_factory=dict)
+    name: str = "dataset"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{path}:{n}: not JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _media(row: Mapping[str, Any], base: Path, text: str | None) -> Any:
+    """A corpus or query row as a model input: its text, plus an image / video path (relative to the folder)."""
+    item: dict[str, Any] = {}
+    if text:
+        item["text"] = text
+    for key in ("image", "video"):
+        value = row.get(key)
+        if isinstance(value, str) and value:
+            item[key] = value if "://" in value or Path(value).is_absolute() else str(base / value)
+    if not item:
+        raise InputError(f"row {row.get('_id') or row.get('query-id') or row.get('corpus-id')!r} has no text or media")
+    return item["text"] if set(item) == {"text"} else item
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """A TREC / BEIR judgements file: ``query-id corpus-id score`` per line (tabs or spaces; a header line and
+    TREC's 4-column ``qid 0 docid rel`` both read), or a JSON object ``{query: {doc: grade}}``."""
+    path = Path(path)
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(q): {str(d): int(g) for d, g in docs.items()} for q, docs in data.items()}
+    qrels: dict[str, dict[str, int]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if n == 1 and not parts[-1].lstrip("-").isdigit():
+            continue  # the header
+        if len(parts) == 4:
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+            raise InputError(f"{path}:{n}: expected 'query-id corpus-id score', got {line!r}")
+        qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    return qrels
+
+
+def read_queries(path: str | Path) -> dict[str, Any]:
+    """``queries.jsonl`` (BEIR: ``_id``, ``text``, optionally ``image`` / ``video``) or a TSV ``id<TAB>text``."""
+    path = Path(path)
+    if path.suffix == ".tsv":
+        out = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            qid, sep, text = line.partition("\t")
+            if sep and qid != "query-id":
+                out[qid] = text
+        return out
+    return {str(r["_id"]): _media(r, path.parent, r.get("text")) for r in _jsonl(path)}
+
+
+def load_beir(folder: str | Path, split: str = "test") -> Dataset:
+    folder = Path(folder)
+    corpus = {}
+    if (folder / "corpus.jsonl").exists():
+        for r in _jsonl(folder / "corpus.jsonl"):
+            text = " ".join(t for t in (r.get("title"), r.get("text")) if t)
+            corpus[str(r["_id"])] = _media(r, folder, text)
+    qrels_file = folder / "qrels" / f"{split}.tsv"
+    if not qrels_file.exists():
+        found = sorted((folder / "qrels").glob("*.tsv"))
+        if not found:
+            raise InputError(f"{folder}: no qrels/{split}.tsv (a BEIR folder has qrels/<split>.tsv)")
+        qrels_file = found[0]
+    return Dataset(read_queries(folder / "queries.jsonl"), read_qrels(qrels_file), corpus, folder.name)
+
+
+def _table(folder: Path, name: str) -> list[dict[str, Any]]:
+    candidates = [folder / f"{name}.parquet", *sorted((folder / name).glob("*.parquet"))] if folder.exists() else []
+    parquet = [p for p in candidates if p.is_file()]
+    if parquet:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise InputError("reading parquet needs pyarrow: pip install 'qwen3-vl-rag[eval]'") from None
+        rows: list[dict[str, Any]] = []
+        for p in parquet:
+            rows.extend(pq.read_table(p).to_pylist())
+        return rows
+    if (folder / f"{name}.jsonl").exists():
+        return _jsonl(folder / f"{name}.jsonl")
+    raise InputError(f"{folder}: no {name}.parquet, {name}/*.parquet or {name}.jsonl")
+
+
+def load_vidore(folder: str | Path, cache: str | Path | None = None) -> Dataset:
+    """A ViDoRe / MTEB visual-document retrieval set from local files. Images stored inline (``{"bytes": ...}``) are
+    written once under ``cache`` (default ``<folder>/.images``) so the corpus can be indexed by path."""
+    folder = Path(folder)
+    cache = Path(cache) if cache is not None else folder / ".images"
+    corpus: dict[str, Any] = {}
+    for row in _table(folder, "corpus"):
+        cid = str(row["corpus-id"])
+        image = row.get("image")
+        if isinstance(image, Mapping):
+            data = image.get("bytes")
+            if isinstance(data, str):
+                data = base64.b64decode(data)
+            if data:
+                cache.mkdir(parents=True, exist_ok=True)
+                target = cache / f"{abs(hash(cid)) % 10**12}-{len(data)}.img"
+                if not target.exists():
+                    target.write_bytes(data)
+                image = str(target)
+            else:
+                image = image.get("path")
+        if not isinstance(image, str) or not image:
+            raise InputError(f"{folder}: corpus row {cid!r} has no image")
+        corpus[cid] = {"image": image if Path(image).is_absolute() else str(folder / image)}
+    queries = {str(r["query-id"]): str(r["query"]) for r in _table(folder, "queries")}
+    qrels: dict[str, dict[str, int]] = {}
+    for r in _table(folder, "qrels"):
+        qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = int(r.get("score", 1))
+    return Dataset(queries, qrels, corpus, folder.name)
+
+
+def index_dataset(indexer: Any, dataset: Dataset, *, show_progress_bar: bool = True) -> Any:
+    """Index a dataset's corpus keeping its ids (payload ``metadata.corpus_id``); returns the index report."""
+    ids = list(dataset.corpus)
+    report, _ = indexer.index_items(
+        [dataset.corpus[i] for i in ids], per_item=[{"corpus_id": i} for i in ids], show_progress_bar=show_progress_bar
+    )
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# document ids of stored points
+
+
+def document_keys(payload: Mapping[str, Any], root: Path | None = None) -> list[str]:
+    """The document ids a stored point answers to, most specific first (see the module doc)."""
+    metadata = payload.get("metadata") or {}
+    if isinstance(metadata, Mapping) and metadata.get("corpus_id") is not None:
+        return [str(metadata["corpus_id"])]
+    source = str(payload.get("source") or "")
+    if not source:
+        return []
+    names = [source]
+    if "://" not in source:
+        path = Path(source)
+        base = (root or Path.cwd()).resolve()
+        try:
+            names.append(path.resolve().relative_to(base).as_posix())
+        except ValueError:
+            pass
+        names.append(path.name)
+    names = list(dict.fromkeys(names))
+    fragment = None
+    if payload.get("page") is not None:
+        fragment = f"page={payload['page']}"
+    elif payload.get("chunk") is not None:
+        fragment = f"chunk={payload['chunk']}"
+    elif payload.get("segment"):
+        fragment = f"t={_seconds(payload['segment'][0])}"
+    specific = [f"{n}#{fragment}" for n in names] if fragment else []
+    return specific + names
+
+
+def _seconds(value: Any) -> str:
+    number = float(value)
+    return str(int(number)) if number.is_integer() else f"{number:g}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the evaluation
+
+
+@dataclass
+class EvalReport:
+    """Aggregate metrics per configuration (``rows``), per-query metrics and rankings, latencies, the judged ids
+    that name nothing in the collection, and the queries without judgements."""
+
+    k: int
+    rows: list[dict[str, Any]]
+    per_query: dict[str, dict[str, Any]]
+    latency_ms: dict[str, dict[str, float]]
+    unknown: list[tuple[str, str]]
+    unjudged: list[str]
+    collection: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "rows": self.rows,
+            "latency_ms": self.latency_ms,
+            "unknown_judgements": [{"query_id": q, "doc_id": d} for q, d in self.unknown],
+            "unjudged_queries": self.unjudged,
+            "collection": self.collection,
+        }
+
+    def table(self) -> str:
+        names = [f"nDCG@{self.k}", f"R@{self.k}", f"RR@{self.k}", "AP"]
+        lines = [
+            f"| configuration | cost | {' | '.join(names)} | ms / query |",
+            "|---|---|" + "---|" * (len(names) + 1),
+        ]
+        for row in self.rows:
+            values = " | ".join(f"{row[n]:.3f}" for n in names)
+            lines.append(f"| {row['config']} | {row['cost']} | {values} | {row['ms']:.1f} |")
+        notes = []
+        if self.unknown:
+            shown = ", ".join(f"{q}->{d}" for q, d in self.unknown[:5])
+            notes.append(f"{len(self.unknown)} judgements name nothing in the collection: {shown}")
+        if self.unjudged:
+            notes.append(f"{len(self.unjudged)} queries have no judgements and were left out")
+        return "\n".join(lines + notes)
+
+    def plot(self, path: str | Path) -> Path:
+        """Quality against cost: nDCG@k by Matryoshka dimension (exact search) and by rerank depth."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        metric = f"nDCG@{self.k}"
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        dims = [r for r in self.rows if r["kind"] == "exact"]
+        reranked = [r for r in self.rows if r["kind"] in ("stage one", "rerank")]
+        axes[0].plot([r["dim"] for r in dims], [r[metric] for r in dims], marker="o")
+        axes[0].set_xscale("log", base=2)
+        axes[0].set_xlabel("dimension (exact search on truncated vectors)")
+        axes[0].set_ylabel(metric)
+        axes[0].set_title("Matryoshka dimension")
+        axes[1].plot([r.get("depth", 0) for r in reranked], [r[metric] for r in reranked], marker="o")
+        axes[1].set_xlabel("rerank depth (0: stage one alone)")
+        axes[1].set_ylabel(metric)
+        axes[1].set_title("rerank depth")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    def write_per_query(self, path: str | Path) -> Path:
+        path = Path(path)
+        with open(path, "w", encoding="utf-8") as fh:
+            for qid, data in self.per_query.items():
+                fh.write(json.dumps({"query_id": qid, **data}) + "\n")
+        return path
+
+
+def _measures(k: int) -> list[Any]:
+    try:
+        import ir_measures
+    except ImportError:
+        raise InputError("evaluation needs ir-measures: pip install 'qwen3-vl-rag[eval]'") from None
+    return [ir_measures.nDCG @ k, ir_measures.R @ k, ir_measures.RR @ k, ir_measures.AP]
+
+
+def score(qrels: Mapping[str, Mapping[str, int]], rankings: Mapping[str, Sequence[str]], k: int) -> tuple[dict, dict]:
+    """Aggregate and per-query metrics of ``rankings`` (query id -> document ids, best first) by ``ir_measures``."""
+    import ir_measures
+
+    measures = _measures(k)
+    judged = [ir_measures.Qrel(q, d, int(g)) for q, docs in qrels.items() for d, g in docs.items()]
+    run = [
+        ir_measures.ScoredDoc(q, d, float(len(docs) - rank))
+        for q, docs in rankings.items()
+        for rank, d in enumerate(docs)
+    ]
+    aggregate = {str(m): float(v) for m, v in ir_measures.calc_aggregate(measures, judged, run).items()}
+    per_query: dict[str, dict[str, float]] = {q: {str(m): 0.0 for m in measures} for q in rankings}
+    for metric in ir_measures.iter_calc(measures, judged, run):
+        per_query.setdefault(metric.query_id, {})[str(metric.measure)] = float(metric.value)
+    for name in (str(m) for m in measures):
+        aggregate.setdefault(name, 0.0)
+    return aggregate, per_query
+
+
+def _dedupe(docs: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(d for d in docs if d))
+
+
+def evaluate(
+    retriever: Any,
+    dataset: Dataset,
+    *,
+    k: int = 10,
+    dims: Sequence[int] | None = None,
+    rerank_depths: Sequence[int] = (10, 20, 50),
+    search_options: SearchOptions | Mapping[str, Any] | None = None,
+    root: str | Path | None = None,
+    show_progress_bar: bool = True,
+) -> EvalReport:
+    """Evaluate ``retriever`` (a :class:`~retrieval_pipeline.retriever.TwoStageRetriever`: its embedder, store and,
+    when it has one, reranker) on ``dataset``'s queries and judgements. See the module doc for what is measured."""
+    from tqdm.auto import tqdm
+
+    store = retriever.store
+    spec = store.open(create=False)
+    base = Path(root) if root is not None else None
+    depths = sorted({int(d) for d in rerank_depths if int(d) > 0}) if retriever.reranker is not None else []
+    dims = sorted({min(int(d), spec.dim) for d in (dims or [])} | {spec.dim})
+    if any(d < 1 for d in dims):
+        raise ValueError(f"dimensions must be positive, got {dims}")
+
+    # every stored point: its document ids (what the judgements may name) and, for exact search, its vector
+    ids, keys, vectors = [], [], []
+    for point in store.scroll(with_vectors=True):
+        ids.append(point.id)
+        keys.append(document_keys(point.payload, base))
+        vectors.append(point.vector)
+        if len(ids) > MAX_EXACT_POINTS:
+            raise ValueError(f"the collection holds more than {MAX_EXACT_POINTS} points: evaluate on a bounded corpus")
+    universe = {key for ks in keys for key in ks}
+    unknown = [(q, d) for q, docs in dataset.qrels.items() for d in docs if d not in universe]
+    judged_ids = {d for docs in dataset.qrels.values() for d in docs}
+    doc_of = {pid: next((key for key in ks if key in judged_ids), ks[0] if ks else pid) for pid, ks in zip(ids, keys)}
+    matrix = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, spec.dim), np.float32)
+
+    queries = {q: v for q, v in dataset.queries.items() if q in dataset.qrels}
+    unjudged = [q for q in dataset.queries if q not in dataset.qrels]
+    depth = max([k, *depths])
+    rankings: dict[str, dict[str, list[str]]] = {}
+    timings: dict[str, list[float]] = {"embed query": [], "vector search": [], "exact search": [], "rerank": []}
+    options = (
+        search_options if isinstance(search_options, SearchOptions) else SearchOptions.from_mapping(search_options)
+    )
+    options = options.merged(retriever.search_options)
+    embedder = retriever.embedder
+    reranker = None
+    for qid, query in tqdm(queries.items(), desc="evaluating", disable=not show_progress_bar):
+        t0 = time.perf_counter()
+        vector = embedder.embed([query], instruction=retriever.query_instruction, dim=spec.dim)[0]
+        timings["embed query"].append(time.perf_counter() - t0)
+        text = query if isinstance(query, str) else (query.get("text") if isinstance(query, Mapping) else None)
+        t0 = time.perf_counter()
+        hits = store.search(vector.tolist(), limit=depth, text=text, options=options)
+        timings["vector search"].append(time.perf_counter() - t0)
+        out = rankings.setdefault(qid, {})
+        out["stage one"] = _dedupe(doc_of[h.id] for h in hits)
+        t0 = time.perf_counter()
+        for d in dims:
+            out[f"exact {d}-d"] = _dedupe(doc_of[ids[i]] for i in _exact(matrix, vector, d, depth))
+        timings["exact search"].append(time.perf_counter() - t0)
+        if depths and hits:
+            from .retriever import Hit
+
+            reranker = reranker or (
+                retriever.reranker if hasattr(retriever.reranker, "score") else retriever.reranker()
+            )
+            candidates = [Hit(h.id, h.score, h.score, None, h.payload) for h in hits[: depths[-1]]]
+            t0 = time.perf_counter()
+            scores = reranker.score(query, [c.item for c in candidates], instruction=retriever.rerank_instruction)
+            timings["rerank"].append(time.perf_counter() - t0)
+            for d in depths:
+                top = sorted(range(min(d, len(candidates))), key=lambda i: -scores[i])
+                reranked = [candidates[i].id for i in top] + [h.id for h in hits[d:]]
+                out[f"rerank top-{d}"] = _dedupe(doc_of[i] for i in reranked)
+
+    configs = ["stage one", *[f"exact {d}-d" for d in dims], *[f"rerank top-{d}" for d in depths]]
+    per_query: dict[str, dict[str, Any]] = {q: {"metrics": {}, "rankings": {}} for q in rankings}
+    rows = []
+    ms = {name: 1000 * float(np.mean(v)) if v else 0.0 for name, v in timings.items()}
+    for config in configs:
+        runs = {q: r[config][:depth] for q, r in rankings.items() if config in r}
+        aggregate, by_query = score({q: dataset.qrels[q] for q in runs}, runs, k)
+        row: dict[str, Any] = {"config": config, **aggregate}
+        if config == "stage one":
+            row.update(
+                kind="stage one",
+                depth=0,
+                cost=spec.vectors.describe(spec.dim),
+                ms=ms["embed query"] + ms["vector search"],
+            )
+        elif config.startswith("exact"):
+            dim = int(config.split()[1].removesuffix("-d"))
+            row.update(kind="exact", dim=dim, cost=f"{dim} dims", ms=ms["embed query"] + ms["exact search"] / len(dims))
+        else:
+            d = int(config.rsplit("-", 1)[1])
+            per_doc = ms["rerank"] / max(1, depths[-1])
+            row.update(
+                kind="rerank", depth=d, cost=f"{d} reranked", ms=ms["embed query"] + ms["vector search"] + per_doc * d
+            )
+        rows.append(row)
+        for q, values in by_query.items():
+            per_query[q]["metrics"][config] = values
+            per_query[q]["rankings"][config] = runs[q][:k]
+    for q in per_query:
+        per_query[q]["relevant"] = dataset.qrels[q]
+    latency = {
+        name: {"mean": ms[name], "p95": 1000 * float(np.percentile(v, 95)) if v else 0.0} for name, v in timings.items()
+    }
+    for q, d in unknown[:20]:
+        logger.warning("judgement %s -> %s names nothing in collection %r", q, d, store.collection)
+    info = {
+        "collection": store.collection,
+        "points": len(ids),
+        "dim": spec.dim,
+        "layout": spec.vectors.describe(spec.dim),
+    }
+    return EvalReport(k, rows, per_query, latency, unknown, unjudged, info)
+
+
+def _exact(matrix: np.ndarray, query: np.ndarray, dim: int, depth: int) -> list[int]:
+    """The ``depth`` nearest rows by cosine over the first ``dim`` components (Matryoshka truncation)."""
+    if not len(matrix):
+        return []
+    part = matrix[:, :dim]
+    norms = np.linalg.norm(part, axis=1)
+    norms[norms == 0] = 1.0
+    q = np.asarray(query, dtype=np.float32)[:dim]
+    q = q / (np.linalg.norm(q) or 1.0)
+    scores = (part @ q) / norms
+    top = min(depth, len(scores))
+    best = np.argpartition(-scores, top - 1)[:top]
+    return [int(i) for i in best[np.argsort(-scores[best], kind="stable")]]
