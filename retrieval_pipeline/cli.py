@@ -462,6 +462,22 @@ def _hits_text(hits: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def _index_command(args: argparse.Namespace, pipeline: Any) -> Any:
+    """``index PATH...`` or ``index --beir / --vidore DIR`` (a dataset's corpus, its ids kept)."""
+    dataset = _dataset(args)
+    if dataset is None:
+        if not args.paths:
+            raise ValueError("index needs PATH... (or --beir / --vidore DIR)")
+        return _do_index(args, pipeline, args.paths)
+    from .evaluate import index_dataset
+
+    if args.paths:
+        raise ValueError("index a dataset (--beir / --vidore) or PATH..., one per run")
+    if not dataset.corpus:
+        raise ValueError("the dataset has no corpus to index")
+    return index_dataset(pipeline.indexer(), dataset, show_progress_bar=not (args.quiet or args.json))
+
+
 def _eval(args: argparse.Namespace, pipeline: Any) -> int:
     from .evaluate import evaluate
 
@@ -567,19 +583,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "serve":
             return _serve(args, pipeline)
         if args.command == "index":
-            dataset = _dataset(args)
-            if dataset is None and not args.paths:
-                raise ValueError("index needs PATH... (or --beir / --vidore DIR)")
-            if dataset is not None:
-                from .evaluate import index_dataset
-
-                if args.paths:
-                    raise ValueError("index a dataset (--beir / --vidore) or PATH..., one per run")
-                if not dataset.corpus:
-                    raise ValueError("the dataset has no corpus to index")
-                report = index_dataset(pipeline.indexer(), dataset, show_progress_bar=not (args.quiet or args.json))
-            else:
-                report = _do_index(args, pipeline, args.paths)
+            report = _index_command(args, pipeline)
             _print(args, report.to_dict(), report.summary())
             return 0 if report.ok else EXIT_FAILED  # everything failed: not a success
         if args.command == "run":

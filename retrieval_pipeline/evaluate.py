@@ -352,6 +352,33 @@ def _dedupe(docs: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(d for d in docs if d))
 
 
+@dataclass
+class _Collection:
+    """Every stored point: its id, the document id it ranks as, and its vector (for exact search)."""
+
+    ids: list[str]
+    doc_of: dict[str, str]
+    matrix: np.ndarray
+    unknown: list[tuple[str, str]]
+
+
+def _collection(store: Any, dataset: Dataset, dim: int, root: Path | None) -> _Collection:
+    ids, keys, vectors = [], [], []
+    for point in store.scroll(with_vectors=True):
+        ids.append(point.id)
+        keys.append(document_keys(point.payload, root))
+        vectors.append(point.vector)
+        if len(ids) > MAX_EXACT_POINTS:
+            raise ValueError(f"the collection holds more than {MAX_EXACT_POINTS} points: evaluate on a bounded corpus")
+    universe = {key for ks in keys for key in ks}
+    unknown = [(q, d) for q, docs in dataset.qrels.items() for d in docs if d not in universe]
+    judged = {d for docs in dataset.qrels.values() for d in docs}
+    # a point ranks as the id the judgements use for it (else its most specific one)
+    doc_of = {pid: next((key for key in ks if key in judged), ks[0] if ks else pid) for pid, ks in zip(ids, keys)}
+    matrix = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, dim), np.float32)
+    return _Collection(ids, doc_of, matrix, unknown)
+
+
 def evaluate(
     retriever: Any,
     dataset: Dataset,
@@ -369,89 +396,121 @@ def evaluate(
 
     store = retriever.store
     spec = store.open(create=False)
-    base = Path(root) if root is not None else None
     depths = sorted({int(d) for d in rerank_depths if int(d) > 0}) if retriever.reranker is not None else []
     dims = sorted({min(int(d), spec.dim) for d in (dims or [])} | {spec.dim})
     if any(d < 1 for d in dims):
         raise ValueError(f"dimensions must be positive, got {dims}")
-
-    # every stored point: its document ids (what the judgements may name) and, for exact search, its vector
-    ids, keys, vectors = [], [], []
-    for point in store.scroll(with_vectors=True):
-        ids.append(point.id)
-        keys.append(document_keys(point.payload, base))
-        vectors.append(point.vector)
-        if len(ids) > MAX_EXACT_POINTS:
-            raise ValueError(f"the collection holds more than {MAX_EXACT_POINTS} points: evaluate on a bounded corpus")
-    universe = {key for ks in keys for key in ks}
-    unknown = [(q, d) for q, docs in dataset.qrels.items() for d in docs if d not in universe]
-    judged_ids = {d for docs in dataset.qrels.values() for d in docs}
-    doc_of = {pid: next((key for key in ks if key in judged_ids), ks[0] if ks else pid) for pid, ks in zip(ids, keys)}
-    matrix = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, spec.dim), np.float32)
-
-    queries = {q: v for q, v in dataset.queries.items() if q in dataset.qrels}
-    unjudged = [q for q in dataset.queries if q not in dataset.qrels]
-    depth = max([k, *depths])
-    rankings: dict[str, dict[str, list[str]]] = {}
-    timings: dict[str, list[float]] = {"embed query": [], "vector search": [], "exact search": [], "rerank": []}
+    collection = _collection(store, dataset, spec.dim, Path(root) if root is not None else None)
     options = (
         search_options if isinstance(search_options, SearchOptions) else SearchOptions.from_mapping(search_options)
     )
-    options = options.merged(retriever.search_options)
-    embedder = retriever.embedder
-    reranker = None
-    for qid, query in tqdm(queries.items(), desc="evaluating", disable=not show_progress_bar):
+    run = _Run(retriever, spec.dim, dims, depths, max([k, *depths]), options.merged(retriever.search_options))
+    queries = {q: v for q, v in dataset.queries.items() if q in dataset.qrels}
+    rankings = {
+        qid: run.query(query, collection)
+        for qid, query in tqdm(queries.items(), desc="evaluating", disable=not show_progress_bar)
+    }
+    rows, per_query = _score_rows(rankings, dataset, k, run, spec.vectors.describe(spec.dim))
+    latency = {
+        name: {"mean": 1000 * float(np.mean(v)) if v else 0.0, "p95": 1000 * float(np.percentile(v, 95)) if v else 0.0}
+        for name, v in run.timings.items()
+    }
+    for q, d in collection.unknown[:20]:
+        logger.warning("judgement %s -> %s names nothing in collection %r", q, d, store.collection)
+    unjudged = [q for q in dataset.queries if q not in dataset.qrels]
+    info = {"collection": store.collection, "points": len(collection.ids), "dim": spec.dim}
+    info["layout"] = spec.vectors.describe(spec.dim)
+    return EvalReport(k, rows, per_query, latency, collection.unknown, unjudged, info)
+
+
+class _Run:
+    """The rankings of one query under every configuration, and the time each stage took."""
+
+    def __init__(
+        self, retriever: Any, dim: int, dims: list[int], depths: list[int], depth: int, options: SearchOptions
+    ):
+        self.retriever = retriever
+        self.dim = dim
+        self.dims = dims
+        self.depths = depths
+        self.depth = depth
+        self.options = options
+        self.timings: dict[str, list[float]] = {
+            "embed query": [],
+            "vector search": [],
+            "exact search": [],
+            "rerank": [],
+        }
+        self._embedder = retriever.embedder
+        self._reranker: Any = None
+
+    def _timed(self, stage: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
-        vector = embedder.embed([query], instruction=retriever.query_instruction, dim=spec.dim)[0]
-        timings["embed query"].append(time.perf_counter() - t0)
+        out = fn(*args, **kwargs)
+        self.timings[stage].append(time.perf_counter() - t0)
+        return out
+
+    def query(self, query: Any, collection: _Collection) -> dict[str, list[str]]:
+        r = self.retriever
+        vector = self._timed(
+            "embed query", self._embedder.embed, [query], instruction=r.query_instruction, dim=self.dim
+        )
+        vector = vector[0]
         text = query if isinstance(query, str) else (query.get("text") if isinstance(query, Mapping) else None)
+        hits = self._timed(
+            "vector search", r.store.search, vector.tolist(), limit=self.depth, text=text, options=self.options
+        )
+        doc_of = collection.doc_of
+        out = {"stage one": _dedupe(doc_of[h.id] for h in hits)}
         t0 = time.perf_counter()
-        hits = store.search(vector.tolist(), limit=depth, text=text, options=options)
-        timings["vector search"].append(time.perf_counter() - t0)
-        out = rankings.setdefault(qid, {})
-        out["stage one"] = _dedupe(doc_of[h.id] for h in hits)
-        t0 = time.perf_counter()
-        for d in dims:
-            out[f"exact {d}-d"] = _dedupe(doc_of[ids[i]] for i in _exact(matrix, vector, d, depth))
-        timings["exact search"].append(time.perf_counter() - t0)
-        if depths and hits:
-            from .retriever import Hit
-
-            reranker = reranker or (
-                retriever.reranker if hasattr(retriever.reranker, "score") else retriever.reranker()
+        for d in self.dims:
+            out[f"exact {d}-d"] = _dedupe(
+                doc_of[collection.ids[i]] for i in _exact(collection.matrix, vector, d, self.depth)
             )
-            candidates = [Hit(h.id, h.score, h.score, None, h.payload) for h in hits[: depths[-1]]]
-            t0 = time.perf_counter()
-            scores = reranker.score(query, [c.item for c in candidates], instruction=retriever.rerank_instruction)
-            timings["rerank"].append(time.perf_counter() - t0)
-            for d in depths:
-                top = sorted(range(min(d, len(candidates))), key=lambda i: -scores[i])
-                reranked = [candidates[i].id for i in top] + [h.id for h in hits[d:]]
-                out[f"rerank top-{d}"] = _dedupe(doc_of[i] for i in reranked)
+        self.timings["exact search"].append(time.perf_counter() - t0)
+        if self.depths and hits:
+            out.update(self._reranked(query, hits, doc_of))
+        return out
 
-    configs = ["stage one", *[f"exact {d}-d" for d in dims], *[f"rerank top-{d}" for d in depths]]
+    def _reranked(self, query: Any, hits: list[Any], doc_of: dict[str, str]) -> dict[str, list[str]]:
+        """Rerank the deepest candidate list once; a shallower depth orders its own top by the same scores."""
+        from .retriever import Hit
+
+        r = self.retriever
+        self._reranker = self._reranker or (r.reranker if hasattr(r.reranker, "score") else r.reranker())
+        candidates = [Hit(h.id, h.score, h.score, None, h.payload) for h in hits[: self.depths[-1]]]
+        items = [c.item for c in candidates]
+        scores = self._timed("rerank", self._reranker.score, query, items, instruction=r.rerank_instruction)
+        out = {}
+        for d in self.depths:
+            top = sorted(range(min(d, len(candidates))), key=lambda i: -scores[i])
+            reranked = [candidates[i].id for i in top] + [h.id for h in hits[d:]]
+            out[f"rerank top-{d}"] = _dedupe(doc_of[i] for i in reranked)
+        return out
+
+
+def _score_rows(
+    rankings: dict[str, dict[str, list[str]]], dataset: Dataset, k: int, run: _Run, layout: str
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    ms = {name: 1000 * float(np.mean(v)) if v else 0.0 for name, v in run.timings.items()}
+    configs = ["stage one", *[f"exact {d}-d" for d in run.dims], *[f"rerank top-{d}" for d in run.depths]]
     per_query: dict[str, dict[str, Any]] = {q: {"metrics": {}, "rankings": {}} for q in rankings}
     rows = []
-    ms = {name: 1000 * float(np.mean(v)) if v else 0.0 for name, v in timings.items()}
     for config in configs:
-        runs = {q: r[config][:depth] for q, r in rankings.items() if config in r}
+        runs = {q: r[config][: run.depth] for q, r in rankings.items() if config in r}
         aggregate, by_query = score({q: dataset.qrels[q] for q in runs}, runs, k)
         row: dict[str, Any] = {"config": config, **aggregate}
         if config == "stage one":
-            row.update(
-                kind="stage one",
-                depth=0,
-                cost=spec.vectors.describe(spec.dim),
-                ms=ms["embed query"] + ms["vector search"],
-            )
+            row.update(kind="stage one", depth=0, cost=layout, ms=ms["embed query"] + ms["vector search"])
         elif config.startswith("exact"):
             dim = int(config.split()[1].removesuffix("-d"))
-            row.update(kind="exact", dim=dim, cost=f"{dim} dims", ms=ms["embed query"] + ms["exact search"] / len(dims))
+            exact_ms = ms["exact search"] / len(run.dims)
+            row.update(kind="exact", dim=dim, cost=f"{dim} dims", ms=ms["embed query"] + exact_ms)
         else:
             d = int(config.rsplit("-", 1)[1])
-            per_doc = ms["rerank"] / max(1, depths[-1])
+            rerank_ms = ms["rerank"] / max(1, run.depths[-1]) * d
             row.update(
-                kind="rerank", depth=d, cost=f"{d} reranked", ms=ms["embed query"] + ms["vector search"] + per_doc * d
+                kind="rerank", depth=d, cost=f"{d} reranked", ms=ms["embed query"] + ms["vector search"] + rerank_ms
             )
         rows.append(row)
         for q, values in by_query.items():
@@ -459,18 +518,7 @@ def evaluate(
             per_query[q]["rankings"][config] = runs[q][:k]
     for q in per_query:
         per_query[q]["relevant"] = dataset.qrels[q]
-    latency = {
-        name: {"mean": ms[name], "p95": 1000 * float(np.percentile(v, 95)) if v else 0.0} for name, v in timings.items()
-    }
-    for q, d in unknown[:20]:
-        logger.warning("judgement %s -> %s names nothing in collection %r", q, d, store.collection)
-    info = {
-        "collection": store.collection,
-        "points": len(ids),
-        "dim": spec.dim,
-        "layout": spec.vectors.describe(spec.dim),
-    }
-    return EvalReport(k, rows, per_query, latency, unknown, unjudged, info)
+    return rows, per_query
 
 
 def _exact(matrix: np.ndarray, query: np.ndarray, dim: int, depth: int) -> list[int]:

@@ -106,9 +106,11 @@ class IndexReport:
 
     def summary(self) -> str:
         text = (
-            f"{self.files} files: {self.indexed} items indexed, {self.present} already present, "
+            f"{self.indexed} items indexed, {self.present} already present, "
             f"{len(self.failed)} failed, {len(self.skipped)} skipped"
         )
+        if self.files:  # items given directly (a dataset's corpus) come from no file
+            text = f"{self.files} files: {text}"
         if self.replaced:
             text += f", {self.replaced} outdated items replaced"
         if self.pruned or self.pruned_files:

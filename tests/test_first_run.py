@@ -105,7 +105,8 @@ def test_unreachable_hub_fails_in_seconds_with_the_local_folder_hint(tmp_path, k
             for conn in held:
                 conn.close()
     assert result.returncode == 3, result.stderr
-    assert elapsed < 15, elapsed
+    # seconds, not the minutes of retries a default client spends (the CLI itself takes ~4 s to start)
+    assert elapsed < 25, elapsed
     assert HUB_ID in result.stderr and "cannot be reached" in result.stderr
     assert "local folders" in result.stderr and "QWEN3VL_RAG_EMBEDDING_MODEL" in result.stderr
 

@@ -12,12 +12,13 @@ from conftest import TINY
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_four_notebooks():
+def test_there_are_five_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_visual_document_rag.ipynb",
         "03_llama_index.ipynb",
         "04_langchain.ipynb",
+        "05_evaluation.ipynb",
     ]
 
 
@@ -41,5 +42,5 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     client.execute()  # raises CellExecutionError on any failing cell
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    if path.stem in ("01_quickstart", "02_visual_document_rag"):
+    if path.stem in ("01_quickstart", "02_visual_document_rag", "05_evaluation"):
         assert any("image/png" in o.get("data", {}) for o in outputs), "the figures were not rendered"
