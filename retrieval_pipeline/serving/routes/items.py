@@ -1,0 +1,195 @@
+"""What a search found, for a page to show: ``GET /v1/items/{id}``, its ``/thumbnail`` and its ``/media``.
+
+Only items in the collection, by point id: the file read is the one the stored point names, never a path from the
+request. A thumbnail is a JPEG for every visual modality (the image; the rendered PDF page; a video segment's poster
+frame at its start); ``/media`` is the item at full size (the image file, the page rendered as PNG, the video file
+with HTTP Range support for seeking). A source that can no longer be read (moved, deleted, a URL: the server fetches
+nothing for a page) answers a placeholder image with ``X-Placeholder`` saying why, so a result grid never breaks.
+The same bearer token as every other endpoint guards them."""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, Response
+
+from ...errors import CollectionNotFoundError, InputError
+from ..schemas import ERRORS
+from ..state import ServingState, State
+from .retrieval import public_source
+
+router = APIRouter(tags=["items"])
+
+THUMBNAIL_SIDE = 320
+MAX_THUMBNAIL_SIDE = 1024
+PLACEHOLDER_HEADER = "X-Placeholder"
+
+
+def _point_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InputError(f"{value[:80]!r} is not a point id (a UUID)", field="id") from None
+
+
+def _payload(state: ServingState, point: str) -> dict[str, Any]:
+    rag = state.need(state.pipeline, "collection")
+    found = rag.store.retrieve([_point_id(point)])
+    if not found:
+        raise CollectionNotFoundError(f"no item {point!r} in collection {rag.store.collection!r}")
+    return next(iter(found.values()))
+
+
+def _local_source(payload: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The readable local file the point names, or (None, why not)."""
+    source = str(payload.get("source") or "")
+    if not source:
+        return None, "the item has no source file"
+    if "://" in source:
+        return None, "the source is a URL (the server fetches nothing for a page)"
+    if not os.path.isfile(source) or not os.access(source, os.R_OK):
+        return None, "the source file can no longer be read"
+    return source, None
+
+
+@router.get("/v1/items/{point}", responses=ERRORS)
+async def item(point: str, state: State) -> dict[str, Any]:
+    payload = await state.store_call(_payload, state, point)
+    local, why = _local_source(payload)
+    data = {k: payload.get(k) for k in ("modality", "page", "segment", "chunk", "duration", "file_name", "metadata")}
+    data.update(
+        id=_point_id(point),
+        source=public_source(payload.get("source"), state),
+        text=str(payload.get("text") or ""),
+        readable=local is not None,
+        unreadable_reason=why,
+        thumbnail=f"/v1/items/{_point_id(point)}/thumbnail",
+        media=f"/v1/items/{_point_id(point)}/media",
+    )
+    return data
+
+
+def _jpeg(image: Any, side: int) -> bytes:
+    image = image.convert("RGB")
+    image.thumbnail((side, side))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=82)
+    return out.getvalue()
+
+
+def _png(image: Any) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+@lru_cache(maxsize=8)
+def placeholder(side: int, modality: str) -> bytes:
+    """A neutral grey card with the modality's name: what a grid shows when the source is gone."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (side, side * 3 // 4), (224, 224, 228))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([4, 4, image.width - 5, image.height - 5], outline=(160, 160, 168), width=2)
+    draw.text((14, image.height // 2 - 6), f"{modality}: unavailable", fill=(90, 90, 96))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def _poster(path: str, start: float) -> Any:
+    """The frame at ``start`` seconds (a video segment's poster), decoded alone after the header checks."""
+    import decord
+    from PIL import Image
+
+    from ...video import native_stderr_to_log, probe
+
+    header = probe(path)  # size / length limits first: a hostile file is refused before decoding
+    with native_stderr_to_log():
+        reader = decord.VideoReader(path, num_threads=1)
+        index = min(max(0, int(start * header.fps)), max(0, len(reader) - 1))
+        frame = reader[index].asnumpy()
+    return Image.fromarray(frame)
+
+
+def _visual(payload: dict[str, Any], path: str, *, full: bool) -> Any:
+    """The item as a PIL image (None for text): the image, the rendered page, the poster frame."""
+    from PIL import Image
+
+    from ...records import render_pdf_page
+
+    modality = payload.get("modality")
+    if modality == "image":
+        with Image.open(path) as image:
+            if not full:
+                image.draft("RGB", (MAX_THUMBNAIL_SIDE, MAX_THUMBNAIL_SIDE))  # JPEG: decode at a reduced scale
+            return image.convert("RGB")
+    if modality == "pdf-page":
+        return render_pdf_page(path, int(payload.get("page") or 1), dpi=144 if full else 48)
+    if modality == "video":
+        segment = payload.get("segment") or [0.0, 0.0]
+        return _poster(path, float(segment[0]))
+    return None
+
+
+def _thumbnail(payload: dict[str, Any], side: int) -> tuple[bytes, str | None]:
+    local, why = _local_source(payload)
+    modality = str(payload.get("modality") or "item")
+    if local is None:
+        return placeholder(side, modality), why
+    try:
+        image = _visual(payload, local, full=False)
+    except (InputError, OSError, ValueError, RuntimeError) as exc:
+        return placeholder(side, modality), f"the source cannot be decoded: {str(exc).splitlines()[0][:200]}"
+    if image is None:
+        return placeholder(side, modality), "text items have no picture: show their text"
+    return _jpeg(image, side), None
+
+
+@router.get("/v1/items/{point}/thumbnail", responses=ERRORS)
+async def thumbnail(
+    point: str, state: State, size: int = Query(default=THUMBNAIL_SIDE, ge=16, le=MAX_THUMBNAIL_SIDE)
+) -> Response:
+    payload = await state.store_call(_payload, state, point)
+    data, why = await state.store_call(_thumbnail, payload, size)
+    headers = {"Cache-Control": "private, max-age=300"}
+    if why:
+        headers[PLACEHOLDER_HEADER] = _header(why)
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def _header(text: str | None) -> str:
+    """A header value (latin-1 only on the wire): non-ASCII characters of file names and errors are replaced."""
+    return (text or "unavailable").encode("ascii", "replace").decode("ascii")
+
+
+def _placeholder_response(modality: str, why: str | None) -> Response:
+    headers = {PLACEHOLDER_HEADER: _header(why)}
+    return Response(placeholder(MAX_THUMBNAIL_SIDE, modality), media_type="image/jpeg", headers=headers)
+
+
+@router.get("/v1/items/{point}/media", responses=ERRORS)
+async def media(point: str, state: State) -> Response:
+    payload = await state.store_call(_payload, state, point)
+    local, why = _local_source(payload)
+    modality = str(payload.get("modality") or "item")
+    if local is None:
+        return _placeholder_response(modality, why)
+    if modality in ("image", "video"):
+        kind = mimetypes.guess_type(local)[0] or ("video/mp4" if modality == "video" else "application/octet-stream")
+        # FileResponse answers Range requests (206, Accept-Ranges): a player seeks to the segment
+        return FileResponse(local, media_type=kind, filename=None, content_disposition_type="inline")
+    if modality == "pdf-page":
+        try:
+            image = await state.store_call(_visual, payload, local, full=True)
+        except (InputError, OSError, ValueError, RuntimeError) as exc:
+            return _placeholder_response(modality, f"the source cannot be decoded: {str(exc).splitlines()[0][:200]}")
+        return Response(await state.store_call(_png, image), media_type="image/png")
+    text = str(payload.get("text") or "")
+    return Response(text, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})

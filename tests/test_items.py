@@ -1,0 +1,90 @@
+"""``/v1/items/{id}``, its thumbnail and its media: only stored items, by point id, with Range for video and a
+placeholder when a source is gone (the search page's data; the page itself is issue 17's next part)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import httpx
+import pytest
+from conftest import LiveServer
+from PIL import Image
+from test_cli import CORPUS
+
+from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.pipeline import RAGPipeline
+from retrieval_pipeline.serving import ServerConfig, create_app
+from retrieval_pipeline.store import EdgeStore
+
+TOKEN = "items-token"
+
+
+@pytest.fixture(scope="module")
+def served(embedder, tmp_path_factory):
+    corpus = tmp_path_factory.mktemp("corpus")
+    for name in ("chelsea.jpg", "annual_report.pdf", "moving_square.mp4", "notes.md", "rocket.jpg"):
+        shutil.copy(CORPUS / name, corpus / name)
+    store = EdgeStore(tmp_path_factory.mktemp("db"), "docs")
+    Indexer(embedder, store).index_paths([corpus], show_progress_bar=False)
+    (corpus / "rocket.jpg").unlink()  # a source that can no longer be read
+    by_kind = {}
+    for point in store.scroll(with_vectors=False):
+        name = point.payload["source"].rsplit("/", 1)[-1]
+        by_kind.setdefault(name, point.id)
+    app = create_app(
+        pipeline=RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None),
+        config=ServerConfig(api_key=TOKEN),
+    )
+    with (
+        LiveServer(app) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client,
+    ):
+        yield client, by_kind
+    store.close()
+
+
+def _image(response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return image
+
+
+def test_thumbnails_for_every_visual_modality(served):
+    client, ids = served
+    for name in ("chelsea.jpg", "annual_report.pdf", "moving_square.mp4"):
+        r = client.get(f"/v1/items/{ids[name]}/thumbnail", params={"size": 200})
+        assert r.headers["content-type"] == "image/jpeg" and "x-placeholder" not in r.headers, (name, r.headers)
+        image = _image(r)
+        assert 0 < max(image.size) <= 200, (name, image.size)
+    meta = client.get(f"/v1/items/{ids['moving_square.mp4']}").json()
+    assert meta["modality"] == "video" and meta["readable"] and meta["thumbnail"].endswith("/thumbnail")
+    page = client.get(f"/v1/items/{ids['annual_report.pdf']}/media")
+    assert page.headers["content-type"] == "image/png" and _image(page).size[0] > 200
+
+
+def test_video_media_answers_range_requests(served):
+    client, ids = served
+    whole = client.get(f"/v1/items/{ids['moving_square.mp4']}/media")
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    part = client.get(f"/v1/items/{ids['moving_square.mp4']}/media", headers={"Range": "bytes=10-109"})
+    assert part.status_code == 206 and part.content == whole.content[10:110]
+    assert part.headers["content-range"].startswith("bytes 10-109/")
+
+
+def test_text_gone_sources_and_bad_ids(served):
+    client, ids = served
+    text = client.get(f"/v1/items/{ids['notes.md']}/media")
+    assert text.headers["content-type"].startswith("text/plain") and "revenue" in text.text.lower()
+    gone = client.get(f"/v1/items/{ids['rocket.jpg']}/thumbnail")
+    assert gone.status_code == 200 and "no longer be read" in gone.headers["x-placeholder"]
+    assert _image(gone).size[0] > 0
+    assert client.get(f"/v1/items/{ids['rocket.jpg']}").json()["readable"] is False
+    missing = client.get("/v1/items/00000000-0000-0000-0000-000000000000/thumbnail")
+    assert missing.status_code == 404
+    bad = client.get("/v1/items/..%2F..%2Fetc%2Fpasswd/media")
+    assert bad.status_code in (400, 404) and "root:" not in bad.text
+    assert client.get("/v1/items/not-a-uuid").status_code == 400
+    anonymous = httpx.get(f"{client.base_url}/v1/items/{ids['chelsea.jpg']}/thumbnail")
+    assert anonymous.status_code == 401
