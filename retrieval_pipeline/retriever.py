@@ -65,6 +65,7 @@ class Hit:
     rerank_score: float | None
     payload: dict[str, Any]
     rank: int = 0
+    stage_one_rank: int = 0  # the rank stage one gave it (before reranking)
     _item: Any = field(default=None, repr=False)
     _record: Record | None = field(default=None, repr=False)
 
@@ -108,6 +109,7 @@ class Hit:
             "score": self.score,
             "vector_score": self.vector_score,
             "rerank_score": self.rerank_score,
+            "stage_one_rank": self.stage_one_rank,
             **self.record.hit_fields(),
             "text": self.text[:text_chars],
         }
@@ -199,7 +201,7 @@ class TwoStageRetriever:
             # the query's words also search the BM25 vectors of a hybrid collection (fused inside Qdrant)
             text = " ".join(parsed.texts) or None
             found = self.store.search(vector.tolist(), limit=limit, filters=filters, text=text, options=options)
-        hits = [Hit(h.id, h.score, h.score, None, h.payload) for h in found]
+        hits = [Hit(h.id, h.score, h.score, None, h.payload, stage_one_rank=n) for n, h in enumerate(found, 1)]
         if use_reranker and hits:
             with self._timer("rerank"):
                 hits = self.rerank_hits(query, hits, at_least=top_k)  # the reranker is resolved only now

@@ -109,13 +109,15 @@ def test_hits_read_their_payload_through_the_record(tmp_path):
         "score": 0.9,
         "vector_score": 0.8,
         "rerank_score": 0.9,
+        "stage_one_rank": 0,
         "modality": "text",
         "source": "/a.md",
         "chunk": 1,
         "metadata": {"k": 1},
         "text": "x" * 300,
     }
-    assert set(data) - {"rank", "id", "score", "vector_score", "rerank_score", "text"} <= set(HIT_FIELDS)
+    scores = {"rank", "id", "score", "vector_score", "rerank_score", "stage_one_rank", "text"}
+    assert set(data) - scores <= set(HIT_FIELDS)
 
 
 def test_the_generator_prompt_shows_each_hit_as_its_record_says(tmp_path):

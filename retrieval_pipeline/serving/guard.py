@@ -17,7 +17,9 @@ from .config import ServerConfig
 from .error_handlers import error_response
 
 # Paths anyone may read (the token, when set, guards everything else); they are not counted as in flight.
-OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/"})
+# The search page's own files (the shell holds no data; it asks for the token and sends it with every call).
+OPEN_PREFIXES = ("/static/",)
 
 
 def authorized(request: Request, api_key: str | None) -> bool:
@@ -93,7 +95,7 @@ def install_guard(app: FastAPI, config: ServerConfig, pool: Executor) -> None:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path in OPEN_PATHS:
+        if request.url.path in OPEN_PATHS or request.url.path.startswith(OPEN_PREFIXES):
             return await call_next(request)
         refusal, size = _refusal(request, config)
         if refusal is not None:

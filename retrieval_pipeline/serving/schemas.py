@@ -145,6 +145,7 @@ class SearchHit(BaseModel):
     score: float
     vector_score: float
     rerank_score: float | None
+    stage_one_rank: int = Field(default=0, description="The rank stage one (vector search) gave it, before reranking.")
     modality: str | None = None
     source: str | None = Field(
         default=None, description="URL, or a path relative to the server's source root (a file name otherwise)."
