@@ -183,3 +183,15 @@ def test_untrusted_text_and_file_names_render_as_text(page):
     assert page.evaluate("window.__pwned") is None
     assert page.evaluate("document.querySelectorAll('img[src=\"x\"], script:not([src])').length") == 0
     assert not page.errors, page.errors
+
+
+def test_phone_width_and_keyboard(page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    _login(page)
+    _search(page, "revenue chart", rerank=False)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # nothing runs off the side
+    page.focus("#card-1")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open] #viewer-body :is(img, video, pre)")
+    page.keyboard.press("Escape")  # the dialog closes from the keyboard too
+    assert page.evaluate("!document.getElementById('viewer').open")
