@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
+import zlib
 
 import httpx
 import pytest
@@ -23,11 +25,12 @@ TOKEN = "items-token"
 @pytest.fixture(scope="module")
 def served(embedder, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus")
-    for name in ("chelsea.jpg", "annual_report.pdf", "moving_square.mp4", "notes.md", "rocket.jpg"):
+    for name in ("chelsea.jpg", "annual_report.pdf", "moving_square.mp4", "notes.md", "rocket.jpg", "report_page.png"):
         shutil.copy(CORPUS / name, corpus / name)
     store = EdgeStore(tmp_path_factory.mktemp("db"), "docs")
     Indexer(embedder, store).index_paths([corpus], show_progress_bar=False)
     (corpus / "rocket.jpg").unlink()  # a source that can no longer be read
+    (corpus / "report_page.png").write_bytes(_bomb_png(40_000, 40_000))  # swapped for a decompression bomb
     by_kind = {}
     for point in store.scroll(with_vectors=False):
         name = point.payload["source"].rsplit("/", 1)[-1]
@@ -42,6 +45,18 @@ def served(embedder, tmp_path_factory):
     ):
         yield client, by_kind
     store.close()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (decoding it would need gigabytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _image(response) -> Image.Image:
@@ -81,6 +96,8 @@ def test_text_gone_sources_and_bad_ids(served):
     assert gone.status_code == 200 and "no longer be read" in gone.headers["x-placeholder"]
     assert _image(gone).size[0] > 0
     assert client.get(f"/v1/items/{ids['rocket.jpg']}").json()["readable"] is False
+    bomb = client.get(f"/v1/items/{ids['report_page.png']}/thumbnail")  # refused before decoding, not a 500
+    assert bomb.status_code == 200 and "cannot be decoded" in bomb.headers["x-placeholder"]
     missing = client.get("/v1/items/00000000-0000-0000-0000-000000000000/thumbnail")
     assert missing.status_code == 404
     bad = client.get("/v1/items/..%2F..%2Fetc%2Fpasswd/media")

@@ -120,16 +120,13 @@ def _poster(path: str, start: float) -> Any:
 
 def _visual(payload: dict[str, Any], path: str, *, full: bool) -> Any:
     """The item as a PIL image (None for text): the image, the rendered page, the poster frame."""
-    from PIL import Image
-
+    from ...media import decode_image
     from ...records import render_pdf_page
 
     modality = payload.get("modality")
     if modality == "image":
-        with Image.open(path) as image:
-            if not full:
-                image.draft("RGB", (MAX_THUMBNAIL_SIDE, MAX_THUMBNAIL_SIDE))  # JPEG: decode at a reduced scale
-            return image.convert("RGB")
+        # the ingestion decoder: a file swapped for a decompression bomb since indexing is refused before decoding
+        return decode_image(path, os.path.basename(path))
     if modality == "pdf-page":
         return render_pdf_page(path, int(payload.get("page") or 1), dpi=144 if full else 48)
     if modality == "video":
