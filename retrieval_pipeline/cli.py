@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -149,7 +150,7 @@ def _dataset(args: argparse.Namespace) -> Any:
     if args.beir and args.vidore:
         raise ValueError("pass --beir or --vidore, not both")
     if args.beir:
-        dataset = load_beir(args.beir, args.split)
+        dataset = load_beir(args.beir, args.split, judged=args.command == "eval")
     elif args.vidore:
         dataset = load_vidore(args.vidore)
     else:
@@ -484,6 +485,9 @@ def _eval(args: argparse.Namespace, pipeline: Any) -> int:
     dataset = _dataset(args)
     if dataset is None:
         raise ValueError("eval needs --queries and --qrels (or --beir / --vidore DIR)")
+    for option, value in (("--plot", args.plot), ("--per-query", args.per_query)):
+        if value and not Path(value).expanduser().resolve().parent.is_dir():
+            raise ValueError(f"{option}: the folder of {value} does not exist")  # before the evaluation runs
     report = evaluate(
         pipeline.retriever(rerank=not args.no_rerank),
         dataset,
@@ -494,10 +498,13 @@ def _eval(args: argparse.Namespace, pipeline: Any) -> int:
         root=args.root,
         show_progress_bar=not (args.quiet or args.json),
     )
-    if args.plot:
-        report.plot(args.plot)
-    if args.per_query:
-        report.write_per_query(args.per_query)
+    try:
+        if args.plot:
+            report.plot(args.plot)
+        if args.per_query:
+            report.write_per_query(args.per_query)
+    except OSError as exc:
+        raise ValueError(f"cannot write the results: {exc}") from None
     _print(args, report.to_dict(), report.table())
     return 0
 

@@ -64,19 +64,28 @@ class Dataset:
 # loading
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _jsonl(path: Path, key: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; with ``key``, every row must carry it (a string or an integer id)."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{n}: not JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object")
-            rows.append(row)
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{path}:{n}: not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{n}: expected a JSON object")
+        if key is not None and not isinstance(row.get(key), (str, int)):
+            raise InputError(f"{path}:{n}: the row has no {key!r} (a string id)")
+        rows.append(row)
     return rows
 
 
@@ -98,22 +107,44 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """A TREC / BEIR judgements file: ``query-id corpus-id score`` per line (tabs or spaces; a header line and
     TREC's 4-column ``qid 0 docid rel`` both read), or a JSON object ``{query: {doc: grade}}``."""
     path = Path(path)
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {str(q): {str(d): int(g) for d, g in docs.items()} for q, docs in data.items()}
+    text = _read_text(path)
     qrels: dict[str, dict[str, int]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if n == 1 and not parts[-1].lstrip("-").isdigit():
-            continue  # the header
-        if len(parts) == 4:
-            parts = [parts[0], parts[2], parts[3]]
-        if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
-            raise InputError(f"{path}:{n}: expected 'query-id corpus-id score', got {line!r}")
-        qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"{path}: not JSON ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(d, dict) for d in data.values()):
+            raise InputError(f'{path}: expected {{"query-id": {{"corpus-id": grade}}}}')
+        for q, docs in data.items():
+            for d, g in docs.items():
+                qrels.setdefault(str(q), {})[str(d)] = _grade(g, f"{path}: {q} -> {d}")
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if n == 1 and parts[0].lower() in ("query-id", "query_id", "qid", "query"):
+                continue  # the header
+            if len(parts) == 4:
+                parts = [parts[0], parts[2], parts[3]]
+            if len(parts) != 3:
+                raise InputError(f"{path}:{n}: expected 'query-id corpus-id score', got {line[:200]!r}")
+            qrels.setdefault(parts[0], {})[parts[1]] = _grade(parts[2], f"{path}:{n}")
+    if not qrels:
+        raise InputError(f"{path}: no judgements")
     return qrels
+
+
+def _grade(value: Any, where: str) -> int:
+    """A relevance grade: an integer trec_eval can hold."""
+    try:
+        grade = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: the grade {value!r} is not an integer") from None
+    if isinstance(value, bool) or not -(2**31) < grade < 2**31:
+        raise InputError(f"{where}: the grade {value!r} is out of range")
+    return grade
 
 
 def read_queries(path: str | Path) -> dict[str, Any]:
@@ -121,19 +152,32 @@ def read_queries(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.suffix == ".tsv":
         out = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in _read_text(path).splitlines():
             qid, sep, text = line.partition("\t")
             if sep and qid != "query-id":
                 out[qid] = text
-        return out
-    return {str(r["_id"]): _media(r, path.parent, r.get("text")) for r in _jsonl(path)}
+    else:
+        out = {str(r["_id"]): _media(r, path.parent, r.get("text")) for r in _jsonl(path, "_id")}
+    if not out:
+        raise InputError(f"{path}: no queries")
+    return out
 
 
-def load_beir(folder: str | Path, split: str = "test") -> Dataset:
+def load_beir(folder: str | Path, split: str = "test", *, judged: bool = True) -> Dataset:
+    """A BEIR folder; ``judged=False`` (indexing) needs only its corpus."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/)")
     corpus = {}
+    if not judged:
+        if not (folder / "corpus.jsonl").is_file():
+            raise InputError(f"{folder}: no corpus.jsonl")
+        for r in _jsonl(folder / "corpus.jsonl", "_id"):
+            text = " ".join(t for t in (r.get("title"), r.get("text")) if t)
+            corpus[str(r["_id"])] = _media(r, folder, text)
+        return Dataset({}, {}, corpus, folder.name)
     if (folder / "corpus.jsonl").exists():
-        for r in _jsonl(folder / "corpus.jsonl"):
+        for r in _jsonl(folder / "corpus.jsonl", "_id"):
             text = " ".join(t for t in (r.get("title"), r.get("text")) if t)
             corpus[str(r["_id"])] = _media(r, folder, text)
     qrels_file = folder / "qrels" / f"{split}.tsv"
@@ -394,6 +438,8 @@ def evaluate(
     when it has one, reranker) on ``dataset``'s queries and judgements. See the module doc for what is measured."""
     from tqdm.auto import tqdm
 
+    if k < 1:
+        raise ValueError(f"k must be a positive cut-off, got {k}")
     store = retriever.store
     spec = store.open(create=False)
     depths = sorted({int(d) for d in rerank_depths if int(d) > 0}) if retriever.reranker is not None else []
@@ -442,7 +488,6 @@ class _Run:
             "rerank": [],
         }
         self._embedder = retriever.embedder
-        self._reranker: Any = None
 
     def _timed(self, stage: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -473,18 +518,19 @@ class _Run:
         return out
 
     def _reranked(self, query: Any, hits: list[Any], doc_of: dict[str, str]) -> dict[str, list[str]]:
-        """Rerank the deepest candidate list once; a shallower depth orders its own top by the same scores."""
+        """Rerank the deepest candidate list once, the way the retriever does (a candidate whose source cannot be
+        read anymore, or that the rerank budget leaves out, keeps no score and goes after the scored ones); a
+        shallower depth orders its own top by the same scores."""
         from .retriever import Hit
 
-        r = self.retriever
-        self._reranker = self._reranker or (r.reranker if hasattr(r.reranker, "score") else r.reranker())
         candidates = [Hit(h.id, h.score, h.score, None, h.payload) for h in hits[: self.depths[-1]]]
-        items = [c.item for c in candidates]
-        scores = self._timed("rerank", self._reranker.score, query, items, instruction=r.rerank_instruction)
+        scored = self._timed("rerank", self.retriever.rerank_hits, query, list(candidates), at_least=1)
+        score = {h.id: h.rerank_score for h in scored}
         out = {}
         for d in self.depths:
-            top = sorted(range(min(d, len(candidates))), key=lambda i: -scores[i])
-            reranked = [candidates[i].id for i in top] + [h.id for h in hits[d:]]
+            top = candidates[:d]
+            ranked = sorted(top, key=lambda h: (score.get(h.id) is None, -(score.get(h.id) or 0.0)))
+            reranked = [h.id for h in ranked] + [h.id for h in hits[d:]]
             out[f"rerank top-{d}"] = _dedupe(doc_of[i] for i in reranked)
         return out
 

@@ -44,6 +44,7 @@ from .records import (  # noqa: F401 - pdf_render_scale and the PDF constants ar
     PDF_MAX_PIXELS,
     PDF_RENDER_PIXELS_CAP,
     PDF_RENDER_SIDE_CAP,
+    PDFIUM_LOCK,
     Record,
     pdf_render_scale,
     sources_of,
@@ -195,11 +196,12 @@ def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
         if modality == "pdf":
             import pypdfium2 as pdfium
 
-            pdf = pdfium.PdfDocument(str(path))
-            try:
-                return len(pdf) * max_tokens
-            finally:
-                pdf.close()
+            with PDFIUM_LOCK:
+                pdf = pdfium.PdfDocument(str(path))
+                try:
+                    return len(pdf) * max_tokens
+                finally:
+                    pdf.close()
         if modality == "video":
             if options.video_segment_seconds:
                 from .video import probe
@@ -406,26 +408,30 @@ def render_pdf(
     ``source`` is a path or the file's bytes."""
     import pypdfium2 as pdfium
 
+    with PDFIUM_LOCK:  # held for each pdfium call, never across a yield (see PDFIUM_LOCK)
+        try:
+            pdf = pdfium.PdfDocument(source if isinstance(source, bytes) else str(source))
+        except Exception as exc:  # pdfium raises PdfiumError for corrupt / encrypted files
+            raise InputError(f"unreadable PDF: {exc}") from None
+        pages = len(pdf)
     try:
-        pdf = pdfium.PdfDocument(source if isinstance(source, bytes) else str(source))
-    except Exception as exc:  # pdfium raises PdfiumError for corrupt / encrypted files
-        raise InputError(f"unreadable PDF: {exc}") from None
-    try:
-        if len(pdf) == 0:
+        if pages == 0:
             raise InputError("PDF has no pages")
-        for index in range(len(pdf)):
-            scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
-            page = pdf[index]
-            try:
-                image = page.render(scale=scale).to_pil().convert("RGB")
-                textpage = page.get_textpage()
-                text = textpage.get_text_bounded().replace("\r\n", "\n").strip()
-                textpage.close()
-            finally:
-                page.close()
+        for index in range(pages):
+            with PDFIUM_LOCK:
+                scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
+                page = pdf[index]
+                try:
+                    image = page.render(scale=scale).to_pil().convert("RGB")
+                    textpage = page.get_textpage()
+                    text = textpage.get_text_bounded().replace("\r\n", "\n").strip()
+                    textpage.close()
+                finally:
+                    page.close()
             yield index + 1, image, text
     finally:
-        pdf.close()
+        with PDFIUM_LOCK:
+            pdf.close()
 
 
 def unit_for_item(item: Any, metadata: Mapping[str, Any] | None = None) -> Unit:

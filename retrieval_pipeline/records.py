@@ -19,6 +19,7 @@ Payload layout (every key optional except ``modality``; older payloads without `
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,6 +44,9 @@ PDF_DPI = 144
 PDF_MAX_PIXELS = 1800 * 32 * 32
 # Hard caps on one rendered page, whatever ``max_pixels`` says: pixels (64 MiB as RGBA) and pixels per side.
 PDF_RENDER_PIXELS_CAP = 4096 * 4096
+# pdfium is not thread-safe (two renders at once corrupt its heap and kill the process): every use of it in this
+# package, ingestion, reranking and the server's thumbnails alike, holds this lock.
+PDFIUM_LOCK = threading.RLock()
 PDF_RENDER_SIDE_CAP = 32768
 
 
@@ -198,19 +202,24 @@ def pdf_render_scale(
 
 
 def render_pdf_page(path: str | Path, page_number: int, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS) -> Any:
-    """One page (1-based) of the PDF at ``path`` as a PIL image, rendered at :func:`pdf_render_scale`."""
+    """One page (1-based) of the PDF at ``path`` as a PIL image, rendered at :func:`pdf_render_scale`. A file that
+    pdfium cannot read is an :class:`InputError` (the reranker skips such a hit; a thumbnail gets a placeholder)."""
     import pypdfium2 as pdfium
 
-    pdf = pdfium.PdfDocument(str(path))
-    try:
-        if not 1 <= page_number <= len(pdf):
-            shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise InputError(f"{shown} has no page {page_number}")
-        scale = pdf_render_scale(*pdf.get_page_size(page_number - 1), dpi, max_pixels, page=page_number)
-        page = pdf[page_number - 1]
+    shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    with PDFIUM_LOCK:
         try:
-            return page.render(scale=scale).to_pil().convert("RGB")
+            pdf = pdfium.PdfDocument(str(path))
+        except Exception as exc:  # PdfiumError: corrupt, truncated, encrypted
+            raise InputError(f"unreadable PDF {shown}: {exc}") from None
+        try:
+            if not 1 <= page_number <= len(pdf):
+                raise InputError(f"{shown} has no page {page_number}")
+            scale = pdf_render_scale(*pdf.get_page_size(page_number - 1), dpi, max_pixels, page=page_number)
+            page = pdf[page_number - 1]
+            try:
+                return page.render(scale=scale).to_pil().convert("RGB")
+            finally:
+                page.close()
         finally:
-            page.close()
-    finally:
-        pdf.close()
+            pdf.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
 
+from retrieval_pipeline.errors import InputError
 from retrieval_pipeline.evaluate import (
     Dataset,
     document_keys,
@@ -21,6 +22,7 @@ from retrieval_pipeline.evaluate import (
     load_beir,
     load_vidore,
     read_qrels,
+    read_queries,
 )
 from retrieval_pipeline.ingest import Indexer
 from retrieval_pipeline.retriever import TwoStageRetriever
@@ -159,6 +161,9 @@ def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):  # noqa: F
     assert set(as_json["latency_ms"]) == {"embed query", "vector search", "exact search", "rerank"}
     bad = cli("eval", "--queries", str(tmp_path / "queries.jsonl"), env=models_env, db=db)
     assert bad.returncode != 0 and "eval needs --queries and --qrels" in bad.stderr
+    for extra, message in ((["--k", "0"], "positive cut-off"), (["--plot", "/no/such/dir/x.png"], "does not exist")):
+        refused = cli(*args[:5], *extra, env=models_env, db=db)
+        assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):  # noqa: F811
@@ -207,6 +212,28 @@ def test_qrels_formats(tmp_path):
     (tmp_path / "q.json").write_text(json.dumps({"q1": {"d1": 1}}))
     assert read_qrels(tmp_path / "q.json") == {"q1": {"d1": 1}}
     (tmp_path / "bad.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\n")
-    with pytest.raises(Exception, match="expected 'query-id corpus-id score'"):
+    with pytest.raises(InputError, match="expected 'query-id corpus-id score'"):
         read_qrels(tmp_path / "bad.tsv")
+    # hostile or broken judgement files: a clear error naming the file, never a traceback or NaN metrics
+    cases = {
+        "only.tsv": ("q1\tnotes.md\n", "expected 'query-id corpus-id score'"),  # a lone malformed line is no header
+        "empty.tsv": ("", "no judgements"),
+        "big.tsv": ("q1 notes.md 99999999999999999999999999\n", "out of range"),
+        "list.json": ('{"q1": ["a"]}', "expected"),
+        "grade.json": ('{"q1": {"a": "high"}}', "not an integer"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=message):
+            read_qrels(tmp_path / name)
+    with pytest.raises(InputError, match="cannot read"):
+        read_qrels(tmp_path / "missing.tsv")
+    with pytest.raises(InputError, match="cannot read"):
+        read_qrels(tmp_path)  # a folder
+    (tmp_path / "noid.jsonl").write_text('{"text": "a query without an id"}\n')
+    with pytest.raises(InputError, match="noid.jsonl:1: the row has no '_id'"):
+        read_queries(tmp_path / "noid.jsonl")
+    (tmp_path / "none.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="no queries"):
+        read_queries(tmp_path / "none.jsonl")
     assert Dataset({}, {}).corpus == {}

@@ -29,12 +29,19 @@ def served(embedder, tmp_path_factory):
         shutil.copy(CORPUS / name, corpus / name)
     store = EdgeStore(tmp_path_factory.mktemp("db"), "docs")
     Indexer(embedder, store).index_paths([corpus], show_progress_bar=False)
+    (corpus / "broken.pdf").write_bytes((CORPUS / "annual_report.pdf").read_bytes() + b"\n%another copy\n")
+    Image.new("RGB", (40, 30), (200, 30, 90)).save(corpus / "linked.png")
+    Indexer(embedder, store).index_paths([corpus / "broken.pdf", corpus / "linked.png"], show_progress_bar=False)
     (corpus / "rocket.jpg").unlink()  # a source that can no longer be read
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 garbage now")  # corrupt since indexing
+    (corpus / "linked.png").unlink()
+    (corpus / "linked.png").symlink_to("/etc/passwd")  # a link out of the folder swapped in since indexing
     (corpus / "report_page.png").write_bytes(_bomb_png(40_000, 40_000))  # swapped for a decompression bomb
     by_kind = {}
     for point in store.scroll(with_vectors=False):
         name = point.payload["source"].rsplit("/", 1)[-1]
         by_kind.setdefault(name, point.id)
+    by_kind["store"] = store
     app = create_app(
         pipeline=RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None),
         config=ServerConfig(api_key=TOKEN),
@@ -105,3 +112,31 @@ def test_text_gone_sources_and_bad_ids(served):
     assert client.get("/v1/items/not-a-uuid").status_code == 400
     anonymous = httpx.get(f"{client.base_url}/v1/items/{ids['chelsea.jpg']}/thumbnail")
     assert anonymous.status_code == 401
+
+
+def test_swapped_files_concurrency_and_no_server_paths(served):
+    client, ids = served
+    link = client.get(f"/v1/items/{ids['linked.png']}/media")
+    assert "root:" not in link.text and "link out of its folder" in link.headers["x-placeholder"]
+    assert client.get(f"/v1/items/{ids['linked.png']}").json()["readable"] is False
+    broken = client.get(f"/v1/items/{ids['broken.pdf']}/thumbnail")
+    reason = broken.headers["x-placeholder"]
+    assert "cannot be decoded" in reason and "/" not in reason  # no server path in the reason
+    # pdfium is not thread-safe: many renders at once must neither crash the server nor fail
+    import concurrent.futures
+
+    pdf_ids = [i for name, i in ids.items() if name == "annual_report.pdf"] * 12
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda i: client.get(f"/v1/items/{i}/thumbnail").status_code, pdf_ids))
+    assert codes == [200] * 12
+    assert client.get("/health").status_code == 200
+
+
+def test_reranking_skips_a_corrupt_pdf(served, embedder, reranker):
+    from retrieval_pipeline.retriever import TwoStageRetriever
+
+    _, ids = served
+    retriever = TwoStageRetriever(embedder, ids["store"], reranker, candidates=20)
+    hits = retriever.retrieve("revenue", top_k=20)  # the corrupt PDF is among the candidates
+    broken = [h for h in hits if h.source.endswith("broken.pdf")]
+    assert broken and all(h.rerank_score is None for h in broken) and hits[0].rerank_score is not None

@@ -55,7 +55,21 @@ def _local_source(payload: dict[str, Any]) -> tuple[str | None, str | None]:
         return None, "the source is a URL (the server fetches nothing for a page)"
     if not os.path.isfile(source) or not os.access(source, os.R_OK):
         return None, "the source file can no longer be read"
-    return source, None
+    real = os.path.realpath(source)
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(source)))
+    if not real.startswith(folder + os.sep):  # a link swapped in since indexing, pointing out of the folder
+        return None, "the source is now a link out of its folder"
+    return real, None
+
+
+def _reason(exc: BaseException, local: str) -> str:
+    """Why a source cannot be shown, without the server's paths (the API shows sources relative, or by name)."""
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    name = os.path.basename(local)
+    for path in sorted({local, os.path.realpath(local), os.path.dirname(local)}, key=len, reverse=True):
+        if path:
+            text = text.replace(path, name if path != os.path.dirname(local) else ".")
+    return f"the source cannot be decoded: {text[:160]}"
 
 
 @router.get("/v1/items/{point}", responses=ERRORS)
@@ -143,7 +157,7 @@ def _thumbnail(payload: dict[str, Any], side: int) -> tuple[bytes, str | None]:
     try:
         image = _visual(payload, local, full=False)
     except (InputError, OSError, ValueError, RuntimeError) as exc:
-        return placeholder(side, modality), f"the source cannot be decoded: {str(exc).splitlines()[0][:200]}"
+        return placeholder(side, modality), _reason(exc, local)
     if image is None:
         return placeholder(side, modality), "text items have no picture: show their text"
     return _jpeg(image, side), None
@@ -162,8 +176,9 @@ async def thumbnail(
 
 
 def _header(text: str | None) -> str:
-    """A header value (latin-1 only on the wire): non-ASCII characters of file names and errors are replaced."""
-    return (text or "unavailable").encode("ascii", "replace").decode("ascii")
+    """A header value: ASCII, no control characters, no surrounding blanks (HTTP refuses them)."""
+    text = (text or "unavailable").encode("ascii", "replace").decode("ascii")
+    return " ".join("".join(c if 32 <= ord(c) < 127 else " " for c in text).split()) or "unavailable"
 
 
 def _placeholder_response(modality: str, why: str | None) -> Response:
@@ -178,15 +193,23 @@ async def media(point: str, state: State) -> Response:
     modality = str(payload.get("modality") or "item")
     if local is None:
         return _placeholder_response(modality, why)
-    if modality in ("image", "video"):
-        kind = mimetypes.guess_type(local)[0] or ("video/mp4" if modality == "video" else "application/octet-stream")
+    if modality == "video":
+        from ...video import probe
+
+        try:  # still a video within the limits (not a file swapped in since indexing)
+            await state.store_call(probe, local)
+        except (InputError, OSError, ValueError, RuntimeError) as exc:
+            return _placeholder_response(modality, _reason(exc, local))
+        kind = mimetypes.guess_type(local)[0] or "video/mp4"
         # FileResponse answers Range requests (206, Accept-Ranges): a player seeks to the segment
         return FileResponse(local, media_type=kind, filename=None, content_disposition_type="inline")
-    if modality == "pdf-page":
+    if modality in ("image", "pdf-page"):  # decoded (bomb-checked) and encoded again: only ever an image
         try:
             image = await state.store_call(_visual, payload, local, full=True)
         except (InputError, OSError, ValueError, RuntimeError) as exc:
-            return _placeholder_response(modality, f"the source cannot be decoded: {str(exc).splitlines()[0][:200]}")
+            return _placeholder_response(modality, _reason(exc, local))
+        if local.lower().endswith((".jpg", ".jpeg")):
+            return Response(await state.store_call(_jpeg, image, 1 << 15), media_type="image/jpeg")
         return Response(await state.store_call(_png, image), media_type="image/png")
     text = str(payload.get("text") or "")
     return Response(text, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
