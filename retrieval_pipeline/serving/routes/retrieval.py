@@ -40,18 +40,19 @@ def _hit(hit: Any, state: ServingState) -> SearchHit:
     return SearchHit(**data)
 
 
+async def _search(state: ServingState, rag: Any, query: Any, body: SearchRequest | AskRequest) -> list[Any]:
+    """Two-stage retrieval for a request's query with its top_k, filters, rerank and search_options."""
+    options = knobs(body.search_options)
+    return await state.store_call(
+        rag.search, query, top_k=body.top_k, filters=body.filters, rerank=body.rerank, search_options=options
+    )
+
+
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
 async def search(body: SearchRequest, state: State) -> SearchResponse:
     rag = state.need(state.pipeline, "collection")
     query = await state.preparer.query(plain(body.query))
-    hits = await state.store_call(
-        rag.search,
-        query,
-        top_k=body.top_k,
-        filters=body.filters,
-        rerank=body.rerank,
-        search_options=knobs(body.search_options),
-    )
+    hits = await _search(state, rag, query, body)
     return SearchResponse(results=[_hit(h, state) for h in hits])
 
 
@@ -82,14 +83,7 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
 
     generator = chat_model(state)
     query: Any = {"text": body.question, "image": image} if image is not None else body.question
-    hits = await state.store_call(
-        rag.search,
-        query,
-        top_k=body.top_k,
-        filters=body.filters,
-        rerank=body.rerank,
-        search_options=knobs(body.search_options),
-    )
+    hits = await _search(state, rag, query, body)
     ticket = state.generation_queue.admit()
     chat = generator.conversation(body.question, hits)
 
