@@ -404,6 +404,15 @@ class _Collection:
     doc_of: dict[str, str]
     matrix: np.ndarray
     unknown: list[tuple[str, str]]
+    _norms: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def norms(self, dim: int) -> np.ndarray:
+        """Row norms over the first ``dim`` components, computed once per evaluation (not per query)."""
+        if dim not in self._norms:
+            norms = np.linalg.norm(self.matrix[:, :dim], axis=1)
+            norms[norms == 0] = 1.0
+            self._norms[dim] = norms
+        return self._norms[dim]
 
 
 def _collection(store: Any, dataset: Dataset, dim: int, root: Path | None) -> _Collection:
@@ -509,9 +518,7 @@ class _Run:
         out = {"stage one": _dedupe(doc_of[h.id] for h in hits)}
         t0 = time.perf_counter()
         for d in self.dims:
-            out[f"exact {d}-d"] = _dedupe(
-                doc_of[collection.ids[i]] for i in _exact(collection.matrix, vector, d, self.depth)
-            )
+            out[f"exact {d}-d"] = _dedupe(doc_of[collection.ids[i]] for i in _exact(collection, vector, d, self.depth))
         self.timings["exact search"].append(time.perf_counter() - t0)
         if self.depths and hits:
             out.update(self._reranked(query, hits, doc_of))
@@ -567,16 +574,13 @@ def _score_rows(
     return rows, per_query
 
 
-def _exact(matrix: np.ndarray, query: np.ndarray, dim: int, depth: int) -> list[int]:
+def _exact(collection: _Collection, query: np.ndarray, dim: int, depth: int) -> list[int]:
     """The ``depth`` nearest rows by cosine over the first ``dim`` components (Matryoshka truncation)."""
-    if not len(matrix):
+    if not len(collection.matrix):
         return []
-    part = matrix[:, :dim]
-    norms = np.linalg.norm(part, axis=1)
-    norms[norms == 0] = 1.0
     q = np.asarray(query, dtype=np.float32)[:dim]
     q = q / (np.linalg.norm(q) or 1.0)
-    scores = (part @ q) / norms
+    scores = (collection.matrix[:, :dim] @ q) / collection.norms(dim)
     top = min(depth, len(scores))
     best = np.argpartition(-scores, top - 1)[:top]
     return [int(i) for i in best[np.argsort(-scores[best], kind="stable")]]
