@@ -103,6 +103,27 @@ def _index_options(p: argparse.ArgumentParser) -> None:
     _layout_options(p)
 
 
+def _ray_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "distributed (Ray Data; pip install 'qwen3-vl-rag[ray]')",
+        "read, decode and tokenise on CPU workers, embed on an actor pool, write in batches; the same ids and "
+        "vectors as a plain run, which can finish what a --ray run started (and the reverse)",
+    )
+    g.add_argument("--ray", action="store_true", help="index on Ray Data (a local cluster unless --ray-address)")
+    g.add_argument("--ray-address", default=_env("RAY_ADDRESS"), help="the Ray cluster to join (e.g. ray://head:10001)")
+    g.add_argument("--ray-actors", default="1", help="embedding actors: N, or MIN-MAX for an autoscaling pool")
+    g.add_argument(
+        "--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per embedding actor (default 0: CPU actors)"
+    )
+    g.add_argument(
+        "--ray-cpus-per-actor",
+        type=float,
+        default=None,
+        help="CPUs per embedding actor (default 1 with GPUs, else 0.5: the read and tokenise tasks keep CPUs)",
+    )
+    g.add_argument("--ray-batch-size", type=int, default=16, help="items per actor call (default 16)")
+
+
 def _layout_options(p: argparse.ArgumentParser) -> None:
     """How a new collection lays out its vectors (fixed at creation; the default is chosen by dimension)."""
     g = p.add_argument_group(
@@ -303,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*")
     _index_options(p)
     _dataset_options(p)
+    _ray_options(p)
     p = sub.add_parser("search", parents=[common], help="two-stage retrieval")
     p.add_argument("query")
     _query_options(p, 5)
@@ -474,6 +496,8 @@ def _index_command(args: argparse.Namespace, pipeline: Any) -> Any:
 
     if args.paths:
         raise ValueError("index a dataset (--beir / --vidore) or PATH..., one per run")
+    if args.ray:
+        raise ValueError("--ray indexes files and folders (PATH...); index a dataset's corpus without it")
     if not dataset.corpus:
         raise ValueError("the dataset has no corpus to index")
     return index_dataset(pipeline.indexer(), dataset, show_progress_bar=not (args.quiet or args.json))
@@ -527,9 +551,23 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
         pipeline.store.drop()
         logging.getLogger(__name__).warning("deleted collection %r: indexing it anew", pipeline.store.collection)
     new = not pipeline.store.exists()
-    report = pipeline.index(
-        paths, options=options, metadata=metadata, show_progress_bar=not (args.quiet or args.json), prune=args.prune
-    )
+    show = not (args.quiet or args.json)
+    if getattr(args, "ray", False):
+        from .distributed import RayOptions, parse_actors
+
+        ray_options = RayOptions(
+            address=args.ray_address,
+            actors=parse_actors(args.ray_actors),
+            gpus_per_actor=args.ray_gpus_per_actor,
+            cpus_per_actor=args.ray_cpus_per_actor,
+            batch_size=args.ray_batch_size,
+        )
+        with pipeline.timed("index"):
+            report = pipeline.ray_indexer(ray_options).index_paths(
+                paths, options=options, metadata=metadata, show_progress_bar=show, prune=args.prune
+            )
+    else:
+        report = pipeline.index(paths, options=options, metadata=metadata, show_progress_bar=show, prune=args.prune)
     spec = pipeline.store.spec
     if new and spec is not None and not (args.quiet or args.json):
         chosen = "as asked" if _layout(args) else f"the default for {spec.dim}-d vectors"

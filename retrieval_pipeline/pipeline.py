@@ -228,6 +228,28 @@ class RAGPipeline:
         """An indexer on this pipeline's embedder and store (the collection's dimension and layout)."""
         return Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim(), layout=self.layout)
 
+    def ray_indexer(self, ray_options: Any = None) -> Any:
+        """A :class:`~retrieval_pipeline.distributed.RayIndexer` on this pipeline's embedding model, settings and
+        store: embedding on a Ray actor pool (``ray_options``: a :class:`~retrieval_pipeline.distributed.RayOptions`;
+        needs the ``[ray]`` extra). No model is loaded here; the actors load it."""
+        from .distributed import RayIndexer, RayOptions, RemoteEmbedder
+
+        options = ray_options or RayOptions()
+        name = self.embedding_model or self.store.open(create=False).model
+        try:
+            embedder = RemoteEmbedder(
+                name,
+                device_type="cuda" if options.gpus_per_actor else "cpu",
+                torch_dtype=self.torch_dtype,
+                **self.media_options,
+                **self.model_kwargs,
+            )
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        return RayIndexer(
+            embedder, self.store, ray_options=options, dim=self.dim or self._stored_dim(), layout=self.layout
+        )
+
     def _stored_dim(self) -> int | None:
         return self.store.open(create=False).dim if self.store.exists() else None
 

@@ -265,6 +265,31 @@ class StoredHit:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoreAddress:
+    """How another process reaches the same collection (picklable): an embedded Edge folder (``root``), a Qdrant
+    server or cluster (``url``), or qdrant-client's local mode (``path``). Distributed ingestion hands it to its
+    workers; :meth:`connect` opens a store there."""
+
+    collection: str
+    root: str | None = None
+    url: str | None = None
+    path: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def single_writer(self) -> bool:
+        """Whether only one process at a time may open it (an embedded folder, qdrant-client's local mode): then
+        all reads and writes go through the one process that owns it."""
+        return self.url is None
+
+    def connect(self) -> VectorStore:
+        if self.root is not None:
+            return EdgeStore(self.root, self.collection, **dict(self.options))
+        return ServerStore(self.url, self.collection, api_key=self.api_key, path=self.path, **dict(self.options))
+
+
 def point_id(content_key: str, spec: CollectionSpec) -> str:
     """A point id derived from the content and the model + dimension: re-indexing is idempotent.
 
@@ -344,6 +369,10 @@ class VectorStore:
     @property
     def location(self) -> str:
         raise NotImplementedError
+
+    def address(self) -> StoreAddress:
+        """How another process opens this collection (:class:`StoreAddress`); ValueError when it cannot."""
+        raise ValueError(f"{type(self).__name__} cannot be opened from another process")
 
     def _store_error(self, what: str, exc: BaseException) -> StoreError:
         """The error to raise when the native call ``what`` failed with ``exc``."""
@@ -748,6 +777,12 @@ class EdgeStore(VectorStore):
     @property
     def location(self) -> str:
         return str(self.folder)
+
+    def address(self) -> StoreAddress:
+        options = {"hnsw_m": self._hnsw[0], "ef_construct": self._hnsw[1], "hnsw_ef": self.hnsw_ef}
+        if self.indexing_threshold_kb is not None:
+            options["indexing_threshold_kb"] = self.indexing_threshold_kb
+        return StoreAddress(self.collection, root=str(self.root.resolve()), options=tuple(options.items()))
 
     @property
     def _meta_path(self) -> Path:
@@ -1288,33 +1323,65 @@ class ServerStore(VectorStore):
         self.collection = _check_name(collection)
         self.spec: CollectionSpec | None = None
         self._where = url or path or "qdrant-client"
-        if client is None:
-            if (url is None) == (path is None):
-                raise ValueError("pass exactly one of url= (a Qdrant server) or path= (qdrant-client local mode)")
-            if url is not None:
-                client = self._call("connect", QdrantClient, url=url, api_key=api_key, timeout=int(timeout))
-            elif path == ":memory:":
-                client = self._call("connect", QdrantClient, location=":memory:")
-            else:
-                client = self._call("connect", QdrantClient, path=path)
-        self.client = client
+        if client is None and (url is None) == (path is None):
+            raise ValueError("pass exactly one of url= (a Qdrant server) or path= (qdrant-client local mode)")
+        # how to connect again after close() (None: a client object or memory, which cannot be reopened)
+        self._connect = None if client is not None or path == ":memory:" else (url, api_key, path, timeout)
+        if client is None and path == ":memory:":
+            client = self._call("connect", QdrantClient, location=":memory:")
+        self.client = client if client is not None else self._client()
+        self._closed = False
         self._options = dict(
             shard_number=shard_number, replication_factor=replication_factor, hnsw_m=hnsw_m, ef_construct=ef_construct
         )
         self._search_defaults = search or SearchOptions()
 
+    def _client(self) -> Any:
+        from qdrant_client import QdrantClient
+
+        url, api_key, path, timeout = self._connect
+        if url is not None:
+            return self._call("connect", QdrantClient, url=url, api_key=api_key, timeout=int(timeout))
+        return self._call("connect", QdrantClient, path=path)
+
+    def _opened(self) -> bool:
+        return self.spec is not None and not self._closed
+
     @property
     def location(self) -> str:
         return f"{self._where} / {self.collection}"
+
+    def address(self) -> StoreAddress:
+        if self._connect is None:
+            raise ValueError(
+                "this collection lives in a client object or in memory, which other processes cannot reach: "
+                "pass url= (a Qdrant server) or path= (a folder)"
+            )
+        url, api_key, path, timeout = self._connect
+        options = {k: v for k, v in self._options.items() if v is not None}
+        return StoreAddress(
+            self.collection,
+            url=url,
+            path=None if path is None else str(Path(path).expanduser().resolve()),
+            api_key=api_key,
+            options=tuple({**options, "timeout": timeout}.items()),
+        )
 
     def _store_error(self, what: str, exc: BaseException) -> StoreError:
         # connection refused, timeouts, auth: the caller's language, not a traceback
         return StoreError(f"Qdrant at {self._where}: {what} failed: {exc.__class__.__name__}: {exc}")
 
     def exists(self) -> bool:
+        self._reconnect()
         return bool(self._call("collection_exists", self.client.collection_exists, self.collection))
 
+    def _reconnect(self) -> None:
+        """After :meth:`close` (e.g. while another process had the local folder), connect again on use."""
+        if self._closed and self._connect is not None:
+            self.client, self._closed = self._client(), False
+
     def open(self, spec: CollectionSpec | None = None, *, create: bool = True) -> CollectionSpec:
+        self._reconnect()
         if self.spec is not None:
             if spec is not None:
                 spec.check(self.spec, self.collection)
@@ -1394,6 +1461,7 @@ class ServerStore(VectorStore):
     def close(self) -> None:
         with contextlib.suppress(StoreError):  # closing a client that never connected
             self._call("close", self.client.close)
+        self._closed = self._connect is not None  # a client given (or in memory) stays as it is
 
     # ------------------------------------------------------------------------------------------------------------
     # native primitives

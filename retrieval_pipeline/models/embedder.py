@@ -31,7 +31,7 @@ from .encoding import (
     embedding_conversation,
     encode_conversation,
 )
-from .runtime import CheckpointModel, locked, show_progress
+from .runtime import CheckpointModel, load_processor, locked, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,101 @@ def check_matryoshka_dim(dim: Any, hidden_size: int) -> int | None:
     return int(dim)
 
 
-class Qwen3VLEmbedder(CheckpointModel):
+class InputEncoding:
+    """Checking, loading and tokenising embedding inputs: the CPU half of embedding, which needs the checkpoint's
+    processor and the media settings but not its weights. :class:`Qwen3VLEmbedder` has it; so has
+    :class:`EmbeddingPreprocessor` (the processor alone), which CPU workers use to prepare inputs for a model that
+    runs elsewhere (distributed ingestion)."""
+
+    processor: Any
+    media: MediaSettings
+    max_length: int
+    default_instruction: str
+    url_timeout: float
+
+    def encode_input(
+        self, parsed_item: Any, index: int, instruction: str | None, limits: InputLimits | None = None
+    ) -> Encoded:
+        """Load and tokenise one parsed input (see :mod:`retrieval_pipeline.media`)."""
+        try:
+            check_image_budget(parsed_item, self.media, self.max_length)
+        except InputError as exc:
+            raise exc.at(index) from None
+        loaded = load_input(
+            parsed_item,
+            index=index,
+            default_max_frames=self.media.max_frames,
+            timeout=self.url_timeout,
+            max_image_pixels=(limits or DEFAULT_LIMITS).max_image_pixels,
+        )
+        chosen = loaded.instruction or instruction or self.default_instruction
+        conversation = embedding_conversation(loaded, self.media, chosen)
+        try:
+            enc = encode_conversation(
+                self.processor, conversation, max_length=self.max_length, truncation=True, text_budget=self.max_length
+            )
+        except InputError as exc:
+            raise exc.at(index) from None
+        enc.compute_key()
+        return enc
+
+    def prepare(
+        self,
+        inputs: Sequence[InputLike],
+        *,
+        instruction: str | None = None,
+        limits: InputLimits | None = None,
+        check_files: bool = True,
+    ) -> list[Encoded]:
+        """CPU-only first half of :meth:`embed`: check, load and tokenise every input (no model work).
+
+        Raises :class:`~retrieval_pipeline.media.InputError` naming the first bad input, a
+        :class:`~retrieval_pipeline.media.LimitError` for one over ``limits`` (checked from headers, before
+        decoding). Servers prepare each request on its own, so one request's bad or slow input never reaches a
+        shared model batch; distributed ingestion prepares on CPU workers. Run the result with
+        :meth:`embed_prepared`. ``check_files=False``: local paths are not looked at while parsing.
+        """
+        self._check_instruction(instruction)
+        parsed = parse_inputs(inputs, limits=limits, check_files=check_files)
+        return [self.encode_input(item, i, instruction, limits) for i, item in enumerate(parsed)]
+
+    @staticmethod
+    def _check_instruction(instruction: str | None) -> None:
+        if instruction is not None and not isinstance(instruction, str):
+            raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
+        if instruction is not None:
+            check_text(instruction, "instruction")
+
+
+class EmbeddingPreprocessor(InputEncoding):
+    """The processor and settings of an embedding checkpoint, without its weights: :meth:`prepare` gives the same
+    :class:`Encoded` inputs as :meth:`Qwen3VLEmbedder.prepare`, for :meth:`Qwen3VLEmbedder.embed_prepared`."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        max_length: int = MAX_LENGTH,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int = MAX_PIXELS,
+        total_pixels: int = TOTAL_PIXELS,
+        fps: float = FPS,
+        max_frames: int = MAX_FRAMES,
+        default_instruction: str = DEFAULT_INSTRUCTION,
+        url_timeout: float = URL_TIMEOUT,
+        **from_pretrained_kwargs: Any,
+    ) -> None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.model_name_or_path = str(model_name_or_path)
+        self.processor = load_processor(self.model_name_or_path, **from_pretrained_kwargs)
+        self.media = MediaSettings(min_pixels, max_pixels, total_pixels, float(fps), max_frames)
+        self.max_length = max_length
+        self.default_instruction = default_instruction
+        self.url_timeout = url_timeout
+
+
+class Qwen3VLEmbedder(InputEncoding, CheckpointModel):
     """Embed text, images, screenshots, videos and mixed inputs with a Qwen3-VL-Embedding checkpoint.
 
     ``model_name_or_path``: a hub id (e.g. ``Qwen/Qwen3-VL-Embedding-2B``) or a local folder. Extra keyword
@@ -156,52 +250,6 @@ class Qwen3VLEmbedder(CheckpointModel):
     def _check_dim(self, dim: int | None) -> int | None:
         return check_matryoshka_dim(dim, self.hidden_size)
 
-    def encode_input(
-        self, parsed_item: Any, index: int, instruction: str | None, limits: InputLimits | None = None
-    ) -> Encoded:
-        """Load and tokenise one parsed input (see :mod:`retrieval_pipeline.media`)."""
-        try:
-            check_image_budget(parsed_item, self.media, self.max_length)
-        except InputError as exc:
-            raise exc.at(index) from None
-        loaded = load_input(
-            parsed_item,
-            index=index,
-            default_max_frames=self.media.max_frames,
-            timeout=self.url_timeout,
-            max_image_pixels=(limits or DEFAULT_LIMITS).max_image_pixels,
-        )
-        chosen = loaded.instruction or instruction or self.default_instruction
-        conversation = embedding_conversation(loaded, self.media, chosen)
-        try:
-            enc = encode_conversation(
-                self.processor, conversation, max_length=self.max_length, truncation=True, text_budget=self.max_length
-            )
-        except InputError as exc:
-            raise exc.at(index) from None
-        enc.compute_key()
-        return enc
-
-    def prepare(
-        self,
-        inputs: Sequence[InputLike],
-        *,
-        instruction: str | None = None,
-        limits: InputLimits | None = None,
-        check_files: bool = True,
-    ) -> list[Encoded]:
-        """CPU-only first half of :meth:`embed`: check, load and tokenise every input (no model work).
-
-        Raises :class:`~retrieval_pipeline.media.InputError` naming the first bad input, a
-        :class:`~retrieval_pipeline.media.LimitError` for one over ``limits`` (checked from headers, before
-        decoding). Servers prepare each request on its own, so one request's bad or slow input never reaches a
-        shared model batch; distributed ingestion prepares on CPU workers. Run the result with
-        :meth:`embed_prepared`. ``check_files=False``: local paths are not looked at while parsing.
-        """
-        self._check_instruction(instruction)
-        parsed = parse_inputs(inputs, limits=limits, check_files=check_files)
-        return [self.encode_input(item, i, instruction, limits) for i, item in enumerate(parsed)]
-
     def embed_prepared(
         self,
         encoded: Sequence[Encoded],
@@ -219,13 +267,6 @@ class Qwen3VLEmbedder(CheckpointModel):
 
     def _finish(self, vectors: torch.Tensor, dim: int | None, normalize: bool) -> np.ndarray:
         return truncate_and_normalize(vectors, dim, normalize)
-
-    @staticmethod
-    def _check_instruction(instruction: str | None) -> None:
-        if instruction is not None and not isinstance(instruction, str):
-            raise ValueError(f"instruction must be a str, got {type(instruction).__name__}")
-        if instruction is not None:
-            check_text(instruction, "instruction")
 
     def _embed(
         self,
