@@ -391,8 +391,9 @@ def _datasink_class() -> type:
         """Writes the embedded rows (one upsert per write) and returns every row's outcome, small: the driver
         builds the report from them."""
 
-        def __init__(self, access: Any) -> None:
+        def __init__(self, access: Any, rows_per_write: int) -> None:
             self.access = access
+            self.rows_per_write = rows_per_write
             self.outcomes: list[tuple[Any, ...]] = []
 
         def write(self, blocks: Iterable[Any], ctx: Any) -> list[tuple[Any, ...]]:
@@ -421,7 +422,7 @@ def _datasink_class() -> type:
 
         @property
         def min_rows_per_write(self) -> int:
-            return WRITE_BATCH
+            return self.rows_per_write
 
     return QdrantDatasink
 
@@ -433,13 +434,14 @@ def _datasink_class() -> type:
 class RayOptions:
     """How the run is spread: ``address`` of the Ray cluster (None: the one this process joined, or a local one),
     ``actors`` (an int, or (min, max) for an autoscaling pool), ``gpus_per_actor`` (0: CPU actors),
-    ``cpus_per_actor``, rows per actor call (``batch_size``)."""
+    ``cpus_per_actor``, rows per actor call (``batch_size``) and per upsert (``write_batch_size``)."""
 
     address: str | None = None
     actors: int | tuple[int, int] = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None  # None: 1 with GPUs, else 0.5 (read and prepare tasks keep CPUs)
     batch_size: int = ACTOR_BATCH
+    write_batch_size: int = WRITE_BATCH  # rows per upsert (also how much a stopped run may have left unwritten)
 
     def __post_init__(self) -> None:
         sizes = self.actors if isinstance(self.actors, tuple) else (self.actors, self.actors)
@@ -447,8 +449,8 @@ class RayOptions:
             raise ValueError(f"actors must be a positive int or a (min, max) range, got {self.actors!r}")
         if self.gpus_per_actor < 0 or (self.cpus_per_actor is not None and self.cpus_per_actor <= 0):
             raise ValueError("gpus_per_actor must be >= 0 and cpus_per_actor > 0")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if self.batch_size < 1 or self.write_batch_size < 1:
+            raise ValueError("batch_size and write_batch_size must be >= 1")
 
     @property
     def actor_cpus(self) -> float:
@@ -559,7 +561,7 @@ class RayIndexer(Indexer):
             access = _ServerAccess(self.address, spec)
             if len(files) >= BULK_LOAD_FILES:  # the HNSW graph is built once, after the upload
                 bulk.enter_context(self.store.bulk_load())
-        sink = _datasink_class()(access)
+        sink = _datasink_class()(access, self.ray.write_batch_size)
         try:
             with bulk:
                 self._dataset(files, options, metadata, spec, access).write_datasink(

@@ -1,0 +1,290 @@
+"""Distributed ingestion on a real local Ray cluster (2 CPUs, CPU actors with fractional CPUs, the tiny checkpoint in
+float32): the same ids, vectors and payloads as the single-process path; runs that finish each other; an actor
+killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+from conftest import MEDIA, TINY, load_public
+
+from retrieval_pipeline.cli import main
+from retrieval_pipeline.distributed import EmbedActor, RayIndexer, RayOptions, RemoteEmbedder, parse_actors
+from retrieval_pipeline.ingest import Indexer, IndexReport
+from retrieval_pipeline.store import EdgeStore, ServerStore
+from retrieval_pipeline.testing import make_text_pdf
+
+SETTINGS = load_public()["settings"]
+# the actor subclasses below travel to Ray's worker processes by value (they cannot import this test module)
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+PROSE = "The office cat sleeps on the red sofa while the quarterly figures are printed. " * 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(MEDIA / "chelsea.jpg", folder / "chelsea.jpg")
+    shutil.copy(MEDIA / "chelsea.jpg", folder / "sub" / "same-cat.jpg")  # one point, two sources
+    shutil.copy(MEDIA / "report_page.png", folder / "sub" / "report_page.png")
+    shutil.copy(MEDIA / "moving_square.mp4", folder / "clip.mp4")
+    (folder / "notes.md").write_text(PROSE)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "table.csv").write_text("a,b\n")  # unsupported: skipped
+    make_text_pdf(folder / "report.pdf", ["Quarterly revenue by region.", "Outlook for next year: growth."])
+    return folder
+
+
+def make_store(kind, tmp_path, collection):
+    if kind == "edge":
+        return EdgeStore(tmp_path / "db", collection)
+    return ServerStore(path=str(tmp_path / f"local-{collection}"), collection=collection)
+
+
+def ray_indexer(store, **options):
+    embedder = RemoteEmbedder(str(TINY), torch_dtype="float32", **SETTINGS)
+    options = {"actors": 2, "batch_size": 2, "write_batch_size": 4, **options}
+    actor = options.pop("embed_actor", EmbedActor)
+    return RayIndexer(embedder, store, ray_options=RayOptions(**options), embed_actor=actor)
+
+
+def points(store):
+    return {p.id: p for p in store.scroll(with_vectors=True)}
+
+
+def same_report(a: IndexReport, b: IndexReport) -> None:
+    key = lambda f: (f.source, f.reason)  # noqa: E731
+    assert (a.indexed, a.present, a.files, a.replaced) == (b.indexed, b.present, b.files, b.replaced)
+    assert sorted(a.failed, key=key) == sorted(b.failed, key=key)
+    assert sorted(a.skipped, key=key) == sorted(b.skipped, key=key)
+
+
+def same_points(a, b) -> None:
+    pa, pb = points(a), points(b)
+    assert set(pa) == set(pb)
+    for pid in pa:
+        assert np.abs(np.asarray(pa[pid].vector) - np.asarray(pb[pid].vector)).max() <= 1e-5
+        assert pa[pid].payload == pb[pid].payload
+
+
+@pytest.mark.parametrize("kind", ["edge", "server"])
+def test_ray_gives_the_single_process_ids_vectors_payloads_and_report(embedder, corpus, tmp_path, kind):
+    single_store, ray_store = make_store(kind, tmp_path, "single"), make_store(kind, tmp_path, "ray")
+    single = Indexer(embedder, single_store).index_paths([corpus], show_progress_bar=False)
+    distributed = ray_indexer(ray_store).index_paths([corpus], show_progress_bar=False)
+    assert isinstance(distributed, IndexReport)
+    same_report(distributed, single)
+    assert distributed.indexed == 1 + 1 + 1 + 2 + single_store.count({"modality": "text"})
+    assert {f.source.rsplit("/", 1)[-1] for f in distributed.failed} == {"broken.png", "empty.txt"}
+    assert [f.source.rsplit("/", 1)[-1] for f in distributed.skipped] == ["table.csv"]
+    same_points(ray_store, single_store)
+    cat = [p for p in points(ray_store).values() if p.payload.get("file_name") == "chelsea.jpg"]
+    assert len(cat) == 1 and len(cat[0].payload["sources"]) == 2  # both files, in file order
+
+    again = ray_indexer(ray_store, actors=1).index_paths([corpus], show_progress_bar=False)
+    assert (again.indexed, again.present) == (0, single.indexed + single.present)
+    single_store.close()
+    ray_store.close()
+
+
+def test_a_changed_file_loses_its_old_points_as_in_the_single_path(embedder, corpus, tmp_path):
+    single_store, ray_store = make_store("edge", tmp_path, "single"), make_store("edge", tmp_path, "ray")
+    Indexer(embedder, single_store).index_paths([corpus], show_progress_bar=False)
+    ray_indexer(ray_store).index_paths([corpus], show_progress_bar=False)
+    (corpus / "notes.md").write_text("A completely different note about invoices.")
+    single = Indexer(embedder, single_store).index_paths([corpus], show_progress_bar=False)
+    distributed = ray_indexer(ray_store).index_paths([corpus], show_progress_bar=False)
+    assert distributed.replaced > 0
+    same_report(distributed, single)
+    same_points(ray_store, single_store)
+
+
+class _SlowActor(EmbedActor):
+    """Marks its first finished batch, then takes its time, so that the run can be stopped half way."""
+
+    marks = ""
+
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        with open(os.path.join(self.marks, f"batch-{os.getpid()}-{time.monotonic_ns()}"), "w"):
+            pass
+        time.sleep(0.5)
+        return out
+
+
+def _interrupt_after_first_batch(marks, stopped):
+    def watch():
+        deadline = time.monotonic() + 120
+        while not os.listdir(marks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # a write or two lands
+        stopped.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _exactly_once(store, expected: int) -> None:
+    stored = points(store)
+    assert len(stored) == expected
+    hashes = [p.payload["content_hash"] for p in stored.values()]
+    assert len(hashes) == len(set(hashes))
+
+
+@pytest.fixture
+def row_blocks():
+    """Every row its own block, so that rows stream through the stages one by one (else this tiny corpus is one
+    block, embedded and written all at once)."""
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size
+    context.target_max_block_size = 1
+    yield
+    context.target_max_block_size = saved
+
+
+def test_an_interrupted_ray_run_is_finished_by_a_plain_index(embedder, corpus, tmp_path, row_blocks):
+    reference_store = make_store("edge", tmp_path, "reference")
+    reference = Indexer(embedder, reference_store).index_paths([corpus], show_progress_bar=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    actor = type("SlowActor", (_SlowActor,), {"marks": str(marks)})
+    store = make_store("edge", tmp_path, "docs")
+    stopped = threading.Event()
+    _interrupt_after_first_batch(marks, stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ray_indexer(store, actors=1, batch_size=1, write_batch_size=1, embed_actor=actor).index_paths(
+            [corpus], show_progress_bar=False
+        )
+    assert stopped.is_set()
+    partial = store.count()
+    assert 0 < partial < reference.indexed  # stopped half way; what was written is kept
+    finished = Indexer(embedder, store).index_paths([corpus], show_progress_bar=False)
+    assert finished.indexed == reference.indexed - partial
+    assert finished.present == reference.present + partial
+    _exactly_once(store, reference.indexed)
+    same_points(store, reference_store)
+    store.close()
+
+
+class _Interrupting:
+    """The session embedder, stopped (Ctrl-C) on its third call."""
+
+    def __init__(self, embedder):
+        self._embedder, self.calls = embedder, 0
+
+    def __getattr__(self, name):
+        return getattr(self._embedder, name)
+
+    def embed(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 3:
+            raise KeyboardInterrupt
+        return self._embedder.embed(*args, **kwargs)
+
+
+def test_an_interrupted_plain_run_is_finished_by_ray(embedder, corpus, tmp_path):
+    reference_store = make_store("edge", tmp_path, "reference")
+    reference = Indexer(embedder, reference_store).index_paths([corpus], show_progress_bar=False)
+    store = make_store("edge", tmp_path, "docs")
+    with pytest.raises(KeyboardInterrupt):
+        Indexer(_Interrupting(embedder), store, group_size=2).index_paths([corpus], show_progress_bar=False)
+    partial = store.count()
+    assert 0 < partial < reference.indexed
+    finished = ray_indexer(store).index_paths([corpus], show_progress_bar=False)
+    assert (finished.indexed, finished.present) == (reference.indexed - partial, reference.present + partial)
+    _exactly_once(store, reference.indexed)
+    same_points(store, reference_store)
+    store.close()
+
+
+class _KilledOnce(EmbedActor):
+    """SIGKILLs its own process when its second batch arrives (after the first was done), once per test."""
+
+    marks = ""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with open(os.path.join(self.marks, "starts"), "a") as fh:
+            fh.write(f"{os.getpid()} {int(restarted)}\n")
+        self.batches = 0
+
+    def __call__(self, batch):
+        self.batches += 1
+        killed = os.path.join(self.marks, "killed")
+        if self.batches == 2 and not os.path.exists(killed):
+            with open(killed, "w") as fh:
+                fh.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(batch)
+
+
+def test_an_actor_killed_after_its_first_batch_is_restarted_and_nothing_is_lost(embedder, corpus, tmp_path):
+    reference_store = make_store("edge", tmp_path, "reference")
+    reference = Indexer(embedder, reference_store).index_paths([corpus], show_progress_bar=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    actor = type("KilledOnce", (_KilledOnce,), {"marks": str(marks)})
+    store = make_store("edge", tmp_path, "docs")
+    report = ray_indexer(store, actors=1, batch_size=2, embed_actor=actor).index_paths(
+        [corpus], show_progress_bar=False
+    )
+    assert (marks / "killed").exists()
+    starts = [line.split() for line in (marks / "starts").read_text().splitlines()]
+    restarts = sum(int(flag) for _, flag in starts)
+    assert restarts > 0, starts  # Ray restarted the actor and retried its batch
+    assert int((marks / "killed").read_text()) != int(starts[-1][0])  # a new process
+    same_report(report, reference)
+    _exactly_once(store, reference.indexed)
+    same_points(store, reference_store)
+    store.close()
+
+
+def test_cli_index_ray_json_is_the_plain_report(corpus, tmp_path, capsys):
+    common = ["--db", str(tmp_path / "db"), "--embedding-model", str(TINY), "--dtype", "float32"]
+    common += ["--image-tokens", str(SETTINGS["max_pixels"] // 1024), "--json"]
+    ray_args = ["--ray", "--ray-actors", "1-2", "--ray-batch-size", "2"]
+    assert main(["index", str(corpus), "--collection", "ray", *common, *ray_args]) == 0
+    distributed = json.loads(capsys.readouterr().out)
+    assert main(["index", str(corpus), "--collection", "plain", *common]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    for report in (distributed, plain):
+        report["failed"].sort(key=lambda f: f["source"])
+    assert distributed == plain
+    assert main(["index", str(corpus), "--collection", "plain", *common, *ray_args]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["indexed"], again["present"]) == (0, plain["indexed"] + plain["present"])
+
+
+def test_options_are_checked():
+    assert parse_actors("3") == 3 and parse_actors("2-8") == (2, 8)
+    with pytest.raises(ValueError, match="N or MIN-MAX"):
+        parse_actors("many")
+    with pytest.raises(ValueError, match="actors"):
+        RayOptions(actors=(4, 2))
+    with pytest.raises(ValueError, match="gpus_per_actor"):
+        RayOptions(gpus_per_actor=-1)
+    assert RayOptions().actor_cpus == 0.5 and RayOptions(gpus_per_actor=1).actor_cpus == 1.0
+
+
+def test_a_store_other_processes_cannot_reach_is_refused_before_any_work():
+    store = ServerStore(path=":memory:", collection="docs")
+    with pytest.raises(ValueError, match="other processes cannot reach"):
+        ray_indexer(store)
