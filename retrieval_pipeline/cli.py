@@ -122,6 +122,9 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
         help="CPUs per embedding actor (default 1 with GPUs, else 0.5: the read and tokenise tasks keep CPUs)",
     )
     g.add_argument("--ray-batch-size", type=int, default=16, help="items per actor call (default 16)")
+    g = p.add_argument_group("a new collection on a Qdrant server or cluster (--url)")
+    g.add_argument("--shards", type=int, default=None, help="shard number (spreads writes and storage over nodes)")
+    g.add_argument("--replicas", type=int, default=None, help="replication factor")
 
 
 def _layout_options(p: argparse.ArgumentParser) -> None:
@@ -384,7 +387,13 @@ def _store(args: argparse.Namespace) -> Any:
     from .store import open_store
 
     if args.url:  # --url wins over --db (or QWEN3VL_RAG_DB)
-        return open_store(url=args.url, api_key=args.api_key, collection=args.collection)
+        creation = {
+            "shard_number": getattr(args, "shards", None),
+            "replication_factor": getattr(args, "replicas", None),
+        }
+        if args.command == "push":
+            creation = {}  # push's --shards / --replicas are the target's
+        return open_store(url=args.url, api_key=args.api_key, collection=args.collection, **creation)
     return open_store(db=args.db, collection=args.collection, indexing_threshold_kb=args.indexing_threshold_kb)
 
 

@@ -54,12 +54,14 @@ from .store import SCROLL_PAGE, CollectionSpec, Point, StoreAddress, StoreError,
 
 logger = logging.getLogger(__name__)
 
-# Rows per existence check (one retrieve of ids each).
-CHECK_BATCH = 256
-# Rows per embedding call of an actor (the embedder batches them further by its token budget).
+# Rows per embedding call of an actor (the embedder batches them further by its token budget), and per existence
+# check and tokenisation task before it: the blocks those tasks make are what the actor pool hands out, so they are
+# kept about one actor call long (larger ones would leave actors idle on a small corpus).
 ACTOR_BATCH = 16
 # Rows per write (one upsert each).
 WRITE_BATCH = 256
+# Files per read task on a large corpus.
+FILES_PER_READ = 64
 
 # Row columns. Every row has every column (empty values, never None: blocks keep one schema); "status" is the
 # row's outcome so far: "" (to do), "present", "failed", "written".
@@ -459,6 +461,13 @@ class RayOptions:
         return 1.0 if self.gpus_per_actor else 0.5
 
 
+def read_blocks(files: int, resources: Mapping[str, float]) -> int:
+    """How many read tasks: a few per CPU of the cluster (they balance), at most :data:`FILES_PER_READ` files each
+    on a large corpus, never more than one per file (a task per file costs more to schedule than to read)."""
+    cpus = max(1, int(resources.get("CPU", 1)))
+    return max(1, min(files, max(4 * cpus, -(-files // FILES_PER_READ))))
+
+
 def parse_actors(text: str) -> int | tuple[int, int]:
     """``"4"`` -> 4; ``"2-8"`` -> (2, 8) (an autoscaling pool)."""
     low, sep, high = str(text).partition("-")
@@ -564,9 +573,10 @@ class RayIndexer(Indexer):
         sink = _datasink_class()(access, self.ray.write_batch_size)
         try:
             with bulk:
-                self._dataset(files, options, metadata, spec, access).write_datasink(
-                    sink, concurrency=1 if owner is not None else None
-                )
+                ds = self._dataset(files, options, metadata, spec, access)
+                ds.write_datasink(sink, concurrency=1 if owner is not None else None)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("Ray Data stages:\n%s", ds.stats())
         finally:
             if owner is not None:
                 with contextlib.suppress(Exception):
@@ -581,9 +591,9 @@ class RayIndexer(Indexer):
 
         embedder: RemoteEmbedder = self.embedder
         items = [{"file": i, "path": os.fspath(p)} for i, p in enumerate(files)]
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+        ds = ray.data.from_items(items, override_num_blocks=read_blocks(len(items), ray.cluster_resources()))
         ds = ds.flat_map(read_units, fn_kwargs={"options": options, "metadata": metadata, "spec": spec})
-        ds = ds.map_batches(mark_present, fn_kwargs={"access": access}, batch_size=CHECK_BATCH)
+        ds = ds.map_batches(mark_present, fn_kwargs={"access": access}, batch_size=self.ray.batch_size)
         ds = ds.map_batches(
             prepare_rows,
             fn_kwargs={
