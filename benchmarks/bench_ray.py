@@ -145,7 +145,7 @@ def main() -> None:
             )
             store.close()
             assert report.indexed == items, (report.summary(), items)
-            kind = f"{g:g} GPU" if g else f"{options.actor_cpus:g} CPU"
+            kind = f"{g:g} GPU" if g else f"{options.actor_cpus:g} CPU"  # CPU actors always reserve CPUs
             runs.append((f"Ray, {n} actor{'s' if n > 1 else ''} ({kind} each)", seconds, report.indexed))
         base = runs[0][2] / runs[0][1]
         print(

@@ -119,7 +119,8 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
         "--ray-cpus-per-actor",
         type=float,
         default=None,
-        help="CPUs per embedding actor (default 1 with GPUs, else 0.5: the read and tokenise tasks keep CPUs)",
+        help="CPUs per embedding actor (default: Ray's for GPU actors, 0.5 for CPU actors, so that the read and "
+        "tokenise tasks keep CPUs)",
     )
     g.add_argument("--ray-batch-size", type=int, default=16, help="items per actor call (default 16)")
     g = p.add_argument_group("a new collection on a Qdrant server or cluster (--url)")
@@ -744,6 +745,7 @@ def configure_output(*, quiet: bool, verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR" if quiet else "WARNING")  # --ray: no per-stage INFO lines
     try:
         from transformers.utils import logging as hf_logging
 

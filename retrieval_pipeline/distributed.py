@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pickle
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -126,6 +127,7 @@ class RemoteEmbedder:
 
         from .models.embedder import DEFAULT_INSTRUCTION
         from .models.encoding import MAX_PIXELS
+        from .models.hub import prepare_hub_load
         from .models.runtime import hub_kwargs, pop_dtype, resolve_dtype
 
         self.model_name_or_path = str(model_name_or_path)
@@ -133,7 +135,9 @@ class RemoteEmbedder:
         self.device = torch.device(device_type)
         self.dtype = resolve_dtype(pop_dtype(torch_dtype, self.kwargs), self.device)
         try:
-            config = AutoConfig.from_pretrained(self.model_name_or_path, **hub_kwargs(self.kwargs))
+            probe = dict(self.kwargs)  # each actor decides for itself (another node has another cache)
+            prepare_hub_load(self.model_name_or_path, probe)
+            config = AutoConfig.from_pretrained(self.model_name_or_path, **hub_kwargs(probe))
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read the embedding model's config {self.model_name_or_path!r}: {exc}") from None
         text = getattr(config, "text_config", config)
@@ -441,7 +445,7 @@ class RayOptions:
     address: str | None = None
     actors: int | tuple[int, int] = 1
     gpus_per_actor: float = 0.0
-    cpus_per_actor: float | None = None  # None: 1 with GPUs, else 0.5 (read and prepare tasks keep CPUs)
+    cpus_per_actor: float | None = None  # None: Ray's default with GPUs, else 0.5 (read and prepare tasks keep CPUs)
     batch_size: int = ACTOR_BATCH
     write_batch_size: int = WRITE_BATCH  # rows per upsert (also how much a stopped run may have left unwritten)
 
@@ -455,10 +459,11 @@ class RayOptions:
             raise ValueError("batch_size and write_batch_size must be >= 1")
 
     @property
-    def actor_cpus(self) -> float:
+    def actor_cpus(self) -> float | None:
+        """CPUs each actor reserves (None: Ray's default for a GPU actor)."""
         if self.cpus_per_actor is not None:
             return self.cpus_per_actor
-        return 1.0 if self.gpus_per_actor else 0.5
+        return None if self.gpus_per_actor else 0.5
 
 
 def read_blocks(files: int, resources: Mapping[str, float]) -> int:
@@ -559,6 +564,7 @@ class RayIndexer(Indexer):
 
         init_ray(self.ray.address)
         context = ray.data.DataContext.get_current()
+        bars = context.enable_progress_bars
         context.enable_progress_bars = show_progress_bar
         owner = None
         bulk = contextlib.ExitStack()
@@ -572,12 +578,15 @@ class RayIndexer(Indexer):
                 bulk.enter_context(self.store.bulk_load())
         sink = _datasink_class()(access, self.ray.write_batch_size)
         try:
-            with bulk:
+            with bulk, warnings.catch_warnings():
+                # a corpus smaller than the pool leaves actors idle: true, and not worth a warning per run
+                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
                 ds = self._dataset(files, options, metadata, spec, access)
                 ds.write_datasink(sink, concurrency=1 if owner is not None else None)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Ray Data stages:\n%s", ds.stats())
         finally:
+            context.enable_progress_bars = bars
             if owner is not None:
                 with contextlib.suppress(Exception):
                     ray.get(owner.close.remote())
@@ -615,8 +624,8 @@ class RayIndexer(Indexer):
             },
             batch_size=self.ray.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1]),
-            num_gpus=gpus or None,
-            num_cpus=self.ray.actor_cpus,
+            **({"num_gpus": gpus} if gpus else {}),
+            **({"num_cpus": self.ray.actor_cpus} if self.ray.actor_cpus is not None else {}),
         )
         return ds
 

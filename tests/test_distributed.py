@@ -281,7 +281,7 @@ def test_options_are_checked():
         RayOptions(actors=(4, 2))
     with pytest.raises(ValueError, match="gpus_per_actor"):
         RayOptions(gpus_per_actor=-1)
-    assert RayOptions().actor_cpus == 0.5 and RayOptions(gpus_per_actor=1).actor_cpus == 1.0
+    assert RayOptions().actor_cpus == 0.5 and RayOptions(gpus_per_actor=1).actor_cpus is None
 
 
 def test_a_store_other_processes_cannot_reach_is_refused_before_any_work():
