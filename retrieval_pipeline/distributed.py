@@ -241,7 +241,7 @@ def read_units(
 ) -> list[dict[str, Any]]:
     """One file -> its unit rows (a file that cannot be read: a row with its reason, after the units read before
     the failure, as the single-process path keeps them)."""
-    path = Path(row["path"])
+    path = Path(os.fsdecode(row["path"]))
     file = int(row["file"])
     out: list[dict[str, Any]] = []
     units = units_for_file(path, options, metadata)
@@ -370,8 +370,17 @@ class StoreOwner:
     def write(self, points: list[Point], files: Mapping[str, int]) -> dict[str, str]:
         return store_points(self.store, points, files)
 
+    def count(self) -> int:
+        return self.store.count()
+
     def close(self) -> None:
         self.store.close()
+
+
+def owner_name(address: StoreAddress) -> str:
+    """The Ray actor name of the owner of an embedded store: one per store in a cluster (a second run on the same
+    store fails at once instead of waiting for the lock), and a way to ask it how far a run is (``count``)."""
+    return f"qwen3vl-rag-store:{address.root or address.path}:{address.collection}"
 
 
 class _OwnerAccess:
@@ -570,7 +579,14 @@ class RayIndexer(Indexer):
         bulk = contextlib.ExitStack()
         if self.address.single_writer:
             self.store.close()  # the owner actor holds it while the run writes
-            owner = ray.remote(num_cpus=0, max_restarts=0)(StoreOwner).remote(self.address, spec)
+            try:
+                owner = (
+                    ray.remote(StoreOwner)
+                    .options(name=owner_name(self.address), num_cpus=0, max_restarts=0)
+                    .remote(self.address, spec)
+                )
+            except ValueError:  # the name is taken
+                raise StoreError(f"another Ray run is writing {self.store.location} (wait for it to finish)") from None
             access: Any = _OwnerAccess(owner)
         else:
             access = _ServerAccess(self.address, spec)
@@ -599,7 +615,7 @@ class RayIndexer(Indexer):
         import ray
 
         embedder: RemoteEmbedder = self.embedder
-        items = [{"file": i, "path": os.fspath(p)} for i, p in enumerate(files)]
+        items = [{"file": i, "path": os.fsencode(p)} for i, p in enumerate(files)]  # bytes: any file name
         ds = ray.data.from_items(items, override_num_blocks=read_blocks(len(items), ray.cluster_resources()))
         ds = ds.flat_map(read_units, fn_kwargs={"options": options, "metadata": metadata, "spec": spec})
         ds = ds.map_batches(mark_present, fn_kwargs={"access": access}, batch_size=self.ray.batch_size)
@@ -691,10 +707,11 @@ class RayIndexer(Indexer):
             chunk = done[start : start + SCROLL_PAGE]
             sources = {os.fspath(files[i]): i for i in chunk}
             held: dict[str, set[str]] = {}
-            for point in self.store.scroll(filters={"sources": list(sources)}, with_vectors=False):
-                for source in Record.from_payload(point.payload).sources:
-                    if source in sources:
-                        held.setdefault(source, set()).add(point.id)
+            for key in ("sources", "source"):  # points written before ``sources`` existed only have ``source``
+                for point in self.store.scroll(filters={key: list(sources)}, with_vectors=False):
+                    for source in Record.from_payload(point.payload).sources:
+                        if source in sources:
+                            held.setdefault(source, set()).add(point.id)
             for source, points in held.items():
                 stale = points - ids.get(sources[source], set())
                 if stale:

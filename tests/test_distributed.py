@@ -18,7 +18,14 @@ import ray
 from conftest import MEDIA, TINY, load_public
 
 from retrieval_pipeline.cli import main
-from retrieval_pipeline.distributed import EmbedActor, RayIndexer, RayOptions, RemoteEmbedder, parse_actors
+from retrieval_pipeline.distributed import (
+    EmbedActor,
+    RayIndexer,
+    RayOptions,
+    RemoteEmbedder,
+    owner_name,
+    parse_actors,
+)
 from retrieval_pipeline.ingest import Indexer, IndexReport
 from retrieval_pipeline.store import EdgeStore, ServerStore
 from retrieval_pipeline.testing import make_text_pdf
@@ -48,6 +55,7 @@ def corpus(tmp_path):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "empty.txt").write_bytes(b"")
     (folder / "table.csv").write_text("a,b\n")  # unsupported: skipped
+    (folder / os.fsdecode(b"caf\xe9.txt")).write_text("a name that is not UTF-8")  # fails with its reason
     make_text_pdf(folder / "report.pdf", ["Quarterly revenue by region.", "Outlook for next year: growth."])
     return folder
 
@@ -87,18 +95,20 @@ def same_points(a, b) -> None:
 @pytest.mark.parametrize("kind", ["edge", "server"])
 def test_ray_gives_the_single_process_ids_vectors_payloads_and_report(embedder, corpus, tmp_path, kind):
     single_store, ray_store = make_store(kind, tmp_path, "single"), make_store(kind, tmp_path, "ray")
-    single = Indexer(embedder, single_store).index_paths([corpus], show_progress_bar=False)
-    distributed = ray_indexer(ray_store).index_paths([corpus], show_progress_bar=False)
+    metadata = {"team": "finance", "year": 2026}
+    single = Indexer(embedder, single_store).index_paths([corpus], metadata=metadata, show_progress_bar=False)
+    distributed = ray_indexer(ray_store).index_paths([corpus], metadata=metadata, show_progress_bar=False)
     assert isinstance(distributed, IndexReport)
     same_report(distributed, single)
     assert distributed.indexed == 1 + 1 + 1 + 2 + single_store.count({"modality": "text"})
-    assert {f.source.rsplit("/", 1)[-1] for f in distributed.failed} == {"broken.png", "empty.txt"}
+    assert {f.source.rsplit("/", 1)[-1] for f in distributed.failed} == {"broken.png", "empty.txt", "caf\\xe9.txt"}
     assert [f.source.rsplit("/", 1)[-1] for f in distributed.skipped] == ["table.csv"]
     same_points(ray_store, single_store)
     cat = [p for p in points(ray_store).values() if p.payload.get("file_name") == "chelsea.jpg"]
     assert len(cat) == 1 and len(cat[0].payload["sources"]) == 2  # both files, in file order
 
-    again = ray_indexer(ray_store, actors=1).index_paths([corpus], show_progress_bar=False)
+    assert all(p.payload["metadata"] == metadata for p in points(ray_store).values())
+    again = ray_indexer(ray_store, actors=1).index_paths([corpus], metadata=metadata, show_progress_bar=False)
     assert (again.indexed, again.present) == (0, single.indexed + single.present)
     single_store.close()
     ray_store.close()
@@ -117,24 +127,25 @@ def test_a_changed_file_loses_its_old_points_as_in_the_single_path(embedder, cor
 
 
 class _SlowActor(EmbedActor):
-    """Marks its first finished batch, then takes its time, so that the run can be stopped half way."""
-
-    marks = ""
+    """Takes its time over each batch, so that the run can be stopped half way."""
 
     def __call__(self, batch):
-        out = super().__call__(batch)
-        with open(os.path.join(self.marks, f"batch-{os.getpid()}-{time.monotonic_ns()}"), "w"):
-            pass
         time.sleep(0.5)
-        return out
+        return super().__call__(batch)
 
 
-def _interrupt_after_first_batch(marks, stopped):
+def _interrupt_after_first_write(store, stopped):
+    """Ctrl-C as soon as the store's owner actor holds a point (the slow actor leaves most rows to do)."""
+
     def watch():
-        deadline = time.monotonic() + 120
-        while not os.listdir(marks) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if ray.get(ray.get_actor(owner_name(store.address())).count.remote()) > 0:
+                    break
+            except Exception:  # noqa: BLE001 - the owner is not started yet
+                pass
             time.sleep(0.05)
-        time.sleep(1.5)  # a write or two lands
         stopped.set()
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -162,14 +173,11 @@ def row_blocks():
 def test_an_interrupted_ray_run_is_finished_by_a_plain_index(embedder, corpus, tmp_path, row_blocks):
     reference_store = make_store("edge", tmp_path, "reference")
     reference = Indexer(embedder, reference_store).index_paths([corpus], show_progress_bar=False)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    actor = type("SlowActor", (_SlowActor,), {"marks": str(marks)})
     store = make_store("edge", tmp_path, "docs")
     stopped = threading.Event()
-    _interrupt_after_first_batch(marks, stopped)
+    _interrupt_after_first_write(store, stopped)
     with pytest.raises(KeyboardInterrupt):
-        ray_indexer(store, actors=1, batch_size=1, write_batch_size=1, embed_actor=actor).index_paths(
+        ray_indexer(store, actors=1, batch_size=1, write_batch_size=1, embed_actor=_SlowActor).index_paths(
             [corpus], show_progress_bar=False
         )
     assert stopped.is_set()
@@ -288,3 +296,23 @@ def test_a_store_other_processes_cannot_reach_is_refused_before_any_work():
     store = ServerStore(path=":memory:", collection="docs")
     with pytest.raises(ValueError, match="other processes cannot reach"):
         ray_indexer(store)
+
+
+def test_a_second_ray_run_on_the_same_embedded_store_is_refused(corpus, tmp_path):
+    from retrieval_pipeline.distributed import StoreOwner
+    from retrieval_pipeline.errors import StoreError
+
+    store = make_store("edge", tmp_path, "docs")
+    indexer = ray_indexer(store)
+    spec = store.open(indexer.spec)
+    store.close()
+    first = ray.remote(StoreOwner).options(name=owner_name(store.address()), num_cpus=0).remote(store.address(), spec)
+    try:
+        assert ray.get(first.count.remote()) == 0
+        with pytest.raises(StoreError, match="another process has it open|another Ray run is writing"):
+            indexer.index_paths([corpus], show_progress_bar=False)
+    finally:
+        ray.get(first.close.remote())
+        ray.kill(first)
+    assert indexer.index_paths([corpus], show_progress_bar=False).indexed > 0  # once the other run is done
+    store.close()
