@@ -557,12 +557,8 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
         chunk_chars=args.chunk_chars,
         chunk_overlap=min(200, args.chunk_chars // 4),
     )
-    if args.rebuild:
-        pipeline.store.drop()
-        logging.getLogger(__name__).warning("deleted collection %r: indexing it anew", pipeline.store.collection)
-    new = not pipeline.store.exists()
-    show = not (args.quiet or args.json)
-    if getattr(args, "ray", False):
+    ray_options = None
+    if getattr(args, "ray", False):  # checked before --rebuild deletes anything
         from .distributed import RayOptions, parse_actors
 
         ray_options = RayOptions(
@@ -572,6 +568,12 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
             cpus_per_actor=args.ray_cpus_per_actor,
             batch_size=args.ray_batch_size,
         )
+    if args.rebuild:
+        pipeline.store.drop()
+        logging.getLogger(__name__).warning("deleted collection %r: indexing it anew", pipeline.store.collection)
+    new = not pipeline.store.exists()
+    show = not (args.quiet or args.json)
+    if ray_options is not None:
         with pipeline.timed("index"):
             report = pipeline.ray_indexer(ray_options).index_paths(
                 paths, options=options, metadata=metadata, show_progress_bar=show, prune=args.prune

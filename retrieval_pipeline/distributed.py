@@ -26,14 +26,16 @@ import json
 import logging
 import os
 import pickle
+import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import RAGError
 from .ingest import (
     BULK_LOAD_FILES,
     Failure,
@@ -63,6 +65,8 @@ ACTOR_BATCH = 16
 WRITE_BATCH = 256
 # Files per read task on a large corpus.
 FILES_PER_READ = 64
+# Seconds the owner of an embedded store waits for a lock another process holds when the run starts.
+OWNER_OPEN_WAIT = 10.0
 
 # Row columns. Every row has every column (empty values, never None: blocks keep one schema); "status" is the
 # row's outcome so far: "" (to do), "present", "failed", "written".
@@ -157,7 +161,7 @@ class RemoteEmbedder:
 
 
 _PREPROCESSORS: dict[str, Any] = {}
-_STORES: dict[StoreAddress, VectorStore] = {}
+_STORES: dict[tuple[StoreAddress, str], VectorStore] = {}
 
 
 def _preprocessor(model: str, kwargs: Mapping[str, Any]) -> Any:
@@ -343,9 +347,10 @@ class _ServerAccess:
         self.spec = spec
 
     def _store(self) -> VectorStore:
-        store = _STORES.get(self.address)
+        key = (self.address, json.dumps(self.spec.to_dict(), sort_keys=True, default=str))
+        store = _STORES.get(key)
         if store is None:
-            store = _STORES[self.address] = self.address.connect()
+            store = _STORES[key] = self.address.connect()
             store.open(self.spec, create=False)
         return store
 
@@ -357,12 +362,37 @@ class _ServerAccess:
 
 
 class StoreOwner:
-    """The one process that holds an embedded store (or qdrant-client's local mode) open; every worker reads and
-    writes through it (a Ray actor, one call at a time)."""
+    """The one process that holds an embedded store (or qdrant-client's local mode) open for the whole run; the
+    workers and the driver read and write through it (a Ray actor, one call at a time)."""
 
-    def __init__(self, address: StoreAddress, spec: CollectionSpec) -> None:
+    # the store operations the driver may run here (:class:`_OwnedStore`)
+    CALLS = frozenset(
+        {"open", "count", "retrieve", "existing", "set_payload", "scroll", "remove_source", "points_of_source"}
+        | {"build_index", "delete_ids", "info", "index_status"}
+    )
+
+    def __init__(self, address: StoreAddress) -> None:
         self.store = address.connect()
-        self.store.open(spec, create=False)
+
+    def call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        if name not in self.CALLS:
+            raise AttributeError(f"the store's owner does not run {name!r}")
+        if name == "open":
+            return self._open(*args, **kwargs)
+        result = getattr(self.store, name)(*args, **kwargs)
+        return list(result) if name == "scroll" else result
+
+    def _open(self, spec: CollectionSpec | None = None, **kwargs: Any) -> CollectionSpec:
+        """Open (or create) it; a lock that another process holds for a moment (a search) is waited for, a
+        while."""
+        deadline = time.monotonic() + OWNER_OPEN_WAIT
+        while True:
+            try:
+                return self.store.open(spec, **kwargs)
+            except StoreError as exc:
+                if "another process has it open" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
 
     def existing(self, ids: list[str]) -> set[str]:
         return self.store.existing(ids)
@@ -375,6 +405,50 @@ class StoreOwner:
 
     def close(self) -> None:
         self.store.close()
+
+
+class _OwnedStore:
+    """The driver's view of a store its owner actor holds: each operation runs there (what the owner returns
+    comes back; its errors are raised here as they are, e.g. :class:`StoreError`)."""
+
+    def __init__(self, owner: Any, store: VectorStore) -> None:
+        self._owner = owner
+        self.collection = store.collection
+        self.location = store.location
+        self.spec: CollectionSpec | None = None
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(self._owner.call.remote(name, args, kwargs))
+        except Exception as exc:  # noqa: BLE001 - Ray wraps the owner's error
+            raise _our_error(exc) or exc from None
+
+    def open(self, spec: CollectionSpec | None = None, *, create: bool = True) -> CollectionSpec:
+        self.spec = self._call("open", spec, create=create)
+        return self.spec
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in StoreOwner.CALLS:
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+
+
+def _our_error(exc: BaseException) -> BaseException | None:
+    """The project's own error (a StoreError, a collection mismatch, ...) inside what Ray raised, if any: Ray wraps a
+    task's or actor's exception (``cause``, ``__cause__``), and the caller's exit code and message depend on it."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RAGError):
+            return current
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
 
 
 def owner_name(address: StoreAddress) -> str:
@@ -500,7 +574,30 @@ def init_ray(address: str | None = None) -> None:
         raise ValueError("distributed indexing needs Ray Data: pip install 'qwen3-vl-rag[ray]'") from None
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        quiet = logging.getLogger("retrieval_pipeline").getEffectiveLevel() >= logging.ERROR
+        level = logging.ERROR if quiet else logging.WARNING
+        ray.init(address=address, include_dashboard=False, logging_level=level, log_to_driver=True)
+
+
+def check_resources(options: RayOptions, resources: Mapping[str, float], *, local: bool) -> None:
+    """Refuse (a local cluster) or warn about (a cluster that may grow) a pool the cluster cannot hold: Ray would
+    wait for the resources forever, saying nothing."""
+    low = options.actors[0] if isinstance(options.actors, tuple) else options.actors
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    problem = None
+    if options.gpus_per_actor and low * options.gpus_per_actor > gpus:
+        problem = f"{low} actors with {options.gpus_per_actor:g} GPU each need {low * options.gpus_per_actor:g} GPUs"
+    elif not options.gpus_per_actor and low * (options.actor_cpus or 0) > cpus - 1:
+        problem = (
+            f"{low} CPU actors with {options.actor_cpus:g} CPU each need {low * (options.actor_cpus or 0):g} CPUs "
+            "and the read and tokenise tasks at least one more"
+        )
+    if problem is None:
+        return
+    where = f"the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs"
+    if local:
+        raise ValueError(f"{problem}; {where}: ask for fewer actors (--ray-actors) or smaller ones")
+    logger.warning("%s; %s: the run waits until the cluster grows", problem, where)
 
 
 class RayIndexer(Indexer):
@@ -521,6 +618,7 @@ class RayIndexer(Indexer):
         embed_actor: type = EmbedActor,
     ) -> None:
         super().__init__(embedder, store, dim=dim, instruction=instruction, layout=layout)
+        self._owner: Any = None
         self.ray = ray_options or RayOptions()
         self.embed_actor = embed_actor  # a subclass may add e.g. metrics
         self.address: StoreAddress = store.address()  # fails early for a store other processes cannot reach
@@ -537,27 +635,60 @@ class RayIndexer(Indexer):
         show_progress_bar: bool = True,
         prune: bool = False,
     ) -> IndexReport:
+        import ray
+
         options = options or IngestOptions()
         if options.pdf_max_pixels is None:
             options = replace(options, pdf_max_pixels=self._max_pixels())
-        spec = self._open()
-        files, missing = discover(paths, options)
-        report = IndexReport(files=len(files), failed=list(missing))
-        supported = []
-        for f in files:
-            if modality_of(f) is None:
-                report.skipped.append(Failure(display_path(f), f"unsupported file type {f.suffix or '(none)'!r}"))
-            else:
-                supported.append(f)
-        if supported:
-            held_before = self.store.count() > 0
-            outcomes = self._run(supported, options, dict(metadata or {}), spec, show_progress_bar)
-            self._settle(supported, outcomes, report, held_before)
-        if prune:
-            self.prune(paths, report)
-        if report.indexed:
-            self.store.build_index()
+        init_ray(self.ray.address)
+        local = self.ray.address is None and not os.environ.get("RAY_ADDRESS")
+        check_resources(self.ray, ray.cluster_resources(), local=local)
+        with self._holding():
+            spec = self._open()
+            files, missing = discover(paths, options)
+            report = IndexReport(files=len(files), failed=list(missing))
+            supported = []
+            for f in files:
+                if modality_of(f) is None:
+                    report.skipped.append(Failure(display_path(f), f"unsupported file type {f.suffix or '(none)'!r}"))
+                else:
+                    supported.append(f)
+            if supported:
+                held_before = self.store.count() > 0
+                outcomes = self._run(supported, options, dict(metadata or {}), spec, show_progress_bar)
+                self._settle(supported, outcomes, report, held_before)
+            if prune:
+                self.prune(paths, report)
+            if report.indexed:
+                self.store.build_index()
         return report
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        """An embedded store (or qdrant-client's local mode) is held by one owner actor from the start of the run to
+        its end, the driver's own operations included (no moment in between where another process could take it)."""
+        if not self.address.single_writer:
+            yield
+            return
+        import ray
+
+        self.store.close()
+        try:
+            owner = (
+                ray.remote(StoreOwner)
+                .options(name=owner_name(self.address), num_cpus=0, max_restarts=0)
+                .remote(self.address)
+            )
+        except ValueError:  # the name is taken
+            raise StoreError(f"another Ray run is writing {self.store.location} (wait for it to finish)") from None
+        saved, self.store, self._owner = self.store, _OwnedStore(owner, self.store), owner
+        try:
+            yield
+        finally:
+            self.store, self._owner = saved, None
+            with contextlib.suppress(Exception):
+                ray.get(owner.close.remote())
+            ray.kill(owner)
 
     # ----------------------------------------------------------------------------------------------------------
 
@@ -571,22 +702,12 @@ class RayIndexer(Indexer):
     ) -> list[tuple[Any, ...]]:
         import ray
 
-        init_ray(self.ray.address)
         context = ray.data.DataContext.get_current()
         bars = context.enable_progress_bars
         context.enable_progress_bars = show_progress_bar
-        owner = None
+        owner = self._owner
         bulk = contextlib.ExitStack()
-        if self.address.single_writer:
-            self.store.close()  # the owner actor holds it while the run writes
-            try:
-                owner = (
-                    ray.remote(StoreOwner)
-                    .options(name=owner_name(self.address), num_cpus=0, max_restarts=0)
-                    .remote(self.address, spec)
-                )
-            except ValueError:  # the name is taken
-                raise StoreError(f"another Ray run is writing {self.store.location} (wait for it to finish)") from None
+        if owner is not None:
             access: Any = _OwnerAccess(owner)
         else:
             access = _ServerAccess(self.address, spec)
@@ -601,12 +722,13 @@ class RayIndexer(Indexer):
                 ds.write_datasink(sink, concurrency=1 if owner is not None else None)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Ray Data stages:\n%s", ds.stats())
+        except Exception as exc:
+            ours = _our_error(exc)  # a store that fails in a worker: the same StoreError (exit 4) as in one process
+            if ours is None:
+                raise
+            raise ours from None
         finally:
             context.enable_progress_bars = bars
-            if owner is not None:
-                with contextlib.suppress(Exception):
-                    ray.get(owner.close.remote())
-                ray.kill(owner)
         return sink.outcomes
 
     def _dataset(
@@ -682,18 +804,17 @@ class RayIndexer(Indexer):
                 if pid not in stored:
                     continue
                 held = Record.from_payload(stored[pid])
-                new = pid in written  # new in this run: its sources are this run's, else the stored ones and these
+                new = pid in written  # new in this run: its sources are this run's; else the stored ones, and these
                 sources: list[str] = [] if new else list(held.sources)
                 files: dict[str, dict[str, Any]] = {} if new else dict(held.files)
-                for source, fields in runs[pid]:
-                    if not source:
+                seen: set[str] = set()
+                for source, fields in runs[pid]:  # a file's fields: those of its first unit with this content
+                    if not source or source in seen:
                         continue
+                    seen.add(source)
                     if source not in sources:
                         sources.append(source)
-                    if new:
-                        files.setdefault(source, fields)
-                    else:
-                        files[source] = fields
+                    files[source] = fields
                 if sources and (sources, files) != (held.sources, held.files):
                     self.store.set_payload(pid, sources_update(sources, files))
 

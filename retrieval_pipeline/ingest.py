@@ -78,6 +78,7 @@ class Unit:
     record: Record
     verify: Callable[[], None] | None = None
     file: _FileState | None = field(default=None, repr=False)
+    seq: int = 0  # the unit's place in its file
 
 
 @dataclass
@@ -128,7 +129,10 @@ class _FileState:
 
     path: Path
     source: str
+    index: int = 0  # the file's place in the run
     ids: set[str] = field(default_factory=set)
+    claimed: set[str] = field(default_factory=set)  # points whose per-file fields this file has set in this run
+    units: int = 0
     pending: int = 0
     done: bool = False
     failed: bool = False
@@ -506,6 +510,8 @@ class Indexer:
     ):
         self.embedder = embedder
         self.store = store
+        self._order: dict[int, tuple[int, int]] = {}  # a run's failures -> (file, unit) to list them in file order
+        self._stale: list[tuple[_FileState, set[str]]] = []  # a run's outdated points, taken off at its end
         self.dim = dim or embedder.hidden_size
         self.instruction = instruction or embedder.default_instruction
         self.group_size = group_size
@@ -576,12 +582,19 @@ class Indexer:
             bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining} left{postfix}]",
         )
         pending: list[Unit] = []
+        self._order: dict[int, tuple[int, int]] = {}
+        self._stale: list[tuple[_FileState, set[str]]] = []
         bulk = contextlib.ExitStack()
         if len(supported) >= BULK_LOAD_FILES:  # a server builds its graph once, after the upload
             bulk.enter_context(self.store.bulk_load())
         with bulk:
             self._index_files(supported, costs, options, metadata, report, bar, pending)
+        self._remove_outdated(report)
         bar.close()
+        # failures in file order (those of reading come as they happen, those of embedding when a group runs)
+        failed = report.failed[len(missing) :]
+        failed.sort(key=lambda f: self._order.get(id(f), (len(supported), 0)))
+        report.failed[len(missing) :] = failed
         if prune:
             self.prune(paths, report)
         if report.indexed:
@@ -599,7 +612,7 @@ class Indexer:
         pending: list[Unit],
     ) -> None:
         for n, (path, cost) in enumerate(zip(supported, costs), 1):
-            state = _FileState(path, os.fspath(path))
+            state = _FileState(path, os.fspath(path), index=n - 1)
             units = units_for_file(path, options, metadata or {})
             while True:
                 try:
@@ -608,10 +621,11 @@ class Indexer:
                 except StopIteration:
                     break
                 except Exception as exc:  # this file only: MemoryError, TypeError, UnicodeError, OSError, ...
-                    self._fail(state, None, _reason(exc), report)
+                    self._fail(state, None, _reason(exc), report, state.units)
                     units.close()
                     break
-                unit.file = state
+                unit.file, unit.seq = state, state.units
+                state.units += 1
                 state.ids.add(pid)
                 state.pending += 1
                 pending.append(unit)
@@ -688,12 +702,16 @@ class Indexer:
 
     # ----------------------------------------------------------------------------------------------------------
 
-    def _fail(self, state: _FileState | None, where: str | None, reason: str, report: IndexReport) -> None:
+    def _fail(
+        self, state: _FileState | None, where: str | None, reason: str, report: IndexReport, seq: int = 0
+    ) -> None:
         label = where or (state.label if state is not None else "?")
-        report.failed.append(Failure(label, reason))
+        failure = Failure(label, reason)
+        report.failed.append(failure)
         logger.warning("skipping %s: %s", label, reason)
         if state is not None:
             state.failed = True
+            self._order[id(failure)] = (state.index, seq)
 
     def _finish(self, state: _FileState, report: IndexReport) -> None:
         """When all of a file's units are stored: its old points that it no longer holds lose it."""
@@ -704,10 +722,15 @@ class Indexer:
             return  # what it held before stays until it indexes again (or is pruned)
         held = self.store.points_of_source(state.source)
         stale = set(held) - state.ids
-        if stale:
+        if stale:  # taken off at the end of the run: a later file may hold the same content (moved, not gone)
+            self._stale.append((state, stale))
+
+    def _remove_outdated(self, report: IndexReport) -> None:
+        for state, stale in self._stale:
             detached, deleted = self.store.remove_source(state.source, stale)
             report.replaced += detached + deleted
             logger.info("%s changed: %d outdated points removed", state.label, detached + deleted)
+        self._stale = []
 
     def _flush(self, units: list[Unit], report: IndexReport) -> None:
         if not units:
@@ -720,13 +743,18 @@ class Indexer:
             if pid in stored:
                 report.present += 1
                 source = unit.record.source
+                # a file's fields for a point are those of its first unit with that content (a chunk repeated in
+                # one file keeps its first place, run after run)
+                first = unit.file is None or pid not in unit.file.claimed
+                if unit.file is not None:
+                    unit.file.claimed.add(pid)
                 if source:
                     if pid not in grown:
                         held = Record.from_payload(stored[pid])
                         grown[pid] = (held.sources, held.files)
                     sources, files = grown[pid]
                     fields = unit.record.file_fields()
-                    if source not in sources or files.get(source) != fields:  # a new file, or new metadata
+                    if source not in sources or (first and files.get(source) != fields):  # a new file, new metadata
                         grown[pid] = (
                             [*sources, source] if source not in sources else sources,
                             {**files, source: fields},
@@ -754,8 +782,11 @@ class Indexer:
                     reason = _reason(exc)
             if reason is not None:
                 for unit in group:
-                    self._fail(unit.file, _where(unit, pid), reason, report)
+                    self._fail(unit.file, _where(unit, pid), reason, report, unit.seq)
                 continue
+            for unit in group:
+                if unit.file is not None:
+                    unit.file.claimed.add(pid)
             points.append(Point(pid, vectors[k].tolist(), payload))
             report.present += len(group) - 1  # the same content twice in this group
         self._upsert(points, new, report)
@@ -790,7 +821,7 @@ class Indexer:
         for group, exc in errors:
             for point in group:
                 for unit in units[point.id]:
-                    self._fail(unit.file, _where(unit, point.id), _reason(exc), report)
+                    self._fail(unit.file, _where(unit, point.id), _reason(exc), report, unit.seq)
 
 
 def _reason(exc: BaseException) -> str:

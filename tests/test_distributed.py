@@ -23,10 +23,11 @@ from retrieval_pipeline.distributed import (
     RayIndexer,
     RayOptions,
     RemoteEmbedder,
+    check_resources,
     owner_name,
     parse_actors,
 )
-from retrieval_pipeline.ingest import Indexer, IndexReport
+from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions
 from retrieval_pipeline.store import EdgeStore, ServerStore
 from retrieval_pipeline.testing import make_text_pdf
 
@@ -306,13 +307,91 @@ def test_a_second_ray_run_on_the_same_embedded_store_is_refused(corpus, tmp_path
     indexer = ray_indexer(store)
     spec = store.open(indexer.spec)
     store.close()
-    first = ray.remote(StoreOwner).options(name=owner_name(store.address()), num_cpus=0).remote(store.address(), spec)
+    first = ray.remote(StoreOwner).options(name=owner_name(store.address()), num_cpus=0).remote(store.address())
     try:
+        assert ray.get(first.call.remote("open", (spec,), {})) == spec
         assert ray.get(first.count.remote()) == 0
-        with pytest.raises(StoreError, match="another process has it open|another Ray run is writing"):
+        with pytest.raises(StoreError, match="another Ray run is writing"):
             indexer.index_paths([corpus], show_progress_bar=False)
     finally:
         ray.get(first.close.remote())
         ray.kill(first)
     assert indexer.index_paths([corpus], show_progress_bar=False).indexed > 0  # once the other run is done
     store.close()
+
+
+def test_repeated_content_keeps_its_first_place_and_a_rerun_changes_no_payload(embedder, tmp_path):
+    """A chunk repeated in one file, more than a group of units apart, and in another file: one point, its first
+    place in each file; indexing again changes nothing, on either path."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    text = " ".join(f"w{i % 40:02d}" for i in range(400))  # 40 chunks of 40 characters, 4 distinct
+    (corpus / "a.txt").write_text(text)
+    (corpus / "b.txt").write_text(text[:90])
+    options = IngestOptions(chunk_chars=40, chunk_overlap=0)
+    single_store, ray_store = make_store("edge", tmp_path, "single"), make_store("edge", tmp_path, "ray")
+    single = Indexer(embedder, single_store).index_paths([corpus], options=options, show_progress_bar=False)
+    distributed = ray_indexer(ray_store).index_paths([corpus], options=options, show_progress_bar=False)
+    same_report(distributed, single)
+    same_points(ray_store, single_store)
+    first = {p.id: p.payload for p in ray_store.scroll(with_vectors=False)}
+    a = str((corpus / "a.txt").resolve())
+    assert sorted(p["files"][a]["chunk"] for p in first.values() if a in p["files"]) == [0, 1, 2, 3]
+    Indexer(embedder, single_store).index_paths([corpus], options=options, show_progress_bar=False)
+    ray_indexer(ray_store).index_paths([corpus], options=options, show_progress_bar=False)
+    assert {p.id: p.payload for p in ray_store.scroll(with_vectors=False)} == first
+    assert {p.id: p.payload for p in single_store.scroll(with_vectors=False)} == first
+    single_store.close()
+    ray_store.close()
+
+
+def test_content_that_moves_between_files_is_not_embedded_again(embedder, tmp_path):
+    """X moves from a long file (a whole group of units) to another: present, not deleted and embedded again."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    options = IngestOptions(chunk_chars=40, chunk_overlap=0)
+    filler = " ".join(f"filler{i:03d}xx" for i in range(31 * 3))  # 31 chunks
+    x, y = "XXXXXXXX apples apples apples apples", "YYYYYYYY banana banana banana banana"
+    single_store, ray_store = make_store("edge", tmp_path, "single"), make_store("edge", tmp_path, "ray")
+    (corpus / "a.txt").write_text(x + " " + filler)
+    (corpus / "b.txt").write_text(y)
+    Indexer(embedder, single_store).index_paths([corpus], options=options, show_progress_bar=False)
+    ray_indexer(ray_store).index_paths([corpus], options=options, show_progress_bar=False)
+    (corpus / "a.txt").write_text(y + " " + filler)
+    (corpus / "b.txt").write_text(x)
+    single = Indexer(embedder, single_store).index_paths([corpus], options=options, show_progress_bar=False)
+    distributed = ray_indexer(ray_store).index_paths([corpus], options=options, show_progress_bar=False)
+    assert (single.indexed, single.present, single.replaced) == (0, 33, 2)
+    same_report(distributed, single)
+    same_points(ray_store, single_store)
+    single_store.close()
+    ray_store.close()
+
+
+def test_failures_are_listed_in_file_order_on_both_paths(embedder, corpus, tmp_path):
+    single = Indexer(embedder, make_store("edge", tmp_path, "single")).index_paths([corpus], show_progress_bar=False)
+    distributed = ray_indexer(make_store("edge", tmp_path, "ray")).index_paths([corpus], show_progress_bar=False)
+    assert distributed.failed == single.failed  # not only the same set: the same order
+    names = [f.source.rsplit("/", 1)[-1] for f in single.failed]
+    assert names == sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape"))
+
+
+def test_a_pool_the_cluster_cannot_hold_is_refused_not_waited_for(caplog):
+    cpus = {"CPU": 2.0}
+    check_resources(RayOptions(actors=2), cpus, local=True)  # 2 x 0.5 CPU and one CPU for the tasks
+    with pytest.raises(ValueError, match="6 CPU actors .* ask for fewer actors"):
+        check_resources(RayOptions(actors=6), cpus, local=True)
+    with pytest.raises(ValueError, match="1 GPU each need 1 GPUs; the Ray cluster has 2 CPUs and 0 GPUs"):
+        check_resources(RayOptions(gpus_per_actor=1), cpus, local=True)
+    with caplog.at_level("WARNING", logger="retrieval_pipeline.distributed"):
+        check_resources(RayOptions(actors=(4, 8), gpus_per_actor=1), {"CPU": 64, "GPU": 2}, local=False)
+    assert "waits until the cluster grows" in caplog.text
+
+
+def test_cli_checks_ray_options_before_rebuild_deletes_anything(corpus, tmp_path, capsys):
+    common = ["--db", str(tmp_path / "db"), "--embedding-model", str(TINY), "--dtype", "float32", "--json"]
+    assert main(["index", str(corpus / "notes.md"), *common]) == 0
+    capsys.readouterr()
+    assert main(["index", str(corpus), "--rebuild", "--ray", "--ray-actors", "0", *common]) == 1
+    assert "actors must be a positive int" in capsys.readouterr().err
+    assert EdgeStore(tmp_path / "db", "default").count() > 0  # still there
