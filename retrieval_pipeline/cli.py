@@ -119,8 +119,8 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
         "--ray-cpus-per-actor",
         type=float,
         default=None,
-        help="CPUs per embedding actor (default: Ray's for GPU actors, 0.5 for CPU actors, so that the read and "
-        "tokenise tasks keep CPUs)",
+        help="CPUs per embedding actor (default 1 beside a GPU, 0.5 for a CPU actor: the read and tokenise tasks "
+        "keep the rest)",
     )
     g.add_argument("--ray-batch-size", type=int, default=16, help="items per actor call (default 16)")
     g = p.add_argument_group("a new collection on a Qdrant server or cluster (--url)")

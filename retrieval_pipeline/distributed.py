@@ -528,7 +528,7 @@ class RayOptions:
     address: str | None = None
     actors: int | tuple[int, int] = 1
     gpus_per_actor: float = 0.0
-    cpus_per_actor: float | None = None  # None: Ray's default with GPUs, else 0.5 (read and prepare tasks keep CPUs)
+    cpus_per_actor: float | None = None  # None: 1 with GPUs, else 0.5 (read and prepare tasks keep CPUs)
     batch_size: int = ACTOR_BATCH
     write_batch_size: int = WRITE_BATCH  # rows per upsert (also how much a stopped run may have left unwritten)
 
@@ -542,11 +542,12 @@ class RayOptions:
             raise ValueError("batch_size and write_batch_size must be >= 1")
 
     @property
-    def actor_cpus(self) -> float | None:
-        """CPUs each actor reserves (None: Ray's default for a GPU actor)."""
+    def actor_cpus(self) -> float:
+        """CPUs each actor reserves: 1 beside a GPU (Ray then also gives its torch one thread; the configuration
+        measured on an H100), 0.5 for a CPU actor (the read and tokenise tasks keep the rest)."""
         if self.cpus_per_actor is not None:
             return self.cpus_per_actor
-        return None if self.gpus_per_actor else 0.5
+        return 1.0 if self.gpus_per_actor else 0.5
 
 
 def read_blocks(files: int, resources: Mapping[str, float]) -> int:
@@ -587,9 +588,10 @@ def check_resources(options: RayOptions, resources: Mapping[str, float], *, loca
     problem = None
     if options.gpus_per_actor and low * options.gpus_per_actor > gpus:
         problem = f"{low} actors with {options.gpus_per_actor:g} GPU each need {low * options.gpus_per_actor:g} GPUs"
-    elif not options.gpus_per_actor and low * (options.actor_cpus or 0) > cpus - 1:
+    elif low * options.actor_cpus > cpus - 1:
+        kind = "GPU" if options.gpus_per_actor else "CPU"
         problem = (
-            f"{low} CPU actors with {options.actor_cpus:g} CPU each need {low * (options.actor_cpus or 0):g} CPUs "
+            f"{low} {kind} actors with {options.actor_cpus:g} CPU each need {low * options.actor_cpus:g} CPUs "
             "and the read and tokenise tasks at least one more"
         )
     if problem is None:
@@ -718,6 +720,7 @@ class RayIndexer(Indexer):
             with bulk, warnings.catch_warnings():
                 # a corpus smaller than the pool leaves actors idle: true, and not worth a warning per run
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+                warnings.filterwarnings("ignore", message="Specifying both num_cpus and num_gpus")
                 ds = self._dataset(files, options, metadata, spec, access)
                 ds.write_datasink(sink, concurrency=1 if owner is not None else None)
             if logger.isEnabledFor(logging.DEBUG):
@@ -762,8 +765,8 @@ class RayIndexer(Indexer):
             },
             batch_size=self.ray.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1]),
+            num_cpus=self.ray.actor_cpus,
             **({"num_gpus": gpus} if gpus else {}),
-            **({"num_cpus": self.ray.actor_cpus} if self.ray.actor_cpus is not None else {}),
         )
         return ds
 
