@@ -29,7 +29,7 @@ import pickle
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,8 @@ from .ingest import (
     _point_payload,
     _reason,
     _where,
-    discover,
     display_path,
     dtype_name,
-    modality_of,
     units_for_file,
 )
 from .layout import VectorLayout
@@ -639,22 +637,13 @@ class RayIndexer(Indexer):
     ) -> IndexReport:
         import ray
 
-        options = options or IngestOptions()
-        if options.pdf_max_pixels is None:
-            options = replace(options, pdf_max_pixels=self._max_pixels())
+        options = self._options(options)
         init_ray(self.ray.address)
         local = self.ray.address is None and not os.environ.get("RAY_ADDRESS")
         check_resources(self.ray, ray.cluster_resources(), local=local)
         with self._holding():
             spec = self._open()
-            files, missing = discover(paths, options)
-            report = IndexReport(files=len(files), failed=list(missing))
-            supported = []
-            for f in files:
-                if modality_of(f) is None:
-                    report.skipped.append(Failure(display_path(f), f"unsupported file type {f.suffix or '(none)'!r}"))
-                else:
-                    supported.append(f)
+            report, supported = self._plan(paths, options)
             if supported:
                 held_before = self.store.count() > 0
                 outcomes = self._run(supported, options, dict(metadata or {}), spec, show_progress_bar)

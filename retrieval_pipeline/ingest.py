@@ -549,6 +549,23 @@ class Indexer:
         value = getattr(media, "max_pixels", None)
         return int(value) if isinstance(value, int) and value > 0 else PDF_MAX_PIXELS
 
+    def _options(self, options: IngestOptions | None) -> IngestOptions:
+        options = options or IngestOptions()
+        return replace(options, pdf_max_pixels=self._max_pixels()) if options.pdf_max_pixels is None else options
+
+    @staticmethod
+    def _plan(paths: Sequence[str | Path], options: IngestOptions) -> tuple[IndexReport, list[Path]]:
+        """The run's report so far (missing paths failed, unsupported files skipped) and the files to index."""
+        files, missing = discover(paths, options)
+        report = IndexReport(files=len(files), failed=list(missing))
+        supported = []
+        for f in files:
+            if modality_of(f) is None:
+                report.skipped.append(Failure(display_path(f), f"unsupported file type {f.suffix or '(none)'!r}"))
+            else:
+                supported.append(f)
+        return report, supported
+
     def index_paths(
         self,
         paths: Sequence[str | Path],
@@ -560,18 +577,10 @@ class Indexer:
     ) -> IndexReport:
         """Index files and folders. ``prune``: afterwards, remove the points of files under ``paths`` that no
         longer exist (deleted or renamed files)."""
-        options = options or IngestOptions()
-        if options.pdf_max_pixels is None:
-            options = replace(options, pdf_max_pixels=self._max_pixels())
+        options = self._options(options)
         self._open()
-        files, missing = discover(paths, options)
-        report = IndexReport(files=len(files), failed=list(missing))
-        supported = []
-        for f in files:
-            if modality_of(f) is None:
-                report.skipped.append(Failure(display_path(f), f"unsupported file type {f.suffix or '(none)'!r}"))
-            else:
-                supported.append(f)
+        report, supported = self._plan(paths, options)
+        missing = list(report.failed)
         costs = [work_estimate(f, options, getattr(self.embedder, "media", None)) for f in supported]
         bar = tqdm(
             total=sum(costs),
