@@ -128,7 +128,7 @@ class RemoteEmbedder:
         from transformers import AutoConfig
 
         from .models.embedder import DEFAULT_INSTRUCTION
-        from .models.encoding import MAX_PIXELS
+        from .models.encoding import MediaSettings
         from .models.hub import prepare_hub_load
         from .models.runtime import hub_kwargs, pop_dtype, resolve_dtype
 
@@ -146,7 +146,9 @@ class RemoteEmbedder:
         self.hidden_size = int(text.hidden_size)
         self.default_instruction = self.kwargs.get("default_instruction", DEFAULT_INSTRUCTION)
         self.revision = self.kwargs.get("revision")
-        self.media = type("Media", (), {"max_pixels": int(self.kwargs.get("max_pixels", MAX_PIXELS))})()
+        # the actors' media settings, checked here before any worker starts (the PDF render size follows max_pixels)
+        fields = ("min_pixels", "max_pixels", "total_pixels", "fps", "max_frames")
+        self.media = MediaSettings(**{k: self.kwargs[k] for k in fields if k in self.kwargs})
 
     def embedder_kwargs(self) -> dict[str, Any]:
         """What an actor passes to ``Qwen3VLEmbedder`` besides the model and the device."""
