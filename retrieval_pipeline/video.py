@@ -26,9 +26,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -337,6 +339,7 @@ class _Block:
 
     kind: str  # "image" | "frames" | "file"
     tokens: int = 0  # tokens the placeholder's three tokens become
+    tail: int = 0  # of them, tokens after its last pad
     plan: VideoPlan | None = None
     value: Any = None  # the fetched image / (tensor, metadata)
 
@@ -362,7 +365,7 @@ def fetch_vision(
     for info in infos:
         if "image" in info or "image_url" in info:
             image = qvu.fetch_image(info, image_patch_size=IMAGE_PATCH_SIZE)
-            blocks.append(_Block("image", tokens=2 + image.size[0] * image.size[1] // PIXELS_PER_TOKEN, value=image))
+            blocks.append(_Block("image", value=image))
         elif "video" in info and isinstance(info["video"], str):
             header = probe(_local_path(info["video"]))
             blocks.append(_Block("file", plan=plan_video(header, _qvu_item(info))))
@@ -398,33 +401,94 @@ def _qvu_item(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k != "type"}
 
 
-class _Counter:
-    """Exact token counts of the processor's expansion (Qwen3VLProcessor.replace_video_token)."""
+@dataclass(frozen=True)
+class Expansion:
+    """What one vision placeholder of the chat text (vision start, pad, vision end) becomes in the processor's
+    input ids."""
+
+    tokens: int  # its length
+    tail: int  # tokens after its last pad token (truncation that cuts these keeps every pad)
+
+
+class VisionTokens:
+    """Exact token counts of vision placeholders, computed by the installed processor itself: its
+    ``replace_image_token`` / ``replace_video_token`` build the replacement text for a grid, its
+    ``get_text_with_replacements`` rewrites the chat template's placeholder with it (transformers 5.25 began to drop
+    the outer vision start/end around a video's frames there), and its tokenizer counts the result. Only the grid is
+    computed here: frames already at their final size (``do_resize=False``) give (frame pairs, height / patch,
+    width / patch), as the processor's ``patchify`` does. A transformers release that changes the expansion changes
+    these counts with it (tests/test_video.py compares them with the processor's output)."""
+
+    CACHE_ENTRIES = 4096
 
     def __init__(self, processor: Any):
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.temporal = processor.video_processor.temporal_patch_size
-        self._cache: dict[str, int] = {}
+        video = processor.video_processor
+        self.temporal = video.temporal_patch_size
+        self.video_patch = video.patch_size
+        self.image_patch = processor.image_processor.patch_size
+        self._cache: dict[tuple, Expansion] = {}  # cleared at CACHE_ENTRIES (a server sees endless frame plans)
 
-    def text(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def image(self, height: int, width: int) -> Expansion:
+        """An image already resized to ``height`` x ``width`` pixels."""
+        grid = (1, height // self.image_patch, width // self.image_patch)
+        key = ("image", grid)
+        found = self._cache.get(key)
+        if found is None:
+            text = self.processor.replace_image_token({"image_grid_thw": torch.tensor([grid])}, 0)
+            found = self._remember(key, self._expand(self.processor.image_token, images=[text]))
+        return found
 
-    def _timestamp(self, seconds: float) -> int:
-        key = f"<{seconds:.1f} seconds>"
-        if key not in self._cache:
-            self._cache[key] = self.text(key)
-        return self._cache[key]
+    def video(self, nframes: int, height: int, width: int, indices: list[int], fps: float) -> Expansion:
+        """``nframes`` frames already resized to ``height`` x ``width``, sampled at ``indices`` of a ``fps`` video."""
+        from transformers.video_utils import VideoMetadata
 
-    def video(self, nframes: int, height: int, width: int, indices: list[int], fps: float) -> int:
-        """Tokens a video placeholder becomes: outer start/end + per frame group: timestamp, start, pads, end."""
-        groups = math.ceil(nframes / self.temporal)
-        seqlen = height * width // PIXELS_PER_TOKEN
-        stamps = self.processor._calculate_timestamps(list(indices), fps, self.temporal)[:groups]
-        return 2 + sum(self._timestamp(t) + 2 + seqlen for t in stamps)
+        grid = (-(-nframes // self.temporal), height // self.video_patch, width // self.video_patch)
+        key = ("video", grid, tuple(indices), float(fps))
+        found = self._cache.get(key)
+        if found is None:
+            metadata = VideoMetadata(total_num_frames=nframes, fps=fps, frames_indices=list(indices))
+            inputs = {"video_grid_thw": torch.tensor([grid]), "video_metadata": [metadata]}
+            text = self.processor.replace_video_token(inputs, 0)
+            found = self._remember(key, self._expand(self.processor.video_token, videos=[text]))
+        return found
 
-    def plan(self, plan: VideoPlan) -> int:
+    def _remember(self, key: tuple, expansion: Expansion) -> Expansion:
+        if len(self._cache) >= self.CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = expansion
+        return expansion
+
+    def plan(self, plan: VideoPlan) -> Expansion:
         return self.video(plan.nframes, plan.height, plan.width, plan.indices, plan.header.fps)
+
+    def _expand(self, pad: str, images: list[str] | None = None, videos: list[str] | None = None) -> Expansion:
+        p = self.processor
+        placeholder = p.vision_start_token + pad + p.vision_end_token
+        (text,), _ = p.get_text_with_replacements([placeholder], images or [], videos or [])
+        # A pad is a special token (one token wherever it stands): each run of pads is tokenised as one and the
+        # rest added, which keeps this fast for tens of thousands of pads.
+        runs = re.compile(f"(?:{re.escape(pad)})+")
+        short = runs.sub(pad, text)
+        ids = self.tokenizer(short, add_special_tokens=False)["input_ids"]
+        pad_id = self.tokenizer.convert_tokens_to_ids(pad)
+        last = max((i for i, t in enumerate(ids) if t == pad_id), default=len(ids) - 1)
+        tokens = len(ids) + text.count(pad) - short.count(pad)
+        return Expansion(tokens=tokens, tail=len(ids) - 1 - last)
+
+
+_COUNTERS: weakref.WeakKeyDictionary[Any, VisionTokens] = weakref.WeakKeyDictionary()
+_COUNTERS_LOCK = threading.Lock()
+
+
+def vision_tokens(processor: Any) -> VisionTokens:
+    """The processor's :class:`VisionTokens` (one per processor while it lives: its counts are cached)."""
+    with _COUNTERS_LOCK:
+        counter = _COUNTERS.get(processor)
+        if counter is None:
+            counter = _COUNTERS[processor] = VisionTokens(processor)
+    return counter
 
 
 def budget_plans(
@@ -439,20 +503,23 @@ def budget_plans(
 
     ``prompt_ids``: the chat prompt's token ids before the processor expands the vision placeholders (each
     placeholder is three tokens: vision start, image/video pad, vision end)."""
-    counter = _Counter(processor)
+    counter = vision_tokens(processor)
     pad_ids = {processor.image_token_id, processor.video_token_id}
     pads = [i for i, t in enumerate(prompt_ids) if t in pad_ids]
-    if len(pads) != len(blocks):
+    if len(pads) != len(blocks) or not all(_is_placeholder(processor, prompt_ids, i) for i in pads):
         logger.warning("video budget skipped: %d vision placeholders for %d items", len(pads), len(blocks))
         return
     for b in blocks:
-        if b.kind == "frames":
+        if b.kind == "image":
+            expansion = counter.image(b.value.size[1], b.value.size[0])
+        elif b.kind == "frames":
             video, meta = b.value
-            b.tokens = counter.video(
+            expansion = counter.video(
                 video.shape[0], video.shape[2], video.shape[3], meta["frames_indices"], meta["fps"]
             )
-        elif b.kind == "file":
-            b.tokens = counter.plan(b.plan)
+        else:
+            expansion = counter.plan(b.plan)
+        b.tokens, b.tail = expansion.tokens, expansion.tail
     # Text tokens of the whole prompt, and of the part up to the end of the last vision placeholder.
     text_all = len(prompt_ids) - 3 * len(blocks)
     text_head = pads[-1] + 2 - 3 * len(blocks)
@@ -461,8 +528,8 @@ def budget_plans(
     total = text_all + fixed + sum(b.tokens for b in files)
     if truncation:
         # Processor truncation keeps the first token_limit tokens: the reference fails when a pad token of the last
-        # vision block is cut (its last pad is followed by one end token for an image, two for a video).
-        last_pad = text_head + fixed + sum(b.tokens for b in files) - (1 if blocks[-1].kind == "image" else 2)
+        # vision block is cut (what follows its last pad, e.g. vision end tokens, may be cut).
+        last_pad = text_head + fixed + sum(b.tokens for b in files) - blocks[-1].tail
         fits = last_pad <= token_limit
     else:
         fits = total <= token_limit + UNTRUNCATED_SLACK
@@ -491,7 +558,7 @@ def budget_plans(
     for b in pending:
         reference_tokens = b.tokens
         b.plan = budget_plan(b.plan, share, counter)
-        b.tokens = counter.plan(b.plan)
+        b.tokens = counter.plan(b.plan).tokens
         logger.info(
             "video %s: reference plan (%d tokens) over max_length %d; budgeted to %d frames of %dx%d (%d tokens)",
             b.plan.header.path,
@@ -504,8 +571,15 @@ def budget_plans(
         )
 
 
-def _smallest(files: list[_Block], counter: _Counter) -> int:
-    return sum(counter.plan(_two_frame_plan(b.plan)) for b in files)
+def _smallest(files: list[_Block], counter: VisionTokens) -> int:
+    return sum(counter.plan(_two_frame_plan(b.plan)).tokens for b in files)
+
+
+def _is_placeholder(processor: Any, ids: list[int], pad: int) -> bool:
+    """The chat template wrote this pad as the three-token placeholder whose expansion :class:`VisionTokens`
+    counts."""
+    start, end = processor.vision_start_token_id, processor.vision_end_token_id
+    return 0 < pad < len(ids) - 1 and ids[pad - 1] == start and ids[pad + 1] == end
 
 
 def _two_frame_plan(plan: VideoPlan) -> VideoPlan:
@@ -518,21 +592,21 @@ def _replan(plan: VideoPlan, ele: dict[str, Any]) -> VideoPlan:
     return VideoPlan(new.header, new.ele, new.indices, new.segment_frames, new.height, new.width, reference=False)
 
 
-def budget_plan(plan: VideoPlan, tokens: int, counter: _Counter) -> VideoPlan:
+def budget_plan(plan: VideoPlan, tokens: int, counter: VisionTokens) -> VideoPlan:
     """The largest plan for this video within ``tokens``: every frame of the reference plan with a ``total_pixels``
     budget (qwen-vl-utils' frame-list rule: per frame ``total_pixels / nframes * 2``, at least its per-frame minimum),
     and when even the minimum frame size is too large, fewer frames (``max_frames`` lowered two at a time)."""
     for nframes in range(plan.nframes, 1, -qvu.FRAME_FACTOR):
         ele = dict(plan.ele, max_frames=nframes) if nframes < plan.nframes else dict(plan.ele)
         probe_plan = _replan(plan, dict(ele, total_pixels=1))  # indices for this frame count, smallest frames
-        overhead = counter.video(probe_plan.nframes, 0, 0, probe_plan.indices, plan.header.fps)
+        overhead = counter.video(probe_plan.nframes, 0, 0, probe_plan.indices, plan.header.fps).tokens
         vision = tokens - overhead
         if vision <= 0:
             continue
         total_pixels = vision * PIXELS_PER_TOKEN
         for _ in range(8):  # smart_resize floors to the budget; the loop only guards rounding
             candidate = _replan(plan, dict(ele, total_pixels=total_pixels))
-            if counter.plan(candidate) <= tokens:
+            if counter.plan(candidate).tokens <= tokens:
                 return candidate
             total_pixels -= PIXELS_PER_TOKEN * max(1, candidate.nframes // qvu.FRAME_FACTOR)
             if total_pixels <= 0:

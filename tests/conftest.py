@@ -7,6 +7,7 @@ import json
 import socketserver
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,47 @@ TINY = PARITY / "tiny-qwen3vl"
 MEDIA = PARITY / "media"
 
 
+def installed_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def recordings() -> list[Path]:
+    """The parity fixture's recordings: ``public.json`` (the current one) first, then earlier ones."""
+    return [PARITY / "public.json", *sorted(PARITY.glob("public-*.json"))]
+
+
 def load_public() -> dict:
+    """The recording of the reference's outputs made with the installed transformers (the preprocessing, hence the
+    numbers, follow its version), else ``public.json``."""
+    installed = installed_version("transformers")
+    for path in recordings():
+        public = json.loads(path.read_text())
+        if public.get("recorded_with", {}).get("transformers") == installed:
+            return public
     return json.loads((PARITY / "public.json").read_text())
+
+
+def version_differences(public: dict) -> list[str]:
+    """The libraries whose installed version is not the one the recording was made with."""
+    recorded = {k: v for k, v in public.get("recorded_with", {}).items() if k != "note"}
+    return [
+        f"{name} {installed_version(name)} installed, fixture recorded with {version}"
+        for name, version in sorted(recorded.items())
+        if installed_version(name) != version
+    ]
+
+
+def pytest_report_header(config) -> list[str]:
+    public = load_public()
+    recorded = {k: v for k, v in public.get("recorded_with", {}).items() if k != "note"}
+    line = "parity fixture recorded with " + ", ".join(f"{k} {v}" for k, v in sorted(recorded.items()))
+    differences = version_differences(public)
+    if differences:
+        return [line, "parity fixture and environment differ: " + "; ".join(differences)]
+    return [line + " (as installed)"]
 
 
 def with_media_paths(obj: dict) -> dict:

@@ -125,6 +125,87 @@ def _video_conversation(path: str, text: str = "a long clip") -> list[dict]:
     ]
 
 
+@pytest.fixture(scope="module")
+def odd_videos(tmp_path_factory) -> dict[str, Path]:
+    """Sizes off the 32-pixel grid, frame rates that are not whole numbers, frame counts that are not even."""
+    folder = tmp_path_factory.mktemp("odd-videos")
+    return {
+        "wide": make_video(folder / "wide.mp4", 330, 98, 45, 15),
+        "tall": make_video(folder / "tall.mp4", 100, 250, 31, Fraction(30000, 1001)),
+        "hd": make_video(folder / "hd.mp4", 1280, 720, 21, 7),
+    }
+
+
+def _placeholder_ids(processor, conversation) -> list[int]:
+    text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
+    return processor.tokenizer(text)["input_ids"][0]
+
+
+@pytest.mark.parametrize(
+    "which, settings",
+    [
+        ("parity", {"fps": 2.0, "max_frames": 8}),
+        ("parity", {"fps": 0.5, "max_frames": 64}),
+        ("wide", {"fps": 1.0, "max_frames": 64}),
+        ("wide", {"fps": 3.0, "max_frames": 10}),
+        ("tall", {"fps": 2.5, "max_frames": 64}),
+        ("tall", {"fps": 1.0, "max_frames": 64, "total_pixels": 200_000}),
+        ("hd", {"fps": 7.0, "max_frames": 64}),
+        ("hd", {"fps": 1.0, "max_frames": 4, "video_start": 0.5}),
+    ],
+)
+def test_predicted_tokens_and_grid_equal_the_processors_output(processor, odd_videos, which, settings):
+    """The budget's prediction (VisionTokens over the frame plan) against what the installed processor makes of the
+    same conversation: the whole length, the video grid, and the tokens after the last pad."""
+    from retrieval_pipeline.video import vision_tokens
+
+    path = str(VIDEO if which == "parity" else odd_videos[which])
+    ele = {"video": path, **settings}
+    plan = plan_video(probe(path), ele)
+    conversation = [{"role": "user", "content": [{"type": "video", **ele}, {"type": "text", "text": "a clip"}]}]
+    out = encode_conversation(processor, conversation, max_length=None, truncation=False)
+    expansion = vision_tokens(processor).plan(plan)
+    prompt = _placeholder_ids(processor, conversation)
+    assert len(out) == len(prompt) - 3 + expansion.tokens
+    patch = processor.video_processor.patch_size
+    assert out.video_grid_thw[0].tolist() == [math.ceil(plan.nframes / 2), plan.height // patch, plan.width // patch]
+    ids = out.input_ids.tolist()
+    last_pad = max(i for i, t in enumerate(ids) if t == processor.video_token_id)
+    after_placeholder = len(prompt) - prompt.index(processor.video_token_id) - 2  # text after the placeholder
+    assert len(ids) - 1 - last_pad - after_placeholder == expansion.tail
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_predicted_tokens_of_a_frame_list_equal_the_processors_output(processor, count):
+    """A video given as frames (an odd count is padded to whole frame pairs by the processor)."""
+    from retrieval_pipeline.video import vision_tokens
+
+    frames = [Image.open(f).convert("RGB").resize((200, 90)) for f in FRAMES[:count]]
+    conversation = [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "x"}]}]
+    _images, videos, _kwargs = fetch_vision(conversation, processor, token_limit=None, truncation=False)
+    ((video, meta),) = videos
+    out = encode_conversation(processor, conversation, max_length=None, truncation=False)
+    expansion = vision_tokens(processor).video(
+        video.shape[0], video.shape[2], video.shape[3], meta["frames_indices"], meta["fps"]
+    )
+    assert len(out) == len(_placeholder_ids(processor, conversation)) - 3 + expansion.tokens
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 320), (410, 130), (1000, 1000)])
+def test_predicted_image_tokens_equal_the_processors_output(processor, embedder, size):
+    """Images: the header check's count (qwen-vl-utils' resize, the processor's expansion) equals the processor's."""
+    from retrieval_pipeline.models.encoding import image_tokens
+
+    image = Image.new("RGB", size, (120, 30, 200))
+    conversation = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "x"}]}]
+    out = encode_conversation(processor, conversation, max_length=None, truncation=False)
+    prompt = _placeholder_ids(processor, conversation)
+    # the conversation's image item carries qwen-vl-utils' default pixel bounds; the check uses the embedder's
+    settings = MediaSettings(min_pixels=qvu.IMAGE_MIN_TOKEN_NUM * 1024, max_pixels=qvu.IMAGE_MAX_TOKEN_NUM * 1024)
+    assert len(out) == len(prompt) - 3 + image_tokens(*size, settings, processor)
+    assert image_tokens(*size, embedder.media, processor) == image_tokens(*size, embedder.media)  # the estimate agrees
+
+
 def test_token_count_is_exact_and_budget_binds_only_past_the_limit(processor, long_720p):
     """The predicted length equals the processor's; a limit one token short of it makes the budget bind."""
     conversation = _video_conversation(str(long_720p))

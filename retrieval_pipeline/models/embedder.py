@@ -83,7 +83,7 @@ class InputEncoding:
     ) -> Encoded:
         """Load and tokenise one parsed input (see :mod:`retrieval_pipeline.media`)."""
         try:
-            check_image_budget(parsed_item, self.media, self.max_length)
+            check_image_budget(parsed_item, self.media, self.max_length, self.processor)
         except InputError as exc:
             raise exc.at(index) from None
         loaded = load_input(

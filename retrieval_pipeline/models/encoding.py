@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..media import InputError, LimitError, LoadedInput, ParsedInput, VideoFile
-from ..video import fetch_vision
+from ..video import fetch_vision, vision_tokens
 
 # Qwen3-VL vision: 16-pixel patches, merged 2x2 -> one token per 32x32 pixels.
 IMAGE_PATCH_SIZE = 16
@@ -151,9 +151,10 @@ def _tensor_bytes(tensor: torch.Tensor | None) -> bytes:
     return head + (t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
-def image_tokens(width: int, height: int, media: MediaSettings) -> int:
-    """Tokens an image of this stored size becomes (qwen-vl-utils' resize, one token per 32x32 pixels, plus
-    the vision start/end tokens)."""
+def image_tokens(width: int, height: int, media: MediaSettings, processor: Any = None) -> int:
+    """Tokens an image of this stored size becomes: qwen-vl-utils' resize, then, given the ``processor``, its own
+    expansion of the image placeholder (exact); without one, one token per 32x32 pixels plus the vision start/end
+    tokens (an estimate)."""
     from qwen_vl_utils.vision_process import smart_resize
 
     try:
@@ -162,6 +163,8 @@ def image_tokens(width: int, height: int, media: MediaSettings) -> int:
         )
     except ValueError as exc:  # an aspect ratio over 200
         raise InputError(f"image of {width}x{height} pixels: {exc}") from None
+    if processor is not None:
+        return vision_tokens(processor).image(h, w).tokens
     return h * w // (IMAGE_FACTOR * IMAGE_FACTOR) + 2
 
 
@@ -185,10 +188,10 @@ def estimate_vision_tokens(parsed: ParsedInput, media: MediaSettings) -> int:
     return tokens + len(parsed.videos) * (media.total_pixels // (IMAGE_FACTOR * IMAGE_FACTOR) + 2)
 
 
-def check_image_budget(parsed: ParsedInput, media: MediaSettings, max_length: int) -> None:
+def check_image_budget(parsed: ParsedInput, media: MediaSettings, max_length: int, processor: Any = None) -> None:
     """An input whose images alone need more than ``max_length`` tokens would fail after decoding them all (its
     vision tokens cannot be truncated): refuse it from the headers, before any pixel is decoded."""
-    needed = sum(image_tokens(*src.size, media) for src in parsed.images if src.size)
+    needed = sum(image_tokens(*src.size, media, processor) for src in parsed.images if src.size)
     if needed > max_length:
         raise LimitError(
             f"its {len(parsed.images)} images need {needed} tokens, more than max_length ({max_length}); send fewer "

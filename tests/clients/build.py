@@ -1,5 +1,6 @@
 """Build the virtual environment of the client packages whose pins clash with the project's (``.client-venv`` at
-the repository root, from ``tests/clients/requirements.txt``); rebuilt when that file changes. ``.ci/run`` calls
+the repository root, from ``tests/clients/requirements.lock``: the tested versions of what ``requirements.in`` asks
+for, resolved by ``.ci/lock``); rebuilt when that file changes. ``.ci/run`` calls
 it; the tests call it too when the environment is missing, so none of them is ever skipped."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUIREMENTS = Path(__file__).with_name("requirements.txt")
+REQUIREMENTS = Path(__file__).with_name("requirements.lock")
 VENV = Path(os.environ.get("QWEN3VL_RAG_CLIENT_VENV", ROOT / ".client-venv"))
 
 
