@@ -23,6 +23,7 @@ from retrieval_pipeline.distributed import (
     RayIndexer,
     RayOptions,
     RemoteEmbedder,
+    _rows,
     check_resources,
     owner_name,
     parse_actors,
@@ -119,28 +120,44 @@ def test_ray_gives_the_single_process_ids_vectors_payloads_and_report(embedder, 
     ray_store.close()
 
 
-class _SlowActor(EmbedActor):
-    """Takes its time over each batch, so that the run can be stopped half way."""
+class _GatedActor(EmbedActor):
+    """Embeds its first batch with rows to embed (rows of failed files only pass through), then holds every later
+    one until the gate file exists: however slow or busy the machine, the run cannot finish before the test has
+    stopped it (no timing involved)."""
+
+    gate = ""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.embedded = 0
 
     def __call__(self, batch):
-        time.sleep(0.5)
+        if any(not row["status"] for row in _rows(batch)):
+            self.embedded += 1
+            while self.embedded > 1 and not os.path.exists(self.gate):
+                time.sleep(0.05)
         return super().__call__(batch)
 
 
-def _interrupt_after_first_write(store, stopped):
-    """Ctrl-C as soon as the store's owner actor holds a point (the slow actor leaves most rows to do)."""
+def _interrupt_after_first_write(store, stopped, gate, done):
+    """Ctrl-C once the store's owner actor holds a point (the gated actor holds back every row after the first).
+    Should no point ever come (a bug), the gate opens after 10 minutes: the run then ends and the test fails,
+    instead of hanging."""
 
     def watch():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 600
+        while not done.is_set():
             try:
                 if ray.get(ray.get_actor(owner_name(store.address())).count.remote()) > 0:
-                    break
+                    stopped.set()
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
             except Exception:  # noqa: BLE001 - the owner is not started yet
                 pass
+            if time.monotonic() > deadline:
+                gate.touch()
+                return
             time.sleep(0.05)
-        stopped.set()
-        os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=watch, daemon=True).start()
 
@@ -167,12 +184,18 @@ def test_an_interrupted_ray_run_is_finished_by_a_plain_index(embedder, corpus, t
     reference_store = make_store("edge", tmp_path, "reference")
     reference = Indexer(embedder, reference_store).index_paths([corpus], show_progress_bar=False)
     store = make_store("edge", tmp_path, "docs")
-    stopped = threading.Event()
-    _interrupt_after_first_write(store, stopped)
-    with pytest.raises(KeyboardInterrupt):
-        ray_indexer(store, actors=1, batch_size=1, write_batch_size=1, embed_actor=_SlowActor).index_paths(
-            [corpus], show_progress_bar=False
-        )
+    stopped, done = threading.Event(), threading.Event()
+    gate = tmp_path / "gate"
+    actor = type("Gated", (_GatedActor,), {"gate": str(gate)})
+    _interrupt_after_first_write(store, stopped, gate, done)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ray_indexer(store, actors=1, batch_size=1, write_batch_size=1, embed_actor=actor).index_paths(
+                [corpus], show_progress_bar=False
+            )
+    finally:
+        done.set()
+        gate.touch()  # lets a held batch go, should the actor outlive the run
     assert stopped.is_set()
     partial = store.count()
     assert 0 < partial < reference.indexed  # stopped half way; what was written is kept
