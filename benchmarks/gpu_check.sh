@@ -5,7 +5,8 @@
 #
 # The GPU image has torch / transformers but no registry access: build the missing pure-Python packages here
 # first and carry the folder with the run:
-#   pip install --no-deps --target .gpu-vendor qwen-vl-utils "transformers>=5" huggingface_hub tokenizers safetensors
+#   pip install --no-deps --target .gpu-vendor -c requirements-lock.txt qwen-vl-utils transformers huggingface_hub \
+#     tokenizers safetensors     (the lock's versions: the ones the parity fixture was recorded with)
 #   (then run with carry=[".gpu-vendor"])  --  bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

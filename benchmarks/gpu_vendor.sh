@@ -7,9 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
-pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -c requirements-lock.txt \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$work/wheels" \
-  "ray[data]==2.60.0" msgpack click jsonschema jsonschema-specifications referencing rpds-py attrs protobuf \
+  "ray[data]" msgpack click jsonschema jsonschema-specifications referencing rpds-py attrs protobuf \
   qdrant-edge-py qwen-vl-utils
 mkdir -p "$work/site"
 for wheel in "$work"/wheels/*.whl; do python3 -m zipfile -e "$wheel" "$work/site"; done

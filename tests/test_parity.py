@@ -133,6 +133,9 @@ def test_a_recording_from_other_versions_is_named_as_such(embedder):
     public = json.loads((PARITY / name).read_text())
     videos = [i for i, e in enumerate(public["embed_inputs"]) if "video" in e]
     got = embedder.process([with_media_paths(public["embed_inputs"][i]) for i in videos])
+    expected = np.asarray([public["expected_embeddings"][i] for i in videos])
+    if np.abs(got.numpy() - expected).max() < TOL:  # e.g. transformers 5.24, whose videos are 5.17's
+        pytest.skip(f"transformers {installed} reproduces the recording made with {name}")
     with pytest.raises(pytest.fail.Exception) as info:
         assert_reference(got, [public["expected_embeddings"][i] for i in videos], public, "video entries")
     message = str(info.value)
