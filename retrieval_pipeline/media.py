@@ -2,7 +2,8 @@
 
 An input is a plain ``str`` (text), a ``PIL.Image.Image`` (image) or a multimodal object: a dict with any of
 ``text`` (str or list of str), ``image`` (one image or a list), ``video`` (a file / URL, a list of frames, or a
-list of videos) and optional ``instruction``, ``fps``, ``max_frames``. An empty dict is the model's "NULL" input.
+list of videos) and optional ``instruction``, ``fps``, ``max_frames``. An empty dict is the model's "NULL" input for
+the reference-compatible ``process()`` calls only; everywhere else an input with nothing to embed is refused.
 
 Work happens in two steps so that a bad item is found before any model work:
 
@@ -205,11 +206,25 @@ def parse_inputs(inputs: Sequence[InputLike], *, limits: InputLimits | None = No
 
 
 def parse_input(
-    obj: InputLike, *, index: int | None = None, check_files: bool = True, limits: InputLimits | None = None
+    obj: InputLike,
+    *,
+    index: int | None = None,
+    check_files: bool = True,
+    limits: InputLimits | None = None,
+    allow_empty: bool = False,
 ) -> ParsedInput:
-    """Check one input's structure and resolve its media sources (no decoding); ``limits`` bounds it."""
+    """Check one input's structure and resolve its media sources (no decoding); ``limits`` bounds it.
+
+    An input with no text, image or video is refused, unless ``allow_empty`` (the reference scripts' ``process``
+    calls, where ``{}`` is the model's "NULL" input); a field given without a value (``{"image": None}``,
+    ``{"text": []}``) is refused either way."""
     try:
         parsed = _parse(obj, check_files=check_files)
+        if parsed.is_empty and not allow_empty:
+            raise InputError(
+                "empty input: no text, image or video (give at least one; only the reference-compatible process() "
+                "calls take {} as the model's NULL input)"
+            )
         if limits is not None:
             limits.check_item(parsed)
             for src in parsed.images:
@@ -281,6 +296,9 @@ def _parse(obj: InputLike, *, check_files: bool) -> ParsedInput:
         raise InputError(
             f"video_end ({parsed.video_end}) must be after video_start ({parsed.video_start})", field="video_end"
         )
+    for name, values in (("text", parsed.texts), ("image", parsed.images), ("video", parsed.videos)):
+        if name in obj and not values:
+            raise InputError(f"no value ({obj[name]!r}): give one, or leave the field out", field=name)
     if check_files and parsed.video_start is not None:
         from .video import check_segment
 

@@ -261,3 +261,42 @@ def test_query_images_encoded_once_give_exactly_the_pairs_tokens_and_patches(rer
     for name in ("pixel_values_videos", "video_grid_thw"):
         a, b = getattr(fast, name), getattr(whole, name)
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "item, field",
+    [({}, None), ({"instruction": "only an instruction"}, None), ({"image": None}, "image"), ({"text": []}, "text"),
+     ({"video": []}, "video"), ({"text": "x", "image": []}, "image")],
+)  # fmt: skip
+def test_empty_inputs_are_refused_naming_the_item(embedder, reranker, item, field):
+    """Nothing to embed is an error naming the item, not a stored "NULL" vector (the reference's process() keeps
+    {} as its NULL input: see test_parity)."""
+    with pytest.raises(InputError) as info:
+        embedder.embed(["fine", item])
+    assert info.value.index == 1 and info.value.field == field
+    with pytest.raises(InputError) as info:
+        reranker.score("a query", ["fine", item])
+    assert info.value.index == 1 and info.value.kind == "document"
+    with pytest.raises(InputError) as info:
+        reranker.score(item, ["fine"])
+    assert info.value.kind == "query"
+
+
+def test_process_keeps_the_reference_null_input_and_refuses_a_field_without_value(embedder, reranker):
+    assert embedder.process([{}]).shape == (1, 64)
+    assert len(reranker.process({"query": {"text": "q"}, "documents": [{}]})) == 1
+    with pytest.raises(InputError) as info:
+        embedder.process([{"image": None}])
+    assert info.value.field == "image"
+
+
+def test_empty_items_are_reported_by_the_indexer_and_the_rest_indexed(embedder, tmp_path):
+    from retrieval_pipeline.ingest import Indexer
+    from retrieval_pipeline.store import EdgeStore
+
+    store = EdgeStore(tmp_path / "db", "docs")
+    report, ids = Indexer(embedder, store).index_items(["a cat", {}, {"text": []}, "a dog"])
+    assert report.indexed == 2 and store.count() == 2
+    assert [f.source for f in report.failed] == ["item 1", "item 2"] and ids[1:3] == [None, None]
+    assert "empty input" in report.failed[0].reason
+    store.close()

@@ -187,6 +187,17 @@ def test_embeddings_equal_core(lc_embed, embedder):
     assert lc_embed.embed_documents([]) == []
 
 
+def test_a_single_string_or_empty_object_is_refused(lc_embed):
+    """embed_documents("hello") used to embed five one-letter texts; an empty object is refused by the core."""
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        lc_embed.embed_documents("hello")
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        lc_embed.embed_multimodal({"text": "one object"})
+    with pytest.raises(InputError, match="empty input") as info:
+        lc_embed.embed_multimodal(["fine", {}])
+    assert info.value.index == 1
+
+
 def test_embeddings_options(embedder):
     small = Qwen3VLEmbeddings(embedder=embedder, dim=16)
     assert len(small.embed_query("x")) == 16

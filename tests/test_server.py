@@ -114,6 +114,14 @@ def test_embeddings_bad_input_is_4xx_naming_the_item(client):
     assert client.post("/v1/embeddings", json={"input": ["x"] * 21}).status_code == 413
     r = client.post("/v1/embeddings", json={"input": "x", "dimensions": 100000})
     assert r.status_code == 400 and "Matryoshka" in r.json()["error"]["message"]
+    for empty in ({}, {"image": None}, {"text": []}):  # JSON null is an absent field here: "empty input"
+        r = client.post("/v1/embeddings", json={"input": ["ok", empty]})
+        assert r.status_code == 400 and r.json()["error"]["index"] == 1, empty
+        assert "empty input" in r.json()["error"]["message"] or r.json()["error"]["param"] == "text"
+    r = client.post("/v1/rerank", json={"query": "q", "documents": ["ok", {}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "documents.1"
+    r = client.post("/v1/rerank", json={"query": {"text": []}, "documents": ["ok"]})
+    assert r.status_code in (400, 422) and "text" in r.json()["error"]["message"]
     r = client.post("/v1/embeddings", json={"input": [{"txt": "typo"}]})
     assert r.status_code == 422 and "txt" in r.json()["error"]["message"]
     r = client.post("/v1/embeddings", content=b"x" * 2_100_000, headers={"Content-Type": "application/json"})

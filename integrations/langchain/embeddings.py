@@ -64,7 +64,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
         return vectors.tolist()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(list(texts), self.document_instruction)
+        return self._embed(_as_list(texts, "texts"), self.document_instruction)
 
     def embed_query(self, text: str) -> list[float]:
         return self._embed([text], self.query_instruction)[0]
@@ -77,18 +77,25 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
 
     def embed_image(self, uris: list[str]) -> list[list[float]]:
         """Images by path / URL / data URI (the convention of LangChain's OpenCLIP embeddings)."""
-        return self._embed([{"image": image_input(u)} for u in uris], self.document_instruction)
+        return self._embed([{"image": image_input(u)} for u in _as_list(uris, "uris")], self.document_instruction)
 
     def embed_video(
         self, videos: list[Any], *, fps: float | None = None, max_frames: int | None = None
     ) -> list[list[float]]:
         """Video files / URLs, or lists of frames."""
-        items = [video_input(v, fps=fps, max_frames=max_frames) for v in videos]
+        items = [video_input(v, fps=fps, max_frames=max_frames) for v in _as_list(videos, "videos")]
         return self._embed(items, self.document_instruction)
 
     def embed_multimodal(self, objects: list[dict[str, Any] | str], *, query: bool = False) -> list[list[float]]:
         """Multimodal objects (``{"text", "image", "video", ...}``), as documents or as queries."""
-        return self._embed(list(objects), self.query_instruction if query else self.document_instruction)
+        return self._embed(_as_list(objects, "objects"), self.query_instruction if query else self.document_instruction)
 
     async def aembed_multimodal(self, objects: list[dict[str, Any] | str], *, query: bool = False) -> list[list[float]]:
         return await in_thread(self.embed_multimodal, objects, query=query)
+
+
+def _as_list(values: Any, name: str) -> list[Any]:
+    """A list of inputs; a lone str or dict is refused (``list("hello")`` would embed five letters)."""
+    if isinstance(values, (str, bytes, dict)):
+        raise TypeError(f"{name} must be a list, got a single {type(values).__name__}: wrap it in a list")
+    return list(values)

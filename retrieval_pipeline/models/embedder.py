@@ -234,7 +234,7 @@ class Qwen3VLEmbedder(InputEncoding, CheckpointModel):
 
     def process(self, inputs: list[dict[str, Any]], normalize: bool = True) -> torch.Tensor:
         """The reference scripts' call: a list of multimodal dicts -> ``(n, hidden_size)`` tensor (CPU, float32)."""
-        vectors = self._embed(inputs, None, None, None)
+        vectors = self._embed(inputs, None, None, None, allow_empty=True)  # {} is the reference's NULL input
         return F.normalize(vectors, p=2, dim=-1) if normalize else vectors
 
     def embed_queries(self, queries: Sequence[InputLike], *, instruction: str, **kwargs: Any) -> np.ndarray:
@@ -274,9 +274,12 @@ class Qwen3VLEmbedder(InputEncoding, CheckpointModel):
         instruction: str | None,
         batch_size: int | None,
         show_progress_bar: bool | None,
+        *,
+        allow_empty: bool = False,
     ) -> torch.Tensor:
         self._check_instruction(instruction)
-        parsed = parse_inputs(inputs)  # every structural error is raised here, before any model work
+        # every structural error is raised here, before any model work
+        parsed = parse_inputs(inputs, allow_empty=allow_empty)
         batch_size = batch_size or self.batch_size
         done: dict[bytes, torch.Tensor] = {}
         out = torch.empty((len(parsed), self.hidden_size), dtype=torch.float32)

@@ -172,7 +172,8 @@ class Qwen3VLReranker(CheckpointModel):
         if inputs.get("max_frames") is not None:
             media = replace(media, max_frames=int(inputs["max_frames"]))
         documents = inputs.get("documents") or []
-        return self._score(inputs["query"], documents, inputs.get("instruction"), media, None, None)
+        # {} is the reference's NULL input here
+        return self._score(inputs["query"], documents, inputs.get("instruction"), media, None, None, allow_empty=True)
 
     def score(
         self,
@@ -251,6 +252,7 @@ class Qwen3VLReranker(CheckpointModel):
         instruction: str | None,
         limits: InputLimits | None = None,
         check_files: bool = True,
+        allow_empty: bool = False,
     ) -> tuple[ParsedInput, list[ParsedInput], str]:
         """Structural checks of the query and every document, before any loading or model work."""
         if instruction is not None and not isinstance(instruction, str):
@@ -260,13 +262,14 @@ class Qwen3VLReranker(CheckpointModel):
         if isinstance(documents, (str, dict)) or not isinstance(documents, Sequence):
             raise InputError(f"documents must be a list, got {type(documents).__name__}")
         try:
-            parsed_query = parse_input(query, limits=limits, check_files=check_files)
+            parsed_query = parse_input(query, limits=limits, check_files=check_files, allow_empty=allow_empty)
         except InputError as exc:
             raise exc.at(kind="query") from None
         parsed_docs = []
         for i, doc in enumerate(documents):
             try:
-                parsed_docs.append(parse_input(doc, index=i, limits=limits, check_files=check_files))
+                parsed = parse_input(doc, index=i, limits=limits, check_files=check_files, allow_empty=allow_empty)
+                parsed_docs.append(parsed)
             except InputError as exc:
                 raise exc.at(kind="document") from None
         if limits is not None:
@@ -351,8 +354,10 @@ class Qwen3VLReranker(CheckpointModel):
         media: MediaSettings,
         batch_size: int | None,
         show_progress_bar: bool | None,
+        *,
+        allow_empty: bool = False,
     ) -> list[float]:
-        parsed_query, parsed_docs, chosen = self._parse_call(query, documents, instruction)
+        parsed_query, parsed_docs, chosen = self._parse_call(query, documents, instruction, allow_empty=allow_empty)
         if not parsed_docs:
             return []
         q = self._load_query(parsed_query, media)
