@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EXIT_FAILED, classify
+from .errors import EXIT_FAILED, UsageError, classify
 from .store import default_db
 
 ENV = "QWEN3VL_RAG_"
@@ -95,8 +95,8 @@ def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include", action="append", default=[], help="glob of files to index (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob of files to leave out (repeatable)")
     p.add_argument("--video-segment", type=float, default=None, help="split videos into segments of N seconds")
-    p.add_argument("--chunk-chars", type=int, default=1200, help="text chunk size in characters")
-    p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension of the stored vectors")
+    p.add_argument("--chunk-chars", type=_at_least(1), default=1200, help="text chunk size in characters")
+    p.add_argument("--dim", type=_at_least(1), default=None, help="Matryoshka dimension of the stored vectors")
     p.add_argument("--metadata", default=None, help="JSON object stored with every item (payload 'metadata')")
     p.add_argument("--prune", action="store_true", help="remove the items of files under PATH that no longer exist")
     p.add_argument("--rebuild", action="store_true", help="delete the collection first (e.g. a damaged one)")
@@ -173,7 +173,7 @@ def _dataset(args: argparse.Namespace) -> Any:
     from .evaluate import Dataset, load_beir, load_vidore, read_qrels, read_queries
 
     if args.beir and args.vidore:
-        raise ValueError("pass --beir or --vidore, not both")
+        raise UsageError("pass --beir or --vidore, not both")
     if args.beir:
         dataset = load_beir(args.beir, args.split, judged=args.command == "eval")
     elif args.vidore:
@@ -182,7 +182,7 @@ def _dataset(args: argparse.Namespace) -> Any:
         dataset = None
     if getattr(args, "queries", None) or getattr(args, "qrels", None):
         if not (args.queries and args.qrels) and dataset is None:
-            raise ValueError("eval needs --queries and --qrels (or --beir / --vidore)")
+            raise UsageError("eval needs --queries and --qrels (or --beir / --vidore)")
         queries = read_queries(args.queries) if args.queries else dataset.queries
         qrels = read_qrels(args.qrels) if args.qrels else dataset.qrels
         dataset = Dataset(queries, qrels, dataset.corpus if dataset else {})
@@ -195,9 +195,9 @@ def _ints(text: str | None, option: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{option} takes comma-separated integers, got {text!r}") from None
+        raise UsageError(f"{option} takes comma-separated integers, got {text!r}") from None
     if any(v < 1 for v in values):
-        raise ValueError(f"{option} takes positive integers, got {text!r}")
+        raise UsageError(f"{option} takes positive integers, got {text!r}")
     return values
 
 
@@ -236,13 +236,16 @@ def _layout(args: argparse.Namespace) -> dict[str, Any]:
 
 def _query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
     p.add_argument("--image", default=None, help="an image (path or URL) that is part of the query")
-    p.add_argument("--top-k", type=int, default=default_top_k, help=f"results (default {default_top_k})")
+    p.add_argument("--top-k", type=_at_least(1), default=default_top_k, help=f"results (default {default_top_k})")
     p.add_argument(
-        "--candidates", type=int, default=None, help="stage-one candidates to rerank (default 50 on a GPU, 20 on a CPU)"
+        "--candidates",
+        type=_at_least(1),
+        default=None,
+        help="stage-one candidates to rerank (default 50 on a GPU, 20 on a CPU)",
     )
     p.add_argument(
         "--rerank-budget",
-        type=int,
+        type=_at_least(0),
         default=-1,
         metavar="TOKENS",
         help="most reranker work per query in text tokens, an image token counting 3, from the best candidates down "
@@ -310,6 +313,21 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
 
 
+def _at_least(minimum: int) -> Any:
+    """An argparse type: an int >= ``minimum`` (else a usage error, exit 2, naming the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -371,7 +389,7 @@ def _filters(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--filter expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--filter expects KEY=VALUE, got {item!r}")
         values = [_scalar(v) for v in value.split(",")]
         out[key] = values if len(values) > 1 else values[0]
     return out
@@ -405,7 +423,7 @@ def _serve_models(value: str) -> set[str]:
     models = {m.strip() for m in value.split(",") if m.strip()}
     unknown = models - set(SERVE_MODELS)
     if unknown or not models:
-        raise ValueError(f"--models takes a comma-separated subset of {', '.join(SERVE_MODELS)}, got {value!r}")
+        raise UsageError(f"--models takes a comma-separated subset of {', '.join(SERVE_MODELS)}, got {value!r}")
     return models
 
 
@@ -444,7 +462,7 @@ def _media_options(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.image_tokens is not None:
         if args.image_tokens < 4:
-            raise ValueError(f"--image-tokens must be >= 4, got {args.image_tokens}")
+            raise UsageError(f"--image-tokens must be >= 4, got {args.image_tokens}")
         out["max_pixels"] = args.image_tokens * 32 * 32
     if args.video_frames is not None:
         out["max_frames"] = args.video_frames
@@ -500,14 +518,14 @@ def _index_command(args: argparse.Namespace, pipeline: Any) -> Any:
     dataset = _dataset(args)
     if dataset is None:
         if not args.paths:
-            raise ValueError("index needs PATH... (or --beir / --vidore DIR)")
+            raise UsageError("index needs PATH... (or --beir / --vidore DIR)")
         return _do_index(args, pipeline, args.paths)
     from .evaluate import index_dataset
 
     if args.paths:
-        raise ValueError("index a dataset (--beir / --vidore) or PATH..., one per run")
+        raise UsageError("index a dataset (--beir / --vidore) or PATH..., one per run")
     if args.ray:
-        raise ValueError("--ray indexes files and folders (PATH...); index a dataset's corpus without it")
+        raise UsageError("--ray indexes files and folders (PATH...); index a dataset's corpus without it")
     if not dataset.corpus:
         raise ValueError("the dataset has no corpus to index")
     return index_dataset(pipeline.indexer(), dataset, show_progress_bar=not (args.quiet or args.json))
@@ -518,10 +536,10 @@ def _eval(args: argparse.Namespace, pipeline: Any) -> int:
 
     dataset = _dataset(args)
     if dataset is None:
-        raise ValueError("eval needs --queries and --qrels (or --beir / --vidore DIR)")
+        raise UsageError("eval needs --queries and --qrels (or --beir / --vidore DIR)")
     for option, value in (("--plot", args.plot), ("--per-query", args.per_query)):
         if value and not Path(value).expanduser().resolve().parent.is_dir():
-            raise ValueError(f"{option}: the folder of {value} does not exist")  # before the evaluation runs
+            raise UsageError(f"{option}: the folder of {value} does not exist")  # before the evaluation runs
     report = evaluate(
         pipeline.retriever(rerank=not args.no_rerank),
         dataset,
@@ -546,9 +564,14 @@ def _eval(args: argparse.Namespace, pipeline: Any) -> int:
 def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
     from .ingest import IngestOptions
 
-    metadata = json.loads(args.metadata) if args.metadata else None
+    try:
+        metadata = json.loads(args.metadata) if args.metadata else None
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f'--metadata is not valid JSON ({exc}); give a JSON object, e.g. \'{{"team": "x"}}\''
+        ) from None
     if metadata is not None and not isinstance(metadata, dict):
-        raise ValueError("--metadata must be a JSON object")
+        raise UsageError("--metadata must be a JSON object")
     options = IngestOptions(
         recursive=not args.no_recursive,
         include=tuple(args.include),
@@ -645,7 +668,7 @@ def run_command(args: argparse.Namespace) -> int:
             return 0 if report.ok else EXIT_FAILED  # everything failed: not a success
         if args.command == "run":
             if len(args.args) < 2:
-                raise ValueError("run needs at least one PATH and a QUESTION")
+                raise UsageError("run needs at least one PATH and a QUESTION")
             *paths, question = args.args
             report = _do_index(args, pipeline, paths)
             if not args.json:
@@ -708,7 +731,7 @@ def _serve(args: argparse.Namespace, pipeline: Any) -> int:
     models = _serve_models(args.models)
     if "embed" not in models:  # a rerank-only server: no collection to search
         if "generate" in models:
-            raise ValueError("--models: 'generate' answers from a search of the collection, which needs 'embed'")
+            raise UsageError("--models: 'generate' answers from a search of the collection, which needs 'embed'")
         app = create_app(reranker=pipeline.reranker, config=config)
     else:
         if "generate" in models:
@@ -773,7 +796,7 @@ def _server_limits(items: list[str]) -> Any:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in names:
-            raise ValueError(f"--limit expects NAME=VALUE with NAME one of {sorted(names)}, got {item!r}")
+            raise UsageError(f"--limit expects NAME=VALUE with NAME one of {sorted(names)}, got {item!r}")
         changes[name] = None if value.lower() == "none" else int(value)
     return dataclasses.replace(SERVER_LIMITS, **changes)
 

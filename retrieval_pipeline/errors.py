@@ -73,6 +73,10 @@ class LimitError(InputError):
         )
 
 
+class UsageError(RAGError, ValueError):
+    """A command line or call that asks for something impossible (a bad option value, a missing argument)."""
+
+
 class StoreError(RAGError, RuntimeError):
     """The store cannot be reached or used (server down, folder unusable or damaged, ...)."""
 
@@ -104,6 +108,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_STORE, EXIT_COLLECTION = 1, 2, 3, 4, 5
 ERROR_TABLE: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (LimitError, ErrorKind(EXIT_FAILED, 413, "invalid_request_error")),
     (InputError, ErrorKind(EXIT_FAILED, 400, "invalid_request_error")),
+    (UsageError, ErrorKind(EXIT_USAGE, 400, "invalid_request_error")),
     (ModelLoadError, ErrorKind(EXIT_MODEL, 503, "unavailable_error")),
     (StoreError, ErrorKind(EXIT_STORE, 503, "unavailable_error")),
     (CollectionNotFoundError, ErrorKind(EXIT_COLLECTION, 404, "not_found_error")),

@@ -120,7 +120,23 @@ def test_unreachable_server(models_env):
 def test_usage_errors(tmp_path):
     assert cli().returncode == 2
     result = cli("search", "x", "--filter", "novalue", db=tmp_path / "db")
-    assert result.returncode == 1 and "--filter expects KEY=VALUE" in result.stderr
+    assert result.returncode == 2 and "--filter expects KEY=VALUE" in result.stderr
+    # option values checked before anything is opened or created: usage errors (2) naming the option
+    for args, said in (
+        (("--dim", "-3"), "--dim: must be at least 1, got -3"),
+        (("--metadata", "{bad json"), "--metadata is not valid JSON"),
+    ):
+        result = cli("index", str(CORPUS / "notes.md"), *args, db=tmp_path / "db")
+        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+    result = cli("search", "x", "--rerank-budget", "-5", db=tmp_path / "db")
+    assert result.returncode == 2 and "--rerank-budget: must be at least 0" in result.stderr
+    assert not (tmp_path / "db").exists() or not any((tmp_path / "db").iterdir())  # nothing was created
+
+
+def test_a_dimension_over_the_model_is_refused_before_a_collection_exists(tmp_path, models_env):
+    result = cli("index", str(CORPUS / "notes.md"), "--dim", "100000", env=models_env, db=tmp_path / "db")
+    assert result.returncode == 1 and "outside this model's Matryoshka range" in result.stderr
+    assert not (tmp_path / "db" / "default").exists()
 
 
 def test_a_run_where_everything_failed_exits_1(tmp_path, models_env):

@@ -300,3 +300,14 @@ def test_empty_items_are_reported_by_the_indexer_and_the_rest_indexed(embedder, 
     assert [f.source for f in report.failed] == ["item 1", "item 2"] and ids[1:3] == [None, None]
     assert "empty input" in report.failed[0].reason
     store.close()
+
+
+@pytest.mark.parametrize("dim", [0, -3, 100_000, True])
+def test_an_indexer_dimension_outside_the_model_is_refused_before_any_collection(embedder, tmp_path, dim):
+    from retrieval_pipeline.ingest import Indexer
+    from retrieval_pipeline.store import EdgeStore
+
+    store = EdgeStore(tmp_path / "db", "docs")
+    with pytest.raises(ValueError, match="Matryoshka range"):
+        Indexer(embedder, store, dim=dim)
+    assert not store.exists()
