@@ -592,17 +592,11 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
             batch_size=args.ray_batch_size,
         )
     if args.rebuild:
-        pipeline.store.drop()
-        logging.getLogger(__name__).warning("deleted collection %r: indexing it anew", pipeline.store.collection)
-    new = not pipeline.store.exists()
-    show = not (args.quiet or args.json)
-    if ray_options is not None:
-        with pipeline.timed("index"):
-            report = pipeline.ray_indexer(ray_options).index_paths(
-                paths, options=options, metadata=metadata, show_progress_bar=show, prune=args.prune
-            )
+        report = _rebuild(args, pipeline, paths, options, metadata, ray_options)
+        new = True
     else:
-        report = pipeline.index(paths, options=options, metadata=metadata, show_progress_bar=show, prune=args.prune)
+        new = not pipeline.store.exists()
+        report = _run_index(args, pipeline, paths, options, metadata, ray_options)
     spec = pipeline.store.spec
     if new and spec is not None and not (args.quiet or args.json):
         chosen = "as asked" if _layout(args) else f"the default for {spec.dim}-d vectors"
@@ -610,6 +604,56 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
             f"collection {pipeline.store.collection!r}: {spec.vectors.describe(spec.dim)} ({chosen})", file=sys.stderr
         )
     return report
+
+
+def _run_index(
+    args: argparse.Namespace, pipeline: Any, paths: list[str], options: Any, metadata: Any, ray_options: Any
+) -> Any:
+    show = not (args.quiet or args.json)
+    if ray_options is not None:
+        with pipeline.timed("index"):
+            return pipeline.ray_indexer(ray_options).index_paths(
+                paths, options=options, metadata=metadata, show_progress_bar=show, prune=args.prune
+            )
+    return pipeline.index(paths, options=options, metadata=metadata, show_progress_bar=show, prune=args.prune)
+
+
+def _rebuild(
+    args: argparse.Namespace, pipeline: Any, paths: list[str], options: Any, metadata: Any, ray_options: Any
+) -> Any:
+    """``--rebuild``: index into a sibling collection and put it in place of the old one only when the run
+    succeeded (something indexed, nothing raised). Any failure (a model that does not load, a path that does not
+    exist, Ctrl-C, a store error) leaves the old collection as it was."""
+    log = logging.getLogger(__name__)
+    original = pipeline.store
+    original.close()
+    staged = original.staging()
+    pipeline.store = staged
+    try:
+        report = _run_index(args, pipeline, paths, options, metadata, ray_options)
+    except BaseException:
+        pipeline.store = original
+        _discard(staged)
+        log.warning("rebuild of collection %r abandoned: it is left as it was", original.collection)
+        raise
+    pipeline.store = original
+    staged.close()
+    if not report.ok:
+        _discard(staged)
+        log.warning(
+            "rebuild of collection %r abandoned (nothing was indexed): it is left as it was", original.collection
+        )
+        return report
+    original.replace_with(staged.collection)
+    log.warning("rebuilt collection %r", original.collection)
+    return report
+
+
+def _discard(staged: Any) -> None:
+    try:
+        staged.drop()
+    except Exception as exc:  # noqa: BLE001 - the old collection is intact; the leftover is deleted next time
+        logging.getLogger(__name__).warning("could not delete %s: %s", staged.location, exc)
 
 
 def _query(args: argparse.Namespace, text: str) -> Any:

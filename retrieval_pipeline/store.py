@@ -30,7 +30,7 @@ import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -331,6 +331,8 @@ def _check_int(key: str, value: Any) -> None:
 # The interface, and the algorithm both backends share
 
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# The sibling collection a rebuild is built in before it replaces the collection (``index --rebuild``).
+REBUILD_SUFFIX = ".rebuilding"
 
 
 class VectorStore:
@@ -360,7 +362,22 @@ class VectorStore:
         raise NotImplementedError
 
     def drop(self) -> None:
-        """Delete the whole collection (``index --rebuild``)."""
+        """Delete the whole collection."""
+        raise NotImplementedError
+
+    def staging(self) -> VectorStore:
+        """A store on the sibling collection where a rebuild of this one is built (``<name>.rebuilding``; what an
+        earlier, interrupted rebuild left there is deleted). :meth:`replace_with` puts it in place."""
+        name = self.collection + REBUILD_SUFFIX
+        try:
+            staged = replace(self.address(), collection=name).connect()
+        except ValueError:  # a client object or memory: the same client
+            staged = ServerStore(collection=name, client=self.client)  # type: ignore[attr-defined]
+        staged.drop()
+        return staged
+
+    def replace_with(self, staged: str) -> None:
+        """Make the sibling collection named ``staged`` this collection, in place of what it held."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -996,6 +1013,33 @@ class EdgeStore(VectorStore):
 
     def drop(self) -> None:
         """Delete the collection's folder (a damaged one too); refused while another process has it open."""
+        with self._exclusively():
+            with contextlib.suppress(FileNotFoundError):
+                self._meta_path.unlink()  # first: from here on the folder is not a collection
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+
+    def replace_with(self, staged: str) -> None:
+        """Make the sibling collection ``staged`` (under the same root) this collection, in place of what it held:
+        the old folder is renamed away, the staged one renamed in (atomic on one filesystem), then the old one
+        deleted. Refused while another process has this collection open (the staged one is kept)."""
+        source = self.root / _check_name(staged)
+        if not (source / "collection.json").exists():
+            raise StoreError(f"cannot replace {self.folder}: {source} is not a collection")
+        with self._exclusively():
+            old = self.root / f".{self.collection}.replaced-{os.getpid()}"
+            if self.folder.exists():
+                os.replace(self.folder, old)
+            os.replace(source, self.folder)
+            if old.exists():
+                shutil.rmtree(old)
+        for leftover in (self.root / f".{staged}.open", self.root / f".{staged}.lock"):
+            leftover.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _exclusively(self) -> Iterator[None]:
+        """Closed here and held against every other process (the creation lock, the open-holder lock, and the
+        engine's own lock for a collection with a write-ahead log), for dropping or replacing the folder."""
         import qdrant_edge as qe
 
         self._abandon()
@@ -1015,10 +1059,7 @@ class EdgeStore(VectorStore):
                     else:
                         with contextlib.suppress(StoreError):
                             self._call("close", probe.close)
-                with contextlib.suppress(FileNotFoundError):
-                    self._meta_path.unlink()  # first: from here on the folder is not a collection
-                if self.folder.exists():
-                    shutil.rmtree(self.folder)
+                yield
             finally:
                 self._holder.release()
         self._damaged = False
@@ -1457,6 +1498,18 @@ class ServerStore(VectorStore):
         self.spec = None
         if self.exists():
             self._call("delete_collection", self.client.delete_collection, self.collection)
+
+    def replace_with(self, staged: str) -> None:
+        """Make the sibling collection ``staged`` (on the same server) this collection. Qdrant cannot rename a
+        collection: this one is recreated with the staged one's spec and every point copied over, then the staged
+        one is deleted (until then it holds the new data, should the copy be interrupted)."""
+        self._reconnect()
+        source = ServerStore(collection=staged, client=self.client)
+        spec = source.open(create=False)
+        self.drop()
+        self.open(spec)
+        source.push_to(self)
+        source.drop()
 
     def close(self) -> None:
         with contextlib.suppress(StoreError):  # closing a client that never connected

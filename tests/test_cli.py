@@ -180,6 +180,40 @@ def test_model_spelling_and_working_directory_do_not_matter(tmp_path):
     assert json.loads(searched.stdout)[0]["source"] == str(CORPUS / "notes.md")
 
 
+def test_a_failed_rebuild_leaves_the_old_collection_intact(tmp_path, caplog):
+    """--rebuild builds into a sibling collection and swaps only after a run that indexed something: a typo in the
+    model (exit 3) or in the path (exit 1) leaves the old collection with all its points."""
+    from retrieval_pipeline.cli import main
+    from retrieval_pipeline.store import EdgeStore
+
+    db, folder = tmp_path / "db", tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The cat sleeps on the sofa.")
+    (folder / "b.txt").write_text("Rockets launch at dawn.")
+    common = ["--db", str(db), "--embedding-model", str(TINY), "--json"]
+    assert main(["index", str(folder), *common]) == 0
+    held = {p.id for p in EdgeStore(db, "default").scroll()}
+    assert len(held) == 2
+    typo_model = ["--db", str(db), "--embedding-model", str(tmp_path / "no-such-model"), "--json"]
+    assert main(["index", str(folder), "--rebuild", *typo_model]) == 3
+    assert main(["index", str(tmp_path / "no-such-folder"), "--rebuild", *common]) == 1
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="retrieval_pipeline"):
+        assert main(["index", str(bad), "--rebuild", *common[:-1]]) == 1  # every file failed (no --json: warnings)
+    assert "rebuild of collection 'default' abandoned (nothing was indexed)" in caplog.text
+    store = EdgeStore(db, "default")
+    assert {p.id for p in store.scroll()} == held  # every point still there
+    store.close()
+    assert sorted(p.name for p in db.iterdir() if not p.name.startswith(".")) == ["default"]  # no leftover
+    (folder / "b.txt").unlink()
+    assert main(["index", str(folder), "--rebuild", *common]) == 0  # a good rebuild replaces it
+    store = EdgeStore(db, "default")
+    assert store.count() == 1 and {p.payload["text"] for p in store.scroll()} == {"The cat sleeps on the sofa."}
+    store.close()
+
+
 def test_damaged_store_exit_4_then_rebuild_and_prune(tmp_path, models_env):
     db, folder = tmp_path / "db", tmp_path / "docs"
     folder.mkdir()

@@ -91,6 +91,29 @@ def test_upsert_search_count_filters_delete(store):
         store.delete({})
 
 
+def test_a_staged_collection_replaces_the_old_one_only_when_asked(store):
+    """The rebuild path: a sibling collection is filled while the old one keeps its points; replace_with puts the
+    new one in place (Edge: a folder rename; a server: recreated and copied)."""
+    store.open(SPEC)
+    store.upsert(_points(5))
+    store.close()
+    staged = store.staging()
+    other = CollectionSpec(model="tiny", dim=16, instruction=SPEC.instruction)  # a rebuild may change the spec
+    staged.open(other)
+    rng = np.random.default_rng(1)
+    staged.upsert([Point(point_id(f"new-{i}", other), rng.normal(size=16).tolist(), {"text": "new"}) for i in range(3)])
+    staged.close()  # (qdrant-client's local mode: one client per folder at a time)
+    assert store.count() == 5  # the old collection untouched until replaced
+    store.close()
+    store.replace_with(staged.collection)
+    assert store.count() == 3 and store.open(create=False).dim == 16
+    assert {p.payload["text"] for p in store.scroll()} == {"new"}
+    store.close()
+    again = store.staging()  # nothing of the finished rebuild is left in the sibling's place
+    assert not again.exists()
+    again.close()
+
+
 def test_scroll_returns_everything(store):
     store.open(SPEC)
     points = _points(30)
