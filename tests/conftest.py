@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socketserver
+import tempfile
 import threading
 import time
 from importlib import metadata
@@ -13,6 +15,10 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# model fingerprints cache weight hashes: the suite's own cache, not the user's (subprocesses inherit it)
+os.environ.setdefault(
+    "QWEN3VL_RAG_HASH_CACHE", str(Path(tempfile.gettempdir()) / f"qwen3vl-rag-test-hashes-{os.getpid()}.json")
+)
 PARITY = FIXTURES / "parity"
 TINY = PARITY / "tiny-qwen3vl"
 MEDIA = PARITY / "media"

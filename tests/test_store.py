@@ -245,6 +245,70 @@ def test_model_fingerprint_is_what_the_model_is(tmp_path, monkeypatch):
         CollectionSpec(str(other), 8, "i").check(a, "c")
 
 
+def _with_changed_weights(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    (weights,) = folder.glob("*.safetensors")
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01  # same names, shapes, dtypes and file size: other numbers
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+
+
+def test_checkpoints_with_other_weights_have_other_fingerprints(tmp_path, monkeypatch):
+    """Same architecture, same config, same tensor layout and file sizes, different weights: a different model
+    (its vectors are not the first one's, so its collection is not the first one's either)."""
+    monkeypatch.setenv("QWEN3VL_RAG_HASH_CACHE", str(tmp_path / "hashes.json"))
+    first, second = _tiny_copy(tmp_path, "a"), _tiny_copy(tmp_path, "b")
+    assert model_fingerprint(str(first)) == model_fingerprint(str(second))
+    _with_changed_weights(second)
+    assert model_fingerprint(str(second)).startswith("local:weights:")
+    assert model_fingerprint(str(second)) != model_fingerprint(str(first))
+    with pytest.raises(CollectionMismatchError, match="cannot be used with"):
+        CollectionSpec(str(second), 8, "i").check(CollectionSpec(str(first), 8, "i"), "docs")
+    # indexing with the second into the first one's collection is refused (it used to report "already present")
+    from retrieval_pipeline import Qwen3VLEmbedder
+    from retrieval_pipeline.ingest import Indexer
+
+    store = EdgeStore(tmp_path / "db", "docs")
+    report, _ = Indexer(Qwen3VLEmbedder(str(first)), store).index_items(["a cat on a sofa"])
+    assert report.indexed == 1
+    with pytest.raises(CollectionMismatchError):
+        Indexer(Qwen3VLEmbedder(str(second)), store).index_items(["a cat on a sofa"])
+    store.close()
+    # each weight file is read once: its hash is cached by path, size and modification time
+    import json
+
+    cache = json.loads((tmp_path / "hashes.json").read_text())
+    assert len(cache) == 2 and all(len(v) == 64 for v in cache.values())
+
+
+def test_a_collection_made_before_weights_were_hashed_still_opens(tmp_path):
+    """Collections record the fingerprint of their time (config and safetensors headers): the same folder still
+    opens them, with their point ids (what that fingerprint did not see, it cannot tell apart)."""
+    import json
+    from dataclasses import replace
+
+    from conftest import TINY
+
+    from retrieval_pipeline.store import legacy_fingerprint
+
+    old = replace(CollectionSpec(str(TINY), 8, "i"), model_id=legacy_fingerprint(str(TINY)))
+    assert old.model_id.startswith("local:") and not old.model_id.startswith("local:weights:")
+    store = EdgeStore(tmp_path / "db", "old")
+    store.open(old)
+    store.close()
+    reopened = EdgeStore(tmp_path / "db", "old")
+    assert reopened.open(CollectionSpec(str(TINY), 8, "i")).model_id == old.model_id  # ids keep their scheme
+    reopened.close()
+    other = _tiny_copy(tmp_path, "other")  # what the old fingerprint saw (the config) still tells models apart
+    config = json.loads((other / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = 1e-3
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CollectionMismatchError):
+        EdgeStore(tmp_path / "db", "old").open(CollectionSpec(str(other), 8, "i"))
+
+
 def test_collection_json_has_a_format_and_old_layouts_still_open(tmp_path):
     import json
     import uuid

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from ..guard import authorized
 from ..state import State, model_name
@@ -48,8 +49,9 @@ async def models(state: State) -> dict[str, Any]:
             data.append(
                 {
                     "id": model_name(component),
-                    # what the model is (config and weight headers), never where: remote clients key ids by it
-                    "fingerprint": fingerprint(component),
+                    # what the model is (config and weights), never where: remote clients key ids by it (hashing
+                    # the weights the first time reads them: off the event loop)
+                    "fingerprint": await run_in_threadpool(fingerprint, component),
                     "object": "model",
                     "owned_by": "qwen3-vl-rag",
                     "type": kind,
