@@ -42,6 +42,7 @@ from .ingest import (
     Indexer,
     IndexReport,
     IngestOptions,
+    UnitFailure,
     _point_payload,
     _reason,
     _where,
@@ -253,7 +254,7 @@ def read_units(
     while True:
         try:
             unit = next(units)
-            pid = point_id(unit.content_key, spec)
+            pid = "" if isinstance(unit, UnitFailure) else point_id(unit.content_key, spec)
         except StopIteration:
             break
         except Exception as exc:  # noqa: BLE001 - this file only (MemoryError, OSError, UnicodeError, ...)
@@ -261,6 +262,10 @@ def read_units(
             out.append({"file": file, "seq": seq, **failure})
             units.close()
             break
+        if isinstance(unit, UnitFailure):  # one part of the file (a PDF page); the rest goes on
+            out.append({"file": file, "seq": seq, "status": "failed", "error": unit.reason, "where": unit.where})
+            seq += 1
+            continue
         item = {
             "file": file,
             "seq": seq,

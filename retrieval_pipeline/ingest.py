@@ -88,6 +88,15 @@ class Failure:
 
 
 @dataclass
+class UnitFailure:
+    """A part of a file that failed on its own (a PDF page that cannot be rendered): reported under ``where``
+    while the file's other parts are indexed."""
+
+    where: str
+    reason: str
+
+
+@dataclass
 class IndexReport:
     indexed: int = 0
     present: int = 0
@@ -349,8 +358,11 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
         data = _read_file(path)
         digest = hashlib.sha256(data).hexdigest()
         max_pixels = options.pdf_max_pixels or PDF_MAX_PIXELS
-        for page_number, image, text in render_pdf(data, options.pdf_dpi, max_pixels=max_pixels):
+        for page_number, image, text in render_pdf(data, options.pdf_dpi, max_pixels=max_pixels, skip_bad_pages=True):
             record = replace(base, modality="pdf-page", text=text, page=page_number)
+            if image is None:  # this page failed (text holds the reason); the others go on
+                yield UnitFailure(display_path(record.describe(chunk=False)), text)
+                continue
             yield Unit(f"{digest}:page={page_number}", {"image": image}, record)
     else:
         raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
@@ -388,6 +400,20 @@ def _read_text(path: Path) -> str:
     return _decode_text(path.read_bytes())
 
 
+def _render_page(pdf: Any, index: int, dpi: int, max_pixels: int) -> tuple[Image.Image, str]:
+    with PDFIUM_LOCK:
+        scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
+        page = pdf[index]
+        try:
+            image = page.render(scale=scale).to_pil().convert("RGB")
+            textpage = page.get_textpage()
+            text = textpage.get_text_bounded().replace("\r\n", "\n").strip()
+            textpage.close()
+        finally:
+            page.close()
+    return image, text
+
+
 def video_duration(path: Path) -> float:
     import decord
 
@@ -405,11 +431,12 @@ def video_duration(path: Path) -> float:
 
 
 def render_pdf(
-    source: str | Path | bytes, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS
-) -> Iterator[tuple[int, Image.Image, str]]:
+    source: str | Path | bytes, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS, skip_bad_pages: bool = False
+) -> Iterator[tuple[int, Image.Image | None, str]]:
     """(1-based page number, page image, page text) for each page, rendered lazily at :func:`pdf_render_scale`.
 
-    ``source`` is a path or the file's bytes."""
+    ``source`` is a path or the file's bytes. A page that cannot be rendered raises, or with ``skip_bad_pages``
+    comes as ``(page number, None, the reason)`` and the next pages follow."""
     import pypdfium2 as pdfium
 
     with PDFIUM_LOCK:  # held for each pdfium call, never across a yield (see PDFIUM_LOCK)
@@ -422,16 +449,13 @@ def render_pdf(
         if pages == 0:
             raise InputError("PDF has no pages")
         for index in range(pages):
-            with PDFIUM_LOCK:
-                scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
-                page = pdf[index]
-                try:
-                    image = page.render(scale=scale).to_pil().convert("RGB")
-                    textpage = page.get_textpage()
-                    text = textpage.get_text_bounded().replace("\r\n", "\n").strip()
-                    textpage.close()
-                finally:
-                    page.close()
+            try:
+                image, text = _render_page(pdf, index, dpi, max_pixels)
+            except Exception as exc:  # noqa: BLE001 - this page only: a damaged page object, a page too large
+                if not skip_bad_pages:
+                    raise
+                yield index + 1, None, _reason(exc)
+                continue
             yield index + 1, image, text
     finally:
         with PDFIUM_LOCK:
@@ -629,13 +653,17 @@ class Indexer:
             while True:
                 try:
                     unit = next(units)
-                    pid = point_id(unit.content_key, self.spec)
+                    pid = "" if isinstance(unit, UnitFailure) else point_id(unit.content_key, self.spec)
                 except StopIteration:
                     break
                 except Exception as exc:  # this file only: MemoryError, TypeError, UnicodeError, OSError, ...
                     self._fail(state, None, _reason(exc), report, state.units)
                     units.close()
                     break
+                if isinstance(unit, UnitFailure):  # one part of the file (a PDF page); the rest goes on
+                    self._fail(state, unit.where, unit.reason, report, state.units)
+                    state.units += 1
+                    continue
                 unit.file, unit.seq = state, state.units
                 state.units += 1
                 state.ids.add(pid)

@@ -67,6 +67,19 @@ def pytest_report_header(config) -> list[str]:
     return [line + " (as installed)"]
 
 
+def make_pdf_with_bad_page(path: Path, pages: list[str], bad: int) -> Path:
+    """A PDF whose page ``bad`` (1-based) cannot be rendered (a page 0.001 pt wide); the others are fine."""
+    from retrieval_pipeline.testing import make_text_pdf
+
+    data = make_text_pdf(path, pages).read_bytes()
+    box = b"/MediaBox [0 0 612 792]"
+    at = -1
+    for _ in range(bad):
+        at = data.index(box, at + 1)
+    path.write_bytes(data[:at] + b"/MediaBox [0 0 0.001 792]" + data[at + len(box) :])  # pdfium finds it all the same
+    return path
+
+
 def with_media_paths(obj: dict) -> dict:
     """public.json names media relative to media/: make them paths."""
     out = dict(obj)

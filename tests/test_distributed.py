@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import ray
-from conftest import MEDIA, TINY, load_public
+from conftest import MEDIA, TINY, load_public, make_pdf_with_bad_page
 
 from retrieval_pipeline.cli import main
 from retrieval_pipeline.distributed import (
@@ -59,6 +59,7 @@ def corpus(tmp_path):
     (folder / "table.csv").write_text("a,b\n")  # unsupported: skipped
     (folder / os.fsdecode(b"caf\xe9.txt")).write_text("a name that is not UTF-8")  # fails with its reason
     make_text_pdf(folder / "report.pdf", ["Quarterly revenue by region.", "Outlook for next year: growth."])
+    make_pdf_with_bad_page(folder / "bad.pdf", ["Cover page.", "(cannot be rendered)", "Appendix."], bad=2)
     return folder
 
 
@@ -105,8 +106,9 @@ def test_ray_gives_the_single_process_ids_vectors_payloads_and_report(embedder, 
     assert distributed.failed == single.failed  # not only the same set: the same order (file order)
     names = [f.source.rsplit("/", 1)[-1] for f in single.failed]
     assert names == sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape"))
-    assert distributed.indexed == 1 + 1 + 1 + 2 + single_store.count({"modality": "text"})
-    assert {f.source.rsplit("/", 1)[-1] for f in distributed.failed} == {"broken.png", "empty.txt", "caf\\xe9.txt"}
+    assert distributed.indexed == 1 + 1 + 1 + 2 + 2 + single_store.count({"modality": "text"})
+    failed = {f.source.rsplit("/", 1)[-1] for f in distributed.failed}
+    assert failed == {"bad.pdf (page 2)", "broken.png", "empty.txt", "caf\\xe9.txt"}  # one page, not the file
     assert [f.source.rsplit("/", 1)[-1] for f in distributed.skipped] == ["table.csv"]
     same_points(ray_store, single_store)
     cat = [p for p in points(ray_store).values() if p.payload.get("file_name") == "chelsea.jpg"]

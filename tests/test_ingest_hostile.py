@@ -247,3 +247,24 @@ def test_pdf_pages_render_at_the_models_size_whatever_they_declare(embedder, sto
         pdf_render_scale(10**7, 1e-4)
     report = Indexer(embedder, store).index_paths([huge, many], show_progress_bar=False)
     assert report.failed == [] and report.indexed == 1 + 7
+
+
+def test_an_unrenderable_pdf_page_is_reported_and_the_other_pages_indexed(embedder, tmp_path):
+    """One page that cannot be rendered used to end the file there, silently: now it is a failure naming the page
+    and every other page, before and after it, is indexed."""
+    from conftest import make_pdf_with_bad_page
+
+    from retrieval_pipeline.ingest import Indexer
+    from retrieval_pipeline.store import EdgeStore
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    make_pdf_with_bad_page(folder / "report.pdf", ["Cover.", "Broken page.", "Results.", "Appendix."], bad=2)
+    store = EdgeStore(tmp_path / "db", "docs")
+    report = Indexer(embedder, store).index_paths([folder], show_progress_bar=False)
+    assert report.indexed == 3 and sorted(p.payload["page"] for p in store.scroll()) == [1, 3, 4]
+    (failure,) = report.failed
+    assert failure.source.endswith("report.pdf (page 2)") and "too elongated to render" in failure.reason
+    again = Indexer(embedder, store).index_paths([folder], show_progress_bar=False)
+    assert (again.indexed, again.present, len(again.failed)) == (0, 3, 1)  # the good pages stay, nothing doubles
+    store.close()
