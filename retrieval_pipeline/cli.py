@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_options(p)
     p.add_argument("--queries", default=None, help="queries.jsonl (BEIR) or a TSV id<TAB>text")
     p.add_argument("--qrels", default=None, help="judgements: query-id corpus-id score per line (TSV, TREC) or JSON")
-    p.add_argument("--k", type=int, default=10, help="cut-off of nDCG@k, R@k, RR@k (default 10)")
+    p.add_argument("--k", type=_at_least(1), default=10, help="cut-off of nDCG@k, R@k, RR@k (default 10)")
     p.add_argument("--dims", default=None, help="Matryoshka dimensions to compare by exact search, e.g. 64,128,256")
     p.add_argument(
         "--rerank-depths", default="10,20,50", help="rerank the best N stage-one candidates (default 10,20,50)"

@@ -29,8 +29,10 @@ depths; plus per-query latency of each stage.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,9 +140,11 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
 
 def _grade(value: Any, where: str) -> int:
     """A relevance grade: an integer trec_eval can hold."""
+    if isinstance(value, float) and not value.is_integer():  # int() would read 1.5 as 1
+        raise InputError(f"{where}: the grade {value!r} is not an integer")
     try:
-        grade = int(value)
-    except (TypeError, ValueError):
+        grade = int(value)  # 2, 2.0, "2" -- a string "1.5" fails here
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{where}: the grade {value!r} is not an integer") from None
     if isinstance(value, bool) or not -(2**31) < grade < 2**31:
         raise InputError(f"{where}: the grade {value!r} is out of range")
@@ -172,14 +176,9 @@ def load_beir(folder: str | Path, split: str = "test", *, judged: bool = True) -
     if not judged:
         if not (folder / "corpus.jsonl").is_file():
             raise InputError(f"{folder}: no corpus.jsonl")
-        for r in _jsonl(folder / "corpus.jsonl", "_id"):
-            text = " ".join(t for t in (r.get("title"), r.get("text")) if t)
-            corpus[str(r["_id"])] = _media(r, folder, text)
-        return Dataset({}, {}, corpus, folder.name)
+        return Dataset({}, {}, _beir_corpus(folder / "corpus.jsonl"), folder.name)
     if (folder / "corpus.jsonl").exists():
-        for r in _jsonl(folder / "corpus.jsonl", "_id"):
-            text = " ".join(t for t in (r.get("title"), r.get("text")) if t)
-            corpus[str(r["_id"])] = _media(r, folder, text)
+        corpus = _beir_corpus(folder / "corpus.jsonl")
     qrels_file = folder / "qrels" / f"{split}.tsv"
     if not qrels_file.exists():
         found = sorted((folder / "qrels").glob("*.tsv"))
@@ -187,6 +186,17 @@ def load_beir(folder: str | Path, split: str = "test", *, judged: bool = True) -
             raise InputError(f"{folder}: no qrels/{split}.tsv (a BEIR folder has qrels/<split>.tsv)")
         qrels_file = found[0]
     return Dataset(read_queries(folder / "queries.jsonl"), read_qrels(qrels_file), corpus, folder.name)
+
+
+def _beir_corpus(path: Path) -> dict[str, Any]:
+    corpus = {}
+    for n, r in enumerate(_jsonl(path, "_id"), 1):
+        parts = [r.get("title"), r.get("text")]
+        for name, value in zip(("title", "text"), parts):
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"{path}: row {n} ({r['_id']!r}): {name} must be a string, got {type(value).__name__}")
+        corpus[str(r["_id"])] = _media(r, path.parent, " ".join(t for t in parts if t))
+    return corpus
 
 
 def _table(folder: Path, name: str) -> list[dict[str, Any]]:
@@ -208,33 +218,69 @@ def _table(folder: Path, name: str) -> list[dict[str, Any]]:
 
 def load_vidore(folder: str | Path, cache: str | Path | None = None) -> Dataset:
     """A ViDoRe / MTEB visual-document retrieval set from local files. Images stored inline (``{"bytes": ...}``) are
-    written once under ``cache`` (default ``<folder>/.images``) so the corpus can be indexed by path."""
-    folder = Path(folder)
-    cache = Path(cache) if cache is not None else folder / ".images"
+    written once under ``cache`` (default ``<folder>/.images``), named by their content's hash, so the corpus can be
+    indexed by path, again and again with the same ids."""
+    folder = Path(folder).expanduser().resolve()  # once: every path below is absolute
+    cache = Path(cache).expanduser().resolve() if cache is not None else folder / ".images"
     corpus: dict[str, Any] = {}
-    for row in _table(folder, "corpus"):
-        cid = str(row["corpus-id"])
-        image = row.get("image")
-        if isinstance(image, Mapping):
-            data = image.get("bytes")
-            if isinstance(data, str):
-                data = base64.b64decode(data)
-            if data:
-                cache.mkdir(parents=True, exist_ok=True)
-                target = cache / f"{abs(hash(cid)) % 10**12}-{len(data)}.img"
-                if not target.exists():
-                    target.write_bytes(data)
-                image = str(target)
-            else:
-                image = image.get("path")
-        if not isinstance(image, str) or not image:
-            raise InputError(f"{folder}: corpus row {cid!r} has no image")
+    for where, row in _rows(folder, "corpus"):
+        cid = _id(row, "corpus-id", where)
+        image = _vidore_image(row.get("image"), cache, where)
         corpus[cid] = {"image": image if Path(image).is_absolute() else str(folder / image)}
-    queries = {str(r["query-id"]): str(r["query"]) for r in _table(folder, "queries")}
+    queries = {}
+    for where, row in _rows(folder, "queries"):
+        text = row.get("query")
+        if not isinstance(text, str) or not text:
+            raise InputError(f"{where}: no 'query' text")
+        queries[_id(row, "query-id", where)] = text
     qrels: dict[str, dict[str, int]] = {}
-    for r in _table(folder, "qrels"):
-        qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = int(r.get("score", 1))
+    for where, row in _rows(folder, "qrels"):
+        score = row.get("score", 1)
+        grade = _grade(score, where) if score is not None else None
+        if grade is None:
+            raise InputError(f"{where}: the score is null (leave it out for 1, or give an integer grade)")
+        qrels.setdefault(_id(row, "query-id", where), {})[_id(row, "corpus-id", where)] = grade
     return Dataset(queries, qrels, corpus, folder.name)
+
+
+def _rows(folder: Path, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """A table's rows, each with where it is (``<folder>/<table> row N``) for error messages."""
+    rows = _table(folder, name)
+    out = []
+    for n, row in enumerate(rows, 1):
+        where = f"{folder / name} row {n}"
+        if not isinstance(row, Mapping):
+            raise InputError(f"{where}: expected an object, got {type(row).__name__}")
+        out.append((where, dict(row)))
+    return out
+
+
+def _id(row: Mapping[str, Any], key: str, where: str) -> str:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise InputError(f"{where}: no {key!r} (a string or integer id)")
+    return str(value)
+
+
+def _vidore_image(image: Any, cache: Path, where: str) -> str:
+    """A corpus row's image as a path: inline bytes are written to ``cache`` under their SHA-256 (the same file on
+    every run; Python's ``hash`` is randomised per process)."""
+    if isinstance(image, Mapping):
+        data = image.get("bytes")
+        if isinstance(data, str):
+            data = base64.b64decode(data)
+        if data:
+            cache.mkdir(parents=True, exist_ok=True)
+            target = cache / f"{hashlib.sha256(data).hexdigest()[:32]}.img"
+            if not target.exists():
+                partial = target.with_name(f".{target.name}.{os.getpid()}")
+                partial.write_bytes(data)
+                os.replace(partial, target)  # never a half-written image under the final name
+            return str(target)
+        image = image.get("path")
+    if not isinstance(image, str) or not image:
+        raise InputError(f"{where}: the row has no image")
+    return image
 
 
 def index_dataset(indexer: Any, dataset: Dataset, *, show_progress_bar: bool = True) -> Any:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,9 +164,12 @@ def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):  # noqa: F
     assert set(as_json["latency_ms"]) == {"embed query", "vector search", "exact search", "rerank"}
     bad = cli("eval", "--queries", str(tmp_path / "queries.jsonl"), env=models_env, db=db)
     assert bad.returncode != 0 and "eval needs --queries and --qrels" in bad.stderr
-    for extra, message in ((["--k", "0"], "positive cut-off"), (["--plot", "/no/such/dir/x.png"], "does not exist")):
+    for extra, message in (
+        (["--k", "0"], "--k: must be at least 1"),
+        (["--plot", "/no/such/dir/x.png"], "does not exist"),
+    ):
         refused = cli(*args[:5], *extra, env=models_env, db=db)
-        assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):  # noqa: F811
@@ -187,9 +193,16 @@ def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):  # noqa: F811
     dataset = load_vidore(folder)
     assert set(dataset.corpus) == {"c0", "c1", "c2"} and dataset.qrels == {"q0": {"c0": 1}, "q1": {"c1": 1}}
     assert Path(dataset.corpus["c0"]["image"]).read_bytes() == images[0].read_bytes()
+    assert load_vidore(folder).corpus == dataset.corpus  # inline images are named by content: the same paths
     db = tmp_path / "db"
-    run = cli("index", "--vidore", str(folder), env=models_env, db=db)
-    assert run.returncode == 0, run.stderr
+    for _ in range(2):  # by a relative path, twice: the same 3 points (not 3 more each run), no failures
+        run = subprocess.run(
+            [sys.executable, "-m", "retrieval_pipeline.cli", "index", "--vidore", "vidore", "--json"],
+            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **models_env, "QWEN3VL_RAG_DB": str(db)},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["failed"] == []
+    assert json.loads(run.stdout)["present"] == 3 and len(list((folder / ".images").iterdir())) == 3
     out = cli("eval", "--vidore", str(folder), "--no-rerank", "--json", env=models_env, db=db)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["unknown_judgements"] == []
@@ -237,3 +250,33 @@ def test_qrels_formats(tmp_path):
     with pytest.raises(InputError, match="no queries"):
         read_queries(tmp_path / "none.jsonl")
     assert Dataset({}, {}).corpus == {}
+
+
+def test_malformed_dataset_rows_are_one_clear_error_naming_file_and_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def vidore(corpus, queries, qrels):
+        folder = tmp_path / f"v{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        pq.write_table(pa.table(corpus), folder / "corpus.parquet")
+        pq.write_table(pa.table(queries), folder / "queries.parquet")
+        pq.write_table(pa.table(qrels), folder / "qrels.parquet")
+        return folder
+
+    image = {"bytes": (CORPUS / "chelsea.jpg").read_bytes(), "path": "c.jpg"}
+    good_corpus, good_queries = {"corpus-id": ["c0"], "image": [image]}, {"query-id": ["q0"], "query": ["a cat"]}
+    good_qrels = {"query-id": ["q0"], "corpus-id": ["c0"], "score": [1]}
+    for tables, said in (
+        (({"image": [image]}, good_queries, good_qrels), "corpus row 1: no 'corpus-id'"),
+        ((good_corpus, {"query-id": ["q0"]}, good_qrels), "queries row 1: no 'query' text"),
+        ((good_corpus, good_queries, {"query-id": ["q0"], "corpus-id": ["c0"], "score": [None]}), "score is null"),
+        ((good_corpus, good_queries, {"query-id": ["q0"], "corpus-id": ["c0"], "score": [1.5]}), "not an integer"),
+    ):
+        with pytest.raises(InputError, match=said):
+            load_vidore(vidore(*tables))
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    (beir / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": ["a", "list"], "text": "t"}) + "\n")
+    with pytest.raises(InputError, match=r"corpus.jsonl: row 1 \('d1'\): title must be a string, got list"):
+        load_beir(beir, judged=False)
