@@ -408,7 +408,16 @@ def test_empty_token_is_refused(tmp_path, monkeypatch, capsys):
         assert "--token" in capsys.readouterr().err
 
 
-def test_serve_removes_the_video_cache_on_sigterm(tmp_path, source):
+def test_serve_closes_the_store_and_removes_the_video_cache_on_sigterm(tmp_path, source, embedder):
+    """SIGTERM: uvicorn's graceful shutdown, then every exit step of the process: the embedded store flushed and
+    closed (its state file says so), the video cache removed, exit status 143."""
+    from retrieval_pipeline.ingest import Indexer
+    from retrieval_pipeline.store import EdgeStore
+
+    indexed = EdgeStore(tmp_path / "db", "default")
+    Indexer(embedder, indexed).index_items(["a cat on a red sofa", "a rocket at dawn"])
+    indexed.close()
+    state = tmp_path / "db" / "default" / "state.json"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -432,9 +441,13 @@ def test_serve_removes_the_video_cache_on_sigterm(tmp_path, source):
         assert r.status_code == 200, r.text
         caches = list(tmp_path.glob("qwen3vl-rag-videos-*"))
         assert len(caches) == 1 and any(caches[0].iterdir())
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/search", json={"query": "a cat", "rerank": False}, timeout=60)
+        assert r.status_code == 200 and r.json()["results"], r.text  # the store is open now
+        assert json.loads(state.read_text()) == {"clean": False}
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        assert proc.wait(30) == 143
         assert not caches[0].exists()
+        assert json.loads(state.read_text()) == {"clean": True, "points": 2}  # flushed and closed
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -91,8 +91,9 @@ def create_app(
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run ``app`` with uvicorn; the video download cache is removed when the server stops, SIGTERM included
-    (uvicorn re-raises a captured SIGTERM after its graceful shutdown, which skips ``atexit``)."""
+    """Run ``app`` with uvicorn until it is stopped. uvicorn re-raises a captured SIGTERM after its graceful
+    shutdown: here it becomes ``SystemExit(143)``, so every ``finally`` of the caller runs (the embedded store is
+    flushed and closed, the video download cache removed) before the process exits with SIGTERM's status."""
     import signal
     import threading
 
@@ -101,9 +102,8 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     from ..media import cleanup_downloads
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        cleanup_downloads()
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM while closing ends the process at once
+        raise SystemExit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
