@@ -34,6 +34,10 @@ DEFAULT_GENERATOR_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 STAGES = ("embedder", "reranker", "generator")
 
 
+# The answer when the search finds nothing: no generation runs (the same rule streamed or not).
+NO_MATCH = "The collection holds nothing that matches the question."
+
+
 class RAGPipeline:
     """Embedder + Qdrant store + optional reranker + optional generator, loaded on first use."""
 
@@ -297,7 +301,7 @@ class RAGPipeline:
         if generator is None:
             raise ModelLoadError("no generator: pass a generator model or a callable")
         if not hits:
-            return Answer(question, "The collection holds nothing that matches the question.", [])
+            return Answer(question, NO_MATCH, [])
         with self.timed("generate"):
             text = generator(question, hits)
         return Answer(question, text, hits)

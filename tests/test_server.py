@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from conftest import MEDIA, LiveServer
 
 from retrieval_pipeline.ingest import Indexer
-from retrieval_pipeline.pipeline import RAGPipeline
+from retrieval_pipeline.pipeline import NO_MATCH, RAGPipeline
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 from retrieval_pipeline.serving.app import ServerConfig, create_app
 from retrieval_pipeline.store import EdgeStore
@@ -162,6 +163,23 @@ def test_search_and_ask(client):
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["answer"], str) and len(r.json()["sources"]) == 1
     assert client.post("/v1/ask", json={"question": ""}).status_code == 422
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_ask_applies_the_query_limits_and_the_no_match_rule(client, stream):
+    """/v1/ask's question is checked like /v1/search's query (max_text_chars: 413 before anything runs), and a
+    question that matches nothing is answered without generating, streamed or not."""
+    r = client.post("/v1/ask", json={"question": "x" * 100_001, "stream": stream})
+    assert r.status_code == 413 and r.json()["error"]["limit"] == "max_text_chars", r.text
+    body = {"question": "What is this?", "filters": {"modality": "video"}, "stream": stream}
+    r = client.post("/v1/ask", json=body)
+    assert r.status_code == 200, r.text
+    if not stream:
+        assert r.json()["sources"] == [] and r.json()["answer"] == NO_MATCH
+        return
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert events == [{"sources": []}, {"delta": NO_MATCH}, {"finish_reason": "stop"}]
+    assert r.text.rstrip().endswith("data: [DONE]")
 
 
 def test_concurrent_requests_are_batched_and_none_lost(base_url, rag):

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ...models.generator import GenerationResult
+from ...pipeline import NO_MATCH
 from ..schemas import ERRORS, AskRequest, AskResponse, SearchHit, SearchRequest, SearchResponse, knobs, plain
 from ..state import ServingState, State
 
@@ -63,9 +64,10 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
     rag = state.need(state.pipeline, "collection")
     if not rag.has_generator:
         state.need(None, "generator")
-    image = None
-    if body.image is not None:
-        image = (await state.preparer.query({"image": body.image}))["image"]
+    # the question is a query like /v1/search's: the same limits (max_text_chars, images), by the same code
+    item: Any = {"text": body.question, "image": body.image} if body.image is not None else body.question
+    prepared = await state.preparer.query(item)
+    image = prepared["image"] if isinstance(prepared, dict) else None
     if not body.stream:
         ticket = state.generation_queue.admit()
         async with ticket:
@@ -84,6 +86,8 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
     generator = chat_model(state)
     query: Any = {"text": body.question, "image": image} if image is not None else body.question
     hits = await _search(state, rag, query, body)
+    if not hits:  # as without streaming: nothing to answer from, nothing generated
+        return StreamingResponse(_no_match(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     ticket = state.generation_queue.admit()
     chat = generator.conversation(body.question, hits)
 
@@ -97,6 +101,13 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _no_match() -> AsyncIterator[str]:
+    yield _event({"sources": []})
+    yield _event({"delta": NO_MATCH})
+    yield _event({"finish_reason": "stop"})
+    yield "data: [DONE]\n\n"
 
 
 def _event(data: dict[str, Any]) -> str:
