@@ -297,6 +297,13 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-generation-tokens", type=int, default=4096, help="most max_tokens a chat request may ask (default 4096)"
     )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=_at_least(256),
+        default=8192,
+        help="tokens of a chat / ask prompt, conversation and retrieved context together; a conversation over it "
+        "is refused (413), the context gets what it leaves (default 8192)",
+    )
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds to load one request's media")
     p.add_argument("--body-timeout", type=float, default=15.0, help="seconds for a client to send its request body")
     p.add_argument("--served-model-name", action="append", default=[], help="extra accepted 'model' name")
@@ -452,10 +459,17 @@ def _pipeline(args: argparse.Namespace, store: Any) -> Any:
         rerank_budget=getattr(args, "rerank_budget", -1) or None,
         media_options=_media_options(args),
         offload=offload,
-        generator_options={"max_new_tokens": getattr(args, "max_new_tokens", 256)},
+        generator_options=_generator_options(args),
         layout=_layout(args) if args.command in ("index", "run") else None,
         search_options=_search_options(args),
     )
+
+
+def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {"max_new_tokens": getattr(args, "max_new_tokens", 256)}
+    if getattr(args, "max_prompt_tokens", None) is not None:
+        options["max_prompt_tokens"] = args.max_prompt_tokens
+    return options
 
 
 def _media_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -240,17 +240,47 @@ def test_ask_streams_the_same_answer(server):
 
 def test_the_prompt_budget_leaves_the_lowest_ranked_out_and_sources_say_so(server, generator, monkeypatch):
     from retrieval_pipeline.media import parse_input
+    from retrieval_pipeline.models import generator as generator_module
     from retrieval_pipeline.models.encoding import estimate_tokens
-    from retrieval_pipeline.serving.routes import chat as chat_route
 
     url, _, rag = server
     hits = rag.search(QUESTION, top_k=3)
     costs = [sum(estimate_tokens(parse_input(p), generator.media) for p in h.context()) for h in hits]
-    monkeypatch.setattr(chat_route, "CONTEXT_TOKENS", costs[0] + costs[1])
+    overhead = generator_module.HIT_OVERHEAD_TOKENS
+    monkeypatch.setattr(generator_module, "CONTEXT_TOKENS", costs[0] + costs[1] + 2 * overhead)
     resp = _client(url).chat.completions.create(
         model="tiny-qwen3vl", messages=[{"role": "user", "content": QUESTION}], max_tokens=2
     )
     assert [s["id"] for s in resp.model_extra["sources"]] == [h.id for h in hits[:2]]
+
+
+def test_the_prompt_is_bounded_in_tokens_and_characters(server, generator, monkeypatch):
+    """A conversation over max_prompt_tokens is refused (413) before retrieval -- also one of empty messages, which
+    has no characters; a system message counts its characters against max_text_chars like any other text."""
+    url, _, _ = server
+    client = httpx.Client(base_url=url, timeout=60)
+    big_system = [{"role": "system", "content": "s" * 200_000}, {"role": "user", "content": QUESTION}]
+    r = client.post("/v1/chat/completions", json={"model": "tiny-qwen3vl", "messages": big_system, "max_tokens": 2})
+    assert r.status_code == 413 and r.json()["error"]["limit"] == "max_text_chars", r.text
+    monkeypatch.setattr(generator, "max_prompt_tokens", 800)
+    empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}] * 400
+    for messages in (empty + [{"role": "user", "content": QUESTION}], [{"role": "user", "content": "word " * 400}]):
+        r = client.post("/v1/chat/completions", json={"model": "tiny-qwen3vl", "messages": messages, "max_tokens": 2})
+        assert r.status_code == 413 and r.json()["error"]["limit"] == "max_prompt_tokens", r.text
+        assert "over the limit of 800" in r.json()["error"]["message"]
+    for stream in (False, True):
+        r = client.post("/v1/ask", json={"question": "word " * 400, "stream": stream})
+        assert r.status_code == 413 and r.json()["error"]["limit"] == "max_prompt_tokens", r.text
+    # within the bound, the context gets what the conversation leaves: fewer sources, never an over-long prompt
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "tiny-qwen3vl", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2},
+    )  # noqa: E501
+    assert r.status_code == 200, r.text
+    result = GenerationResult()
+    hits = server[2].search(QUESTION, top_k=3)
+    generator.chat(generator.conversation(QUESTION, hits), max_new_tokens=1, result=result)
+    assert result.prompt_tokens <= 800
 
 
 def test_a_follow_up_can_be_rewritten_into_a_standalone_query(server, generator):

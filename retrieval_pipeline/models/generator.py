@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..media import InputError, load_input, parse_input
+from ..media import InputError, LimitError, load_input, parse_input
 from .batching import batch_to_device, token_types
-from .encoding import MediaSettings, content_items, encode_conversation
+from .encoding import MediaSettings, content_items, encode_conversation, estimate_tokens, estimate_vision_tokens
 from .runtime import CheckpointModel
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,13 @@ SYSTEM_PROMPT = (
 # Generation sees fewer pixels per image than retrieval: enough to read a page, bounded tokens for the prompt.
 GENERATION_MAX_PIXELS = 1024 * 32 * 32
 GENERATION_TOTAL_PIXELS = 4 * 768 * 32 * 32
+# Tokens of retrieved context a prompt may hold; past it the lowest-ranked items are left out.
+CONTEXT_TOKENS = 6144
+# Tokens a whole prompt (conversation + retrieved context) may hold by default: prompt processing time and memory
+# grow with it (a 99,000-character conversation held a CPU for minutes). A conversation over it is refused; the
+# context gets what the conversation leaves, up to CONTEXT_TOKENS.
+MAX_PROMPT_TOKENS = 16384
+HIT_OVERHEAD_TOKENS = 16  # a context item's "[n] source (page)" line around it
 
 
 class Generator(Protocol):
@@ -59,11 +66,13 @@ class Qwen3VLGenerator(CheckpointModel):
         max_pixels: int = GENERATION_MAX_PIXELS,
         total_pixels: int = GENERATION_TOTAL_PIXELS,
         system_prompt: str = SYSTEM_PROMPT,
+        max_prompt_tokens: int = MAX_PROMPT_TOKENS,
         **from_pretrained_kwargs: Any,
     ) -> None:
         from transformers import Qwen3VLForConditionalGeneration
 
         self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
         self.system_prompt = system_prompt
         self.media = MediaSettings(max_pixels=max_pixels, total_pixels=total_pixels)
         self._load_checkpoint(
@@ -76,7 +85,67 @@ class Qwen3VLGenerator(CheckpointModel):
 
     def conversation(self, question: str, hits: Sequence[Any]) -> list[dict[str, Any]]:
         """The RAG prompt as a chat of multimodal objects: numbered context items, then the question. Each hit shows
-        what its record says a generator should see (``hit.context()``: the item, then e.g. a PDF page's text)."""
+        what its record says a generator should see (``hit.context()``: the item, then e.g. a PDF page's text).
+        The context is what fits beside the question (:meth:`fit_context`); a question over
+        ``max_prompt_tokens`` by itself is a :class:`LimitError`."""
+        hits = self.fit_context(hits, self.check_prompt(self._rag_chat(question, [])))
+        return self._rag_chat(question, hits)
+
+    def check_prompt(self, messages: Sequence[dict[str, Any]]) -> int:
+        """The prompt tokens of ``messages`` (:meth:`prompt_tokens`); over ``max_prompt_tokens`` a
+        :class:`LimitError` naming the limit."""
+        tokens = self.prompt_tokens(messages)
+        if tokens > self.max_prompt_tokens:
+            raise LimitError(
+                f"the prompt needs {tokens} tokens, over the limit of {self.max_prompt_tokens} (max_prompt_tokens); "
+                "shorten the conversation",
+                limit="max_prompt_tokens",
+                value=tokens,
+                maximum=self.max_prompt_tokens,
+                field="messages",
+            )
+        return tokens
+
+    def prompt_tokens(self, messages: Sequence[dict[str, Any]]) -> int:
+        """Tokens ``messages`` make as a prompt, before any pixel is decoded: the chat template's text exactly (empty
+        messages count), images and videos as estimated from their headers (exact for images of known size)."""
+        vision = 0
+        text_only = []
+        for m, message in enumerate(messages):
+            content = message.get("content")
+            parts = [content] if isinstance(content, (str, dict)) else list(content or [])
+            items = []
+            for p, part in enumerate(parts):
+                try:
+                    parsed = parse_input(part, allow_empty=True)
+                except InputError as exc:
+                    raise exc.at(index=f"{m}.{p}", kind="message part") from None
+                vision += estimate_vision_tokens(parsed, self.media)
+                items += [{"type": "text", "text": t} for t in parsed.texts]
+            text_only.append({"role": message.get("role", "user"), "content": items})
+        text = self.processor.apply_chat_template(text_only, add_generation_prompt=True, tokenize=False)
+        return len(self.processor.tokenizer(text)["input_ids"]) + vision
+
+    def fit_context(self, hits: Sequence[Any], spent: int, budget: int | None = None) -> list[Any]:
+        """The best hits whose context fits beside a conversation of ``spent`` tokens: at most ``budget`` tokens
+        (default :data:`CONTEXT_TOKENS`) and what ``max_prompt_tokens`` leaves; the lowest-ranked leave first. An
+        item whose content cannot be read is left out with a logged reason."""
+        room = min(CONTEXT_TOKENS if budget is None else budget, self.max_prompt_tokens - spent)
+        given, used = [], 0
+        for hit in hits:
+            try:
+                parts = hit.context() if hasattr(hit, "context") else [hit.item]
+                cost = sum(estimate_tokens(parse_input(part), self.media) for part in parts) + HIT_OVERHEAD_TOKENS
+            except InputError as exc:
+                logger.warning("context item %s left out: %s", getattr(hit, "id", "?"), exc)
+                continue
+            if used + cost > room:
+                break
+            given.append(hit)
+            used += cost
+        return given
+
+    def _rag_chat(self, question: str, hits: Sequence[Any]) -> list[dict[str, Any]]:
         content: list[Any] = []
         for n, hit in enumerate(hits, 1):
             content.append({"text": f"[{n}] {hit.describe()}\n"})
@@ -104,8 +173,17 @@ class Qwen3VLGenerator(CheckpointModel):
         return out
 
     def _inputs(self, messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        self.check_prompt(messages)  # before decoding: the bound from the text and the headers
         conversation = self._chat_template_input(messages)
         enc = encode_conversation(self.processor, conversation, max_length=None, truncation=False)
+        if len(enc) > self.max_prompt_tokens:  # and exactly, once encoded (special-token strings, video frames)
+            raise LimitError(
+                f"the prompt has {len(enc)} tokens, over the limit of {self.max_prompt_tokens} (max_prompt_tokens)",
+                limit="max_prompt_tokens",
+                value=len(enc),
+                maximum=self.max_prompt_tokens,
+                field="messages",
+            )
         ids = enc.input_ids[None]
         tensors = {
             "input_ids": ids,

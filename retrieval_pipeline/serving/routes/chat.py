@@ -19,9 +19,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from ...media import parse_input
-from ...models.encoding import estimate_tokens
 from ...models.generator import SYSTEM_PROMPT, GenerationResult, Qwen3VLGenerator
 from ..error_handlers import HTTPError
 from ..schemas import (
@@ -41,8 +40,6 @@ from .retrieval import public_source
 
 router = APIRouter(tags=["chat"])
 
-# Tokens of retrieved context the generator's prompt may hold; past it the lowest-ranked items are left out.
-CONTEXT_TOKENS = 6144
 DEFAULT_MAX_TOKENS = 512
 
 
@@ -102,7 +99,7 @@ async def prepared_turns(messages: list[ChatMessage], state: ServingState) -> tu
         else:
             turns.append({"role": message.role, "content": parts})
     refs = [p["image"] for t in turns for p in t["content"] if "image" in p]
-    check_conversation_size(system, turns, len(refs), state)
+    check_conversation_size("\n\n".join(system), turns, len(refs), state)
     if refs:
         fetched = iter((await state.preparer.query({"image": refs}))["image"])
         for turn in turns:
@@ -188,27 +185,13 @@ async def retrieve(
     return hits, query
 
 
-def within_budget(hits: list[Any], media: Any, budget: int | None = None) -> list[Any]:
-    """The best hits whose context fits ``budget`` tokens (default :data:`CONTEXT_TOKENS`; the lowest-ranked leave
-    first)."""
-    budget = CONTEXT_TOKENS if budget is None else budget
-    given, spent = [], 0
-    for hit in hits:
-        try:
-            cost = sum(estimate_tokens(parse_input(part), media) for part in hit.context())
-        except Exception:  # noqa: BLE001 - an item that cannot be read is not given
-            continue
-        if spent + cost > budget:
-            break
-        given.append(hit)
-        spent += cost
-    return given
-
-
-def conversation(system: str, turns: list[dict[str, Any]], hits: list[Any]) -> list[dict[str, Any]]:
-    """The generator's chat: the RAG system prompt (with the clients'), earlier turns as they are, and the last user
-    turn preceded by the numbered context items."""
-    sys_text = (SYSTEM_PROMPT + ("\n\n" + system if system else "")) if hits else system
+def conversation(
+    system: str, turns: list[dict[str, Any]], hits: list[Any], *, rag: bool | None = None
+) -> list[dict[str, Any]]:
+    """The generator's chat: the RAG system prompt (with the clients'; when there are hits, or ``rag``), earlier
+    turns as they are, and the last user turn preceded by the numbered context items."""
+    rag = bool(hits) if rag is None else rag
+    sys_text = (SYSTEM_PROMPT + ("\n\n" + system if system else "")) if rag else system
     out = [{"role": "system", "content": [{"text": sys_text}]}] if sys_text else []
     out.extend(turns[:-1])
     content: list[Any] = []
@@ -260,8 +243,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     ticket = state.generation_queue.admit()  # 429 now, before retrieval and before any byte of a stream
     try:
         system, turns = await prepared_turns(body.messages, state)
+        # the conversation's tokens, before retrieval: over max_prompt_tokens a 413; the context gets what is left
+        spent = await run_in_threadpool(generator.check_prompt, conversation(system, turns, [], rag=True))
         hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator)
-        given = within_budget(hits, generator.media)
+        given = await run_in_threadpool(generator.fit_context, hits, spent)
         chat = conversation(system, turns, given)
     except BaseException:
         ticket.release()

@@ -11,8 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from ...models.generator import GenerationResult
+from ...models.generator import GenerationResult, Qwen3VLGenerator
 from ...pipeline import NO_MATCH
 from ..schemas import ERRORS, AskRequest, AskResponse, SearchHit, SearchRequest, SearchResponse, knobs, plain
 from ..state import ServingState, State
@@ -68,6 +69,8 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
     item: Any = {"text": body.question, "image": body.image} if body.image is not None else body.question
     prepared = await state.preparer.query(item)
     image = prepared["image"] if isinstance(prepared, dict) else None
+    if isinstance(rag.generator, Qwen3VLGenerator):  # a question over max_prompt_tokens: 413 before any search
+        await run_in_threadpool(rag.generator.conversation, body.question, [])
     if not body.stream:
         ticket = state.generation_queue.admit()
         async with ticket:
@@ -89,7 +92,7 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
     if not hits:  # as without streaming: nothing to answer from, nothing generated
         return StreamingResponse(_no_match(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     ticket = state.generation_queue.admit()
-    chat = generator.conversation(body.question, hits)
+    chat = await run_in_threadpool(generator.conversation, body.question, hits)  # tokenises: off the event loop
 
     async def events() -> AsyncIterator[str]:
         result = GenerationResult()
