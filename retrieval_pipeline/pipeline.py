@@ -303,7 +303,10 @@ class RAGPipeline:
         if not hits:
             return Answer(question, NO_MATCH, [])
         with self.timed("generate"):
-            text = generator(question, hits)
+            if hasattr(generator, "answer"):  # the sources are what it was given (fitting, readable)
+                text, hits = generator.answer(question, hits)
+            else:
+                text = generator(question, hits)
         return Answer(question, text, hits)
 
     def close(self) -> None:

@@ -226,12 +226,23 @@ class TwoStageRetriever:
                 logger.warning("cannot rerank %s: %s", hit.describe(), exc)
                 unusable.append(hit)
         usable, deferred = self._within_budget(usable, getattr(reranker, "media", None), at_least)
-        if usable:
-            scores = reranker.score(query, [h.item for h in usable], instruction=self.rerank_instruction)
+        while usable:
+            try:
+                scores = reranker.score(query, [h.item for h in usable], instruction=self.rerank_instruction)
+            except InputError as exc:
+                if exc.kind != "document" or not isinstance(exc.index, int) or not 0 <= exc.index < len(usable):
+                    raise  # the query's own problem
+                # A stored item that cannot be decoded any more (a corrupt or replaced file): it is left unreranked
+                # with a logged reason, the others are reranked (one bad file never fails every search).
+                bad = usable.pop(exc.index)
+                logger.warning("cannot rerank %s: %s", bad.describe(), exc.reason)
+                unusable.append(bad)
+                continue
             for hit, score in zip(usable, scores):
                 hit.rerank_score = score
                 hit.score = score
             usable.sort(key=lambda h: -h.score)
+            break
         return usable + deferred + unusable
 
     def _within_budget(self, hits: list[Hit], media: Any, at_least: int) -> tuple[list[Hit], list[Hit]]:

@@ -236,3 +236,36 @@ def test_openapi_schema_fuzzing(rag):
 
             check()
         assert failures == []
+
+
+def test_a_corrupt_and_a_deleted_source_never_break_search_ask_or_chat(embedder, reranker, generator, tmp_path):
+    """Files changed after indexing: one truncated (its header still reads), one deleted. Every search, ask and chat
+    that retrieves them still answers, from the other items; no server path appears in a response."""
+    import shutil
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in ("chelsea.jpg", "coffee.jpg", "report_page.png", "rocket.jpg"):
+        shutil.copy(MEDIA / name if (MEDIA / name).exists() else MEDIA / "chelsea.jpg", folder / name)
+    store = EdgeStore(tmp_path / "db", "docs")
+    rag = RAGPipeline(store, embedder=embedder, reranker=reranker, generator=generator)
+    rag.index([folder], show_progress_bar=False)
+    data = (folder / "coffee.jpg").read_bytes()
+    (folder / "coffee.jpg").write_bytes(data[: len(data) // 3])  # corrupt: the header reads, the pixels do not
+    (folder / "rocket.jpg").unlink()  # deleted
+    app = create_app(pipeline=rag, config=ServerConfig(api_key=TOKEN))
+    with LiveServer(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        r = c.post("/v1/search", json={"query": "a picture", "top_k": 4}, timeout=120)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == 4 and sum(h["rerank_score"] is None for h in results) == 2
+        r = c.post("/v1/ask", json={"question": "What is in the pictures?", "top_k": 4}, timeout=120)
+        assert r.status_code == 200, r.text
+        assert {s["source"] for s in r.json()["sources"]} <= {"chelsea.jpg", "report_page.png"}  # what it was given
+        chat = {"messages": [{"role": "user", "content": "What is in the pictures?"}], "max_tokens": 2}
+        chat["retrieval"] = {"top_k": 4}
+        r = c.post("/v1/chat/completions", json=chat, timeout=120)
+        assert r.status_code == 200, r.text
+        assert {s["source"] for s in r.json()["sources"]} <= {"chelsea.jpg", "report_page.png"}  # the readable ones
+        assert str(tmp_path) not in r.text
+    store.close()

@@ -135,9 +135,13 @@ class Qwen3VLGenerator(CheckpointModel):
         for hit in hits:
             try:
                 parts = hit.context() if hasattr(hit, "context") else [hit.item]
-                cost = sum(estimate_tokens(parse_input(part), self.media) for part in parts) + HIT_OVERHEAD_TOKENS
+                parsed = [parse_input(part) for part in parts]
+                cost = sum(estimate_tokens(x, self.media) for x in parsed) + HIT_OVERHEAD_TOKENS
+                for x in parsed:
+                    load_input(x)  # a deleted or corrupt source is left out here, not a failed answer later
             except InputError as exc:
-                logger.warning("context item %s left out: %s", getattr(hit, "id", "?"), exc)
+                name = hit.describe() if hasattr(hit, "describe") else getattr(hit, "id", "?")
+                logger.warning("context item %s left out: %s", name, exc.reason)
                 continue
             if used + cost > room:
                 break
@@ -155,7 +159,12 @@ class Qwen3VLGenerator(CheckpointModel):
         return [{"role": "system", "content": [{"text": self.system_prompt}]}, {"role": "user", "content": content}]
 
     def __call__(self, question: str, hits: Sequence[Any]) -> str:
-        return self.chat(self.conversation(question, hits))
+        return self.answer(question, hits)[0]
+
+    def answer(self, question: str, hits: Sequence[Any]) -> tuple[str, list[Any]]:
+        """The answer and the hits it was given (those that fit the prompt and could be read)."""
+        given = self.fit_context(hits, self.check_prompt(self._rag_chat(question, [])))
+        return self.chat(self._rag_chat(question, given)), given
 
     def _chat_template_input(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
