@@ -4,6 +4,7 @@ OpenAI-like LLM) against a real server on 127.0.0.1: answers over the corpus, st
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import httpx
@@ -345,3 +346,39 @@ def test_concurrent_requests_with_one_bad_among_them(server):
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
     assert 400 <= refused.status_code < 500 and refused.json()["error"]["message"]
     assert app.state.serving.generation_queue.admitted == 0  # the bad one gave its place back
+
+
+def test_every_field_is_checked_before_retrieval_and_named(server):
+    """A seed past int64, a lone surrogate in an earlier turn, n=0, a text part without text: 4xx naming the field,
+    before any retrieval or generation (they used to cut a stream after its first chunk)."""
+    url, _, _ = server
+    client = httpx.Client(base_url=url, timeout=60)
+    user = {"role": "user", "content": QUESTION}
+    cases = [
+        ({"seed": 2**64}, 422, "seed"),
+        ({"messages": [{"role": "user", "content": "ok \ud800"}, {"role": "assistant", "content": "a"}, user]},
+         400, "messages.0.content.0"),
+        ({"n": 0}, 400, "n"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, 400, "messages.0.content.0"),
+    ]  # fmt: skip
+    for extra, status, param in cases:
+        for stream in (False, True):
+            body = {"model": "tiny-qwen3vl", "messages": [user], "max_tokens": 2, "stream": stream, **extra}
+            r = client.post(
+                "/v1/chat/completions", content=json.dumps(body), headers={"Content-Type": "application/json"}
+            )
+            assert r.status_code == status, (extra, r.text)
+            error = r.json()["error"]
+            assert param in (error.get("param") or "") + error["message"], (extra, error)
+            assert "got 0" in error["message"] if param == "n" else True
+
+
+def test_embedding_messages_of_the_wrong_type_are_400_naming_the_message(server):
+    url, _, _ = server
+    client = httpx.Client(base_url=url, timeout=60)
+    for content in (5, True, {"text": "x"}):
+        r = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": content}]})
+        assert r.status_code in (400, 422), r.text
+        assert "messages" in r.json()["error"]["message"] or "messages" in (r.json()["error"].get("param") or "")
+    r = client.post("/v1/embeddings", json={"messages": [{"role": "user", "content": [{"type": "text"}]}]})
+    assert r.status_code == 400 and "needs a 'text' string" in r.json()["error"]["message"]

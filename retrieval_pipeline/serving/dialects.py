@@ -30,7 +30,9 @@ def content_parts(parts: Any, where: str) -> dict[str, Any]:
     videos: list[str] = []
     for i, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "input_text") and isinstance(part.get("text"), str):
+        if kind in ("text", "input_text"):
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{where}.content.{i}", f"a {kind} part needs a 'text' string")
             texts.append(part["text"])
         elif kind in ("image_url", "video_url"):
             ref = part.get(kind)

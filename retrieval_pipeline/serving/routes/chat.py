@@ -10,6 +10,7 @@ Extensions OpenAI clients ignore: the request's ``retrieval`` object (``top_k``,
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ...media import check_text
 from ...models.generator import SYSTEM_PROMPT, GenerationResult, Qwen3VLGenerator
 from ..error_handlers import HTTPError
 from ..schemas import (
@@ -38,6 +40,7 @@ from ..schemas import (
 from ..state import ServingState, State, model_name
 from .retrieval import public_source
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 DEFAULT_MAX_TOKENS = 512
@@ -54,7 +57,7 @@ def chat_model(state: ServingState) -> Qwen3VLGenerator:
 def refuse_unsupported(body: ChatCompletionRequest) -> None:
     """OpenAI fields that would change what the answer means, which this server cannot honour: a clear 400."""
     if body.n not in (None, 1):
-        raise HTTPError(400, "n > 1 is not supported: ask for one choice", "invalid_request_error", param="n")
+        raise HTTPError(400, f"n must be 1 (one choice per request), got {body.n}", "invalid_request_error", param="n")
     if body.tools or body.functions or body.tool_choice not in (None, "none", "auto"):
         raise HTTPError(400, "tools / function calling are not supported", "invalid_request_error", param="tools")
     if body.response_format and body.response_format.get("type") not in (None, "text"):
@@ -71,7 +74,14 @@ def _parts(message: ChatMessage, index: int) -> list[dict[str, Any]]:
         return [{"text": message.content}] if message.content else []
     out: list[dict[str, Any]] = []
     for p, part in enumerate(message.content):
-        if part.type in ("text", "input_text") and part.text is not None:
+        if part.type in ("text", "input_text"):
+            if part.text is None:
+                raise HTTPError(
+                    400,
+                    f"messages[{index}].content[{p}]: a {part.type} part needs a 'text' string",
+                    "invalid_request_error",
+                    param=f"messages.{index}.content.{p}",
+                )
             out.append({"text": part.text})
         elif part.type == "image_url" and part.image_url is not None:
             url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
@@ -94,6 +104,9 @@ async def prepared_turns(messages: list[ChatMessage], state: ServingState) -> tu
         if message.role == "tool":
             raise HTTPError(400, "tool messages are not supported", "invalid_request_error", param=f"messages.{i}")
         parts = _parts(message, i)
+        for p, part in enumerate(parts):  # every turn's text checked now, not when the generator meets it
+            if "text" in part:
+                check_text(part["text"], f"messages.{i}.content.{p}")
         if message.role in ("system", "developer"):
             system.extend(p["text"] for p in parts if "text" in p)
         else:
@@ -331,13 +344,32 @@ async def stream_events(
     text as it is generated, the finish reason, the usage when asked, ``[DONE]``."""
     result = GenerationResult()
     yield _chunk(meta, {"role": "assistant", "content": ""}, **found)
-    async with aclosing(generated_pieces(generator, chat, options, ticket, request, result)) as pieces:
-        async for piece in pieces:
-            yield _chunk(meta, {"content": piece})
+    try:
+        async with aclosing(generated_pieces(generator, chat, options, ticket, request, result)) as pieces:
+            async for piece in pieces:
+                yield _chunk(meta, {"content": piece})
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: an error event, then the stream's end
+        yield stream_error(exc)
+        yield "data: [DONE]\n\n"
+        return
     yield _chunk(meta, {}, result.finish_reason or "stop")
     if include_usage:
         yield _chunk(meta, None, usage=_usage(result).model_dump())
     yield "data: [DONE]\n\n"
+
+
+def stream_error(exc: BaseException) -> str:
+    """An error inside a stream whose status line was sent: OpenAI's error object as an event (the error family's
+    type and message; an unknown error is logged and named only as an internal error)."""
+    from ...errors import classify
+
+    kind = classify(exc)
+    if kind is None:
+        logger.exception("chat stream failed")
+        message, kind_type = "internal server error", "server_error"
+    else:
+        message, kind_type = str(exc), kind.type
+    return f"data: {json.dumps({'error': {'message': message, 'type': kind_type}})}\n\n"
 
 
 def _close_and_count(pieces: Any, queue: Any, result: GenerationResult) -> None:

@@ -28,7 +28,7 @@ def _raw_inputs(body: EmbeddingRequest) -> list[Any]:
     if body.messages is not None:
         if body.input is not None:
             raise HTTPError(400, "send input or messages, not both", param="messages")
-        parts = [p for m in body.messages for p in _message_parts(m)]
+        parts = [p for i, m in enumerate(body.messages) for p in _message_parts(m, i)]
         return [content_parts(parts, "messages")]
     if body.input is None:
         raise HTTPError(400, "input is required (or messages)", param="input")
@@ -39,9 +39,18 @@ def _raw_inputs(body: EmbeddingRequest) -> list[Any]:
     return [plain(i) for i in body.input]
 
 
-def _message_parts(message: dict[str, Any]) -> list[Any]:
-    content = message.get("content")
-    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+def _message_parts(message: Any, index: int) -> list[Any]:
+    """A message's content parts (a str is one text part); anything else is a 400 naming the message."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if content is None or isinstance(content, list):
+        return list(content or [])
+    raise HTTPError(
+        400,
+        f"messages[{index}].content must be a string or a list of content parts, got {type(content).__name__}",
+        param=f"messages.{index}.content",
+    )
 
 
 def _items(body: EmbeddingRequest, max_items: int) -> list[dict[str, Any]]:
