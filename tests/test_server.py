@@ -269,3 +269,33 @@ def test_a_corrupt_and_a_deleted_source_never_break_search_ask_or_chat(embedder,
         assert {s["source"] for s in r.json()["sources"]} <= {"chelsea.jpg", "report_page.png"}  # the readable ones
         assert str(tmp_path) not in r.text
     store.close()
+
+
+def test_max_tokens_per_doc_is_cut_off_the_event_loop_from_a_bounded_prefix(client, reranker, monkeypatch):
+    """Cohere's max_tokens_per_doc tokenises documents: on the preparation threads (never the event loop, which
+    /health needs), and only a prefix that surely holds the tokens kept."""
+    import asyncio
+
+    from retrieval_pipeline.serving.routes import rerank as rerank_route
+
+    seen = []
+    original = rerank_route._cut
+
+    def spy(text, tokens, tokenizer):
+        try:
+            asyncio.get_running_loop()
+            seen.append("event loop")
+        except RuntimeError:
+            seen.append("worker thread")
+        return original(text, tokens, tokenizer)
+
+    monkeypatch.setattr(rerank_route, "_cut", spy)
+    long_doc = "the cat sleeps on the red sofa " * 5000  # 155,000 characters: past max_text_chars if not cut
+    r = client.post("/v2/rerank", json={"query": "a cat", "documents": ["a dog", long_doc], "max_tokens_per_doc": 8})
+    assert r.status_code == 200, r.text
+    assert seen == ["worker thread", "worker thread"]
+    tokenizer = reranker.processor.tokenizer
+    short = tokenizer.decode(tokenizer(long_doc, add_special_tokens=False)["input_ids"][:8])
+    assert rerank_route._cut(long_doc, 8, tokenizer) == short  # the prefix gives the same first tokens
+    scores = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    assert abs(scores[1] - reranker.score("a cat", [short])[0]) < 1e-5

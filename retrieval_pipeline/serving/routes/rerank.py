@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from ...models.encoding import CHARS_PER_TOKEN_BOUND
 from ...models.reranker import rank_scores
 from ..dialects import raw_score, returned_document, to_input
 from ..error_handlers import HTTPError
@@ -33,8 +34,11 @@ router = APIRouter(tags=["rerank"])
 
 
 def _cut(text: str, tokens: int, tokenizer: Any) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= tokens else tokenizer.decode(ids[:tokens])
+    """The text's first ``tokens`` tokens (Cohere's ``max_tokens_per_doc``). Only a prefix that surely holds them is
+    tokenised (:data:`CHARS_PER_TOKEN_BOUND` characters a token), so a long document costs no more than a short one."""
+    prefix = text[: tokens * CHARS_PER_TOKEN_BOUND]
+    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= tokens and prefix == text else tokenizer.decode(ids[:tokens])
 
 
 async def _scores(body: RerankRequest, state: ServingState) -> tuple[list[float], int, Any]:
@@ -50,16 +54,17 @@ async def _scores(body: RerankRequest, state: ServingState) -> tuple[list[float]
         )
     query = to_input(body.query, "query")
     documents = [to_input(d, f"documents.{i}", body.rank_fields) for i, d in enumerate(body.documents)]
-    if body.max_tokens_per_doc:
-        tokenizer = model.processor.tokenizer
-        documents = [_cut(d, body.max_tokens_per_doc, tokenizer) if isinstance(d, str) else d for d in documents]
     everything = [query, *documents]
 
-    def work() -> object:
+    def work() -> object:  # on the preparation threads: tokenising and loading never run on the event loop
         check_sources(everything, state.config.allow_local_files, kinds=["query"] + ["document"] * len(documents))
         if not documents:
             return None
-        return model.prepare(query, documents, instruction=body.instruction, limits=state.config.limits)
+        docs = documents
+        if body.max_tokens_per_doc:
+            tokenizer = model.processor.tokenizer
+            docs = [_cut(d, body.max_tokens_per_doc, tokenizer) if isinstance(d, str) else d for d in documents]
+        return model.prepare(query, docs, instruction=body.instruction, limits=state.config.limits)
 
     prepared = await state.preparer.run(work, everything)
     if prepared is None:
