@@ -787,6 +787,10 @@ def _serve(args: argparse.Namespace, pipeline: Any) -> int:
         limits=_server_limits(args.limit),
     )
     models = _serve_models(args.models)
+    if "embed" in models and pipeline.store.exists():
+        # opened now: a store another process holds (a running `index`) is said at start (exit 4), not answered
+        # with a 503 on every request behind a /health that says ok
+        pipeline.store.open(create=False)
     if "embed" not in models:  # a rerank-only server: no collection to search
         if "generate" in models:
             raise UsageError("--models: 'generate' answers from a search of the collection, which needs 'embed'")

@@ -299,3 +299,15 @@ def test_max_tokens_per_doc_is_cut_off_the_event_loop_from_a_bounded_prefix(clie
     assert rerank_route._cut(long_doc, 8, tokenizer) == short  # the prefix gives the same first tokens
     scores = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
     assert abs(scores[1] - reranker.score("a cat", [short])[0]) < 1e-5
+
+
+def test_a_store_error_is_503_without_the_server_path(client, rag, monkeypatch):
+    from retrieval_pipeline.errors import StoreError
+
+    def unavailable(*args, **kwargs):
+        raise StoreError("cannot open the Qdrant Edge shard at /srv/data/db/docs: another process has it open")
+
+    monkeypatch.setattr(rag, "search", unavailable)
+    r = client.post("/v1/search", json={"query": "a cat"})
+    assert r.status_code == 503 and "/srv" not in r.text
+    assert r.json()["error"]["message"] == "the collection is unavailable (another process has the embedded store open)"

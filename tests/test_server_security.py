@@ -596,3 +596,21 @@ def test_a_trickled_request_body_is_cut_off_and_others_stay_fast(embedder):
             answers.append(answer.decode(errors="replace"))
             sock.close()
         assert all(a.startswith("HTTP/1.1 408") and "body_timeout" in a for a in answers), answers
+
+
+def test_serve_on_a_store_another_process_holds_says_so_at_start(tmp_path, embedder):
+    """A running `index` holds the embedded store: `serve` on it exits at start (4) saying so, instead of starting,
+    answering /health ok and every request 503 with the store's path."""
+    from retrieval_pipeline.ingest import Indexer
+    from retrieval_pipeline.store import EdgeStore
+
+    held = EdgeStore(tmp_path / "db", "default")
+    Indexer(embedder, held).index_items(["a cat on a red sofa"])  # open, as an index run holds it
+    cmd = [sys.executable, "-m", "retrieval_pipeline.cli", "serve", "--db", str(tmp_path / "db"), "--port", "0"]
+    cmd += ["--embedding-model", str(TINY), "--reranker-model", str(TINY), "--models", "embed,rerank"]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        held.close()
+    assert run.returncode == 4, run.stderr
+    assert "another process has it open" in run.stderr and "Traceback" not in run.stderr

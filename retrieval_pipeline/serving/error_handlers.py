@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InputError, LimitError, RAGError, classify
+from ..errors import InputError, LimitError, RAGError, StoreError, classify
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ async def _library_error(request: Request, exc: Exception) -> JSONResponse:
     kind = classify(exc)
     if kind is None or isinstance(exc, pydantic.ValidationError):  # a response the server failed to build: a bug
         return await _server_error(request, exc)
+    if isinstance(exc, StoreError):  # the operator's log gets the paths; a client only what it can act on
+        logger.error("request to %s: %s", request.url.path, exc)
+        busy = "another process has it open" in str(exc)
+        reason = "another process has the embedded store open" if busy else "see the server's log"
+        return error_response(kind.http_status, f"the collection is unavailable ({reason})", kind.type)
     extra: dict[str, Any] = {}
     if isinstance(exc, InputError):
         extra = {"index": exc.index, "param": exc.field}
