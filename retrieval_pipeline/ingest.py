@@ -23,6 +23,7 @@ changed file's old text or image does not linger; ``prune`` does the same for fi
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fnmatch
 import hashlib
@@ -227,29 +228,68 @@ def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
     return 1
 
 
-def discover(paths: Sequence[str | Path], options: IngestOptions) -> tuple[list[Path], list[Failure]]:
-    """Files under ``paths`` (sorted, de-duplicated); missing paths come back as failures."""
+def discover(paths: Sequence[str | Path], options: IngestOptions) -> tuple[list[Path], list[Failure], list[Failure]]:
+    """(files under ``paths``, sorted and de-duplicated; missing paths as failures; skipped links).
+
+    Symbolic links are followed, to files and to folders alike, and a file found through a link is indexed under
+    the link's path (the folder's own name for it: deleting the link and ``--prune`` removes it). A link to a folder
+    the walk has already entered (a loop, or a second way to the same folder) is skipped and reported, as is a
+    dangling link. The root paths given are resolved; nothing below them is."""
     files: list[Path] = []
     missing: list[Failure] = []
+    skipped: list[Failure] = []
     for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_file():
-            files.append(path.resolve())
-        elif path.is_dir():
-            pattern = "**/*" if options.recursive else "*"
-            for child in sorted(path.glob(pattern)):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
-                    rel = child.relative_to(path).as_posix()
-                    if options.include and not any(_match(child.name, rel, g) for g in options.include):
-                        continue
-                    if any(_match(child.name, rel, g) for g in options.exclude):
-                        continue
-                    files.append(child.resolve())
+        given = Path(raw).expanduser()
+        if given.is_file():
+            files.append(given.resolve())
+        elif given.is_dir():
+            _walk(given.resolve(), options, files, skipped)
+        elif given.is_symlink():
+            missing.append(Failure(display_path(given), "a link to nothing (its target does not exist)"))
         else:
-            missing.append(Failure(display_path(path), "no such file or folder"))
+            missing.append(Failure(display_path(given), "no such file or folder"))
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
-    return unique, missing
+    return unique, missing, skipped
+
+
+def _walk(root: Path, options: IngestOptions, files: list[Path], skipped: list[Failure]) -> None:
+    """Files under ``root`` (hidden ones left out; ``include`` / ``exclude`` on the name or the relative path),
+    following links with a guard: each real folder is entered once."""
+    entered: dict[tuple[int, int], Path] = {}
+    found: list[Path] = []
+    # Folders reached without a link are entered first, links to folders after them: a folder is indexed under its
+    # own path, and a link that leads to it (or to an ancestor: a loop) is the one skipped.
+    real, linked = collections.deque([root]), collections.deque()
+    while real or linked:
+        folder = real.popleft() if real else linked.popleft()
+        st = folder.stat()
+        first = entered.get((st.st_dev, st.st_ino))
+        if first is not None:  # a link loop, or a second way to one folder
+            skipped.append(Failure(display_path(folder), f"the same folder as {display_path(first)}, indexed once"))
+            continue
+        entered[(st.st_dev, st.st_ino)] = folder
+        try:
+            children = sorted(folder.iterdir())
+        except OSError as exc:
+            skipped.append(Failure(display_path(folder), f"cannot list the folder: {exc.strerror or exc}"))
+            continue
+        for child in children:
+            rel = child.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            if child.is_dir():
+                if options.recursive:
+                    (linked if child.is_symlink() else real).append(child)
+            elif child.is_file():
+                name, rel_text = child.name, rel.as_posix()
+                if options.include and not any(_match(name, rel_text, g) for g in options.include):
+                    continue
+                if not any(_match(name, rel_text, g) for g in options.exclude):
+                    found.append(child)
+            elif child.is_symlink():
+                skipped.append(Failure(display_path(child), "a link to nothing (its target does not exist)"))
+    files.extend(sorted(found))
 
 
 def _match(name: str, rel: str, pattern: str) -> bool:
@@ -583,8 +623,8 @@ class Indexer:
     @staticmethod
     def _plan(paths: Sequence[str | Path], options: IngestOptions) -> tuple[IndexReport, list[Path]]:
         """The run's report so far (missing paths failed, unsupported files skipped) and the files to index."""
-        files, missing = discover(paths, options)
-        report = IndexReport(files=len(files), failed=list(missing))
+        files, missing, links = discover(paths, options)
+        report = IndexReport(files=len(files), failed=list(missing), skipped=list(links))
         supported = []
         for f in files:
             if modality_of(f) is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import MEDIA, TINY
@@ -267,4 +268,39 @@ def test_an_unrenderable_pdf_page_is_reported_and_the_other_pages_indexed(embedd
     assert failure.source.endswith("report.pdf (page 2)") and "too elongated to render" in failure.reason
     again = Indexer(embedder, store).index_paths([folder], show_progress_bar=False)
     assert (again.indexed, again.present, len(again.failed)) == (0, 3, 1)  # the good pages stay, nothing doubles
+    store.close()
+
+
+def test_symlinks_are_followed_under_their_own_names_with_loops_skipped_and_reported(embedder, tmp_path):
+    """Links to files and to folders are followed alike; what is found through a link is indexed under the link's
+    path, so deleting the link and pruning removes it. A loop, a second way to one folder, and a dangling link are
+    skipped and reported."""
+    from retrieval_pipeline.ingest import Indexer
+    from retrieval_pipeline.store import EdgeStore, sources_of
+
+    root, outside = tmp_path / "docs", tmp_path / "elsewhere"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "real.txt").write_text("The cat sleeps on the red sofa.")
+    (root / "sub" / "a.txt").write_text("Rockets launch at dawn.")
+    (outside / "b.txt").write_text("Quarterly revenue grew.")
+    (root / "link.txt").symlink_to(root / "real.txt")
+    (root / "again").symlink_to(root / "sub")
+    (root / "loop").symlink_to(root)
+    (root / "dangling.txt").symlink_to(tmp_path / "nothing.txt")
+    (root / "shared").symlink_to(outside)
+    store = EdgeStore(tmp_path / "db", "docs")
+    report = Indexer(embedder, store).index_paths([root], show_progress_bar=False)
+    sources = {Path(s).relative_to(root).as_posix() for p in store.scroll() for s in sources_of(p.payload)}
+    assert sources == {"real.txt", "link.txt", "sub/a.txt", "shared/b.txt"}
+    assert report.indexed == 3 and store.count() == 3  # link.txt's content is real.txt's: one point, two sources
+    reasons = {Path(f.source).name: f.reason for f in report.skipped}
+    assert reasons["again"].startswith("the same folder as") and reasons["loop"].startswith("the same folder as")
+    assert "link to nothing" in reasons["dangling.txt"] and not report.failed
+    (root / "link.txt").unlink()
+    (root / "shared").unlink()
+    pruned = Indexer(embedder, store).index_paths([root], show_progress_bar=False, prune=True)
+    assert pruned.pruned == 1 and store.count() == 2  # b.txt's point went; real.txt's point lost only the link
+    left = {Path(s).name for p in store.scroll() for s in sources_of(p.payload)}
+    assert left == {"real.txt", "a.txt"}
     store.close()
