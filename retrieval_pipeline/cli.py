@@ -96,6 +96,9 @@ def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", default=[], help="glob of files to leave out (repeatable)")
     p.add_argument("--video-segment", type=float, default=None, help="split videos into segments of N seconds")
     p.add_argument("--chunk-chars", type=_at_least(1), default=1200, help="text chunk size in characters")
+    p.add_argument(
+        "--max-text-mb", type=_at_least(1), default=64, help="largest text / Markdown file read, in MB (default 64)"
+    )
     p.add_argument("--dim", type=_at_least(1), default=None, help="Matryoshka dimension of the stored vectors")
     p.add_argument("--metadata", default=None, help="JSON object stored with every item (payload 'metadata')")
     p.add_argument("--prune", action="store_true", help="remove the items of files under PATH that no longer exist")
@@ -593,6 +596,7 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
         video_segment_seconds=args.video_segment,
         chunk_chars=args.chunk_chars,
         chunk_overlap=min(200, args.chunk_chars // 4),
+        max_text_bytes=args.max_text_mb * 1024 * 1024,
     )
     ray_options = None
     if getattr(args, "ray", False):  # checked before --rebuild deletes anything

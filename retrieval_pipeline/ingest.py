@@ -153,6 +153,11 @@ class _FileState:
         return display_path(self.source)
 
 
+# Largest text / Markdown file read (the whole file is decoded and chunked in memory: a 1 GB log took 2.9 GB and
+# hours); `index --max-text-mb` changes it.
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     recursive: bool = True
@@ -163,8 +168,11 @@ class IngestOptions:
     video_segment_seconds: float | None = None  # None: a video is one item
     pdf_dpi: int = PDF_DPI
     pdf_max_pixels: int | None = None  # None: the embedder's max_pixels (else PDF_MAX_PIXELS)
+    max_text_bytes: int = MAX_TEXT_BYTES  # a text / Markdown file larger than this is refused, not read
 
     def __post_init__(self) -> None:
+        if self.max_text_bytes < 1:
+            raise ValueError("max_text_bytes must be positive")
         if self.chunk_chars < 1 or not 0 <= self.chunk_overlap < self.chunk_chars:
             raise ValueError("need chunk_chars >= 1 and 0 <= chunk_overlap < chunk_chars")
         if self.video_segment_seconds is not None and self.video_segment_seconds <= 0:
@@ -240,14 +248,17 @@ def discover(paths: Sequence[str | Path], options: IngestOptions) -> tuple[list[
     skipped: list[Failure] = []
     for raw in paths:
         given = Path(raw).expanduser()
-        if given.is_file():
-            files.append(given.resolve())
-        elif given.is_dir():
-            _walk(given.resolve(), options, files, skipped)
-        elif given.is_symlink():
-            missing.append(Failure(display_path(given), "a link to nothing (its target does not exist)"))
-        else:
-            missing.append(Failure(display_path(given), "no such file or folder"))
+        try:
+            if given.is_file():
+                files.append(given.resolve())
+            elif given.is_dir():
+                _walk(given.resolve(), options, files, skipped)
+            elif given.is_symlink():
+                missing.append(Failure(display_path(given), "a link to nothing (its target does not exist)"))
+            else:
+                missing.append(Failure(display_path(given), "no such file or folder"))
+        except OSError as exc:  # a name longer than the system allows, a folder we may not enter, ...
+            missing.append(Failure(display_path(given), exc.strerror or str(exc)))
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, missing, skipped
@@ -278,18 +289,34 @@ def _walk(root: Path, options: IngestOptions, files: list[Path], skipped: list[F
             rel = child.relative_to(root)
             if any(part.startswith(".") for part in rel.parts):
                 continue
-            if child.is_dir():
-                if options.recursive:
-                    (linked if child.is_symlink() else real).append(child)
-            elif child.is_file():
-                name, rel_text = child.name, rel.as_posix()
-                if options.include and not any(_match(name, rel_text, g) for g in options.include):
-                    continue
-                if not any(_match(name, rel_text, g) for g in options.exclude):
-                    found.append(child)
-            elif child.is_symlink():
-                skipped.append(Failure(display_path(child), "a link to nothing (its target does not exist)"))
+            try:
+                _visit(child, rel, options, found, real, linked, skipped)
+            except OSError as exc:  # this entry only (a path longer than the system allows, ...)
+                skipped.append(Failure(display_path(child), exc.strerror or str(exc)))
     files.extend(sorted(found))
+
+
+def _visit(
+    child: Path,
+    rel: Path,
+    options: IngestOptions,
+    found: list[Path],
+    real: collections.deque,
+    linked: collections.deque,
+    skipped: list[Failure],
+) -> None:
+    """One folder entry: a folder to walk (by a link: after the others), a file to index, or a dangling link."""
+    if child.is_dir():
+        if options.recursive:
+            (linked if child.is_symlink() else real).append(child)
+    elif child.is_file():
+        name, rel_text = child.name, rel.as_posix()
+        if options.include and not any(_match(name, rel_text, g) for g in options.include):
+            return
+        if not any(_match(name, rel_text, g) for g in options.exclude):
+            found.append(child)
+    elif child.is_symlink():
+        skipped.append(Failure(display_path(child), "a link to nothing (its target does not exist)"))
 
 
 def _match(name: str, rel: str, pattern: str) -> bool:
@@ -386,7 +413,7 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
         digest = hashlib.sha256(data).hexdigest()
         yield Unit(digest, {"image": data}, replace(base, modality="image"))
     elif modality == "text":
-        text = _decode_text(_read_file(path))
+        text = _decode_text(_read_file(path, options.max_text_bytes))
         for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
             chunk = text[a:b]
             key = hashlib.sha256(chunk.encode()).hexdigest()
@@ -430,8 +457,9 @@ def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[U
 
 
 def _decode_text(data: bytes) -> str:
+    """UTF-8 text; a byte order mark at the start (Windows editors write one) is not part of it."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputError("not UTF-8 text") from None
 

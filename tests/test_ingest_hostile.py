@@ -304,3 +304,23 @@ def test_symlinks_are_followed_under_their_own_names_with_loops_skipped_and_repo
     left = {Path(s).name for p in store.scroll() for s in sources_of(p.payload)}
     assert left == {"real.txt", "a.txt"}
     store.close()
+
+
+def test_text_files_have_a_size_limit_a_bom_is_not_text_and_impossible_paths_are_reported(embedder, tmp_path):
+    from retrieval_pipeline.ingest import Indexer, IngestOptions
+    from retrieval_pipeline.store import EdgeStore
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "big.md").write_text("x" * 5000)
+    (folder / "small.txt").write_bytes(b"\xef\xbb\xbfHello from Notepad.")  # UTF-8 with a byte order mark
+    too_long = str(tmp_path / ("n" * 300)) + "/file.txt"  # longer than a file name may be
+    store = EdgeStore(tmp_path / "db", "docs")
+    options = IngestOptions(max_text_bytes=1000)
+    report = Indexer(embedder, store).index_paths([too_long, folder], options=options, show_progress_bar=False)
+    reasons = {Path(f.source).name: f.reason for f in report.failed}
+    assert reasons["big.md"] == "file too large: 5000 bytes (limit 1000)"
+    assert reasons["file.txt"] == "File name too long"  # reported; the run went on
+    (point,) = store.scroll()
+    assert point.payload["text"] == "Hello from Notepad."  # no U+FEFF in the text
+    store.close()
