@@ -602,13 +602,16 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
     if getattr(args, "ray", False):  # checked before --rebuild deletes anything
         from .distributed import RayOptions, parse_actors
 
-        ray_options = RayOptions(
-            address=args.ray_address,
-            actors=parse_actors(args.ray_actors),
-            gpus_per_actor=args.ray_gpus_per_actor,
-            cpus_per_actor=args.ray_cpus_per_actor,
-            batch_size=args.ray_batch_size,
-        )
+        try:
+            ray_options = RayOptions(
+                address=args.ray_address,
+                actors=parse_actors(args.ray_actors),
+                gpus_per_actor=args.ray_gpus_per_actor,
+                cpus_per_actor=args.ray_cpus_per_actor,
+                batch_size=args.ray_batch_size,
+            )
+        except ValueError as exc:  # a --ray-* value: a usage error
+            raise UsageError(str(exc)) from None
     if args.rebuild:
         report = _rebuild(args, pipeline, paths, options, metadata, ray_options)
         new = True

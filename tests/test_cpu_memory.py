@@ -202,8 +202,8 @@ def test_serve_models_choice(tmp_path, models_env, monkeypatch):  # noqa: F811
         monkeypatch.setenv(key, value)
     assert cli_module.main(["serve", "--models", "embed,rerank", "-q"]) == 0
     assert cli_module.main(["serve", "--models", "rerank", "-q"]) == 0
-    assert cli_module.main(["serve", "--models", "rerank,generate", "-q"]) == 1
-    assert cli_module.main(["serve", "--models", "embed,nonsense", "-q"]) == 1
+    assert cli_module.main(["serve", "--models", "rerank,generate", "-q"]) == 2  # a usage error
+    assert cli_module.main(["serve", "--models", "embed,nonsense", "-q"]) == 2
     no_generator, rerank_only = apps
     assert no_generator.state.serving.pipeline._generator is None
     with LiveServer(no_generator) as url:

@@ -403,6 +403,6 @@ def test_cli_checks_ray_options_before_rebuild_deletes_anything(corpus, tmp_path
     common = ["--db", str(tmp_path / "db"), "--embedding-model", str(TINY), "--dtype", "float32", "--json"]
     assert main(["index", str(corpus / "notes.md"), *common]) == 0
     capsys.readouterr()
-    assert main(["index", str(corpus), "--rebuild", "--ray", "--ray-actors", "0", *common]) == 1
+    assert main(["index", str(corpus), "--rebuild", "--ray", "--ray-actors", "0", *common]) == 2  # usage
     assert "actors must be a positive int" in capsys.readouterr().err
     assert EdgeStore(tmp_path / "db", "default").count() > 0  # still there
