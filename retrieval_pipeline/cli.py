@@ -290,7 +290,21 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-items", type=int, default=2048, help="inputs / documents per request, as OpenAI's (default 2048)"
     )
-    p.add_argument("--max-in-flight", type=int, default=16, help="requests at once; beyond: 429 (default 16)")
+    p.add_argument(
+        "--max-in-flight", type=int, default=16, help="requests served at once; more wait in the queue (default 16)"
+    )
+    p.add_argument(
+        "--max-queued", type=_at_least(0), default=256, help="requests waiting for a slot; beyond: 429 (default 256)"
+    )
+    p.add_argument(
+        "--max-queued-mb",
+        type=_at_least(0),
+        default=256,
+        help="request bodies waiting for a slot, in MB together; beyond: 429 (default 256)",
+    )
+    p.add_argument(
+        "--queue-timeout", type=float, default=60.0, help="seconds a request waits for a slot; then 429 (default 60)"
+    )
     p.add_argument(
         "--max-queued-generations",
         type=int,
@@ -784,6 +798,9 @@ def _serve(args: argparse.Namespace, pipeline: Any) -> int:
         max_fetches=args.max_fetches,
         max_items=args.max_items,
         max_in_flight=args.max_in_flight,
+        max_queued=args.max_queued,
+        max_queued_bytes=args.max_queued_mb * 1024 * 1024,
+        queue_timeout=args.queue_timeout,
         max_queued_generations=args.max_queued_generations,
         max_generation_tokens=args.max_generation_tokens,
         request_timeout=args.request_timeout,

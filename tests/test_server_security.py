@@ -326,25 +326,55 @@ def test_a_model_failure_of_a_merged_batch_is_not_blamed_on_the_others():
     assert calls[0] == ["a", "b", "poison", "c"] and len(calls) == 4  # merged once, then each alone once
 
 
-def test_too_many_requests_get_429_with_retry_after(embedder, source):
-    config = ServerConfig(fetch_allow=("127.0.0.1",), fetch_timeout=2.0, max_in_flight=2)
-    slow = {"input": [{"image": f"http://127.0.0.1:{source}/slow.jpg"}]}
+def test_requests_past_the_slots_wait_in_a_bounded_queue_then_429(embedder, source):
+    """Two slots held by slow requests: the next waits and is answered; past the queue's length or its wait, 429
+    with Retry-After naming the limit; /health answers throughout."""
+    config = ServerConfig(fetch_allow=("127.0.0.1",), fetch_timeout=2.0, max_in_flight=2, max_queued=1)
+    slow = {"input": [{"image": f"http://127.0.0.1:{source}/slow.jpg"}]}  # held until its 2-s fetch deadline
 
     async def main(url):
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             held = [asyncio.create_task(c.post("/v1/embeddings", json=slow)) for _ in range(2)]
             await asyncio.sleep(0.5)
+            queued = asyncio.create_task(c.post("/v1/embeddings", json={"input": "x"}))
+            await asyncio.sleep(0.3)
             extra = await c.post("/v1/embeddings", json={"input": "x"})
             health = await c.get("/health")
-            await asyncio.gather(*held)
-            after = await c.post("/v1/embeddings", json={"input": "x"})
-            return extra, health, after
+            done = await asyncio.gather(*held, queued)
+            return extra, health, done
 
     with LiveServer(create_app(embedder=embedder, config=config)) as url:
-        extra, health, after = asyncio.run(main(url))
+        extra, health, done = asyncio.run(main(url))
+    assert [r.status_code for r in done] == [400, 400, 200]  # the queued one waited for a slot, then was answered
     assert extra.status_code == 429 and extra.headers["Retry-After"] == "1"
-    assert extra.json()["error"]["limit"] == "max_in_flight"
-    assert health.status_code == 200 and after.status_code == 200
+    assert extra.json()["error"]["limit"] == "max_queued"
+    assert health.status_code == 200
+
+    config = ServerConfig(fetch_allow=("127.0.0.1",), fetch_timeout=2.0, max_in_flight=1, queue_timeout=0.5)
+
+    async def timeout(url):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            held = asyncio.create_task(c.post("/v1/embeddings", json=slow))
+            await asyncio.sleep(0.5)
+            waited = await c.post("/v1/embeddings", json={"input": "x"})
+            await held
+            return waited
+
+    with LiveServer(create_app(embedder=embedder, config=config)) as url:
+        waited = asyncio.run(timeout(url))
+    assert waited.status_code == 429 and waited.json()["error"]["limit"] == "queue_timeout"
+
+
+def test_a_burst_of_64_small_requests_against_a_default_server_gets_64_answers(embedder):
+    async def main(url):
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+            return await asyncio.gather(*[c.post("/v1/embeddings", json={"input": f"text {i}"}) for i in range(64)])
+
+    with LiveServer(create_app(embedder=embedder, config=ServerConfig())) as url:
+        answers = asyncio.run(main(url))
+    assert [r.status_code for r in answers] == [200] * 64
+    vectors = [r.json()["data"][0]["embedding"] for r in answers]
+    assert np.allclose(vectors[5], embedder.embed(["text 5"])[0], atol=1e-5)
 
 
 def test_strict_types_and_the_model_field(allow_server):

@@ -33,7 +33,12 @@ class ServerConfig:
     max_redirects: int = 3
     request_timeout: float = 60.0  # seconds to prepare one request's inputs (all downloads and decoding)
     body_timeout: float = 15.0  # seconds for a client to send its whole request body
-    max_in_flight: int = 16  # requests served at once; beyond: 429 with Retry-After
+    max_in_flight: int = 16  # requests served at once (reading, preparing, holding their inputs); beyond: they wait
+    # Requests waiting for a slot, in arrival order: at most this many, announcing at most max_queued_bytes of body
+    # together, each for at most queue_timeout seconds; past any of them: 429 with Retry-After.
+    max_queued: int = 256
+    max_queued_bytes: int = 256 * 1024 * 1024
+    queue_timeout: float = 60.0
     retry_after_s: int = 1
     max_queued_generations: int = 8  # chat / ask generations running or waiting; beyond: 429 with Retry-After
     max_generation_tokens: int = 4096  # a chat request's max_tokens; above: 413 naming the limit
@@ -49,6 +54,8 @@ class ServerConfig:
             raise ValueError("an empty bearer token would switch authentication off: pass a real token or None")
         if self.max_in_flight < 1 or self.prepare_workers < 1 or self.max_queued_generations < 1:
             raise ValueError("max_in_flight, prepare_workers and max_queued_generations must be >= 1")
+        if self.max_queued < 0 or self.max_queued_bytes < 0 or not self.queue_timeout > 0:
+            raise ValueError("max_queued and max_queued_bytes must be >= 0, queue_timeout > 0")
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy.server(

@@ -1,5 +1,6 @@
 """The gate in front of every route but the open ones: bearer-token auth, request size (``Content-Length``
-required), at most ``max_in_flight`` requests at once (429 with ``Retry-After`` beyond), the whole body within
+required), at most ``max_in_flight`` requests at once (more wait in a bounded queue; 429 with ``Retry-After``
+past it), the whole body within
 ``body_timeout``, and oversized JSON lists refused off the event loop so that ``/health`` stays responsive.
 """
 
@@ -55,15 +56,54 @@ def _refusal(request: Request, config: ServerConfig) -> tuple[JSONResponse | Non
     return None, size
 
 
-def _busy(config: ServerConfig) -> JSONResponse:
+def _busy(config: ServerConfig, limit: str, why: str) -> JSONResponse:
     response = error_response(
         429,
-        f"the server is busy: {config.max_in_flight} requests in flight (max_in_flight); retry shortly",
+        f"the server is busy: {config.max_in_flight} requests in flight and {why}; retry shortly",
         "rate_limit_error",
-        limit="max_in_flight",
+        limit=limit,
     )
     response.headers["Retry-After"] = str(config.retry_after_s)
     return response
+
+
+class Admission:
+    """``max_in_flight`` slots; a request that finds them taken waits for one, in arrival order, while the queue
+    holds fewer than ``max_queued`` requests announcing at most ``max_queued_bytes`` of body, and for at most
+    ``queue_timeout`` seconds. A waiting request holds nothing of its body (it is read once admitted)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.slots = asyncio.Semaphore(config.max_in_flight)
+        self.in_flight = 0
+        self.waiting = 0
+        self.waiting_bytes = 0
+
+    async def enter(self, size: int) -> JSONResponse | None:
+        """None once a slot is held (release it with :meth:`leave`); else the 429 to answer."""
+        config = self.config
+        if not self.slots.locked():
+            await self.slots.acquire()  # free now: no wait
+        else:
+            if self.waiting >= config.max_queued:
+                return _busy(config, "max_queued", f"{self.waiting} waiting (max_queued)")
+            if self.waiting_bytes + size > config.max_queued_bytes:
+                return _busy(config, "max_queued_bytes", f"{self.waiting_bytes} bytes waiting (max_queued_bytes)")
+            self.waiting += 1
+            self.waiting_bytes += size
+            try:
+                await asyncio.wait_for(self.slots.acquire(), config.queue_timeout)
+            except asyncio.TimeoutError:
+                return _busy(config, "queue_timeout", f"no slot came within {config.queue_timeout:g} s (queue_timeout)")
+            finally:
+                self.waiting -= 1
+                self.waiting_bytes -= size
+        self.in_flight += 1
+        return None
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self.slots.release()
 
 
 async def _body_refusal(request: Request, size: int, config: ServerConfig, pool: Executor) -> JSONResponse | None:
@@ -90,8 +130,9 @@ async def _body_refusal(request: Request, size: int, config: ServerConfig, pool:
 
 
 def install_guard(app: FastAPI, config: ServerConfig, pool: Executor) -> None:
-    """Add the gate to ``app``; ``pool`` runs the pre-check of large bodies. ``app.state.in_flight`` counts."""
-    app.state.in_flight = 0
+    """Add the gate to ``app``; ``pool`` runs the pre-check of large bodies. ``app.state.admission`` counts the
+    requests in flight and waiting."""
+    admission = app.state.admission = Admission(config)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -100,9 +141,9 @@ def install_guard(app: FastAPI, config: ServerConfig, pool: Executor) -> None:
         refusal, size = _refusal(request, config)
         if refusal is not None:
             return refusal
-        if app.state.in_flight >= config.max_in_flight:
-            return _busy(config)
-        app.state.in_flight += 1
+        busy = await admission.enter(size)
+        if busy is not None:
+            return busy
         try:
             if request.method == "POST":
                 refusal = await _body_refusal(request, size, config, pool)
@@ -110,7 +151,7 @@ def install_guard(app: FastAPI, config: ServerConfig, pool: Executor) -> None:
                     return refusal
             return await call_next(request)
         finally:
-            app.state.in_flight -= 1
+            admission.leave()
 
 
 TOKEN_IDS = (

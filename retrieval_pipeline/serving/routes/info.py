@@ -33,7 +33,8 @@ async def health(request: Request, state: State) -> dict[str, Any]:
                 "reranker_model": model_name(state.reranker),
                 "collection": state.pipeline.store.collection if state.pipeline is not None else None,
                 "batches": {"embeddings": state.embed_batcher.batches, "embedded_items": state.embed_batcher.items},
-                "in_flight": request.app.state.in_flight,
+                "in_flight": request.app.state.admission.in_flight,
+                "waiting": request.app.state.admission.waiting,
             }
         )
     return body
