@@ -33,6 +33,10 @@ def test_cohere_v1_sdk_rerank_with_documents_and_rank_fields(server, reranker):
     for r in resp.results:
         assert abs(r.relevance_score - expected[r.index]) < TOL
         assert r.document.text == DOCS[r.index]
+    # a v1 document object whose ranked field is only `text` is ranked as that text (not "text: ...")
+    resp = client.rerank(model="tiny-qwen3vl", query=QUERY, documents=[{"text": d} for d in DOCS], rank_fields=["text"])
+    for r in resp.results:
+        assert abs(r.relevance_score - expected[r.index]) < TOL
     docs = [{"title": "Pets", "body": d, "year": 2024} for d in DOCS]
     resp = client.rerank(model="tiny-qwen3vl", query=QUERY, documents=docs, rank_fields=["body", "title"])
     structured = reranker.score(QUERY, [f"body: {d}\ntitle: Pets" for d in DOCS])

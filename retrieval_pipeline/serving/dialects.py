@@ -81,6 +81,8 @@ def structured(doc: dict[str, Any], where: str, rank_fields: list[str] | None) -
         lines.append(f"{key}: {text}")
     if not lines:
         raise _bad(where, f"none of the rank_fields {fields} is in the document")
+    if [key for key in fields if key in doc] == ["text"] and isinstance(doc["text"], str):
+        return doc["text"]  # Cohere v1: a document's `text` alone is ranked as that text
     return "\n".join(lines)
 
 

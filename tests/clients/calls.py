@@ -39,12 +39,13 @@ def langchain_cohere() -> list:
     return [[DOCS.index(d.page_content), float(d.metadata["relevance_score"])] for d in docs]
 
 
-def infinity() -> list:
+def infinity(prefix: str = "") -> list:
+    """Infinity's own client; ``prefix``: the server deployed under a path (``/v1``), where it posts too."""
     from infinity_client import Client
     from infinity_client.api.default import rerank
     from infinity_client.models import RerankInput
 
-    client = Client(base_url=URL)
+    client = Client(base_url=URL + prefix)
     out = rerank.sync(client=client, body=RerankInput(query=QUERY, documents=DOCS, return_documents=True))
     assert all(r.document == DOCS[r.index] for r in out.results), "document is not the string sent"
     raw = rerank.sync(client=client, body=RerankInput(query=QUERY, documents=DOCS, raw_scores=True))
@@ -60,6 +61,7 @@ CALL_NAMES = (
     "litellm hosted_vllm",
     "langchain-cohere CohereRerank",
     "infinity_client",
+    "infinity_client under /v1",
 )
 URL = sys.argv[1] if __name__ == "__main__" else ""
 MODEL = sys.argv[2] if __name__ == "__main__" else ""
@@ -71,6 +73,7 @@ CALLS = {
     "litellm hosted_vllm": lambda: litellm_rerank("hosted_vllm", URL),
     "langchain-cohere CohereRerank": langchain_cohere,
     "infinity_client": infinity,
+    "infinity_client under /v1": lambda: infinity("/v1"),
 }
 
 

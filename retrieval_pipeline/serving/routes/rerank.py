@@ -95,8 +95,19 @@ def _response(
 
 @router.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS)
 async def rerank_v1(body: RerankRequest, state: State) -> RerankResponse:
+    """Jina and Cohere v1 clients; Infinity's client deployed under ``/v1`` (it sends ``raw_scores``) gets its own
+    shape here too, as on ``/rerank``."""
     scores, tokens, model = await _scores(body, state)
-    return _response(body, scores, tokens, model, document_as="object", with_documents=bool(body.return_documents))
+    with_documents = bool(body.return_documents)
+    if body.raw_scores is not None:
+        return _infinity(body, scores, tokens, model, with_documents)
+    return _response(body, scores, tokens, model, document_as="object", with_documents=with_documents)
+
+
+def _infinity(body: RerankRequest, scores: list[float], tokens: int, model: Any, with_documents: bool) -> Any:
+    response = _response(body, scores, tokens, model, document_as="string", with_documents=with_documents)
+    response.object = "rerank"
+    return response
 
 
 @router.post("/v2/rerank", response_model=RerankResponse, responses=ERRORS)
@@ -110,9 +121,7 @@ async def rerank_plain(body: RerankRequest, state: State) -> RerankResponse:
     scores, tokens, model = await _scores(body, state)
     with_documents = bool(body.return_documents)  # LiteLLM's infinity/ and hosted_vllm/ send the same body
     if body.raw_scores is not None:  # Infinity's client: document as a string, usage tokens
-        response = _response(body, scores, tokens, model, document_as="string", with_documents=with_documents)
-        response.object = "rerank"
-        return response
+        return _infinity(body, scores, tokens, model, with_documents)
     return _response(body, scores, tokens, model, document_as="object", with_documents=with_documents)  # vLLM
 
 
@@ -121,6 +130,4 @@ async def rerank_infinity(body: RerankRequest, state: State) -> RerankResponse:
     """Infinity's shape whatever the request sends (``document`` a string): the base URL for LiteLLM's
     ``infinity/`` provider, whose requests cannot be told from ``hosted_vllm/``'s."""
     scores, tokens, model = await _scores(body, state)
-    response = _response(body, scores, tokens, model, document_as="string", with_documents=bool(body.return_documents))
-    response.object = "rerank"
-    return response
+    return _infinity(body, scores, tokens, model, bool(body.return_documents))
