@@ -782,11 +782,10 @@ def run_command(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _serve(args: argparse.Namespace, pipeline: Any) -> int:
-    """``serve``: the HTTP API over the pipeline's models and collection, with the operator's limits."""
-    from .serving import ServerConfig, create_app, serve
+def _server_config(args: argparse.Namespace) -> Any:
+    from .serving import ServerConfig
 
-    config = ServerConfig(
+    return ServerConfig(
         api_key=args.token,
         dynamic_batching=not args.no_dynamic_batching,
         max_wait_ms=args.max_wait_ms,
@@ -810,6 +809,16 @@ def _serve(args: argparse.Namespace, pipeline: Any) -> int:
         expose_paths=args.expose_paths,
         limits=_server_limits(args.limit),
     )
+
+
+def _serve(args: argparse.Namespace, pipeline: Any) -> int:
+    """``serve``: the HTTP API over the pipeline's models and collection, with the operator's limits."""
+    from .serving import create_app, serve
+
+    try:
+        config = _server_config(args)
+    except ValueError as exc:  # a flag's value
+        raise UsageError(str(exc)) from None
     models = _serve_models(args.models)
     if "embed" in models and pipeline.store.exists():
         # opened now: a store another process holds (a running `index`) is said at start (exit 4), not answered

@@ -378,6 +378,9 @@ def test_retriever_takes_k_and_top_k_still_works(embedder, indexed_store):
         old.top_k = 3
     assert old.k == 3 and len(old.invoke("a cat")) == 3
     assert len(old.invoke("a cat", k=1)) == 1
+    for bad in (0, -1, True):  # k=0 used to give the default 3 silently
+        with pytest.raises(ValueError, match="k must be a positive int"):
+            old.invoke("a cat", k=bad)
     with pytest.raises(ValueError, match="pass 'k' only"):
         Qwen3VLRetriever(embedder=embedder, store=indexed_store, top_k=2, k=3)
 

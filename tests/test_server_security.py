@@ -394,6 +394,11 @@ def test_strict_types_and_the_model_field(allow_server):
         err = r.json()["error"]
         assert err["code"] == "model_not_found" and "tiny-qwen3vl" in err["message"]
         assert c.post("/v1/embeddings", json={"input": "x", "model": "tiny-qwen3vl"}).status_code == 200
+        # the model's folder on the server is not a name it answers to: no oracle for the server's file names
+        r = c.post("/v1/embeddings", json={"input": "x", "model": str(TINY)})
+        assert r.status_code == 404 and str(TINY) not in r.json()["error"]["message"].replace(repr(str(TINY)), "")
+    with pytest.raises(ValueError, match="non-empty name"):
+        ServerConfig(served_model_names=("qwen3-vl", " "))
         assert c.post("/v1/rerank", json={"query": "q", "documents": ["d"], "model": "nope"}).status_code == 404
         r = c.post("/v1/embeddings", json={"input": ["ok", "x" * 100_001]})  # the server's input limits apply
         assert r.status_code == 413 and r.json()["error"]["limit"] == "max_text_chars", r.text

@@ -62,7 +62,9 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
         )
 
     def _search(self, query: str, k: int | None, filters: dict[str, Any] | None) -> list[Document]:
-        hits = self._pipeline().retrieve(query, top_k=k or self.k, filters=filters or self.filters)
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"k must be a positive int (documents to return), got {k!r}")
+        hits = self._pipeline().retrieve(query, top_k=self.k if k is None else k, filters=filters or self.filters)
         return [hit_to_document(h) for h in hits]
 
     def _get_relevant_documents(

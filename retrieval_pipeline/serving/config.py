@@ -54,6 +54,8 @@ class ServerConfig:
             raise ValueError("an empty bearer token would switch authentication off: pass a real token or None")
         if self.max_in_flight < 1 or self.prepare_workers < 1 or self.max_queued_generations < 1:
             raise ValueError("max_in_flight, prepare_workers and max_queued_generations must be >= 1")
+        if any(not isinstance(n, str) or not n.strip() for n in self.served_model_names):
+            raise ValueError("a served model name (--served-model-name) must be a non-empty name")
         if self.max_queued < 0 or self.max_queued_bytes < 0 or not self.queue_timeout > 0:
             raise ValueError("max_queued and max_queued_bytes must be >= 0, queue_timeout > 0")
 

@@ -195,7 +195,11 @@ class ServingState:
         if requested is None or requested in UNSPECIFIED_MODEL:
             return
         aliases = self.config.served_model_names
-        if requested not in {str(component.model_name_or_path), model_name(component), *aliases}:
+        accepted = {model_name(component), *aliases}
+        name = str(component.model_name_or_path)
+        if not os.path.isdir(os.path.expanduser(name)):  # a hub id; never a server path (it would tell files apart)
+            accepted.add(name)
+        if requested not in accepted:
             served = sorted({model_name(component), *aliases})
             raise HTTPError(
                 404,
