@@ -569,8 +569,13 @@ def _eval(args: argparse.Namespace, pipeline: Any) -> int:
     if dataset is None:
         raise UsageError("eval needs --queries and --qrels (or --beir / --vidore DIR)")
     for option, value in (("--plot", args.plot), ("--per-query", args.per_query)):
-        if value and not Path(value).expanduser().resolve().parent.is_dir():
+        if not value:
+            continue
+        target = Path(value).expanduser().resolve()
+        if not target.parent.is_dir():
             raise UsageError(f"{option}: the folder of {value} does not exist")  # before the evaluation runs
+        if target.is_dir():
+            raise UsageError(f"{option}: {value} is a folder; give a file name")
     report = evaluate(
         pipeline.retriever(rerank=not args.no_rerank),
         dataset,

@@ -498,9 +498,13 @@ def evaluate(
     store = retriever.store
     spec = store.open(create=False)
     depths = sorted({int(d) for d in rerank_depths if int(d) > 0}) if retriever.reranker is not None else []
-    dims = sorted({min(int(d), spec.dim) for d in (dims or [])} | {spec.dim})
-    if any(d < 1 for d in dims):
-        raise ValueError(f"dimensions must be positive, got {dims}")
+    asked = [int(d) for d in (dims or [])]
+    if any(not 1 <= d <= spec.dim for d in asked):
+        raise ValueError(
+            f"--dims {','.join(map(str, asked))}: each must be a Matryoshka dimension from 1 to the collection's "
+            f"{spec.dim}"
+        )
+    dims = sorted({*asked, spec.dim})
     collection = _collection(store, dataset, spec.dim, Path(root) if root is not None else None)
     options = (
         search_options if isinstance(search_options, SearchOptions) else SearchOptions.from_mapping(search_options)

@@ -76,6 +76,8 @@ def beir_store(embedder, tmp_path):
 def test_metrics_equal_the_definitions_and_reranking_moves_them_as_judged(embedder, reranker, beir_store):
     dataset = load_beir(BEIR)
     retriever = TwoStageRetriever(embedder, beir_store, reranker)
+    with pytest.raises(ValueError, match="each must be a Matryoshka dimension from 1 to the collection's 64"):
+        evaluate(retriever, dataset, k=5, dims=[16, 999], show_progress_bar=False)  # was dropped silently
     report = evaluate(retriever, dataset, k=5, dims=[16, 32], rerank_depths=[3, 10], show_progress_bar=False)
     configs = [r["config"] for r in report.rows]
     assert configs == ["stage one", "exact 16-d", "exact 32-d", "exact 64-d", "rerank top-3", "rerank top-10"]
@@ -167,6 +169,7 @@ def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):  # noqa: F
     for extra, message in (
         (["--k", "0"], "--k: must be at least 1"),
         (["--plot", "/no/such/dir/x.png"], "does not exist"),
+        (["--per-query", str(tmp_path)], "is a folder; give a file name"),
     ):
         refused = cli(*args[:5], *extra, env=models_env, db=db)
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
