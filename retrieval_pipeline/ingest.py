@@ -411,7 +411,7 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
     if modality == "image":
         data = _read_file(path, MAX_DOWNLOAD_BYTES)
         digest = hashlib.sha256(data).hexdigest()
-        yield Unit(digest, {"image": data}, replace(base, modality="image"))
+        yield Unit(file_content_key(digest), {"image": data}, replace(base, modality="image"))
     elif modality == "text":
         text = _decode_text(_read_file(path, options.max_text_bytes))
         for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
@@ -430,9 +430,27 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
             if image is None:  # this page failed (text holds the reason); the others go on
                 yield UnitFailure(display_path(record.describe(chunk=False)), text)
                 continue
-            yield Unit(f"{digest}:page={page_number}", {"image": image}, record)
+            yield Unit(file_content_key(digest, page=page_number), {"image": image}, record)
     else:
         raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
+
+
+def file_content_key(digest: str, *, page: int | None = None, segment: Sequence[float] | None = None) -> str:
+    """The content key of an item read from a file whose bytes hash to ``digest``: the file, one page of it or
+    one segment of it. (A point's ``content_hash`` is the SHA-256 of this key: the server checks with it that a
+    file it shows is still the one indexed.)"""
+    if page is not None:
+        return f"{digest}:page={page}"
+    if segment:
+        return f"{digest}:{segment[0]:.3f}-{segment[1]:.3f}"
+    return digest
+
+
+def indexed_file_hash(payload: Mapping[str, Any], digest: str) -> str:
+    """What ``content_hash`` a point read from a file whose bytes hash to ``digest`` has."""
+    page = payload.get("page") if payload.get("modality") == "pdf-page" else None
+    segment = payload.get("segment") if payload.get("modality") == "video" else None
+    return hashlib.sha256(file_content_key(digest, page=page, segment=segment).encode()).hexdigest()
 
 
 def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[Unit]:
@@ -443,7 +461,8 @@ def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[U
     duration = video_duration(path)
     step = options.video_segment_seconds
     if step is None or duration <= step:
-        yield Unit(digest, {"video": source}, replace(base, modality="video", duration=duration), verify)
+        record = replace(base, modality="video", duration=duration)
+        yield Unit(file_content_key(digest), {"video": source}, record, verify)
         return
     start = 0.0
     while start < duration:
@@ -452,7 +471,7 @@ def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[U
             break
         segment = {"video": source, "video_start": start, "video_end": end}
         record = replace(base, modality="video", segment=[start, end], duration=duration)
-        yield Unit(f"{digest}:{start:.3f}-{end:.3f}", segment, record, verify)
+        yield Unit(file_content_key(digest, segment=(start, end)), segment, record, verify)
         start = end
 
 

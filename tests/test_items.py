@@ -104,7 +104,7 @@ def test_text_gone_sources_and_bad_ids(served):
     assert _image(gone).size[0] > 0
     assert client.get(f"/v1/items/{ids['rocket.jpg']}").json()["readable"] is False
     bomb = client.get(f"/v1/items/{ids['report_page.png']}/thumbnail")  # refused before decoding, not a 500
-    assert bomb.status_code == 200 and "cannot be decoded" in bomb.headers["x-placeholder"]
+    assert bomb.status_code == 200 and "changed since it was indexed" in bomb.headers["x-placeholder"]
     missing = client.get("/v1/items/00000000-0000-0000-0000-000000000000/thumbnail")
     assert missing.status_code == 404
     bad = client.get("/v1/items/..%2F..%2Fetc%2Fpasswd/media")
@@ -121,7 +121,7 @@ def test_swapped_files_concurrency_and_no_server_paths(served):
     assert client.get(f"/v1/items/{ids['linked.png']}").json()["readable"] is False
     broken = client.get(f"/v1/items/{ids['broken.pdf']}/thumbnail")
     reason = broken.headers["x-placeholder"]
-    assert "cannot be decoded" in reason and "/" not in reason  # no server path in the reason
+    assert "changed since it was indexed" in reason and "/" not in reason  # no server path in the reason
     # pdfium is not thread-safe: many renders at once must neither crash the server nor fail
     import concurrent.futures
 
@@ -140,3 +140,26 @@ def test_reranking_skips_a_corrupt_pdf(served, embedder, reranker):
     hits = retriever.retrieve("revenue", top_k=20)  # the corrupt PDF is among the candidates
     broken = [h for h in hits if h.source.endswith("broken.pdf")]
     assert broken and all(h.rerank_score is None for h in broken) and hits[0].rerank_score is not None
+
+
+def test_a_parent_folder_swapped_for_a_link_serves_nothing_outside(embedder, tmp_path):
+    """After indexing, the folder holding an item is replaced by a link to another folder with a file of the same
+    name: media and thumbnail are placeholders (the file is not the one indexed), never the other file."""
+    corpus, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    (corpus / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(CORPUS / "chelsea.jpg", corpus / "sub" / "photo.jpg")
+    store = EdgeStore(tmp_path / "db", "docs")
+    Indexer(embedder, store).index_paths([corpus], show_progress_bar=False)
+    (point,) = store.scroll()
+    Image.new("RGB", (64, 48), (0, 255, 0)).save(elsewhere / "photo.jpg")  # "secret" content outside the corpus
+    shutil.rmtree(corpus / "sub")
+    (corpus / "sub").symlink_to(elsewhere)
+    rag = RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None)
+    app = create_app(pipeline=rag, config=ServerConfig())
+    with LiveServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for what in ("media", "thumbnail"):
+            r = client.get(f"/v1/items/{point.id}/{what}")
+            assert r.status_code == 200 and "changed since it was indexed" in r.headers["x-placeholder"]
+            assert (0, 255, 0) not in _image(r).convert("RGB").getdata()  # not the file outside
+    store.close()

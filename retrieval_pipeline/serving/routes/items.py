@@ -12,8 +12,10 @@ from __future__ import annotations
 import io
 import mimetypes
 import os
+import threading
 import uuid
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -59,7 +61,35 @@ def _local_source(payload: dict[str, Any]) -> tuple[str | None, str | None]:
     folder = os.path.realpath(os.path.dirname(os.path.abspath(source)))
     if not real.startswith(folder + os.sep):  # a link swapped in since indexing, pointing out of the folder
         return None, "the source is now a link out of its folder"
+    if not _still_indexed(real, payload):  # a file or a parent folder swapped since indexing (links anywhere)
+        return None, "the source file changed since it was indexed"
     return real, None
+
+
+# Files checked against their points' content hash, by (path, size, modification time): each version read once.
+_CHECKED: dict[tuple[str, int, int], str] = {}
+_CHECKED_LOCK = threading.Lock()
+CHECKED_ENTRIES = 4096
+
+
+def _still_indexed(path: str, payload: dict[str, Any]) -> bool:
+    """The file at ``path`` holds what the point was made from (its ``content_hash``; points without one pass)."""
+    from ...ingest import file_digest, indexed_file_hash
+
+    expected = payload.get("content_hash")
+    if not expected or payload.get("modality") not in ("image", "pdf-page", "video"):
+        return True
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    with _CHECKED_LOCK:
+        digest = _CHECKED.get(key)
+    if digest is None:
+        digest = file_digest(Path(path))
+        with _CHECKED_LOCK:
+            if len(_CHECKED) >= CHECKED_ENTRIES:
+                _CHECKED.clear()
+            _CHECKED[key] = digest
+    return indexed_file_hash(payload, digest) == expected
 
 
 def _reason(exc: BaseException, local: str) -> str:
@@ -189,7 +219,7 @@ def _placeholder_response(modality: str, why: str | None) -> Response:
 @router.get("/v1/items/{point}/media", responses=ERRORS)
 async def media(point: str, state: State) -> Response:
     payload = await state.store_call(_payload, state, point)
-    local, why = _local_source(payload)
+    local, why = await state.store_call(_local_source, payload)  # may hash the file: off the event loop
     modality = str(payload.get("modality") or "item")
     if local is None:
         return _placeholder_response(modality, why)
