@@ -163,3 +163,24 @@ def test_a_parent_folder_swapped_for_a_link_serves_nothing_outside(embedder, tmp
             assert r.status_code == 200 and "changed since it was indexed" in r.headers["x-placeholder"]
             assert (0, 255, 0) not in _image(r).convert("RGB").getdata()  # not the file outside
     store.close()
+
+
+def test_media_of_a_large_image_is_bounded_and_encoded_once(embedder, tmp_path):
+    from retrieval_pipeline.serving.routes import items as items_route
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    Image.new("RGB", (6000, 4000), (30, 90, 200)).save(corpus / "big.jpg", quality=60)  # 24 M pixels
+    store = EdgeStore(tmp_path / "db", "docs")
+    Indexer(embedder, store).index_paths([corpus], show_progress_bar=False)
+    (point,) = store.scroll()
+    rag = RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None)
+    with LiveServer(create_app(pipeline=rag, config=ServerConfig())) as url, httpx.Client(base_url=url) as client:
+        first = client.get(f"/v1/items/{point.id}/media")
+        shown = _image(first)
+        assert first.headers["content-type"] == "image/jpeg"
+        assert shown.size[0] * shown.size[1] <= items_route.MEDIA_PIXELS and shown.size[0] / shown.size[1] == 1.5
+        cached = [k for k in items_route._ENCODED.items if k[0].endswith("big.jpg")]
+        assert len(cached) == 1
+        assert client.get(f"/v1/items/{point.id}/media").content == first.content  # from the cache
+    store.close()

@@ -129,8 +129,42 @@ def _jpeg(image: Any, side: int) -> bytes:
 
 def _png(image: Any) -> bytes:
     out = io.BytesIO()
-    image.convert("RGB").save(out, format="PNG")
+    _bounded(image.convert("RGB")).save(out, format="PNG")
     return out.getvalue()
+
+
+def _bounded(image: Any) -> Any:
+    """At most :data:`MEDIA_PIXELS` pixels (aspect kept): what a page shows of a large image."""
+    pixels = image.size[0] * image.size[1]
+    if pixels > MEDIA_PIXELS:
+        scale = (MEDIA_PIXELS / pixels) ** 0.5
+        image.thumbnail((max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
+    return image
+
+
+class _EncodedCache:
+    """Encoded media by (file, size, modification time, page), within a byte budget (oldest out first): a viewer
+    asking for the same large image again costs nothing."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.items: dict[tuple, tuple[bytes, str]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[bytes, str] | None:
+        with self.lock:
+            return self.items.get(key)
+
+    def put(self, key: tuple, value: tuple[bytes, str]) -> None:
+        size = len(value[0])
+        if size > self.budget:
+            return
+        with self.lock:
+            while self.items and self.used + size > self.budget:
+                oldest = next(iter(self.items))
+                self.used -= len(self.items.pop(oldest)[0])
+            self.items[key] = value
+            self.used += size
 
 
 @lru_cache(maxsize=8)
@@ -169,8 +203,9 @@ def _visual(payload: dict[str, Any], path: str, *, full: bool) -> Any:
 
     modality = payload.get("modality")
     if modality == "image":
-        # the ingestion decoder: a file swapped for a decompression bomb since indexing is refused before decoding
-        return decode_image(path, os.path.basename(path))
+        # the ingestion decoder: a file swapped for a decompression bomb since indexing is refused before decoding;
+        # a large JPEG is decoded at a reduced scale (what is shown is at most MEDIA_PIXELS anyway)
+        return decode_image(path, os.path.basename(path), draft_pixels=MEDIA_PIXELS)
     if modality == "pdf-page":
         return render_pdf_page(path, int(payload.get("page") or 1), dpi=144 if full else 48)
     if modality == "video":
@@ -216,6 +251,28 @@ def _placeholder_response(modality: str, why: str | None) -> Response:
     return Response(placeholder(MAX_THUMBNAIL_SIDE, modality), media_type="image/jpeg", headers=headers)
 
 
+# What /media shows of an image or page: at most this many pixels (a 9400x9400 photo took +676 MiB and 4 s per GET
+# at full size), encoded once per file version into a cache of at most MEDIA_CACHE_BYTES.
+MEDIA_PIXELS = 16 * 1024 * 1024
+MEDIA_CACHE_BYTES = 64 * 1024 * 1024
+_ENCODED = _EncodedCache(MEDIA_CACHE_BYTES)
+
+
+def _encoded_media(payload: dict[str, Any], local: str) -> tuple[bytes, str]:
+    st = os.stat(local)
+    key = (local, st.st_size, st.st_mtime_ns, payload.get("modality"), payload.get("page"))
+    cached = _ENCODED.get(key)
+    if cached is not None:
+        return cached
+    image = _visual(payload, local, full=True)
+    if local.lower().endswith((".jpg", ".jpeg")):
+        value = (_jpeg(_bounded(image), 1 << 15), "image/jpeg")
+    else:
+        value = (_png(image), "image/png")
+    _ENCODED.put(key, value)
+    return value
+
+
 @router.get("/v1/items/{point}/media", responses=ERRORS)
 async def media(point: str, state: State) -> Response:
     payload = await state.store_call(_payload, state, point)
@@ -235,11 +292,9 @@ async def media(point: str, state: State) -> Response:
         return FileResponse(local, media_type=kind, filename=None, content_disposition_type="inline")
     if modality in ("image", "pdf-page"):  # decoded (bomb-checked) and encoded again: only ever an image
         try:
-            image = await state.store_call(_visual, payload, local, full=True)
+            data, kind = await state.store_call(_encoded_media, payload, local)
         except (InputError, OSError, ValueError, RuntimeError) as exc:
             return _placeholder_response(modality, _reason(exc, local))
-        if local.lower().endswith((".jpg", ".jpeg")):
-            return Response(await state.store_call(_jpeg, image, 1 << 15), media_type="image/jpeg")
-        return Response(await state.store_call(_png, image), media_type="image/png")
+        return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=300"})
     text = str(payload.get("text") or "")
     return Response(text, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
