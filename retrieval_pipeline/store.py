@@ -387,7 +387,9 @@ def _conditions(filters: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
         if isinstance(value, (list, tuple, set)):
             values = list(value)
             kinds = {type(v) for v in values}
-            if not values or not (kinds == {str} or kinds == {int}):
+            if not values:
+                raise ValueError(f"filter {key!r}: the list of values is empty (choose at least one)")
+            if not (kinds == {str} or kinds == {int}):
                 raise ValueError(f"filter {key!r}: a list filter needs values of one type, str or int; got {value!r}")
             for v in values:
                 _check_int(key, v)
@@ -791,11 +793,15 @@ _IN_USE = "another process has it open"
 class _Holder:
     """An exclusive, non-blocking lock held for as long as a process has a collection open (the engine's own lock
     lives in its write-ahead log, which new collections do not have). Released when the file is closed, so a
-    process that dies lets go of it."""
+    process that dies lets go of it. :data:`HELD_HERE` knows the ones this process holds, to say so."""
 
     def __init__(self, path: Path):
         self.path = path
         self._fh: Any = None
+
+    def held_here(self) -> bool:
+        """Another store object of this process holds it."""
+        return self._fh is None and str(self.path.resolve()) in HELD_HERE
 
     def acquire(self) -> bool:
         if self._fh is not None:
@@ -812,12 +818,17 @@ class _Holder:
             fh.close()
             return False
         self._fh = fh
+        HELD_HERE.add(str(self.path.resolve()))
         return True
 
     def release(self) -> None:
         fh, self._fh = self._fh, None
         if fh is not None:
+            HELD_HERE.discard(str(self.path.resolve()))
             fh.close()
+
+
+HELD_HERE: set[str] = set()  # the holder files of the collections this process has open
 
 
 # Qdrant's default indexing threshold (KB of vectors in a segment before it gets an HNSW index).
@@ -1073,6 +1084,11 @@ class EdgeStore(VectorStore):
         return spec
 
     def _hold(self) -> None:
+        if self._holder.held_here():
+            raise StoreError(
+                f"cannot open the Qdrant Edge shard at {self.folder}: another store object of this process has it "
+                "open (use that one, or close it first)"
+            )
         if not self._holder.acquire():
             raise StoreError(
                 f"cannot open the Qdrant Edge shard at {self.folder}: {_IN_USE} (an embedded store serves one "

@@ -436,3 +436,15 @@ def test_concurrent_creation_of_a_new_db_never_crashes(tmp_path):
         store = EdgeStore(db, "c")
         assert store.open(create=False).dim == 8 and store.verify()["points"] == 0
         store.close()
+
+
+def test_a_second_store_object_in_this_process_is_named_as_such(tmp_path):
+    first, second = EdgeStore(tmp_path / "db", "docs"), EdgeStore(tmp_path / "db", "docs")
+    first.open(SPEC)
+    with pytest.raises(StoreError, match="another store object of this process has it open"):
+        second.open(SPEC)
+    first.close()
+    assert second.open(SPEC) == first.spec  # free once the first is closed
+    with pytest.raises(ValueError, match="the list of values is empty"):
+        second.search([0.0] * 8, limit=1, filters={"modality": []})
+    second.close()
