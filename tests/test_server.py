@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
 
 import httpx
 import numpy as np
@@ -311,3 +312,23 @@ def test_a_store_error_is_503_without_the_server_path(client, rag, monkeypatch):
     r = client.post("/v1/search", json={"query": "a cat"})
     assert r.status_code == 503 and "/srv" not in r.text
     assert r.json()["error"]["message"] == "the collection is unavailable (another process has the embedded store open)"
+
+
+def test_source_filters_speak_the_clients_paths_and_never_probe_server_files(embedder, tmp_path):
+    """A source filter names a file as results show it (relative to --source-root); an absolute server path is
+    refused whatever is indexed, so the answer cannot tell whether a server file is in the collection."""
+    folder = tmp_path / "corpus"
+    (folder / "pets").mkdir(parents=True)
+    shutil.copy(MEDIA / "chelsea.jpg", folder / "pets" / "cat.jpg")
+    shutil.copy(MEDIA / "rocket.jpg", folder / "rocket.jpg")
+    store = EdgeStore(tmp_path / "db", "docs")
+    Indexer(embedder, store).index_paths([folder], show_progress_bar=False)
+    rag = RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None)
+    config = ServerConfig(source_root=str(folder))
+    with LiveServer(create_app(pipeline=rag, config=config)) as url, httpx.Client(base_url=url) as c:
+        r = c.post("/v1/search", json={"query": "x", "rerank": False, "filters": {"source": "pets/cat.jpg"}})
+        assert r.status_code == 200 and [h["source"] for h in r.json()["results"]] == ["pets/cat.jpg"]
+        for probe in (str(folder / "rocket.jpg"), "/etc/passwd", "../corpus/rocket.jpg"):
+            r = c.post("/v1/search", json={"query": "x", "rerank": False, "filters": {"source": probe}})
+            assert r.status_code == 400 and "relative to the source root" in r.json()["error"]["message"], probe
+    store.close()

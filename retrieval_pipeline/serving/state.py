@@ -189,6 +189,32 @@ class ServingState:
             raise HTTPError(404, f"this server has no {what} model loaded", "not_found_error")
         return component
 
+    def filters(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A request's payload filters in the server's terms. ``source`` / ``sources`` name files as results show
+        them: relative to ``source_root`` (made absolute here); an absolute path would tell a client whether a
+        server file is indexed, so it is refused unless the server exposes paths."""
+        if not filters or self.config.expose_paths:
+            return filters
+        out = dict(filters)
+        for key in ("source", "sources"):
+            if key not in out:
+                continue
+            values = out[key] if isinstance(out[key], list) else [out[key]]
+            if self.source_root is None:
+                raise HTTPError(400, f"filter {key!r}: this server names no source root (--source-root)", param=key)
+            mapped = []
+            for value in values:
+                path = Path(str(value))
+                if path.is_absolute() or ".." in path.parts:
+                    raise HTTPError(
+                        400,
+                        f"filter {key!r}: give the path as results show it (relative to the source root)",
+                        param=key,
+                    )
+                mapped.append(str(self.source_root / path))
+            out[key] = mapped if isinstance(out[key], list) else mapped[0]
+        return out
+
     def check_model(self, requested: str | None, component: Any) -> None:
         """A request's ``model``, when given, must name the served model (its own name or an alias). Infinity's
         client sends ``default/not-specified`` when its user named none: that names none."""

@@ -191,7 +191,7 @@ async def retrieve(
         rag.search,
         query,
         top_k=options.top_k,
-        filters=options.filters,
+        filters=state.filters(options.filters),
         rerank=options.rerank,
         search_options=knobs(options.search_options),
     )

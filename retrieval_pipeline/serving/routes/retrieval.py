@@ -46,7 +46,12 @@ async def _search(state: ServingState, rag: Any, query: Any, body: SearchRequest
     """Two-stage retrieval for a request's query with its top_k, filters, rerank and search_options."""
     options = knobs(body.search_options)
     return await state.store_call(
-        rag.search, query, top_k=body.top_k, filters=body.filters, rerank=body.rerank, search_options=options
+        rag.search,
+        query,
+        top_k=body.top_k,
+        filters=state.filters(body.filters),
+        rerank=body.rerank,
+        search_options=options,
     )
 
 
@@ -79,7 +84,7 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
                 body.question,
                 image=image,
                 top_k=body.top_k,
-                filters=body.filters,
+                filters=state.filters(body.filters),
                 rerank=body.rerank,
                 search_options=knobs(body.search_options),
             )
