@@ -728,6 +728,11 @@ def run_command(args: argparse.Namespace) -> int:
 
             from .store import ServerStore
 
+            if not str(args.to_url).startswith(("http://", "https://")):
+                raise UsageError(
+                    f"--to-url takes a Qdrant server's URL (http://host:6333 or https://...), got {args.to_url!r}; "
+                    "to copy into a folder, index there with --db"
+                )
             target = ServerStore(
                 args.to_url,
                 args.to_collection or args.collection,

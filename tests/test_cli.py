@@ -128,6 +128,8 @@ def test_usage_errors(tmp_path):
     ):
         result = cli("index", str(CORPUS / "notes.md"), *args, db=tmp_path / "db")
         assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+    result = cli("push", "--to-url", str(tmp_path / "elsewhere"), db=tmp_path / "db")
+    assert result.returncode == 2 and "--to-url takes a Qdrant server's URL" in result.stderr
     result = cli("search", "x", "--rerank-budget", "-5", db=tmp_path / "db")
     assert result.returncode == 2 and "--rerank-budget: must be at least 0" in result.stderr
     assert not (tmp_path / "db").exists() or not any((tmp_path / "db").iterdir())  # nothing was created
