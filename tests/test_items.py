@@ -93,6 +93,12 @@ def test_video_media_answers_range_requests(served):
     part = client.get(f"/v1/items/{ids['moving_square.mp4']}/media", headers={"Range": "bytes=10-109"})
     assert part.status_code == 206 and part.content == whole.content[10:110]
     assert part.headers["content-range"].startswith("bytes 10-109/")
+    size = int(part.headers["content-range"].rsplit("/", 1)[1])
+    for header, status in (("bytes=abc", 400), ("items=0-10", 400), (f"bytes={size + 10}-", 416)):
+        bad = client.get(f"/v1/items/{ids['moving_square.mp4']}/media", headers={"Range": header})
+        assert bad.status_code == status and bad.json()["error"]["param"] == "Range", (header, bad.text)
+        if status == 416:
+            assert bad.headers["content-range"] == f"bytes */{size}"
 
 
 def test_text_gone_sources_and_bad_ids(served):

@@ -18,10 +18,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from ...errors import CollectionNotFoundError, InputError
+from ..error_handlers import error_response
 from ..schemas import ERRORS
 from ..state import ServingState, State
 from .retrieval import public_source
@@ -273,8 +274,27 @@ def _encoded_media(payload: dict[str, Any], local: str) -> tuple[bytes, str]:
     return value
 
 
+def _range_refusal(header: str | None, size: int) -> Response | None:
+    """A Range header FileResponse would refuse, refused here in the API's error shape (it answers plain text):
+    400 for a malformed one, 416 (with ``Content-Range: bytes */size``) for one past the end. Parsed by
+    Starlette's own parser, so both agree on what is valid."""
+    from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
+    if not header:
+        return None
+    try:
+        FileResponse._parse_range_header(header, size)
+    except MalformedRangeHeader as exc:
+        return error_response(400, f"invalid Range header: {exc.content or 'malformed'}", param="Range")
+    except RangeNotSatisfiable:
+        response = error_response(416, f"the Range starts past the end of the file ({size} bytes)", param="Range")
+        response.headers["Content-Range"] = f"bytes */{size}"
+        return response
+    return None
+
+
 @router.get("/v1/items/{point}/media", responses=ERRORS)
-async def media(point: str, state: State) -> Response:
+async def media(point: str, state: State, request: Request) -> Response:
     payload = await state.store_call(_payload, state, point)
     local, why = await state.store_call(_local_source, payload)  # may hash the file: off the event loop
     modality = str(payload.get("modality") or "item")
@@ -288,6 +308,9 @@ async def media(point: str, state: State) -> Response:
         except (InputError, OSError, ValueError, RuntimeError) as exc:
             return _placeholder_response(modality, _reason(exc, local))
         kind = mimetypes.guess_type(local)[0] or "video/mp4"
+        refusal = _range_refusal(request.headers.get("range"), os.path.getsize(local))
+        if refusal is not None:
+            return refusal
         # FileResponse answers Range requests (206, Accept-Ranges): a player seeks to the segment
         return FileResponse(local, media_type=kind, filename=None, content_disposition_type="inline")
     if modality in ("image", "pdf-page"):  # decoded (bomb-checked) and encoded again: only ever an image
