@@ -144,6 +144,14 @@ def test_image_query_and_the_servers_error_on_the_page(page, tmp_path):
     page.wait_for_selector("#error:not([hidden])")
     message = page.text_content("#error")
     assert "image" in message.lower() and "401" not in message  # the server's own explanation
+    boxes = page.query_selector_all("input[name=modality]")
+    for box in boxes:
+        box.uncheck()
+    page.fill("#query", "a cat")
+    page.click("#search-button")  # every kind unticked: said on the page, nothing sent
+    _wait(page, "() => document.getElementById('error').textContent.includes('tick at least one kind')")
+    for box in boxes:
+        box.check()
 
 
 def test_ask_streams_into_the_page_and_citations_link_to_cards(page):

@@ -64,6 +64,8 @@ function filters() {
   return chosen.length === all.length ? undefined : { modality: chosen };
 }
 
+function anyKind() { return document.querySelectorAll("input[name=modality]:checked").length > 0; }
+
 function queryItem() {
   const text = $("query").value.trim();
   if (state.image && text) return { text, image: state.image.data };
@@ -165,6 +167,7 @@ async function search(event) {
   showError("");
   const query = queryItem();
   if (!query) { showError("type a query or add an image"); return; }
+  if (!anyKind()) { showError("tick at least one kind of item to search"); return; }
   setStatus("searching\u2026");
   const body = { query, top_k: Number($("top-k").value) || 8, rerank: $("rerank").checked };
   const f = filters();
@@ -202,6 +205,7 @@ async function ask() {
   showError("");
   const text = $("query").value.trim();
   if (!text) { showError("type a question to ask"); return; }
+  if (!anyKind()) { showError("tick at least one kind of item to search"); return; }
   const content = state.image ? [{ type: "text", text }, { type: "image_url", image_url: { url: state.image.data } }] : text;
   const body = {
     stream: true, messages: [{ role: "user", content }],
