@@ -139,7 +139,7 @@ def test_refusals_are_clear(serve_url):
     url = serve_url
     client = _client(url)
     user = [{"role": "user", "content": "hi"}]
-    with pytest.raises(openai.BadRequestError, match="n > 1"):
+    with pytest.raises(openai.BadRequestError, match="n must be 1"):
         client.chat.completions.create(model="tiny-qwen3vl", messages=user, n=2)
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     with pytest.raises(openai.BadRequestError, match="tools"):
