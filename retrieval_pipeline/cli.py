@@ -707,6 +707,33 @@ def _require_points(pipeline: Any) -> None:
         raise CollectionNotFoundError(f"collection {pipeline.store.collection!r} is empty: index something first")
 
 
+def _push(args: argparse.Namespace, store: Any) -> int:
+    """``push``: every point, with its layout, into a Qdrant server's collection."""
+    from dataclasses import replace
+
+    from .store import ServerStore
+
+    if not str(args.to_url).startswith(("http://", "https://")):
+        raise UsageError(
+            f"--to-url takes a Qdrant server's URL (http://host:6333 or https://...), got {args.to_url!r}; "
+            "to copy into a folder, index there with --db"
+        )
+    target = ServerStore(
+        args.to_url,
+        args.to_collection or args.collection,
+        api_key=args.to_api_key,
+        shard_number=args.shards,
+        replication_factor=args.replicas,
+    )
+    spec = store.open(create=False)
+    layout = replace(spec.vectors, **_layout(args)) if _layout(args) else None
+    if layout is not None:
+        layout.check(spec.dim)
+    n = store.push_to(target, layout=layout)
+    _print(args, {"pushed": n, "to": target.location}, f"pushed {n} points to {target.location}")
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     args.filters = _filters(getattr(args, "filter", []))  # bad filters fail before anything is opened
     store = _store(args)
@@ -724,29 +751,7 @@ def run_command(args: argparse.Namespace) -> int:
             _print(args, status, "\n".join(f"{k}: {v}" for k, v in status.items()))
             return 0
         if args.command == "push":
-            from dataclasses import replace
-
-            from .store import ServerStore
-
-            if not str(args.to_url).startswith(("http://", "https://")):
-                raise UsageError(
-                    f"--to-url takes a Qdrant server's URL (http://host:6333 or https://...), got {args.to_url!r}; "
-                    "to copy into a folder, index there with --db"
-                )
-            target = ServerStore(
-                args.to_url,
-                args.to_collection or args.collection,
-                api_key=args.to_api_key,
-                shard_number=args.shards,
-                replication_factor=args.replicas,
-            )
-            spec = store.open(create=False)
-            layout = replace(spec.vectors, **_layout(args)) if _layout(args) else None
-            if layout is not None:
-                layout.check(spec.dim)
-            n = store.push_to(target, layout=layout)
-            _print(args, {"pushed": n, "to": target.location}, f"pushed {n} points to {target.location}")
-            return 0
+            return _push(args, store)
         pipeline = _pipeline(args, store)
         _announce(args)
         if args.command == "serve":

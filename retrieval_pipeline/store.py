@@ -29,6 +29,7 @@ import shutil
 import struct
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
@@ -800,8 +801,12 @@ class _Holder:
         self._fh: Any = None
 
     def held_here(self) -> bool:
-        """Another store object of this process holds it."""
-        return self._fh is None and str(self.path.resolve()) in HELD_HERE
+        """Another (live) store object of this process holds it."""
+        if self._fh is not None:
+            return False
+        ref = HELD_HERE.get(str(self.path.resolve()))
+        other = ref() if ref is not None else None
+        return other is not None and other._fh is not None
 
     def acquire(self) -> bool:
         if self._fh is not None:
@@ -818,17 +823,19 @@ class _Holder:
             fh.close()
             return False
         self._fh = fh
-        HELD_HERE.add(str(self.path.resolve()))
+        HELD_HERE[str(self.path.resolve())] = weakref.ref(self)
         return True
 
     def release(self) -> None:
         fh, self._fh = self._fh, None
         if fh is not None:
-            HELD_HERE.discard(str(self.path.resolve()))
+            HELD_HERE.pop(str(self.path.resolve()), None)
             fh.close()
 
 
-HELD_HERE: set[str] = set()  # the holder files of the collections this process has open
+# The holder files of the collections this process has open, by path (a holder dropped without release() closes its
+# file, hence its lock, when it is collected: the weak reference then says nothing is held).
+HELD_HERE: dict[str, weakref.ref] = {}
 
 
 # Qdrant's default indexing threshold (KB of vectors in a segment before it gets an HNSW index).

@@ -24,7 +24,7 @@ MIXED = [
     {"video": VIDEO, "fps": 2.0, "max_frames": 4},
     "medium length text about a cat on a sofa",
     {"image": [COFFEE, str(MEDIA / "rocket.jpg")]},
-    {},
+    "",  # an empty text (an input with nothing at all, {}, is refused outside process())
     {"text": "query", "instruction": "Retrieve images relevant to the query"},
     {"video": [str(MEDIA / "frame_0.png"), str(MEDIA / "frame_2.png")]},
 ]

@@ -55,11 +55,18 @@ def test_process_matches_reference_one_at_a_time(embedder, public, index):
     assert_reference(out, public["expected_embeddings"][index], public, f"process() of embed_inputs[{index}]")
 
 
+def _with_content(public):
+    """The fixture's inputs that have something to embed (embed() and prepare() refuse {}; process() keeps it as
+    the reference's NULL input), with their indices."""
+    return [(i, with_media_paths(e)) for i, e in enumerate(public["embed_inputs"]) if e.keys() - {"instruction"}]
+
+
 def test_embed_matches_reference(embedder, public):
-    inputs = [with_media_paths(e) for e in public["embed_inputs"]]
-    out = embedder.embed(inputs, batch_size=3)
+    kept = _with_content(public)
+    assert len(kept) == len(public["embed_inputs"]) - 1  # all but the NULL input
+    out = embedder.embed([e for _, e in kept], batch_size=3)
     assert out.dtype == np.float32
-    assert_reference(out, public["expected_embeddings"], public, "embed()")
+    assert_reference(out, [public["expected_embeddings"][i] for i, _ in kept], public, "embed()")
 
 
 def test_embed_plain_str_equals_text_object(embedder, public):
@@ -99,11 +106,12 @@ def test_reranker_score_matches_reference(public, share_prefix):
 
 def test_prepare_then_embed_prepared_matches_reference(embedder, public):
     """The CPU-only preparation step and the model step, run apart, give the reference's numbers."""
-    inputs = [with_media_paths(e) for e in public["embed_inputs"]]
-    prepared = embedder.prepare(inputs)
-    assert len(prepared) == len(inputs)
+    kept = _with_content(public)
+    prepared = embedder.prepare([e for _, e in kept])
+    assert len(prepared) == len(kept)
     out = embedder.embed_prepared(prepared, batch_size=3)
-    assert_reference(out, public["expected_embeddings"], public, "prepare() then embed_prepared()")
+    expected = [public["expected_embeddings"][i] for i, _ in kept]
+    assert_reference(out, expected, public, "prepare() then embed_prepared()")
     # any selection and order of prepared items
     again = embedder.embed_prepared([prepared[5], prepared[0]])
     assert np.abs(again - out[[5, 0]]).max() < 1e-5

@@ -128,7 +128,7 @@ def test_the_generator_prompt_shows_each_hit_as_its_record_says(tmp_path):
         _hit({"modality": "pdf-page", "source": str(pdf), "page": 1, "text": "Revenue grew."}),
         _hit({"modality": "text", "source": "/a.md", "text": "The cat sleeps.", "chunk": 0}),
     ]
-    messages = Qwen3VLGenerator.conversation(SimpleNamespace(system_prompt="S"), "How did revenue do?", hits)
+    messages = Qwen3VLGenerator._rag_chat(SimpleNamespace(system_prompt="S"), "How did revenue do?", hits)
     content = messages[1]["content"]
     assert content[0] == {"text": f"[1] {pdf} (page 1)\n"}
     assert isinstance(content[1]["image"], Image.Image)

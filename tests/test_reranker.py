@@ -25,7 +25,7 @@ DOCS = [
     {"text": "chart", "image": REPORT},
     {"video": VIDEO, "fps": 2.0, "max_frames": 4},
     {"video": FRAMES[:3]},
-    {},
+    "",  # an empty text (an input with nothing at all, {}, is refused outside process())
     "The",
 ]
 
