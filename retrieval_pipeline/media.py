@@ -465,20 +465,24 @@ def _open_image_header(source: Any, name: str) -> tuple[int, int]:
             with Image.open(source) as img:
                 width, height = img.size
     except Image.DecompressionBombError:  # Pillow refuses to open images past twice its own bound: over ours too
-        over = 2 * (Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS)
-        raise LimitError(
-            f"image too large: {name} has more than {over} pixels (limit {MAX_IMAGE_PIXELS} at most, "
-            "max_image_pixels); downscale it first",
-            limit="max_image_pixels",
-            value=over + 1,
-            maximum=MAX_IMAGE_PIXELS,
-        ) from None
+        raise _over_pillow_bound(name) from None
     except UnidentifiedImageError:
         raise InputError(f"not a readable image: {name}") from None
     except OSError as exc:
         raise InputError(f"cannot read image {name}: {exc}") from None
     _check_pixels(width, height, name)
     return width, height
+
+
+def _over_pillow_bound(name: str) -> LimitError:
+    over = 2 * (Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS)
+    return LimitError(
+        f"image too large: {name} has more than {over} pixels (limit {MAX_IMAGE_PIXELS} at most, "
+        "max_image_pixels); downscale it first",
+        limit="max_image_pixels",
+        value=over + 1,
+        maximum=MAX_IMAGE_PIXELS,
+    )
 
 
 def _check_pixels(width: int, height: int, name: str, maximum: int = MAX_IMAGE_PIXELS) -> None:
@@ -570,14 +574,7 @@ def decode_image(
     except InputError:
         raise
     except Image.DecompressionBombError:  # Pillow refuses to open images past twice its own bound: over ours too
-        over = 2 * (Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS)
-        raise LimitError(
-            f"image too large: {name} has more than {over} pixels (limit {MAX_IMAGE_PIXELS} at most, "
-            "max_image_pixels); downscale it first",
-            limit="max_image_pixels",
-            value=over + 1,
-            maximum=MAX_IMAGE_PIXELS,
-        ) from None
+        raise _over_pillow_bound(name) from None
     except UnidentifiedImageError:
         raise InputError(f"not a readable image: {name}") from None
     except (OSError, ValueError, SyntaxError) as exc:

@@ -88,8 +88,11 @@ class Qwen3VLGenerator(CheckpointModel):
         what its record says a generator should see (``hit.context()``: the item, then e.g. a PDF page's text).
         The context is what fits beside the question (:meth:`fit_context`); a question over
         ``max_prompt_tokens`` by itself is a :class:`LimitError`."""
-        hits = self.fit_context(hits, self.check_prompt(self._rag_chat(question, [])))
-        return self._rag_chat(question, hits)
+        return self._rag_chat(question, self._given(question, hits))
+
+    def _given(self, question: str, hits: Sequence[Any]) -> list[Any]:
+        """The hits a prompt for ``question`` holds (a question over the bound by itself raises)."""
+        return self.fit_context(hits, self.check_prompt(self._rag_chat(question, [])))
 
     def check_prompt(self, messages: Sequence[dict[str, Any]]) -> int:
         """The prompt tokens of ``messages`` (:meth:`prompt_tokens`); over ``max_prompt_tokens`` a
@@ -163,7 +166,7 @@ class Qwen3VLGenerator(CheckpointModel):
 
     def answer(self, question: str, hits: Sequence[Any]) -> tuple[str, list[Any]]:
         """The answer and the hits it was given (those that fit the prompt and could be read)."""
-        given = self.fit_context(hits, self.check_prompt(self._rag_chat(question, [])))
+        given = self._given(question, hits)
         return self.chat(self._rag_chat(question, given)), given
 
     def _chat_template_input(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
