@@ -60,8 +60,6 @@ logger = logging.getLogger(__name__)
 # check and tokenisation task before it: the blocks those tasks make are what the actor pool hands out, so they are
 # kept about one actor call long (larger ones would leave actors idle on a small corpus).
 ACTOR_BATCH = 16
-# Rows per write (one upsert each).
-WRITE_BATCH = 256
 # Files per read task on a large corpus.
 FILES_PER_READ = 64
 # Seconds the owner of an embedded store waits for a lock another process holds when the run starts.
@@ -80,10 +78,11 @@ _COLUMNS = {
     "verify": b"",  # pickled check that the file did not change while it was embedded (videos)
     "input": b"",  # pickled embedder input (until prepared)
     "encoded": b"",  # pickled Encoded (until embedded)
-    "vector": b"",  # float32 bytes
     "status": "",
     "error": "",
 }
+# what the driver gets back of each row (the report and the sources it settles are made of these)
+_OUTCOME = ("file", "seq", "pid", "status", "error", "where", "source", "fields")
 
 
 def _rows(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -92,9 +91,10 @@ def _rows(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{k: columns[k][i] for k in columns} for i in range(n)]
 
 
-def _batch(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _batch(rows: list[dict[str, Any]], columns: Iterable[str] = _COLUMNS) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, empty in _COLUMNS.items():
+    for name in columns:
+        empty = _COLUMNS[name]
         values = [row.get(name, empty) for row in rows]
         if isinstance(empty, bytes):
             out[name] = np.array(values, dtype=object)
@@ -180,7 +180,14 @@ class EmbedActor:
     embedded row by row so that only the rows that fail on their own are reported."""
 
     def __init__(
-        self, model: str, kwargs: Mapping[str, Any], dim: int, device: str | None = None, quiet: bool = True
+        self,
+        model: str,
+        kwargs: Mapping[str, Any],
+        dim: int,
+        device: str | None = None,
+        quiet: bool = True,
+        *,
+        access: Any,
     ) -> None:
         import torch
 
@@ -195,6 +202,7 @@ class EmbedActor:
             hf_logging.disable_progress_bar()
         self.embedder = Qwen3VLEmbedder(model, device=device, **kwargs)
         self.dim = dim
+        self.access = access  # where the embedded rows are written, as soon as their batch is done
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         rows = _rows(batch)
@@ -211,10 +219,26 @@ class EmbedActor:
                     except Exception as exc:  # noqa: BLE001 - the file changed while it was embedded
                         reason = _reason(exc)
                 if reason is None:
-                    row["vector"] = np.asarray(vectors[k], dtype=np.float32).tobytes()
+                    row["vector"] = np.asarray(vectors[k], dtype=np.float32).tolist()
                 else:
                     row["status"], row["error"] = "failed", reason
-        return _batch(rows)
+        self._write(rows)
+        return _batch(rows, _OUTCOME)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        """Store this batch's points now (a driver killed later keeps them: a run again continues from here); the
+        rows go on with their outcome only (``written`` or ``failed``)."""
+        points: dict[str, Point] = {}
+        files: dict[str, int] = {}
+        for row in rows:
+            if not row["status"] and row["pid"] not in points:
+                points[row["pid"]] = Point(row["pid"], row["vector"], json.loads(row["payload"]))
+                files[row["pid"]] = int(row["file"])
+        failed = self.access.write(list(points.values()), files) if points else {}
+        for row in rows:
+            if not row["status"]:
+                reason = failed.get(row["pid"])
+                row["status"], row["error"] = ("written", "") if reason is None else ("failed", reason)
 
 
 def embed_prepared_isolating(embedder: Any, encoded: list[Any], *, dim: int | None) -> tuple[dict[int, Any], dict]:
@@ -403,7 +427,11 @@ class StoreOwner:
         return self.store.existing(ids)
 
     def write(self, points: list[Point], files: Mapping[str, int]) -> dict[str, str]:
-        return store_points(self.store, points, files)
+        """Store a batch and make it durable: this process dies with a driver that is killed, and what a batch
+        cost to embed is worth far more than a flush."""
+        failed = store_points(self.store, points, files)
+        self.store.flush()
+        return failed
 
     def count(self) -> int:
         return self.store.count()
@@ -477,50 +505,6 @@ class _OwnerAccess:
         return ray.get(self.owner.write.remote(points, files))
 
 
-def _datasink_class() -> type:
-    from ray.data import Datasink
-    from ray.data.block import BlockAccessor
-
-    class QdrantDatasink(Datasink):
-        """Writes the embedded rows (one upsert per write) and returns every row's outcome, small: the driver
-        builds the report from them."""
-
-        def __init__(self, access: Any, rows_per_write: int) -> None:
-            self.access = access
-            self.rows_per_write = rows_per_write
-            self.outcomes: list[tuple[Any, ...]] = []
-
-        def write(self, blocks: Iterable[Any], ctx: Any) -> list[tuple[Any, ...]]:
-            rows: list[dict[str, Any]] = []
-            for block in blocks:
-                rows.extend(_rows(BlockAccessor.for_block(block).to_numpy()))
-            points: dict[str, Point] = {}
-            files: dict[str, int] = {}
-            for row in rows:
-                if not row["status"] and row["pid"] not in points:
-                    vector = np.frombuffer(row["vector"], dtype=np.float32).tolist()
-                    points[row["pid"]] = Point(row["pid"], vector, json.loads(row["payload"]))
-                    files[row["pid"]] = int(row["file"])
-            failed = self.access.write(list(points.values()), files)
-            out = []
-            for row in rows:
-                status, error = row["status"], row["error"]
-                if not status:
-                    status, error = ("failed", failed[row["pid"]]) if row["pid"] in failed else ("written", "")
-                out.append((int(row["file"]), int(row["seq"]), row["pid"], status, error, row["where"],
-                            row["source"], row["fields"]))  # fmt: skip
-            return out
-
-        def on_write_complete(self, write_result: Any) -> None:
-            self.outcomes = [o for returned in write_result.write_returns for o in (returned or [])]
-
-        @property
-        def min_rows_per_write(self) -> int:
-            return self.rows_per_write
-
-    return QdrantDatasink
-
-
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -528,14 +512,14 @@ def _datasink_class() -> type:
 class RayOptions:
     """How the run is spread: ``address`` of the Ray cluster (None: the one this process joined, or a local one),
     ``actors`` (an int, or (min, max) for an autoscaling pool), ``gpus_per_actor`` (0: CPU actors),
-    ``cpus_per_actor``, rows per actor call (``batch_size``) and per upsert (``write_batch_size``)."""
+    ``cpus_per_actor`` and rows per actor call (``batch_size``; each actor stores its batch when it is embedded, so
+    that a stopped run keeps all it finished)."""
 
     address: str | None = None
     actors: int | tuple[int, int] = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None  # None: 1 with GPUs, else 0.5 (read and prepare tasks keep CPUs)
     batch_size: int = ACTOR_BATCH
-    write_batch_size: int = WRITE_BATCH  # rows per upsert (also how much a stopped run may have left unwritten)
 
     def __post_init__(self) -> None:
         sizes = self.actors if isinstance(self.actors, tuple) else (self.actors, self.actors)
@@ -543,8 +527,8 @@ class RayOptions:
             raise ValueError(f"actors must be a positive int or a (min, max) range, got {self.actors!r}")
         if self.gpus_per_actor < 0 or (self.cpus_per_actor is not None and self.cpus_per_actor <= 0):
             raise ValueError("gpus_per_actor must be >= 0 and cpus_per_actor > 0")
-        if self.batch_size < 1 or self.write_batch_size < 1:
-            raise ValueError("batch_size and write_batch_size must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
 
     @property
     def actor_cpus(self) -> float:
@@ -711,14 +695,15 @@ class RayIndexer(Indexer):
             access = _ServerAccess(self.address, spec)
             if len(files) >= BULK_LOAD_FILES:  # the HNSW graph is built once, after the upload
                 bulk.enter_context(self.store.bulk_load())
-        sink = _datasink_class()(access, self.ray.write_batch_size)
+        outcomes: list[tuple[Any, ...]] = []
         try:
             with bulk, warnings.catch_warnings():
                 # a corpus smaller than the pool leaves actors idle: true, and not worth a warning per run
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
                 warnings.filterwarnings("ignore", message="Specifying both num_cpus and num_gpus")
                 ds = self._dataset(files, options, metadata, spec, access)
-                ds.write_datasink(sink, concurrency=1 if owner is not None else None)
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    outcomes += [tuple(row[c] for c in _OUTCOME) for row in _rows(batch)]
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("Ray Data stages:\n%s", ds.stats())
         except Exception as exc:
@@ -728,7 +713,7 @@ class RayIndexer(Indexer):
             raise ours from None
         finally:
             context.enable_progress_bars = bars
-        return sink.outcomes
+        return outcomes
 
     def _dataset(
         self, files: list[Path], options: IngestOptions, metadata: dict[str, Any], spec: CollectionSpec, access: Any
@@ -758,6 +743,7 @@ class RayIndexer(Indexer):
                 "kwargs": embedder.embedder_kwargs(),
                 "dim": self.dim,
                 "device": "cuda" if gpus else "cpu",
+                "access": access,
             },
             batch_size=self.ray.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=sizes[0], max_size=sizes[1]),

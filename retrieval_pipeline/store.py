@@ -620,6 +620,9 @@ class VectorStore:
                 out[SPARSE] = sparse
         return out
 
+    def flush(self) -> None:
+        """Make what was written durable now (a store that is durable once a write returns has nothing to do)."""
+
     @contextlib.contextmanager
     def bulk_load(self) -> Iterator[None]:
         """Around a large upload: index once at the end rather than while the points arrive (a server defers its
