@@ -13,16 +13,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
+import logging
 import os
+import pickle
+import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from retrieval_pipeline.cli import ENV
+from retrieval_pipeline.models.runtime import UnknownArgumentError
 from retrieval_pipeline.pipeline import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # A string this long that is valid base64 and not a file is taken as an encoded image, not a path.
 BASE64_MIN_CHARS = 64
@@ -57,7 +63,13 @@ def default_model(role: str) -> str:
 
 
 def load_core_model(
-    core_class: Callable[..., T], injected: T | None, name: str, model_kwargs: Mapping[str, Any], arg: str, **fixed: Any
+    core_class: Callable[..., T],
+    injected: T | None,
+    name: str,
+    model_kwargs: Mapping[str, Any],
+    arg: str,
+    owner: type | None = None,
+    **fixed: Any,
 ) -> T:
     """The core model an adapter wraps: ``injected`` (passed as ``arg=``) as is, else ``core_class(name, ...)``.
     Model keyword arguments only make sense when the adapter loads the model, so both together are an error.
@@ -66,7 +78,13 @@ def load_core_model(
     if injected is None and model_kwargs.get("base_url"):
         return remote_model(core_class, model_kwargs)  # type: ignore[return-value]
     if injected is None:
-        return core_class(name, **fixed, **model_kwargs)
+        try:
+            return core_class(name, **fixed, **model_kwargs)
+        except UnknownArgumentError as exc:  # named as the adapter's, with its own options
+            if owner is None:
+                raise
+            fields = [f for f in getattr(owner, "model_fields", {}) if f not in ("model_kwargs", "callback_manager")]
+            raise exc.seen_from(owner, fields) from None
     if model_kwargs:
         raise ValueError(
             f"pass either {arg}= (an already loaded model) or model keyword arguments, not both "
@@ -98,20 +116,72 @@ def init_core_model(
     injected: T | None,
     name: str | None,
     kwargs: dict[str, Any],
-    owner: str,
+    owner: type,
     fixed: Mapping[str, Any] | None = None,
     **current: Any,
 ) -> tuple[T, str, dict[str, Any]]:
     """The model half of an ``__init__(name, *, <injected>=None, ..., **kwargs)`` adapter (LlamaIndex's style):
-    deprecated names in ``kwargs`` renamed into ``current`` (the canonical parameters' values), the rest of
-    ``kwargs`` merged into ``model_kwargs``, the name defaulted to the injected model's (else the role's default),
-    then the model loaded or taken as injected. Returns (model, name, ``current`` updated)."""
+    deprecated names in ``kwargs`` renamed into ``current`` (the canonical parameters' values), the framework's own
+    fields of ``owner`` (``num_workers``, ``embeddings_cache``, ...) kept for it, the rest of ``kwargs`` merged into
+    ``model_kwargs`` (the core model checks them before it loads), the name defaulted to the injected model's (else
+    the role's default), then the model loaded or taken as injected. Returns (model, name, the values for the
+    adapter's fields: ``current`` updated, ``model_kwargs`` with an injected model's settings, the framework's
+    fields)."""
     current.setdefault("model_kwargs", None)
-    settings = take_deprecated(kwargs, owner, **current)
+    settings = take_deprecated(kwargs, owner.__name__, **current)
+    fields = getattr(owner, "model_fields", {})
+    settings.update({k: kwargs.pop(k) for k in list(kwargs) if k in fields and k not in settings})
     settings["model_kwargs"] = {**(settings["model_kwargs"] or {}), **kwargs}
     name = name or (injected.model_name_or_path if injected is not None else default_model(role))  # type: ignore[attr-defined]
-    model = load_core_model(core_class, injected, name, settings["model_kwargs"], ROLE_ARGS[role], **(fixed or {}))
+    model_kwargs = settings["model_kwargs"]
+    model = load_core_model(core_class, injected, name, model_kwargs, ROLE_ARGS[role], owner, **(fixed or {}))
+    if injected is not None:  # serialised and unpickled adapters build the same model again from these
+        settings["model_kwargs"] = injected_settings(model, fixed)
     return model, name, settings
+
+
+def load_into(adapter: Any, core_class: Callable[..., Any], field: str, name_field: str, **fixed: Any) -> None:
+    """LangChain's style (pydantic fields): the core model of ``adapter.<field>`` loaded, or taken as injected (its
+    checkpoint then names ``adapter.<name_field>`` unless one was given, and its settings fill ``model_kwargs``)."""
+    injected = getattr(adapter, field)
+    if injected is not None and name_field not in adapter.model_fields_set:
+        setattr(adapter, name_field, injected.model_name_or_path)
+    name = getattr(adapter, name_field)
+    model = load_core_model(core_class, injected, name, adapter.model_kwargs, field, type(adapter), **fixed)
+    if injected is not None:
+        adapter.model_kwargs = injected_settings(model, fixed)
+    setattr(adapter, field, model)
+
+
+def injected_settings(model: Any, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor settings of an already loaded core model (what ``model_kwargs`` would have been), less the
+    ones the adapter passes itself (``fixed``)."""
+    return {k: v for k, v in getattr(model, "init_kwargs", {}).items() if k not in (fixed or {})}
+
+
+class RebuiltWhenUnpickled:
+    """Pickling keeps an adapter's settings, not its loaded model (gigabytes, and a lock): unpickling builds the
+    model again from the checkpoint name and ``model_kwargs``, which hold the core model's settings also when it
+    was injected. That is what LlamaIndex's worker processes (``IngestionPipeline.run(num_workers=N)``) and
+    LangChain's serialisers expect. A failure to build it is raised, not turned into an adapter without a model."""
+
+    _core_field: str = ""  # a framework field holding the core model (LangChain's adapters), left out
+
+    def __getstate__(self) -> dict[str, Any]:
+        values = {}
+        for key, value in self.__dict__.items():
+            if key == self._core_field:
+                continue
+            try:
+                pickle.dumps(value)
+            except Exception as exc:  # noqa: BLE001 - e.g. a callback handler holding a socket
+                logger.warning("%s: %s is not pickled (%s)", type(self).__name__, key, exc)
+                continue
+            values[key] = value
+        return {"init": values}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["init"])  # type: ignore[misc]
 
 
 def warn_renamed(old: str, new: str, owner: str, stacklevel: int = 3) -> None:
@@ -239,6 +309,49 @@ def _is_file(text: str) -> bool:
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking model call in a worker thread so the event loop keeps serving."""
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def iterate_in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """The items of a blocking iterator (a generation's text pieces), made in a worker thread and handed to the
+    event loop as they come. A consumer that stops early closes the iterator in its thread (a generation then
+    stops at its next token); an error in the thread is raised here."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(done: bool, value: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            loop.call_soon_threadsafe(queue.put_nowait, (done, value))
+
+    def run() -> None:
+        try:
+            iterator = make()
+            try:
+                for item in iterator:
+                    put(False, item)
+                    if stop.is_set():
+                        break
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+            put(True, None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(True, exc)
+
+    worker = loop.run_in_executor(None, run)
+    try:
+        while True:
+            done, value = await queue.get()
+            if done:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(worker)
 
 
 # ---------------------------------------------------------------------------------------------------------------

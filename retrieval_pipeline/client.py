@@ -83,6 +83,8 @@ class _Remote:
         import httpx
 
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        # how to reach the same model again (the framework adapters serialise and unpickle with it)
+        self.init_kwargs: dict[str, Any] = {"base_url": self.base_url, "api_key": api_key, "timeout": timeout}
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self.model = model

@@ -421,7 +421,8 @@ def test_chat_model_options(generator):
         ChatQwen3VL(generator=generator, temperature=0.7)
     reply = chat.invoke("hi")
     chunks = list(chat.stream("hi"))
-    assert len(chunks) == 1 and chunks[0].content == reply.content  # greedy: the same reply, as one chunk
+    assert "".join(c.content for c in chunks) == reply.content  # greedy: the same reply, token by token
+    assert chunks[-1].chunk_position == "last"
     assert ChatQwen3VL(generator=generator, stop=[reply.content[1:]]).invoke("hi").content == reply.content[:1]
 
 

@@ -64,8 +64,11 @@ def test_embedding_contract_and_identity_with_core(li_embed, embedder):
     query = li_embed.get_query_embedding("a cat")
     assert close(query, embedder.embed(["a cat"], instruction=QUERY_INSTRUCTION)[0])
     assert not close(query, li_embed.get_text_embedding("a cat"), 1e-3)  # distinct query instruction
-    image = li_embed.get_image_embedding(CHELSEA)
+    # documents' images come in batches (MultiModalVectorStoreIndex), an image query alone (image_to_image_retrieve)
+    image = li_embed.get_image_embedding_batch([CHELSEA])[0]
     assert close(image, embedder.embed([{"image": CHELSEA}])[0])
+    image_query = li_embed.get_image_embedding(CHELSEA)
+    assert close(image_query, embedder.embed([{"image": CHELSEA}], instruction=QUERY_INSTRUCTION)[0])
 
 
 def test_image_forms(li_embed):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -14,7 +14,15 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from retrieval_pipeline.models.generator import Qwen3VLGenerator
 
-from .._common import DEFAULT_GENERATOR_MODEL, MODEL_ENV, collect_model_kwargs, image_input, load_core_model
+from .._common import (
+    DEFAULT_GENERATOR_MODEL,
+    MODEL_ENV,
+    RebuiltWhenUnpickled,
+    collect_model_kwargs,
+    image_input,
+    iterate_in_thread,
+    load_into,
+)
 
 DEFAULT_MODEL = DEFAULT_GENERATOR_MODEL  # kept for imports of the old name
 _ROLES = {"system": "system", "ai": "assistant", "human": "user"}
@@ -49,11 +57,11 @@ def messages_to_chat(messages: list[BaseMessage]) -> list[dict[str, Any]]:
     return out
 
 
-class ChatQwen3VL(BaseChatModel):
+class ChatQwen3VL(RebuiltWhenUnpickled, BaseChatModel):
     """``ChatQwen3VL(model="Qwen/Qwen3-VL-2B-Instruct", device="cuda")`` (``model`` defaults to
     ``$QWEN3VL_RAG_GENERATOR_MODEL``) loads the model, other keyword arguments go to :class:`Qwen3VLGenerator`;
-    ``ChatQwen3VL(generator=existing)`` shares a loaded one. Decoding is greedy; ``stream()`` yields the reply as
-    one chunk (the core generator does not stream tokens)."""
+    ``ChatQwen3VL(generator=existing)`` shares a loaded one. Decoding is greedy; ``stream()`` / ``astream()`` yield
+    the reply token by token (joined, exactly ``invoke()``'s reply)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True)
 
@@ -61,9 +69,10 @@ class ChatQwen3VL(BaseChatModel):
     max_new_tokens: int = Field(default=256, gt=0, alias="max_tokens", description="Reply length limit (tokens).")
     temperature: float | None = Field(default=None, description="0 or None: decoding is greedy (deterministic).")
     stop: list[str] | None = Field(default=None, description="Cut the reply before the first of these strings.")
-    streaming: bool = Field(default=False, description="Accepted for compatibility; replies come as one chunk.")
+    streaming: bool = Field(default=False, description="invoke() streams to the callbacks (LangChain's option).")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLGenerator.")
     generator: Qwen3VLGenerator | None = Field(default=None, exclude=True, description="A loaded core generator.")
+    _core_field: ClassVar[str] = "generator"
 
     @model_validator(mode="before")
     @classmethod
@@ -82,12 +91,7 @@ class ChatQwen3VL(BaseChatModel):
 
     @model_validator(mode="after")
     def _load(self) -> ChatQwen3VL:
-        if self.generator is not None and "model" not in self.model_fields_set:
-            self.model = self.generator.model_name_or_path
-        fixed = {"max_new_tokens": self.max_new_tokens}
-        self.generator = load_core_model(
-            Qwen3VLGenerator, self.generator, self.model, self.model_kwargs, "generator", **fixed
-        )
+        load_into(self, Qwen3VLGenerator, "generator", "model", max_new_tokens=self.max_new_tokens)
         return self
 
     @property
@@ -110,14 +114,10 @@ class ChatQwen3VL(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
-    def _reply(self, messages: list[BaseMessage], stop: list[str] | None) -> str:
-        text = self.generator.chat(messages_to_chat(messages), max_new_tokens=self.max_new_tokens)
-        stop = stop or self.stop
-        if stop:
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            if cut >= 0:
-                text = text[:cut]
-        return text
+    def _pieces(self, messages: list[BaseMessage], stop: list[str] | None) -> Iterator[str]:
+        """The reply as the core generator streams it, cut before the first ``stop`` string."""
+        chat = messages_to_chat(messages)
+        return self.generator.stream(chat, max_new_tokens=self.max_new_tokens, stop=stop or self.stop)
 
     def _generate(
         self,
@@ -126,7 +126,8 @@ class ChatQwen3VL(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        message = AIMessage(content=self._reply(messages, stop), response_metadata={"model_name": self.model})
+        text = "".join(self._pieces(messages, stop))
+        message = AIMessage(content=text, response_metadata={"model_name": self.model})
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -136,9 +137,24 @@ class ChatQwen3VL(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        """The whole reply as one (last) chunk: the core generator does not stream tokens."""
-        text = self._reply(messages, stop)
-        if run_manager is not None:
-            run_manager.on_llm_new_token(text)
-        chunk = AIMessageChunk(content=text, response_metadata={"model_name": self.model}, chunk_position="last")
-        yield ChatGenerationChunk(message=chunk)
+        """Token by token from the core generator's streamer; the pieces join to :meth:`invoke`'s reply."""
+        for piece in self._pieces(messages, stop):
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        last = AIMessageChunk(content="", response_metadata={"model_name": self.model}, chunk_position="last")
+        yield ChatGenerationChunk(message=last)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for piece in iterate_in_thread(lambda: self._pieces(messages, stop)):
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(piece)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        last = AIMessageChunk(content="", response_metadata={"model_name": self.model}, chunk_position="last")
+        yield ChatGenerationChunk(message=last)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.utils import from_env
@@ -14,17 +14,18 @@ from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 from .._common import (
     DEFAULT_EMBEDDING_MODEL,
     MODEL_ENV,
+    RebuiltWhenUnpickled,
     collect_model_kwargs,
     image_input,
     in_thread,
-    load_core_model,
+    load_into,
     video_input,
 )
 
 DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL  # kept for imports of the old name
 
 
-class Qwen3VLEmbeddings(BaseModel, Embeddings):
+class Qwen3VLEmbeddings(RebuiltWhenUnpickled, BaseModel, Embeddings):
     """Qwen3-VL-Embedding for LangChain.
 
     ``Qwen3VLEmbeddings(model_name="Qwen/Qwen3-VL-Embedding-2B", max_pixels=..., device="cuda")`` loads the model
@@ -41,6 +42,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
     batch_size: int = Field(default=8, gt=0, description="Inputs per model batch.")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLEmbedder.")
     embedder: Qwen3VLEmbedder | None = Field(default=None, exclude=True, description="A loaded core embedder.")
+    _core_field: ClassVar[str] = "embedder"
 
     @model_validator(mode="before")
     @classmethod
@@ -51,9 +53,7 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
 
     @model_validator(mode="after")
     def _load(self) -> Qwen3VLEmbeddings:
-        if self.embedder is not None and "model_name" not in self.model_fields_set:
-            self.model_name = self.embedder.model_name_or_path
-        self.embedder = load_core_model(Qwen3VLEmbedder, self.embedder, self.model_name, self.model_kwargs, "embedder")
+        load_into(self, Qwen3VLEmbedder, "embedder", "model_name")
         self.embedder.check_dim(self.dim)
         return self
 
@@ -78,6 +78,11 @@ class Qwen3VLEmbeddings(BaseModel, Embeddings):
     def embed_image(self, uris: list[str]) -> list[list[float]]:
         """Images by path / URL / data URI (the convention of LangChain's OpenCLIP embeddings)."""
         return self._embed([{"image": image_input(u)} for u in _as_list(uris, "uris")], self.document_instruction)
+
+    def embed_image_query(self, uri: Any) -> list[float]:
+        """An image as a query (the query instruction, as ``qwen3vl-rag search --image`` and the server embed it):
+        ``vector_store.similarity_search_by_vector(emb.embed_image_query("cat.jpg"))``."""
+        return self._embed([{"image": image_input(uri)}], self.query_instruction)[0]
 
     def embed_video(
         self, videos: list[Any], *, fps: float | None = None, max_frames: int | None = None

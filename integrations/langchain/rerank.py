@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
@@ -17,9 +17,10 @@ from .._common import (
     IMAGE_KEY,
     MODEL_ENV,
     VIDEO_KEY,
+    RebuiltWhenUnpickled,
     collect_model_kwargs,
     in_thread,
-    load_core_model,
+    load_into,
     media_input,
 )
 
@@ -31,7 +32,7 @@ def document_to_input(doc: Document, image_key: str = IMAGE_KEY, video_key: str 
     return media_input(doc.page_content, doc.metadata.get(image_key), doc.metadata.get(video_key))
 
 
-class Qwen3VLRerank(BaseDocumentCompressor):
+class Qwen3VLRerank(RebuiltWhenUnpickled, BaseDocumentCompressor):
     """Rerank documents with a Qwen3-VL-Reranker checkpoint; keeps the ``top_n`` best and writes
     ``metadata["relevance_score"]``. Works inside ``ContextualCompressionRetriever``.
 
@@ -49,6 +50,7 @@ class Qwen3VLRerank(BaseDocumentCompressor):
     score_key: str = Field(default="relevance_score", description="Metadata key the score is written to.")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for Qwen3VLReranker.")
     reranker: Qwen3VLReranker | None = Field(default=None, exclude=True, description="A loaded core reranker.")
+    _core_field: ClassVar[str] = "reranker"
 
     @model_validator(mode="before")
     @classmethod
@@ -60,9 +62,7 @@ class Qwen3VLRerank(BaseDocumentCompressor):
     def _load(self) -> Qwen3VLRerank:
         if self.top_n is not None and self.top_n < 1:
             raise ValueError(f"top_n must be >= 1 or None, got {self.top_n}")
-        if self.reranker is not None and "model" not in self.model_fields_set:
-            self.model = self.reranker.model_name_or_path
-        self.reranker = load_core_model(Qwen3VLReranker, self.reranker, self.model, self.model_kwargs, "reranker")
+        load_into(self, Qwen3VLReranker, "reranker", "model")
         return self
 
     def rerank(self, documents: Sequence[Document], query: Any) -> list[tuple[int, float]]:

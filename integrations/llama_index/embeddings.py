@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.embeddings.base import Embedding
@@ -10,24 +11,25 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.embeddings import MultiModalEmbedding
 from llama_index.core.schema import BaseNode, ImageType
 
-from retrieval_pipeline import Qwen3VLEmbedder
+from retrieval_pipeline import InputError, Qwen3VLEmbedder
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 
 from .._common import (
     DEFAULT_EMBEDDING_MODEL,
     VIDEO_KEY,
+    RebuiltWhenUnpickled,
     deprecated_alias,
     image_input,
     in_thread,
     init_core_model,
     video_input,
 )
-from .nodes import node_to_input
+from .nodes import node_media, node_to_input
 
 DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL  # kept for imports of the old name
 
 
-class Qwen3VLEmbedding(MultiModalEmbedding):
+class Qwen3VLEmbedding(RebuiltWhenUnpickled, MultiModalEmbedding):
     """Text, query, image, video and mixed embeddings in one space, from a Qwen3-VL-Embedding checkpoint.
 
     ``Qwen3VLEmbedding(model_name="Qwen/Qwen3-VL-Embedding-2B", max_pixels=..., device="cuda")`` loads the model
@@ -73,7 +75,7 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
             embedder,
             model_name,
             kwargs,
-            type(self).__name__,
+            type(self),
             document_instruction=document_instruction,
             video_key=video_key,
             model_kwargs=model_kwargs,
@@ -113,20 +115,33 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
         return await in_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._embed([text], self.document_instruction)[0]
+        return self._get_text_embeddings([text])[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
         return await in_thread(self._get_text_embedding, text)
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        for i, text in enumerate(texts):
+            if not text.strip():  # most often an image or video node on LlamaIndex's text-only path
+                raise InputError(
+                    "empty text: LlamaIndex's text path (VectorStoreIndex, get_text_embedding) passes a node's text "
+                    "only, so an image or video node would get the vector of nothing. Embed nodes with the "
+                    "embedding as a transformation first (IngestionPipeline(transformations=[..., embed_model]) or "
+                    "embed_model(nodes): VectorStoreIndex keeps their vectors), or use MultiModalVectorStoreIndex",
+                    index=i,
+                    kind="text",
+                )
         return self._embed(list(texts), self.document_instruction)
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await in_thread(self._get_text_embeddings, texts)
 
     # images --------------------------------------------------------------------------------------------------
+    # LlamaIndex embeds documents' images in batches (``get_image_embedding_batch``: MultiModalVectorStoreIndex) and
+    # an image query alone (``get_image_embedding``: ``image_to_image_retrieve``): the single call is the query, and
+    # takes the query instruction, as ``qwen3vl-rag search --image`` and the server do.
     def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
-        return self._get_image_embeddings([img_file_path])[0]
+        return self._embed([{"image": image_input(img_file_path)}], self.query_instruction)[0]
 
     async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
         return await in_thread(self._get_image_embedding, img_file_path)
@@ -148,6 +163,22 @@ class Qwen3VLEmbedding(MultiModalEmbedding):
 
     async def aget_multimodal_embedding(self, obj: dict[str, Any] | str, *, query: bool = False) -> Embedding:
         return await in_thread(self.get_multimodal_embedding, obj, query=query)
+
+    # as a transformation (IngestionPipeline, VectorStoreIndex's transformations) ------------------------------
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        """Embed nodes in place: text nodes as LlamaIndex does (their text, the cache and events included), nodes
+        with an image or a video as that image / video with their text, never as their text alone."""
+        media = [n for n in nodes if node_media(n, self.video_key)]
+        text = [n for n in nodes if not node_media(n, self.video_key)]
+        if text:
+            super().__call__(text, **kwargs)
+        if media:
+            for node, vector in zip(media, self.get_node_embeddings(media)):
+                node.embedding = vector
+        return nodes
+
+    async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        return await in_thread(self.__call__, nodes, **kwargs)
 
     def node_input(self, node: BaseNode) -> Any:
         """What the model sees for a node: its text, plus its image (ImageNode) or video (metadata)."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
     CompletionResponse,
+    CompletionResponseAsyncGen,
     CompletionResponseGen,
     ImageBlock,
     LLMMetadata,
@@ -22,7 +25,14 @@ from llama_index.core.llms.custom import CustomLLM
 
 from retrieval_pipeline.models.generator import Qwen3VLGenerator
 
-from .._common import DEFAULT_GENERATOR_MODEL, deprecated_alias, init_core_model
+from .._common import (
+    DEFAULT_GENERATOR_MODEL,
+    RebuiltWhenUnpickled,
+    deprecated_alias,
+    in_thread,
+    init_core_model,
+    iterate_in_thread,
+)
 
 DEFAULT_MODEL = DEFAULT_GENERATOR_MODEL  # kept for imports of the old name
 
@@ -47,7 +57,7 @@ def messages_to_chat(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return [{"role": role_names.get(m.role, "user"), "content": [_block_input(b) for b in m.blocks]} for m in messages]
 
 
-class Qwen3VLLLM(CustomLLM):
+class Qwen3VLLLM(RebuiltWhenUnpickled, CustomLLM):
     """``Qwen3VLLLM(model="Qwen/Qwen3-VL-2B-Instruct", device="cuda")`` (``model`` defaults to
     ``$QWEN3VL_RAG_GENERATOR_MODEL``; other keyword arguments go to :class:`Qwen3VLGenerator`) or
     ``Qwen3VLLLM(generator=existing)``; multimodal chat (``RetrieverQueryEngine.from_args(..., llm=Qwen3VLLLM(...),
@@ -76,7 +86,7 @@ class Qwen3VLLLM(CustomLLM):
             generator,
             model,
             kwargs,
-            type(self).__name__,
+            type(self),
             {"max_new_tokens": max_new_tokens},
             model_kwargs=model_kwargs,
         )
@@ -98,17 +108,66 @@ class Qwen3VLLLM(CustomLLM):
             model_name=self.model,
         )
 
+    def _stream(self, chat: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+        """(reply so far, new piece), from the core generator's token streamer."""
+        text = ""
+        for piece in self._generator.stream(chat, max_new_tokens=self.max_new_tokens):
+            text += piece
+            yield text, piece
+
+    @staticmethod
+    def _prompt_chat(prompt: str) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": [prompt]}]
+
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        text = self._generator.chat([{"role": "user", "content": [prompt]}], max_new_tokens=self.max_new_tokens)
+        text = self._generator.chat(self._prompt_chat(prompt), max_new_tokens=self.max_new_tokens)
         return CompletionResponse(text=text)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        response = self.complete(prompt, formatted=formatted, **kwargs)
-        yield CompletionResponse(text=response.text, delta=response.text)
+        chat = self._prompt_chat(prompt)
+        return (CompletionResponse(text=text, delta=piece) for text, piece in self._stream(chat))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         text = self._generator.chat(messages_to_chat(messages), max_new_tokens=self.max_new_tokens)
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """The reply token by token, from the same prompt as :meth:`chat` (images and videos included)."""
+        chat = messages_to_chat(messages)
+        return (
+            ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
+            for text, piece in self._stream(chat)
+        )
+
+    # async: generation runs in a worker thread, the event loop keeps serving ----------------------------------
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await in_thread(self.complete, prompt, formatted=formatted, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        chat = self._prompt_chat(prompt)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            async for text, piece in iterate_in_thread(lambda: self._stream(chat)):
+                yield CompletionResponse(text=text, delta=piece)
+
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await in_thread(self.chat, messages, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        chat = messages_to_chat(messages)
+
+        async def gen() -> ChatResponseAsyncGen:
+            async for text, piece in iterate_in_thread(lambda: self._stream(chat)):
+                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
+
+        return gen()

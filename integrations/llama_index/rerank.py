@@ -11,27 +11,36 @@ from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayloa
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 
 from retrieval_pipeline import InputError, Qwen3VLReranker
 
 from .._common import (
     DEFAULT_RERANKER_MODEL,
     VIDEO_KEY,
+    RebuiltWhenUnpickled,
     deprecated_alias,
     in_thread,
     init_core_model,
 )
-from .nodes import node_to_input, query_to_input
+from .nodes import RETRIEVAL_SCORE_KEY, node_to_input, query_to_input
 
 __all__ = ["Qwen3VLRerank", "node_to_input", "query_to_input"]
 
 DEFAULT_MODEL = DEFAULT_RERANKER_MODEL  # kept for imports of the old name
-RETRIEVAL_SCORE_KEY = "retrieval_score"
 dispatcher = get_dispatcher(__name__)
 
 
-class Qwen3VLRerank(BaseNodePostprocessor):
+def keep_score(node: BaseNode, score: float) -> None:
+    """The first-stage score into the node's metadata, out of what the LLM and the embedding see of it (else
+    prompts would read "retrieval_score: 0.77...")."""
+    node.metadata[RETRIEVAL_SCORE_KEY] = score
+    for keys in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
+        if RETRIEVAL_SCORE_KEY not in keys:
+            keys.append(RETRIEVAL_SCORE_KEY)
+
+
+class Qwen3VLRerank(RebuiltWhenUnpickled, BaseNodePostprocessor):
     """Rerank retrieved nodes with a Qwen3-VL-Reranker checkpoint; ``NodeWithScore.score`` becomes the rerank
     score and the first-stage score is kept in ``node.metadata["retrieval_score"]``.
 
@@ -71,7 +80,7 @@ class Qwen3VLRerank(BaseNodePostprocessor):
             reranker,
             model,
             kwargs,
-            type(self).__name__,
+            type(self),
             video_key=video_key,
             model_kwargs=model_kwargs,
         )
@@ -128,7 +137,7 @@ class Qwen3VLRerank(BaseNodePostprocessor):
             out = []
             for node, score in zip(nodes, scores):
                 if self.keep_retrieval_score and node.score is not None:
-                    node.node.metadata[RETRIEVAL_SCORE_KEY] = node.score
+                    keep_score(node.node, node.score)
                 out.append(NodeWithScore(node=node.node, score=score))
             out.sort(key=lambda n: -(n.score or 0.0))
             out = out[:top_n]

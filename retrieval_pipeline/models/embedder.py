@@ -31,7 +31,7 @@ from .encoding import (
     embedding_conversation,
     encode_conversation,
 )
-from .runtime import CheckpointModel, load_processor, locked, show_progress
+from .runtime import CheckpointModel, load_processor, locked, settings, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +190,22 @@ class Qwen3VLEmbedder(InputEncoding, CheckpointModel):
 
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.init_kwargs = settings(
+            max_length=max_length,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            total_pixels=total_pixels,
+            fps=fps,
+            max_frames=max_frames,
+            default_instruction=default_instruction,
+            device=device,
+            torch_dtype=torch_dtype,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_padding=max_padding,
+            url_timeout=url_timeout,
+            **from_pretrained_kwargs,
+        )
         self._load_checkpoint(
             model_name_or_path,
             Qwen3VLModel,

@@ -19,7 +19,7 @@ import torch
 from ..media import InputError, LimitError, load_input, parse_input
 from .batching import batch_to_device, token_types
 from .encoding import MediaSettings, content_items, encode_conversation, estimate_tokens, estimate_vision_tokens
-from .runtime import CheckpointModel
+from .runtime import CheckpointModel, settings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,16 @@ class Qwen3VLGenerator(CheckpointModel):
         self.max_prompt_tokens = max_prompt_tokens
         self.system_prompt = system_prompt
         self.media = MediaSettings(max_pixels=max_pixels, total_pixels=total_pixels)
+        self.init_kwargs = settings(
+            device=device,
+            torch_dtype=torch_dtype,
+            max_new_tokens=max_new_tokens,
+            max_pixels=max_pixels,
+            total_pixels=total_pixels,
+            system_prompt=system_prompt,
+            max_prompt_tokens=max_prompt_tokens,
+            **from_pretrained_kwargs,
+        )
         self._load_checkpoint(
             model_name_or_path,
             Qwen3VLForConditionalGeneration,

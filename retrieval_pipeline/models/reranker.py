@@ -49,7 +49,7 @@ from .encoding import (
     truncate_keep_special,
 )
 from .prefix_cache import PrefixCache, forward_suffixes, run_prefix, shared_prefix_length
-from .runtime import CheckpointModel, locked, show_progress
+from .runtime import CheckpointModel, locked, settings, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,23 @@ class Qwen3VLReranker(CheckpointModel):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.share_prefix = share_prefix
+        self.init_kwargs = settings(
+            max_length=max_length,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            total_pixels=total_pixels,
+            fps=fps,
+            max_frames=max_frames,
+            default_instruction=default_instruction,
+            device=device,
+            torch_dtype=torch_dtype,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_padding=max_padding,
+            url_timeout=url_timeout,
+            share_prefix=share_prefix,
+            **from_pretrained_kwargs,
+        )
         self._load_checkpoint(
             model_name_or_path,
             Qwen3VLForConditionalGeneration,

@@ -171,6 +171,70 @@ def locked(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# ``from_pretrained`` options that transformers takes through ``**kwargs`` (its named parameters are read from its
+# signature); the ones people pass to a frozen inference model.
+FROM_PRETRAINED_OPTIONS = frozenset(
+    {"dtype", "attn_implementation", "trust_remote_code", "subfolder", "variant", "device_map", "max_memory", "proxies"}
+    | {"quantization_config", "offload_folder", "offload_buffers", "key_mapping", "adapter_name", "adapter_kwargs"}
+    | {"low_cpu_mem_usage", "use_kernels", "gguf_file", "tp_plan", "tp_size", "output_loading_info"}
+)
+
+
+def check_model_kwargs(owner: Any, model_class: Any, name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments that neither ``owner`` (the class being built), ``from_pretrained`` nor the
+    checkpoint's config take, before anything loads: e.g. ``top_k=`` given to an embedder would otherwise fail deep
+    inside transformers ("Qwen3VLModel.__init__() got an unexpected keyword argument")."""
+    import inspect
+
+    taken = set(inspect.signature(model_class.from_pretrained).parameters) | FROM_PRETRAINED_OPTIONS
+    unknown = sorted(k for k in kwargs if k not in taken)
+    if unknown:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(name, **hub_kwargs(kwargs))
+        except (OSError, ValueError):
+            config = None  # from_pretrained reports the checkpoint with its own message
+        if config is not None:
+            unknown = [k for k in unknown if not hasattr(config, k)]
+    if unknown:
+        raise UnknownArgumentError(unknown, owner)
+
+
+class UnknownArgumentError(TypeError):
+    """Keyword arguments that a model class, ``from_pretrained`` and the checkpoint's config all do not take."""
+
+    def __init__(self, names: list[str], owner: type, adapter: tuple[str, list[str]] | None = None) -> None:
+        import inspect
+
+        self.names, self.owner = names, owner
+        params = inspect.signature(owner.__init__).parameters.values()
+        own = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        where = f"{adapter[0]} ({', '.join(adapter[1])}), " if adapter else ""
+        super().__init__(
+            f"{adapter[0] if adapter else owner.__name__}: unknown argument{'s' if len(names) > 1 else ''} "
+            f"{', '.join(map(repr, names))}: not an option of {where}{owner.__name__} ({', '.join(own)}), of "
+            "transformers' from_pretrained (e.g. attn_implementation, revision, trust_remote_code) or of the "
+            "checkpoint's config"
+        )
+
+    def seen_from(self, adapter: type, fields: list[str]) -> UnknownArgumentError:
+        """The same error as a framework adapter's (its own options listed first)."""
+        return UnknownArgumentError(self.names, self.owner, (adapter.__name__, fields))
+
+
+def settings(**values: Any) -> dict[str, Any]:
+    """A model's constructor arguments as plain values (a dtype or device as its name), to build it again."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, torch.dtype):
+            value = str(value).removeprefix("torch.")
+        elif isinstance(value, torch.device):
+            value = str(value)
+        out[key] = value
+    return out
+
+
 def stored_dtype(model_name_or_path: str, from_pretrained_kwargs: dict[str, Any]) -> torch.dtype | None:
     """The dtype a checkpoint's weights are saved in (its config's ``dtype``), ``None`` when it does not say."""
     from transformers import AutoConfig
@@ -251,6 +315,9 @@ class CheckpointModel:
     dtype: torch.dtype
     processor: Any
     model: torch.nn.Module
+    # the constructor's arguments (besides the checkpoint), as given: ``type(m)(m.model_name_or_path,
+    # **m.init_kwargs)`` builds the same model again (the framework adapters serialise and unpickle with it)
+    init_kwargs: dict[str, Any]
 
     def _load_checkpoint(
         self,
@@ -264,6 +331,7 @@ class CheckpointModel:
         """Resolve the device and dtype, load the processor, then ``model_class`` (its :meth:`_keep` part frozen,
         in eval mode, moved to the device once). ``from_pretrained_kwargs`` loses its ``dtype`` alias."""
         self.model_name_or_path = str(model_name_or_path)
+        check_model_kwargs(type(self), model_class, self.model_name_or_path, from_pretrained_kwargs)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(pop_dtype(torch_dtype, from_pretrained_kwargs), self.device)
         logger.info("loading %s %s on %s (%s)", type(self).__name__, model_name_or_path, self.device, self.dtype)
