@@ -162,6 +162,30 @@ def test_image_and_video_nodes_are_embedded_as_their_media_in_a_pipeline_and_kep
         emb.get_text_embedding_batch(["a cat", ""])
 
 
+def test_a_pipeline_writes_media_nodes_into_llama_index_s_qdrant_store(small_embedder):
+    import qdrant_client
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.ingestion import IngestionPipeline
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    emb = Qwen3VLEmbedding(embedder=small_embedder)
+    client = qdrant_client.QdrantClient(":memory:")
+    store = QdrantVectorStore(client=client, collection_name="media")
+    nodes = [
+        ImageNode(image_path=CHELSEA, text="a cat", id_="5c6e2f7a-0000-4000-8000-000000000001"),
+        ImageNode(image_path=ROCKET, text="a rocket", id_="5c6e2f7a-0000-4000-8000-000000000002"),
+        TextNode(text="a cup of coffee", id_="5c6e2f7a-0000-4000-8000-000000000003"),
+    ]
+    IngestionPipeline(transformations=[emb], vector_store=store).run(nodes=nodes)
+    (stored,) = client.retrieve("media", ["5c6e2f7a-0000-4000-8000-000000000001"], with_vectors=True)
+    assert close(stored.vector, small_embedder.embed([{"image": CHELSEA, "text": "a cat"}])[0])
+    index = VectorStoreIndex.from_vector_store(store, embed_model=emb)
+    query = QueryBundle(query_str="", embedding=emb.get_image_embedding(ROCKET))
+    (hit,) = index.as_retriever(similarity_top_k=1).retrieve(query)
+    assert hit.node.node_id.endswith("0002")
+    client.close()
+
+
 def test_image_queries_take_the_query_instruction_everywhere(embedder, reranker, tmp_path):
     from llama_index.core.indices import MultiModalVectorStoreIndex
 
