@@ -24,9 +24,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from retrieval_pipeline.cli import ENV
 from retrieval_pipeline.models.runtime import UnknownArgumentError
-from retrieval_pipeline.pipeline import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL
+from retrieval_pipeline.settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, ENV
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -27,18 +27,14 @@ from typing import Any
 
 from . import __version__
 from .errors import EXIT_FAILED, UsageError, classify
+from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, ENV
+from .settings import env as _env
 from .store import default_db
 
-ENV = "QWEN3VL_RAG_"
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV + name, default)
+__all__ = ["ENV", "main"]
 
 
 def _common() -> argparse.ArgumentParser:
-    from .pipeline import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL
-
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("storage")
     g.add_argument("--db", default=_env("DB"), help=f"embedded Qdrant Edge folder (default: {default_db()})")

@@ -25,8 +25,7 @@ import numpy as np
 
 from .errors import InputError, LimitError, ModelLoadError
 from .media import InputLike
-from .models.embedder import check_matryoshka_dim
-from .models.reranker import check_top_k, rank_scores
+from .ranking import check_matryoshka_dim, check_top_k, rank_scores
 
 TIMEOUT = 300.0
 MAX_VIDEO_UPLOAD = 16 * 1024 * 1024  # a local video travels inside the request body (the server takes 32 MB)

@@ -24,13 +24,11 @@ from .media import InputLike
 from .models.generator import Answer, Qwen3VLGenerator
 from .models.runtime import release_memory, resolve_device
 from .retriever import QUERY_INSTRUCTION, Hit, TwoStageRetriever, default_candidates, default_rerank_budget
+from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL
 from .store import VectorStore, open_store
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
-DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
-DEFAULT_GENERATOR_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 STAGES = ("embedder", "reranker", "generator")
 
 

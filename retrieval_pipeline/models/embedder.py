@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..media import URL_TIMEOUT, InputError, InputLike, InputLimits, check_text, load_input, parse_inputs
+from ..ranking import check_matryoshka_dim  # noqa: F401 - also imported from here
 from .batching import last_token_states, run_batched, windows
 from .encoding import (
     FPS,
@@ -52,18 +53,6 @@ def truncate_and_normalize(
     if normalize:
         t = F.normalize(t, p=2, dim=-1)
     return t.cpu().numpy().astype(np.float32, copy=False)
-
-
-def check_matryoshka_dim(dim: Any, hidden_size: int) -> int | None:
-    """``dim`` as an int when it is a Matryoshka dimension (1..hidden_size); None stays None; else ValueError."""
-    if dim is None:
-        return None
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= hidden_size:
-        raise ValueError(
-            f"dim={dim!r} is outside this model's Matryoshka range: pass an int from 1 to {hidden_size} "
-            "(or None for the full dimension)"
-        )
-    return int(dim)
 
 
 class InputEncoding:

@@ -30,6 +30,7 @@ from ..media import (
     load_input,
     parse_input,
 )
+from ..ranking import check_top_k, rank_scores  # noqa: F401 - also imported from here
 from .batching import distinct, last_token_states, run_batched, windows
 from .encoding import (
     FPS,
@@ -83,11 +84,6 @@ class _Query:
     videos: int
     shared: SharedVision | None = None
     leading: tuple[SharedVision, torch.Tensor] | None = None  # images encoded once: (patches, grids)
-
-
-def check_top_k(top_k: Any) -> None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
 
 
 class Qwen3VLReranker(CheckpointModel):
@@ -453,11 +449,3 @@ class Qwen3VLReranker(CheckpointModel):
 
     def _scores(self, last_hidden: torch.Tensor) -> list[float]:
         return torch.sigmoid(last_hidden.float() @ self._score_weight).cpu().tolist()
-
-
-def rank_scores(scores: Sequence[float], top_k: int | None = None) -> list[tuple[int, float]]:
-    """``(document index, score)`` best first (equal scores: the earlier document first), the ``top_k`` best (all
-    when ``None``): the order of :meth:`Qwen3VLReranker.rerank`, for scores from :meth:`~Qwen3VLReranker.score` or
-    :meth:`~Qwen3VLReranker.score_prepared`."""
-    ranked = sorted(enumerate(scores), key=lambda pair: (-pair[1], pair[0]))
-    return ranked[:top_k] if top_k is not None else ranked

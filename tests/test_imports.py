@@ -1,0 +1,51 @@
+"""The light layers stay light: the command line's help, errors, the store and the HTTP client do not load torch
+(every CLI call, every Ray read task and every thin client would pay seconds for it), and the public API resolves
+lazily to the documented names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+
+import retrieval_pipeline
+
+LIGHT = ("retrieval_pipeline.errors", "retrieval_pipeline.settings", "retrieval_pipeline.ranking")
+LIGHT += ("retrieval_pipeline.store", "retrieval_pipeline.client", "retrieval_pipeline.cli")
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    probe = code + "\nimport sys\nprint('HEAVY:', *(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.rsplit("HEAVY:", 1)[1].split()
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_light_modules_do_not_load_torch(module):
+    assert heavy_modules_after(f"import {module}") == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["index", "--help"], ["serve", "--bogus"]])
+def test_the_command_line_answers_help_version_and_usage_errors_without_torch(args):
+    code = f"from retrieval_pipeline.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass"
+    assert heavy_modules_after(code) == []
+
+
+def test_the_public_api_is_pinned_and_lazy():
+    assert retrieval_pipeline.__all__ == [
+        "InputError",
+        "LimitError",
+        "PreparedRerank",
+        "Qwen3VLEmbedder",
+        "Qwen3VLReranker",
+        "__version__",
+    ]
+    assert retrieval_pipeline.__version__ == version("qwen3-vl-rag")
+    from retrieval_pipeline.errors import InputError
+    from retrieval_pipeline.models.embedder import Qwen3VLEmbedder
+
+    assert retrieval_pipeline.InputError is InputError and retrieval_pipeline.Qwen3VLEmbedder is Qwen3VLEmbedder
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        retrieval_pipeline.Nope  # noqa: B018
