@@ -1,11 +1,17 @@
 # Shortcuts; each target is one of the commands the README gives.
-.PHONY: install test lock test-latest ci
+.PHONY: install test test-fast lint lock test-latest ci
 
 install:  ## the project with every extra at its tested versions
 	pip install -c requirements-lock.txt -e ".[dev]"
 
-test:
+test:  ## the whole suite (every real component)
 	python -m pytest -q
+
+test-fast:  ## the fast tier: everything not marked slow (no Ray, browser, notebooks or CLI processes)
+	python -m pytest -q -m "not slow"
+
+lint:
+	ruff check . && ruff format --check .
 
 lock:  ## refresh requirements-lock.txt and tests/clients/requirements.lock (uv pip compile)
 	bash .ci/lock

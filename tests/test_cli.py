@@ -38,6 +38,8 @@ def models_env():
     }
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_main_job_index_search_ask_info(tmp_path, models_env):
     db = tmp_path / "db"
     run = cli(
@@ -93,12 +95,16 @@ def test_main_job_index_search_ask_info(tmp_path, models_env):
     assert json.loads(info.stdout)["points"] == data["index"]["indexed"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_missing_model_is_a_clear_error(tmp_path):
     result = cli("index", str(CORPUS), "--embedding-model", str(tmp_path / "no-model"), db=tmp_path / "db")
     assert result.returncode == 3
     assert "cannot load the embedding model" in result.stderr and "no-model" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_missing_and_empty_collection(tmp_path, models_env):
     result = cli("search", "anything", env=models_env, db=tmp_path / "db")
     assert result.returncode == 5 and "no collection 'default'" in result.stderr
@@ -112,11 +118,15 @@ def test_missing_and_empty_collection(tmp_path, models_env):
     assert result.returncode == 5 and "empty" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_unreachable_server(models_env):
     result = cli("info", "--url", "http://127.0.0.1:9")
     assert result.returncode == 4 and "127.0.0.1:9" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_usage_errors(tmp_path):
     assert cli().returncode == 2
     result = cli("search", "x", "--filter", "novalue", db=tmp_path / "db")
@@ -135,12 +145,16 @@ def test_usage_errors(tmp_path):
     assert not (tmp_path / "db").exists() or not any((tmp_path / "db").iterdir())  # nothing was created
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_dimension_over_the_model_is_refused_before_a_collection_exists(tmp_path, models_env):
     result = cli("index", str(CORPUS / "notes.md"), "--dim", "100000", env=models_env, db=tmp_path / "db")
     assert result.returncode == 1 and "outside this model's Matryoshka range" in result.stderr
     assert not (tmp_path / "db" / "default").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_where_everything_failed_exits_1(tmp_path, models_env):
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -155,6 +169,8 @@ def test_a_run_where_everything_failed_exits_1(tmp_path, models_env):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_model_spelling_and_working_directory_do_not_matter(tmp_path):
     db = tmp_path / "db"
     relative = os.path.relpath(TINY, ROOT)
@@ -216,6 +232,8 @@ def test_a_failed_rebuild_leaves_the_old_collection_intact(tmp_path, caplog):
     store.close()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_damaged_store_exit_4_then_rebuild_and_prune(tmp_path, models_env):
     db, folder = tmp_path / "db", tmp_path / "docs"
     folder.mkdir()

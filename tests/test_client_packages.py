@@ -17,6 +17,8 @@ sys.path.insert(0, str(CLIENTS))
 from build import build  # noqa: E402
 from calls import CALL_NAMES, DOCS, QUERY  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 
 @pytest.fixture(scope="module")
 def client_results(reranker):

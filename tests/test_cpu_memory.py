@@ -20,6 +20,8 @@ from retrieval_pipeline.pipeline import RAGPipeline
 from retrieval_pipeline.store import EdgeStore
 from retrieval_pipeline.testing import build_random_checkpoint, checkpoint_config
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
 GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"

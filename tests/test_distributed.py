@@ -35,6 +35,8 @@ from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions
 from retrieval_pipeline.store import EdgeStore, ServerStore
 from retrieval_pipeline.testing import make_text_pdf
 
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
 SETTINGS = load_public()["settings"]
 # the actor subclasses below travel to Ray's worker processes by value (they cannot import this test module)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -141,6 +141,7 @@ def test_folder_indexed_items_answer_to_file_page_and_chunk_ids(tmp_path):
     assert document_keys({"source": "/x.jpg", "metadata": {"corpus_id": "doc-7"}}) == ["doc-7"]
 
 
+@pytest.mark.slow
 def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):  # noqa: F811
     db = tmp_path / "db"
     assert cli("index", str(CORPUS), env=models_env, db=db).returncode == 0
@@ -175,6 +176,8 @@ def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):  # noqa: F
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):  # noqa: F811
     import pyarrow as pa  # a dev dependency (the [eval] extra)
     import pyarrow.parquet as pq

@@ -12,6 +12,8 @@ import pytest
 from conftest import TINY
 from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 NOISE = ("LOAD REPORT", "UNEXPECTED", "Loading weights", "not ok if you expect identical arch")
 HUB_ID = "Qwen/Qwen3-VL-Embedding-2B"
 

@@ -116,8 +116,7 @@ def test_an_adapter_that_cannot_rebuild_says_so(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # images and videos through LlamaIndex's generic paths
-
-
+@pytest.mark.slow
 def test_ingestion_pipeline_with_worker_processes_gives_the_library_s_numbers(small_embedder):
     from llama_index.core.ingestion import IngestionPipeline
 

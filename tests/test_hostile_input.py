@@ -100,6 +100,7 @@ def test_embedder_truncates_special_token_floods_to_max_length(embedder):
     assert len(enc) == 512
 
 
+@pytest.mark.slow
 def test_huge_text_is_bounded_and_equals_the_truncated_reference(embedder):
     """A 3 MB text: only the part that can fit in max_length is tokenised; the tokens kept are the reference's."""
     text = "All work and no play makes Jack a dull boy. " * 70_000

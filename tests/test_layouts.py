@@ -155,6 +155,7 @@ def test_hybrid_finds_an_exact_term_that_dense_search_misses(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_hybrid_through_the_cli_on_a_real_corpus(tmp_path, models_env):  # noqa: F811
     """End to end with the tiny model: a text that only BM25 can single out (an invented part number) is found."""
     corpus = tmp_path / "corpus"

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from conftest import TINY
 
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 

@@ -14,7 +14,11 @@ from conftest import ServeProcess
 from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"),
+]
 TOKEN = "page-token"
 EVIL_NAME = "<img src=x onerror=window.__pwned=1>.txt"
 EVIL_TEXT = '<script>window.__pwned=2</script><img src=x onerror="window.__pwned=3"> spare valve XK-9 details'

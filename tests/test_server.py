@@ -213,6 +213,8 @@ def test_no_pipeline_means_404(embedder):
         assert httpx.post(f"{url}/v1/embeddings", json={"input": "x"}).status_code == 200
 
 
+@pytest.mark.slow
+@pytest.mark.fuzz
 def test_openapi_schema_fuzzing(rag):
     """schemathesis against the app's own OpenAPI spec, bounded: no input may produce a server error."""
     import schemathesis

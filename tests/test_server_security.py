@@ -209,6 +209,7 @@ def test_allowlisted_host_is_fetched_and_failures_read_the_same(allow_server, so
         assert "input 0, field 'image': could not fetch media URL URL" in messages
 
 
+@pytest.mark.slow
 def test_slow_source_hits_the_total_deadline_while_others_stay_fast(allow_server, source):
     slow = {"input": [{"image": f"http://127.0.0.1:{source}/slow.jpg"}]}
 
@@ -326,6 +327,7 @@ def test_a_model_failure_of_a_merged_batch_is_not_blamed_on_the_others():
     assert calls[0] == ["a", "b", "poison", "c"] and len(calls) == 4  # merged once, then each alone once
 
 
+@pytest.mark.slow
 def test_requests_past_the_slots_wait_in_a_bounded_queue_then_429(embedder, source):
     """Two slots held by slow requests: the next waits and is answered; past the queue's length or its wait, 429
     with Retry-After naming the limit; /health answers throughout."""
@@ -443,6 +445,8 @@ def test_empty_token_is_refused(tmp_path, monkeypatch, capsys):
         assert "--token" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_serve_closes_the_store_and_removes_the_video_cache_on_sigterm(tmp_path, source, embedder):
     """SIGTERM: uvicorn's graceful shutdown, then every exit step of the process: the embedded store flushed and
     closed (its state file says so), the video cache removed, exit status 143."""
@@ -528,6 +532,7 @@ def test_huge_json_lists_are_refused_off_the_event_loop(allow_server):
     assert slowest < 1.0
 
 
+@pytest.mark.slow
 def test_silent_addresses_share_one_deadline(monkeypatch):
     """A name with five addresses that never answer took five deadlines (each connect got the whole time)."""
     import retrieval_pipeline.netfetch as netfetch
@@ -633,6 +638,8 @@ def test_a_trickled_request_body_is_cut_off_and_others_stay_fast(embedder):
         assert all(a.startswith("HTTP/1.1 408") and "body_timeout" in a for a in answers), answers
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_serve_on_a_store_another_process_holds_says_so_at_start(tmp_path, embedder):
     """A running `index` holds the embedded store: `serve` on it exits at start (4) saying so, instead of starting,
     answering /health ok and every request 503 with the store's path."""

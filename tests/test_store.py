@@ -171,6 +171,8 @@ def test_invalid_collection_name(tmp_path):
         EdgeStore(tmp_path, "../escape")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_edge_store_in_use_by_another_process(tmp_path):
     import subprocess
     import sys
@@ -409,6 +411,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_concurrent_creation_of_a_new_db_never_crashes(tmp_path):
     import subprocess
     import sys

@@ -77,6 +77,7 @@ def _fetch_reference(ele: dict) -> tuple[torch.Tensor, dict]:
         ("long", {"fps": 1.0, "max_frames": 64, "total_pixels": 3_000_000}),  # a budgeted plan
     ],
 )
+@pytest.mark.slow
 def test_reader_equals_qwen_vl_utils(which, settings, long_720p):
     path = str(VIDEO if which == "parity" else long_720p)
     ele = {"video": path, **settings}
@@ -206,6 +207,7 @@ def test_predicted_image_tokens_equal_the_processors_output(processor, embedder,
     assert image_tokens(*size, embedder.media, processor) == image_tokens(*size, embedder.media)  # the estimate agrees
 
 
+@pytest.mark.slow
 def test_token_count_is_exact_and_budget_binds_only_past_the_limit(processor, long_720p):
     """The predicted length equals the processor's; a limit one token short of it makes the budget bind."""
     conversation = _video_conversation(str(long_720p))
@@ -224,6 +226,7 @@ def test_token_count_is_exact_and_budget_binds_only_past_the_limit(processor, lo
     assert int(over.video_grid_thw[0, 1:].prod()) < int(free.video_grid_thw[0, 1:].prod())
 
 
+@pytest.mark.slow
 def test_long_video_embeds_within_max_length(embedder, long_720p):
     """Issue 10.1: a 30-s 720p file used to stop indexing (its video tokens were truncated)."""
     parsed = parse_input({"video": str(long_720p)})
@@ -235,6 +238,7 @@ def test_long_video_embeds_within_max_length(embedder, long_720p):
     assert out.shape == (1, 64) and np.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_embedder_keeps_text_truncation_of_the_reference(processor, long_720p):
     """When the video fits but long text does not, the reference truncates the text: the video is not budgeted."""
     conversation = _video_conversation(str(long_720p))
@@ -245,6 +249,7 @@ def test_embedder_keeps_text_truncation_of_the_reference(processor, long_720p):
     assert torch.equal(enc.input_ids, free.input_ids[:limit])
 
 
+@pytest.mark.slow
 def test_reranker_pair_fits_its_max_length(reranker, long_720p):
     query = {"text": "a yellow square moving right"}
     document = {"video": str(long_720p), "text": "screen recording"}
@@ -326,8 +331,7 @@ def test_load_keeps_segment_fields():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Header limits and memory
-
-
+@pytest.mark.slow
 def test_frame_size_limit_refused_from_the_header(embedder, tmp_path):
     path = make_video(tmp_path / "huge.mp4", 8704, 4352, 2, 1)  # 37.9 M pixels a frame, above DCI 8K
     with pytest.raises(LimitError) as info:
@@ -360,6 +364,8 @@ MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_8k_video_embeds_in_bounded_memory(tmp_path):
     """Issue 10.11: qwen-vl-utils decodes all 16 sampled 8K frames at full size and resizes them as floats (about
