@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MEDIA, TINY, WORDS, checkpoint  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retrieval_pipeline.distributed import RayIndexer, RayOptions, RemoteEmbedder  # noqa: E402
+from retrieval_pipeline.distributed import EmbedderSpec, RayIndexer, RayOptions  # noqa: E402
 from retrieval_pipeline.ingest import Indexer  # noqa: E402
 from retrieval_pipeline.models.embedder import Qwen3VLEmbedder  # noqa: E402
 from retrieval_pipeline.store import EdgeStore  # noqa: E402
@@ -63,7 +63,7 @@ def distributed(
     model: str, corpus: Path, db: Path, device: str, dtype: str, media: dict, options: RayOptions
 ) -> tuple[float, object, object]:
     t0 = time.perf_counter()
-    embedder = RemoteEmbedder(model, device_type=device, torch_dtype=dtype, **media)
+    embedder = EmbedderSpec(model, device_type=device, torch_dtype=dtype, **media)
     store = EdgeStore(db, "bench")
     report = RayIndexer(embedder, store, ray_options=options).index_paths([corpus], show_progress_bar=False)
     seconds = time.perf_counter() - t0

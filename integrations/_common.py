@@ -22,7 +22,9 @@ import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
+
+from typing_extensions import Self  # typing.Self is 3.11+; the package supports 3.10
 
 from retrieval_pipeline.models.runtime import UnknownArgumentError
 from retrieval_pipeline.settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, ENV

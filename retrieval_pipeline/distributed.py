@@ -109,7 +109,7 @@ def _batch(rows: list[dict[str, Any]], columns: Iterable[str] = _COLUMNS) -> dic
 # the embedder as the driver knows it (no weights), and as the actors load it
 
 
-class RemoteEmbedder:
+class EmbedderSpec:
     """The embedder the actors load, as the driver knows it: its name, dimension, default instruction, dtype and
     media settings, read from the checkpoint's config (no weights are loaded on the driver).
 
@@ -159,6 +159,10 @@ class RemoteEmbedder:
         """What a CPU task passes to ``EmbeddingPreprocessor`` (the embedder's settings without batching)."""
         batching = {"batch_size", "max_batch_tokens", "max_padding", "attn_implementation", "device_map"}
         return {k: v for k, v in self.kwargs.items() if k not in batching}
+
+
+# The earlier name (unrelated to :class:`retrieval_pipeline.client.RemoteEmbedder`, a server's model over HTTP).
+RemoteEmbedder = EmbedderSpec
 
 
 _PREPROCESSORS: dict[str, Any] = {}
@@ -594,12 +598,12 @@ def check_resources(options: RayOptions, resources: Mapping[str, float], *, loca
 class RayIndexer(Indexer):
     """:class:`~.ingest.Indexer` on Ray Data: same units, ids, payloads and report; embedding on an actor pool.
 
-    ``embedder``: a :class:`RemoteEmbedder` (what the actors load). ``store``: the collection (an embedded one is
+    ``embedder``: an :class:`EmbedderSpec` (what the actors load). ``store``: the collection (an embedded one is
     written through one owner actor; a server by the write tasks in parallel, in Qdrant's bulk-load mode)."""
 
     def __init__(
         self,
-        embedder: RemoteEmbedder,
+        embedder: EmbedderSpec,
         store: VectorStore,
         *,
         ray_options: RayOptions | None = None,
@@ -720,7 +724,7 @@ class RayIndexer(Indexer):
     ) -> Any:
         import ray
 
-        embedder: RemoteEmbedder = self.embedder
+        embedder: EmbedderSpec = self.embedder
         items = [{"file": i, "path": os.fsencode(p)} for i, p in enumerate(files)]  # bytes: any file name
         ds = ray.data.from_items(items, override_num_blocks=read_blocks(len(items), ray.cluster_resources()))
         ds = ds.flat_map(read_units, fn_kwargs={"options": options, "metadata": metadata, "spec": spec})

@@ -234,12 +234,12 @@ class RAGPipeline:
         """A :class:`~retrieval_pipeline.distributed.RayIndexer` on this pipeline's embedding model, settings and
         store: embedding on a Ray actor pool (``ray_options``: a :class:`~retrieval_pipeline.distributed.RayOptions`;
         needs the ``[ray]`` extra). No model is loaded here; the actors load it."""
-        from .distributed import RayIndexer, RayOptions, RemoteEmbedder
+        from .distributed import EmbedderSpec, RayIndexer, RayOptions
 
         options = ray_options or RayOptions()
         name = self.embedding_model or self.store.open(create=False).model
         try:
-            embedder = RemoteEmbedder(
+            embedder = EmbedderSpec(
                 name,
                 device_type="cuda" if options.gpus_per_actor else "cpu",
                 torch_dtype=self.torch_dtype,

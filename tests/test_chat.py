@@ -65,12 +65,8 @@ def test_openai_chat_answers_over_the_corpus_with_sources(server, generator):
     assert len(sources) == 3 and [s["rank"] for s in sources] == [1, 2, 3]
     hits = rag.search(QUESTION, top_k=3)
     assert [s["id"] for s in sources] == [h.id for h in hits]
-    expected = generator.chat(
-        __import__("retrieval_pipeline.serving.routes.chat", fromlist=["conversation"]).conversation(
-            "", [{"role": "user", "content": [{"text": QUESTION}]}], hits
-        ),
-        max_new_tokens=12,
-    )
+    # the prompt `ask` builds for this question and these hits: one prompt builder for both
+    expected = generator.chat(generator.conversation(QUESTION, hits), max_new_tokens=12)
     assert resp.choices[0].message.content == expected  # the library's own answer
     assert resp.usage.completion_tokens <= 12 and resp.usage.prompt_tokens > 0
     assert resp.choices[0].finish_reason in ("stop", "length")

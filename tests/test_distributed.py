@@ -22,9 +22,9 @@ from conftest import MEDIA, TINY, load_public, make_pdf_with_bad_page
 from retrieval_pipeline.cli import main
 from retrieval_pipeline.distributed import (
     EmbedActor,
+    EmbedderSpec,
     RayIndexer,
     RayOptions,
-    RemoteEmbedder,
     _rows,
     check_resources,
     owner_name,
@@ -75,7 +75,7 @@ def make_store(kind, tmp_path, collection):
 
 
 def ray_indexer(store, **options):
-    embedder = RemoteEmbedder(str(TINY), torch_dtype="float32", **SETTINGS)
+    embedder = EmbedderSpec(str(TINY), torch_dtype="float32", **SETTINGS)
     options = {"actors": 2, "batch_size": 2, **options}
     actor = options.pop("embed_actor", EmbedActor)
     return RayIndexer(embedder, store, ray_options=RayOptions(**options), embed_actor=actor)
@@ -204,7 +204,7 @@ def test_an_interrupted_ray_run_is_finished_by_a_plain_index(embedder, corpus, t
 _KILLED_DRIVER = """
 import json, sys, time
 import ray
-from retrieval_pipeline.distributed import EmbedActor, RayIndexer, RayOptions, RemoteEmbedder, _rows
+from retrieval_pipeline.distributed import EmbedActor, RayIndexer, RayOptions, EmbedderSpec, _rows
 from retrieval_pipeline.store import EdgeStore
 
 address, namespace, model, settings, db, corpus = sys.argv[1:]
@@ -219,7 +219,7 @@ class Held(EmbedActor):
         return super().__call__(batch)
 
 ray.init(address=address, namespace=namespace, logging_level="ERROR")
-embedder = RemoteEmbedder(model, torch_dtype="float32", **json.loads(settings))
+embedder = EmbedderSpec(model, torch_dtype="float32", **json.loads(settings))
 options = RayOptions(actors=1, batch_size=1)
 RayIndexer(embedder, EdgeStore(db, "docs"), ray_options=options, embed_actor=Held).index_paths([corpus])
 """

@@ -228,7 +228,7 @@ def test_generator_and_pipeline_answer(embedder, reranker, tmp_path, corpus):
     assert len(answer.sources) == 3 and [h.rank for h in answer.sources] == [1, 2, 3]
     conversation = generator.conversation("q", answer.sources)
     content = conversation[1]["content"]
-    assert content[-1] == {"text": "Question: q"} and content[0]["text"].startswith("[1] ")
+    assert content[-2:] == [{"text": "Question: "}, {"text": "q"}] and content[0]["text"].startswith("[1] ")
     assert any(part is answer.sources[0].item for part in content)
     reply = generator.chat([{"role": "user", "content": ["Describe this.", {"image": str(MEDIA / "chelsea.jpg")}]}])
     assert isinstance(reply, str)

@@ -163,13 +163,7 @@ class Qwen3VLGenerator(CheckpointModel):
         return given
 
     def _rag_chat(self, question: str, hits: Sequence[Any]) -> list[dict[str, Any]]:
-        content: list[Any] = []
-        for n, hit in enumerate(hits, 1):
-            content.append({"text": f"[{n}] {hit.describe()}\n"})
-            content.extend(hit.context() if hasattr(hit, "context") else [hit.item])
-            content.append({"text": "\n"})
-        content.append({"text": f"Question: {question}"})
-        return [{"role": "system", "content": [{"text": self.system_prompt}]}, {"role": "user", "content": content}]
+        return rag_conversation(self.system_prompt, [{"role": "user", "content": [{"text": question}]}], hits, rag=True)
 
     def __call__(self, question: str, hits: Sequence[Any]) -> str:
         return self.answer(question, hits)[0]
@@ -309,6 +303,32 @@ class Qwen3VLGenerator(CheckpointModel):
             result.error = exc
         finally:
             streamer.end()
+
+
+def rag_conversation(
+    system_prompt: str,
+    turns: Sequence[dict[str, Any]],
+    hits: Sequence[Any],
+    *,
+    client_system: str = "",
+    rag: bool | None = None,
+) -> list[dict[str, Any]]:
+    """The one RAG prompt, for a question (``ask``, ``run``) and for a conversation (chat completions): the system
+    prompt (a client's own system text after it) when the reply is grounded (there are ``hits``, or ``rag``),
+    earlier turns as they are, and the last user turn preceded by the numbered context items and "Question: "."""
+    rag = bool(hits) if rag is None else rag
+    system = (system_prompt + ("\n\n" + client_system if client_system else "")) if rag else client_system
+    out: list[dict[str, Any]] = [{"role": "system", "content": [{"text": system}]}] if system else []
+    out.extend(turns[:-1])
+    content: list[Any] = []
+    for n, hit in enumerate(hits, 1):
+        content.append({"text": f"[{n}] {hit.describe()}\n"})
+        content.extend(hit.context() if hasattr(hit, "context") else [hit.item])
+        content.append({"text": "\n"})
+    if rag:
+        content.append({"text": "Question: "})
+    out.append({"role": "user", "content": content + list(turns[-1]["content"])})
+    return out
 
 
 @dataclass

@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...media import check_text
-from ...models.generator import SYSTEM_PROMPT, GenerationResult, Qwen3VLGenerator
+from ...models.generator import GenerationResult, Qwen3VLGenerator, rag_conversation
 from ..error_handlers import HTTPError
 from ..schemas import (
     ERRORS,
@@ -199,24 +199,11 @@ async def retrieve(
 
 
 def conversation(
-    system: str, turns: list[dict[str, Any]], hits: list[Any], *, rag: bool | None = None
+    generator: Qwen3VLGenerator, system: str, turns: list[dict[str, Any]], hits: list[Any], *, rag: bool | None = None
 ) -> list[dict[str, Any]]:
-    """The generator's chat: the RAG system prompt (with the clients'; when there are hits, or ``rag``), earlier
-    turns as they are, and the last user turn preceded by the numbered context items."""
-    rag = bool(hits) if rag is None else rag
-    sys_text = (SYSTEM_PROMPT + ("\n\n" + system if system else "")) if rag else system
-    out = [{"role": "system", "content": [{"text": sys_text}]}] if sys_text else []
-    out.extend(turns[:-1])
-    content: list[Any] = []
-    for n, hit in enumerate(hits, 1):
-        content.append({"text": f"[{n}] {hit.describe()}\n"})
-        content.extend(hit.context())
-        content.append({"text": "\n"})
-    last = turns[-1]["content"]
-    if hits:
-        content.append({"text": "Question: "})
-    out.append({"role": "user", "content": content + last})
-    return out
+    """The generator's chat: the same RAG prompt as ``ask`` (:func:`rag_conversation`, the generator's system
+    prompt) with the client's system text and earlier turns."""
+    return rag_conversation(generator.system_prompt, turns, hits, client_system=system, rag=rag)
 
 
 def sampling(body: ChatCompletionRequest, max_tokens: int) -> dict[str, Any]:
@@ -257,10 +244,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     try:
         system, turns = await prepared_turns(body.messages, state)
         # the conversation's tokens, before retrieval: over max_prompt_tokens a 413; the context gets what is left
-        spent = await run_in_threadpool(generator.check_prompt, conversation(system, turns, [], rag=True))
+        spent = await run_in_threadpool(generator.check_prompt, conversation(generator, system, turns, [], rag=True))
         hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator)
         given = await run_in_threadpool(generator.fit_context, hits, spent)
-        chat = conversation(system, turns, given)
+        chat = conversation(generator, system, turns, given)
     except BaseException:
         ticket.release()
         raise
