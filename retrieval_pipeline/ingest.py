@@ -623,7 +623,7 @@ class Indexer:
         self.store = store
         self._order: dict[int, tuple[int, int]] = {}  # a run's failures -> (file, unit) to list them in file order
         self._stale: list[tuple[_FileState, set[str]]] = []  # a run's outdated points, taken off at its end
-        from .models.embedder import check_matryoshka_dim
+        from .ranking import check_matryoshka_dim
 
         # checked before any collection is created with it (0, negative or over the model's size is an error)
         self.dim = check_matryoshka_dim(dim, embedder.hidden_size) or embedder.hidden_size

@@ -1,0 +1,100 @@
+"""The import layers hold: a lower layer never imports a higher one, so the light parts stay light and the model
+code and the store stay apart. Read from the source (every import, also those inside functions)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "retrieval_pipeline"
+
+# module (or package prefix) -> what it must never import, directly or inside a function
+RULES = {
+    # L0: configuration, errors, checks; nothing of the project above them
+    "retrieval_pipeline.errors": ["retrieval_pipeline.*"],
+    "retrieval_pipeline.settings": ["retrieval_pipeline.*"],
+    "retrieval_pipeline.ranking": ["retrieval_pipeline.*"],
+    "retrieval_pipeline.layout": ["retrieval_pipeline.*"],
+    # L2: the models and the store never import each other, nor anything above them
+    "retrieval_pipeline.models": [
+        "retrieval_pipeline.store",
+        "retrieval_pipeline.ingest",
+        "retrieval_pipeline.distributed",
+        "retrieval_pipeline.retriever",
+        "retrieval_pipeline.pipeline",
+        "retrieval_pipeline.serving",
+        "retrieval_pipeline.cli",
+        "retrieval_pipeline.client",
+    ],
+    "retrieval_pipeline.store": [
+        "retrieval_pipeline.models",
+        "retrieval_pipeline.ingest",
+        "retrieval_pipeline.pipeline",
+        "retrieval_pipeline.serving",
+        "retrieval_pipeline.cli",
+    ],
+    # L4: the HTTP client is thin: no model code
+    "retrieval_pipeline.client": ["retrieval_pipeline.models", "retrieval_pipeline.pipeline"],
+    # the core never imports the framework adapters
+    "retrieval_pipeline": ["integrations"],
+    # the adapters read settings, not the command line
+    "integrations": ["retrieval_pipeline.cli"],
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)  # `from . import x` names a module
+    return found
+
+
+def matches(name: str, pattern: str) -> bool:
+    if pattern.endswith(".*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern or name.startswith(pattern + ".")
+
+
+SOURCES = sorted([*PACKAGE.rglob("*.py"), *(ROOT / "integrations").rglob("*.py")])
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
+def test_no_import_points_up(path):
+    name = module_name(path)
+    wrong = []
+    for owner, forbidden in RULES.items():
+        if not matches(name, owner):
+            continue
+        for target in imports_of(path):
+            for pattern in forbidden:
+                if matches(target, pattern) and not matches(target, name) and target != owner:
+                    wrong.append(f"{target} (rule: {owner} never imports {pattern})")
+    assert not wrong, f"{name} imports " + "; ".join(sorted(set(wrong)))
+
+
+def test_the_checker_reads_relative_and_function_level_imports():
+    assert "retrieval_pipeline.ranking" in imports_of(PACKAGE / "models" / "embedder.py")  # from ..ranking import
+    assert "retrieval_pipeline.models.embedder" in imports_of(PACKAGE / "distributed.py")  # inside a function
+    assert "retrieval_pipeline.models.generator" in imports_of(PACKAGE / "pipeline.py")
+    assert matches("retrieval_pipeline.models.embedder", "retrieval_pipeline.models")
+    assert not matches("retrieval_pipeline.modelsx", "retrieval_pipeline.models")
