@@ -27,6 +27,8 @@ from typing import Any
 
 from . import __version__
 from .errors import EXIT_FAILED, UsageError, classify
+from .serving.config import ServerConfig
+from .serving.config import at_least as _at_least
 from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, ENV
 from .settings import env as _env
 from .store import default_db
@@ -265,51 +267,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", default=_env("SERVER_TOKEN"), help="require 'Authorization: Bearer TOKEN'")
     p.add_argument("--no-auth", action="store_true", help="serve without a token on a non-loopback --host")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="dynamic batching: longest wait for company")
-    p.add_argument("--no-dynamic-batching", action="store_true", help="run each request on its own")
-    p.add_argument("--allow-local-files", action="store_true", help="let requests name files on this machine")
-    p.add_argument(
-        "--allow-remote-media", action="store_true", help="fetch image/video URLs of requests (public addresses only)"
-    )
-    p.add_argument(
-        "--fetch-allow",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="a host (name or IP, private ones too) whose media URLs are fetched (repeatable)",
-    )
-    p.add_argument("--fetch-timeout", type=float, default=20.0, help="seconds per media URL, in all (default 20)")
-    p.add_argument("--fetch-max-mb", type=float, default=64.0, help="MB per media URL (default 64)")
-    p.add_argument("--max-fetches", type=int, default=16, help="media URLs per request (default 16)")
-    p.add_argument(
-        "--max-items", type=int, default=2048, help="inputs / documents per request, as OpenAI's (default 2048)"
-    )
-    p.add_argument(
-        "--max-in-flight", type=int, default=16, help="requests served at once; more wait in the queue (default 16)"
-    )
-    p.add_argument(
-        "--max-queued", type=_at_least(0), default=256, help="requests waiting for a slot; beyond: 429 (default 256)"
-    )
-    p.add_argument(
-        "--max-queued-mb",
-        type=_at_least(0),
-        default=256,
-        help="request bodies waiting for a slot, in MB together; beyond: 429 (default 256)",
-    )
-    p.add_argument(
-        "--queue-timeout", type=float, default=60.0, help="seconds a request waits for a slot; then 429 (default 60)"
-    )
-    p.add_argument(
-        "--max-queued-generations",
-        type=int,
-        default=8,
-        help="chat / ask generations running or waiting; beyond: 429 (default 8)",
-    )
-    p.add_argument(
-        "--max-generation-tokens", type=int, default=4096, help="most max_tokens a chat request may ask (default 4096)"
-    )
     p.add_argument(
         "--max-prompt-tokens",
         type=_at_least(256),
@@ -317,35 +275,8 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
         help="tokens of a chat / ask prompt, conversation and retrieved context together; a conversation over it "
         "is refused (413), the context gets what it leaves (default 8192)",
     )
-    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds to load one request's media")
-    p.add_argument("--body-timeout", type=float, default=15.0, help="seconds for a client to send its request body")
-    p.add_argument("--served-model-name", action="append", default=[], help="extra accepted 'model' name")
-    p.add_argument("--source-root", default=None, help="search hits name files relative to this folder")
-    p.add_argument("--expose-paths", action="store_true", help="search hits carry absolute server paths")
-    p.add_argument(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an input limit (max_text_chars, max_images_per_item, max_frames_per_video, max_image_pixels, "
-        "max_request_pixels, max_rerank_tokens, ...; 'none' lifts it) over the server defaults (repeatable)",
-    )
+    ServerConfig.add_cli_args(p)  # every limit, timeout and permission, declared once in ServerConfig
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
-
-
-def _at_least(minimum: int) -> Any:
-    """An argparse type: an int >= ``minimum`` (else a usage error, exit 2, naming the option)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -794,32 +725,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _server_config(args: argparse.Namespace) -> Any:
-    from .serving import ServerConfig
-
-    return ServerConfig(
-        api_key=args.token,
-        dynamic_batching=not args.no_dynamic_batching,
-        max_wait_ms=args.max_wait_ms,
-        allow_local_files=args.allow_local_files,
-        allow_remote_media=args.allow_remote_media,
-        fetch_allow=tuple(args.fetch_allow),
-        fetch_timeout=args.fetch_timeout,
-        fetch_max_bytes=int(args.fetch_max_mb * 1024 * 1024),
-        max_fetches=args.max_fetches,
-        max_items=args.max_items,
-        max_in_flight=args.max_in_flight,
-        max_queued=args.max_queued,
-        max_queued_bytes=args.max_queued_mb * 1024 * 1024,
-        queue_timeout=args.queue_timeout,
-        max_queued_generations=args.max_queued_generations,
-        max_generation_tokens=args.max_generation_tokens,
-        request_timeout=args.request_timeout,
-        body_timeout=args.body_timeout,
-        served_model_names=tuple(args.served_model_name),
-        source_root=args.source_root,
-        expose_paths=args.expose_paths,
-        limits=_server_limits(args.limit),
-    )
+    return ServerConfig.from_cli_args(args)
 
 
 def _serve(args: argparse.Namespace, pipeline: Any) -> int:
@@ -890,21 +796,6 @@ def configure_output(*, quiet: bool, verbose: bool) -> None:
             lib.set_level(getattr(lib, quiet_level))
         except (ImportError, AttributeError):  # pragma: no cover - the decoder is not installed
             pass
-
-
-def _server_limits(items: list[str]) -> Any:
-    import dataclasses
-
-    from .media import SERVER_LIMITS
-
-    names = {f.name for f in dataclasses.fields(SERVER_LIMITS)}
-    changes: dict[str, int | None] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in names:
-            raise UsageError(f"--limit expects NAME=VALUE with NAME one of {sorted(names)}, got {item!r}")
-        changes[name] = None if value.lower() == "none" else int(value)
-    return dataclasses.replace(SERVER_LIMITS, **changes)
 
 
 def _check_serve_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -49,3 +49,17 @@ def test_the_public_api_is_pinned_and_lazy():
     assert retrieval_pipeline.InputError is InputError and retrieval_pipeline.Qwen3VLEmbedder is Qwen3VLEmbedder
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         retrieval_pipeline.Nope  # noqa: B018
+
+
+def test_serve_options_are_declared_once_by_server_config(monkeypatch):
+    from retrieval_pipeline.cli import build_parser
+    from retrieval_pipeline.serving.config import MB, ServerConfig
+
+    monkeypatch.delenv("QWEN3VL_RAG_SERVER_TOKEN", raising=False)
+    assert ServerConfig.from_cli_args(build_parser().parse_args(["serve"])) == ServerConfig()
+    args = ["serve", "--max-queued-mb", "3", "--no-dynamic-batching", "--fetch-allow", "a.example", "--fetch-allow"]
+    args += ["b.example", "--limit", "max_text_chars=5", "--fetch-max-mb", "0.5", "--token", "t0k"]
+    config = ServerConfig.from_cli_args(build_parser().parse_args(args))
+    assert config.max_queued_bytes == 3 * MB and config.fetch_max_bytes == MB // 2 and not config.dynamic_batching
+    assert config.fetch_allow == ("a.example", "b.example") and config.limits.max_text_chars == 5
+    assert config.api_key == "t0k"
