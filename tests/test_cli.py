@@ -28,6 +28,22 @@ def cli(*args: str, env: dict | None = None, db: Path | None = None) -> subproce
     )
 
 
+def main_here(capsys, monkeypatch, *args: str, db: Path | None = None) -> tuple[int, str, str]:
+    """``qwen3vl-rag ARGS`` in this process (exit code, stdout, stderr): for behaviour where the process boundary
+    is not the point (usage errors, messages); the main job and signals run as real processes above."""
+    from retrieval_pipeline.cli import main
+
+    if db is not None:
+        monkeypatch.setenv("QWEN3VL_RAG_DB", str(db))
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def models_env():
     return {
@@ -38,8 +54,6 @@ def models_env():
     }
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
 def test_main_job_index_search_ask_info(tmp_path, models_env):
     db = tmp_path / "db"
     run = cli(
@@ -95,61 +109,55 @@ def test_main_job_index_search_ask_info(tmp_path, models_env):
     assert json.loads(info.stdout)["points"] == data["index"]["indexed"]
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
 def test_missing_model_is_a_clear_error(tmp_path):
     result = cli("index", str(CORPUS), "--embedding-model", str(tmp_path / "no-model"), db=tmp_path / "db")
     assert result.returncode == 3
     assert "cannot load the embedding model" in result.stderr and "no-model" in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_missing_and_empty_collection(tmp_path, models_env):
-    result = cli("search", "anything", env=models_env, db=tmp_path / "db")
-    assert result.returncode == 5 and "no collection 'default'" in result.stderr
-    result = cli("info", "--collection", "nothing-here", db=tmp_path / "db")
-    assert result.returncode == 5
+def test_missing_and_empty_collection(tmp_path, models_env, capsys, monkeypatch):
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
+    db = tmp_path / "db"
+    code, _, err = main_here(capsys, monkeypatch, "search", "anything", db=db)
+    assert code == 5 and "no collection 'default'" in err
+    assert main_here(capsys, monkeypatch, "info", "--collection", "nothing-here", db=db)[0] == 5
     empty = tmp_path / "empty"
     empty.mkdir()
-    indexed = cli("index", str(empty), env=models_env, db=tmp_path / "db")
-    assert indexed.returncode == 0
-    result = cli("search", "anything", env=models_env, db=tmp_path / "db")
-    assert result.returncode == 5 and "empty" in result.stderr
+    assert main_here(capsys, monkeypatch, "index", str(empty), db=db)[0] == 0
+    code, _, err = main_here(capsys, monkeypatch, "search", "anything", db=db)
+    assert code == 5 and "empty" in err
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_unreachable_server(models_env):
-    result = cli("info", "--url", "http://127.0.0.1:9")
-    assert result.returncode == 4 and "127.0.0.1:9" in result.stderr
+def test_unreachable_server(capsys, monkeypatch):
+    code, _, err = main_here(capsys, monkeypatch, "info", "--url", "http://127.0.0.1:9")
+    assert code == 4 and "127.0.0.1:9" in err
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_usage_errors(tmp_path):
-    assert cli().returncode == 2
-    result = cli("search", "x", "--filter", "novalue", db=tmp_path / "db")
-    assert result.returncode == 2 and "--filter expects KEY=VALUE" in result.stderr
+def test_usage_errors(tmp_path, capsys, monkeypatch):
+    assert main_here(capsys, monkeypatch)[0] == 2
+    code, _, err = main_here(capsys, monkeypatch, "search", "x", "--filter", "novalue", db=tmp_path / "db")
+    assert code == 2 and "--filter expects KEY=VALUE" in err
     # option values checked before anything is opened or created: usage errors (2) naming the option
     for args, said in (
         (("--dim", "-3"), "--dim: must be at least 1, got -3"),
         (("--metadata", "{bad json"), "--metadata is not valid JSON"),
     ):
-        result = cli("index", str(CORPUS / "notes.md"), *args, db=tmp_path / "db")
-        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
-    result = cli("push", "--to-url", str(tmp_path / "elsewhere"), db=tmp_path / "db")
-    assert result.returncode == 2 and "--to-url takes a Qdrant server's URL" in result.stderr
-    result = cli("search", "x", "--rerank-budget", "-5", db=tmp_path / "db")
-    assert result.returncode == 2 and "--rerank-budget: must be at least 0" in result.stderr
+        code, _, err = main_here(capsys, monkeypatch, "index", str(CORPUS / "notes.md"), *args, db=tmp_path / "db")
+        assert code == 2 and said in err and "Traceback" not in err, err
+    code, _, err = main_here(capsys, monkeypatch, "push", "--to-url", str(tmp_path / "elsewhere"), db=tmp_path / "db")
+    assert code == 2 and "--to-url takes a Qdrant server's URL" in err
+    code, _, err = main_here(capsys, monkeypatch, "search", "x", "--rerank-budget", "-5", db=tmp_path / "db")
+    assert code == 2 and "--rerank-budget: must be at least 0" in err
     assert not (tmp_path / "db").exists() or not any((tmp_path / "db").iterdir())  # nothing was created
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_a_dimension_over_the_model_is_refused_before_a_collection_exists(tmp_path, models_env):
-    result = cli("index", str(CORPUS / "notes.md"), "--dim", "100000", env=models_env, db=tmp_path / "db")
-    assert result.returncode == 1 and "outside this model's Matryoshka range" in result.stderr
+def test_a_dimension_over_the_model_is_refused_before_a_collection_exists(tmp_path, models_env, capsys, monkeypatch):
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
+    args = ("index", str(CORPUS / "notes.md"), "--dim", "100000")
+    code, _, err = main_here(capsys, monkeypatch, *args, db=tmp_path / "db")
+    assert code == 1 and "outside this model's Matryoshka range" in err
     assert not (tmp_path / "db" / "default").exists()
 
 
