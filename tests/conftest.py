@@ -247,3 +247,14 @@ class ServeProcess:
             except Exception:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@pytest.fixture
+def models_env():
+    """The tiny checkpoint for every role of the command line, in float32."""
+    return {
+        "QWEN3VL_RAG_EMBEDDING_MODEL": str(TINY),
+        "QWEN3VL_RAG_RERANKER_MODEL": str(TINY),
+        "QWEN3VL_RAG_GENERATOR_MODEL": str(TINY),
+        "QWEN3VL_RAG_DTYPE": "float32",  # the numbers must not depend on the CI machine's CPU (--dtype auto)
+    }

@@ -21,7 +21,7 @@ QUESTION = "What does the revenue chart show?"
 
 @pytest.fixture(scope="module")
 def server(embedder, reranker, generator, tmp_path_factory):
-    from test_cli import CORPUS
+    from helpers.cli import CORPUS
 
     store = EdgeStore(tmp_path_factory.mktemp("chat") / "db", "docs")
     rag = RAGPipeline(store, embedder=embedder, reranker=reranker, generator=generator, offload=False)
@@ -36,7 +36,7 @@ def server(embedder, reranker, generator, tmp_path_factory):
 def serve_url(embedder, tmp_path_factory):
     """A real ``qwen3vl-rag serve`` process with all three models over an indexed corpus."""
     from conftest import ServeProcess
-    from test_cli import CORPUS
+    from helpers.cli import CORPUS
 
     db = tmp_path_factory.mktemp("chat-serve") / "db"
     store = EdgeStore(db, "default")

@@ -6,52 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import TINY
-
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "examples" / "corpus"
-
-
-def cli(*args: str, env: dict | None = None, db: Path | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    if db is not None:
-        full_env["QWEN3VL_RAG_DB"] = str(db)
-    return subprocess.run(
-        [sys.executable, "-m", "retrieval_pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=300,
-    )
-
-
-def main_here(capsys, monkeypatch, *args: str, db: Path | None = None) -> tuple[int, str, str]:
-    """``qwen3vl-rag ARGS`` in this process (exit code, stdout, stderr): for behaviour where the process boundary
-    is not the point (usage errors, messages); the main job and signals run as real processes above."""
-    from retrieval_pipeline.cli import main
-
-    if db is not None:
-        monkeypatch.setenv("QWEN3VL_RAG_DB", str(db))
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def models_env():
-    return {
-        "QWEN3VL_RAG_EMBEDDING_MODEL": str(TINY),
-        "QWEN3VL_RAG_RERANKER_MODEL": str(TINY),
-        "QWEN3VL_RAG_GENERATOR_MODEL": str(TINY),
-        "QWEN3VL_RAG_DTYPE": "float32",  # the numbers must not depend on the CI machine's CPU (--dtype auto)
-    }
+from helpers.cli import CORPUS, ROOT, cli, main_here
 
 
 def test_main_job_index_search_ask_info(tmp_path, models_env):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, LiveServer
-from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
+from helpers.cli import CORPUS, cli
 
 from retrieval_pipeline import Qwen3VLEmbedder
 from retrieval_pipeline.models import runtime
@@ -176,7 +176,7 @@ def test_models_given_as_objects_are_never_dropped(embedder, reranker, tmp_path)
     assert rag._embedder is embedder and rag._reranker is reranker
 
 
-def test_collection_records_the_dtype_of_its_vectors(tmp_path, models_env):  # noqa: F811
+def test_collection_records_the_dtype_of_its_vectors(tmp_path, models_env):
     db = tmp_path / "db"
     env = {**models_env, "QWEN3VL_RAG_DTYPE": "auto", "QWEN3VL_RAG_CPU_BF16": "1"}
     run = cli("index", str(CORPUS / "notes.md"), env=env, db=db)
@@ -191,7 +191,7 @@ def test_collection_records_the_dtype_of_its_vectors(tmp_path, models_env):  # n
     assert "holds bfloat16 vectors; these are computed in float32" in run.stderr
 
 
-def test_serve_models_choice(tmp_path, models_env, monkeypatch):  # noqa: F811
+def test_serve_models_choice(tmp_path, models_env, monkeypatch):
     import httpx
 
     from retrieval_pipeline import cli as cli_module
@@ -251,7 +251,7 @@ def test_cpu_defaults_and_speed_knobs(tmp_path):
     assert kept.candidates == 7 and kept.rerank_budget is None and kept.staging == "keep"
 
 
-def test_index_bar_ends_with_the_real_counts(tmp_path, models_env):  # noqa: F811
+def test_index_bar_ends_with_the_real_counts(tmp_path, models_env):
     run = cli("index", str(CORPUS), "--image-tokens", "64", "--video-frames", "4", env=models_env, db=tmp_path / "db")
     assert run.returncode == 0, run.stderr
     summary = run.stdout.strip().splitlines()[0]
@@ -261,7 +261,7 @@ def test_index_bar_ends_with_the_real_counts(tmp_path, models_env):  # noqa: F81
     assert "100%" in last_bar and " left, " in last_bar
 
 
-def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env):  # noqa: F811
+def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env):
     """Qdrant Edge has no background optimizer: `index` builds the HNSW index when the unindexed vectors pass the
     indexing threshold (lowered here so the small corpus crosses it); `info` reports it; `optimize` runs it on
     demand (a segment under the threshold, set when the collection was created, stays a scan)."""

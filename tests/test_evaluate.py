@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
+from helpers.cli import CORPUS, cli
 
 from retrieval_pipeline.errors import InputError
 from retrieval_pipeline.evaluate import (
@@ -142,7 +142,7 @@ def test_folder_indexed_items_answer_to_file_page_and_chunk_ids(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):  # noqa: F811
+def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):
     db = tmp_path / "db"
     assert cli("index", str(CORPUS), env=models_env, db=db).returncode == 0
     (tmp_path / "queries.jsonl").write_text(
@@ -178,7 +178,7 @@ def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):  # noqa: F
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):  # noqa: F811
+def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):
     import pyarrow as pa  # a dev dependency (the [eval] extra)
     import pyarrow.parquet as pq
 

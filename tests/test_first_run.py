@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import TINY
-from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
+from helpers.cli import CORPUS, cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
@@ -39,7 +39,7 @@ def _decoder_lines(stderr: str) -> list[str]:
     ]
 
 
-def test_default_output_is_the_projects_own(tmp_path, models_env, corpus_with_bad_video):  # noqa: F811
+def test_default_output_is_the_projects_own(tmp_path, models_env, corpus_with_bad_video):
     db = tmp_path / "db"
     index = cli("index", str(corpus_with_bad_video), env=models_env, db=db)
     assert index.returncode == 0, index.stderr
@@ -133,7 +133,7 @@ def _seed_cache(hf_home, repo_id: str) -> None:
     (repo / "refs" / "main").write_text(revision)
 
 
-def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path, models_env):  # noqa: F811
+def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path, models_env):
     env = {**models_env, **_hub_env(tmp_path, "http://127.0.0.1:9")}
     _seed_cache(tmp_path / "hf-home", HUB_ID)
     env["QWEN3VL_RAG_EMBEDDING_MODEL"] = HUB_ID

@@ -11,8 +11,8 @@ import zlib
 import httpx
 import pytest
 from conftest import LiveServer
+from helpers.cli import CORPUS
 from PIL import Image
-from test_cli import CORPUS
 
 from retrieval_pipeline.ingest import Indexer
 from retrieval_pipeline.pipeline import RAGPipeline

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import pytest
-from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
+from helpers.cli import cli
 
 from retrieval_pipeline.errors import CollectionMismatchError
 from retrieval_pipeline.layout import LEGACY, SearchOptions, VectorLayout, query_plan
@@ -156,7 +156,7 @@ def test_hybrid_finds_an_exact_term_that_dense_search_misses(tmp_path):
 
 
 @pytest.mark.slow
-def test_hybrid_through_the_cli_on_a_real_corpus(tmp_path, models_env):  # noqa: F811
+def test_hybrid_through_the_cli_on_a_real_corpus(tmp_path, models_env):
     """End to end with the tiny model: a text that only BM25 can single out (an invented part number) is found."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ServeProcess
-from test_cli import CORPUS, cli, models_env  # noqa: F401 - the fixture
+from helpers.cli import CORPUS, cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -64,7 +64,7 @@ def test_llama_index_adapters_through_the_server(url, embedder, reranker):
 
 
 def test_two_stage_retrieval_through_the_server_equals_local(url, embedder, reranker, tmp_path):
-    from test_cli import CORPUS
+    from helpers.cli import CORPUS
 
     store = EdgeStore(tmp_path / "db", "docs")
     RAGPipeline(store, embedder=embedder).index([CORPUS], show_progress_bar=False)
