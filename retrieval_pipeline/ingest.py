@@ -48,6 +48,7 @@ from .records import (  # noqa: F401 - pdf_render_scale and the PDF constants ar
     PDFIUM_LOCK,
     Record,
     pdf_render_scale,
+    render_page,
     sources_of,
     sources_update,
 )
@@ -489,16 +490,7 @@ def _read_text(path: Path) -> str:
 
 def _render_page(pdf: Any, index: int, dpi: int, max_pixels: int) -> tuple[Image.Image, str]:
     with PDFIUM_LOCK:
-        scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
-        page = pdf[index]
-        try:
-            image = page.render(scale=scale).to_pil().convert("RGB")
-            textpage = page.get_textpage()
-            text = textpage.get_text_bounded().replace("\r\n", "\n").strip()
-            textpage.close()
-        finally:
-            page.close()
-    return image, text
+        return render_page(pdf, index, dpi, max_pixels, with_text=True)
 
 
 def video_duration(path: Path) -> float:

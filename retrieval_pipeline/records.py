@@ -215,11 +215,24 @@ def render_pdf_page(path: str | Path, page_number: int, dpi: int = PDF_DPI, *, m
         try:
             if not 1 <= page_number <= len(pdf):
                 raise InputError(f"{shown} has no page {page_number}")
-            scale = pdf_render_scale(*pdf.get_page_size(page_number - 1), dpi, max_pixels, page=page_number)
-            page = pdf[page_number - 1]
-            try:
-                return page.render(scale=scale).to_pil().convert("RGB")
-            finally:
-                page.close()
+            return render_page(pdf, page_number - 1, dpi, max_pixels)[0]
         finally:
             pdf.close()
+
+
+def render_page(pdf: Any, index: int, dpi: int, max_pixels: int, *, with_text: bool = False) -> tuple[Any, str]:
+    """The one page renderer (indexing, previews, the reranker's page images): page ``index`` (0-based) of an
+    open ``pypdfium2.PdfDocument`` at :func:`pdf_render_scale`, as an RGB PIL image, with the page's text when
+    asked. The caller holds :data:`PDFIUM_LOCK`."""
+    scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
+    page = pdf[index]
+    try:
+        image = page.render(scale=scale).to_pil().convert("RGB")
+        text = ""
+        if with_text:
+            textpage = page.get_textpage()
+            text = textpage.get_text_bounded().replace("\r\n", "\n").strip()
+            textpage.close()
+    finally:
+        page.close()
+    return image, text

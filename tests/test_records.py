@@ -134,4 +134,4 @@ def test_the_generator_prompt_shows_each_hit_as_its_record_says(tmp_path):
     assert isinstance(content[1]["image"], Image.Image)
     assert content[2] == {"text": "Page text: Revenue grew."}
     assert content[3:6] == [{"text": "\n"}, {"text": "[2] /a.md (chunk 0)\n"}, {"text": "The cat sleeps."}]
-    assert content[-1] == {"text": "Question: How did revenue do?"}
+    assert content[-2:] == [{"text": "Question: "}, {"text": "How did revenue do?"}]
