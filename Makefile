@@ -1,5 +1,5 @@
 # Shortcuts; each target is one of the commands the README gives.
-.PHONY: install test test-fast lint lock test-latest ci
+.PHONY: install test test-fast lint typecheck lock test-latest ci
 
 install:  ## the project with every extra at its tested versions
 	pip install -c requirements-lock.txt -e ".[dev]"
@@ -12,6 +12,9 @@ test-fast:  ## the fast tier: everything not marked slow (no Ray, browser, noteb
 
 lint:
 	ruff check . && ruff format --check .
+
+typecheck:  ## mypy: strict on the light layer, no error beyond .ci/mypy-baseline.txt elsewhere
+	python -m pytest -q tests/test_types.py
 
 lock:  ## refresh requirements-lock.txt and tests/clients/requirements.lock (uv pip compile)
 	bash .ci/lock

@@ -17,7 +17,7 @@ class RAGError(Exception):
 class InputError(RAGError, ValueError):
     """A bad input: names the item (``index``), the ``field`` and the ``reason``."""
 
-    def __init__(self, reason: str, *, index: int | None = None, field: str | None = None, kind: str = "input"):
+    def __init__(self, reason: str, *, index: int | str | None = None, field: str | None = None, kind: str = "input"):
         self.reason = reason
         self.index = index
         self.field = field
@@ -52,7 +52,7 @@ class LimitError(InputError):
         limit: str,
         value: float | int | None = None,
         maximum: float | int | None = None,
-        index: int | None = None,
+        index: int | str | None = None,
         field: str | None = None,
         kind: str = "input",
     ):

@@ -224,7 +224,8 @@ def render_page(pdf: Any, index: int, dpi: int, max_pixels: int, *, with_text: b
     """The one page renderer (indexing, previews, the reranker's page images): page ``index`` (0-based) of an
     open ``pypdfium2.PdfDocument`` at :func:`pdf_render_scale`, as an RGB PIL image, with the page's text when
     asked. The caller holds :data:`PDFIUM_LOCK`."""
-    scale = pdf_render_scale(*pdf.get_page_size(index), dpi, max_pixels, page=index + 1)
+    width_pt, height_pt = pdf.get_page_size(index)
+    scale = pdf_render_scale(width_pt, height_pt, dpi, max_pixels, page=index + 1)
     page = pdf[index]
     try:
         image = page.render(scale=scale).to_pil().convert("RGB")
