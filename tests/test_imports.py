@@ -12,7 +12,12 @@ import pytest
 
 import retrieval_pipeline
 
-LIGHT = ("retrieval_pipeline.errors", "retrieval_pipeline.settings", "retrieval_pipeline.ranking")
+LIGHT = (
+    "retrieval_pipeline.errors",
+    "retrieval_pipeline.settings",
+    "retrieval_pipeline.ranking",
+    "retrieval_pipeline.fingerprint",
+)
 LIGHT += ("retrieval_pipeline.store", "retrieval_pipeline.client", "retrieval_pipeline.cli")
 
 

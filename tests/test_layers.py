@@ -18,6 +18,7 @@ RULES = {
     "retrieval_pipeline.settings": ["retrieval_pipeline.*"],
     "retrieval_pipeline.ranking": ["retrieval_pipeline.*"],
     "retrieval_pipeline.layout": ["retrieval_pipeline.*"],
+    "retrieval_pipeline.fingerprint": ["retrieval_pipeline.*"],
     # L2: the models and the store never import each other, nor anything above them
     "retrieval_pipeline.models": [
         "retrieval_pipeline.store",
@@ -36,6 +37,11 @@ RULES = {
         "retrieval_pipeline.serving",
         "retrieval_pipeline.cli",
     ],
+    # inside the store: the shared parts never reach for a backend at import, the backends not for each other
+    "retrieval_pipeline.store.filters": ["retrieval_pipeline.store.*"],
+    "retrieval_pipeline.store.edge": ["retrieval_pipeline.store.server"],
+    "retrieval_pipeline.store.server": ["retrieval_pipeline.store.edge"],
+    "retrieval_pipeline.store.base": ["retrieval_pipeline.store.edge", "retrieval_pipeline.store.server"],
     # L4: the HTTP client is thin: no model code
     "retrieval_pipeline.client": ["retrieval_pipeline.models", "retrieval_pipeline.pipeline"],
     # the core never imports the framework adapters

@@ -23,11 +23,9 @@ from retrieval_pipeline.store import (
     EdgeStore,
     Point,
     ServerStore,
-    bulk_load_diff,
     point_id,
-    server_collection_config,
-    server_query,
 )
+from retrieval_pipeline.store.server import bulk_load_diff, server_collection_config, server_query
 
 DIM = 64
 N = 3000

@@ -70,11 +70,9 @@ def _fill(root: Path) -> None:
 
 
 _HOLD = """
-import importlib, os, sys, types
-package = types.ModuleType("retrieval_pipeline")  # the package without its __init__: no torch import
-package.__path__ = [os.path.dirname(sys.argv[2])]
-sys.modules["retrieval_pipeline"] = package
-store = importlib.import_module("retrieval_pipeline.store").EdgeStore(sys.argv[1], "c")
+import sys
+from retrieval_pipeline.store import EdgeStore  # torch-free: starts in a fraction of a second
+store = EdgeStore(sys.argv[1], "c")
 store.open(create=False)
 print("holding", flush=True)
 sys.stdin.read()  # until the test closes our stdin
@@ -85,12 +83,10 @@ store.close()
 @pytest.fixture(scope="module")
 def locked_db(tmp_path_factory):
     """A store another process holds open for the whole module."""
-    import retrieval_pipeline.store as store_module
-
     root = tmp_path_factory.mktemp("locked")
     _fill(root)
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(root), store_module.__file__],
+        [sys.executable, "-c", _HOLD, str(root)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
