@@ -227,7 +227,7 @@ def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
                     pdf.close()
         if modality == "video":
             if options.video_segment_seconds:
-                from .video import probe
+                from .media.video import probe
 
                 duration = probe(os.fspath(path)).duration or options.video_segment_seconds
                 return video_tokens * max(1, int(duration // options.video_segment_seconds) + 1)
@@ -496,7 +496,7 @@ def _render_page(pdf: Any, index: int, dpi: int, max_pixels: int) -> tuple[Image
 def video_duration(path: Path) -> float:
     import decord
 
-    from .video import native_stderr_to_log
+    from .media.video import native_stderr_to_log
 
     try:
         with native_stderr_to_log():

@@ -170,11 +170,12 @@ def test_rerank_image_query_with_image_documents_matches_pairs_run_whole(reranke
 
 
 def test_images_over_max_length_refused_from_headers_before_decoding(embedder, monkeypatch):
-    from retrieval_pipeline import LimitError, media
+    from retrieval_pipeline import LimitError
+    from retrieval_pipeline.media import inputs
 
     decoded = []
-    original = media.decode_image
-    monkeypatch.setattr(media, "decode_image", lambda *a, **k: decoded.append(a[1]) or original(*a, **k))
+    original = inputs.decode_image
+    monkeypatch.setattr(inputs, "decode_image", lambda *a, **k: decoded.append(a[1]) or original(*a, **k))
     small = type(embedder)(embedder.model_name_or_path, max_length=256, max_pixels=65536)
     with pytest.raises(LimitError) as info:
         small.embed(["fine", {"image": [CHELSEA] * 80, "text": "eighty photos"}])

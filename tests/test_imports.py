@@ -18,7 +18,13 @@ LIGHT = (
     "retrieval_pipeline.ranking",
     "retrieval_pipeline.fingerprint",
 )
-LIGHT += ("retrieval_pipeline.store", "retrieval_pipeline.client", "retrieval_pipeline.cli")
+LIGHT += (
+    "retrieval_pipeline.media",
+    "retrieval_pipeline.media.fetch",
+    "retrieval_pipeline.store",
+    "retrieval_pipeline.client",
+    "retrieval_pipeline.cli",
+)
 
 
 def heavy_modules_after(code: str) -> list[str]:

@@ -19,6 +19,20 @@ RULES = {
     "retrieval_pipeline.ranking": ["retrieval_pipeline.*"],
     "retrieval_pipeline.layout": ["retrieval_pipeline.*"],
     "retrieval_pipeline.fingerprint": ["retrieval_pipeline.*"],
+    # L1: media (inputs, images, video, downloads, fetch) knows nothing of models, storage or anything above
+    "retrieval_pipeline.media": [
+        "retrieval_pipeline.models",
+        "retrieval_pipeline.store",
+        "retrieval_pipeline.records",
+        "retrieval_pipeline.ingest",
+        "retrieval_pipeline.distributed",
+        "retrieval_pipeline.retriever",
+        "retrieval_pipeline.pipeline",
+        "retrieval_pipeline.evaluate",
+        "retrieval_pipeline.serving",
+        "retrieval_pipeline.cli",
+        "retrieval_pipeline.client",
+    ],
     # L2: the models and the store never import each other, nor anything above them
     "retrieval_pipeline.models": [
         "retrieval_pipeline.store",

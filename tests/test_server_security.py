@@ -29,7 +29,7 @@ from conftest import MEDIA, TINY, LiveServer
 from retrieval_pipeline import media
 from retrieval_pipeline.ingest import Indexer
 from retrieval_pipeline.media import InputError
-from retrieval_pipeline.netfetch import FetchPolicy, fetch, fetch_policy
+from retrieval_pipeline.media.fetch import FetchPolicy, fetch, fetch_policy
 from retrieval_pipeline.pipeline import RAGPipeline
 from retrieval_pipeline.serving.app import ServerConfig, create_app
 from retrieval_pipeline.serving.batcher import DynamicBatcher
@@ -266,14 +266,14 @@ def test_hls_playlist_naming_a_server_file_is_refused(allow_server, source, embe
 
 def test_video_cache_is_bounded(source, monkeypatch):
     size = VIDEO.stat().st_size
-    monkeypatch.setattr(media, "VIDEO_CACHE_BYTES", int(size * 1.5))
-    monkeypatch.setattr(media, "VIDEO_CACHE_PIN", 0.0)
+    monkeypatch.setattr(media.downloads, "VIDEO_CACHE_BYTES", int(size * 1.5))
+    monkeypatch.setattr(media.downloads, "VIDEO_CACHE_PIN", 0.0)
     first = media.download_video(f"http://127.0.0.1:{source}/video.mp4?a", 5)
     second = media.download_video(f"http://127.0.0.1:{source}/video.mp4?b", 5)
     assert os.path.exists(second) and not os.path.exists(first)  # least recently used evicted
     total = sum(p.stat().st_size for p in Path(media.video_cache_dir()).iterdir())
-    assert total <= media.VIDEO_CACHE_BYTES
-    monkeypatch.setattr(media, "VIDEO_CACHE_PIN", 600.0)  # a video in use is never evicted: refuse instead
+    assert total <= media.downloads.VIDEO_CACHE_BYTES
+    monkeypatch.setattr(media.downloads, "VIDEO_CACHE_PIN", 600.0)  # a video in use is never evicted: refuse instead
     with pytest.raises(media.LimitError) as info:
         media.download_video(f"http://127.0.0.1:{source}/video.mp4?c", 5)
     assert info.value.limit == "video_cache_bytes"
@@ -535,7 +535,7 @@ def test_huge_json_lists_are_refused_off_the_event_loop(allow_server):
 @pytest.mark.slow
 def test_silent_addresses_share_one_deadline(monkeypatch):
     """A name with five addresses that never answer took five deadlines (each connect got the whole time)."""
-    import retrieval_pipeline.netfetch as netfetch
+    import retrieval_pipeline.media.fetch as netfetch
 
     listeners, fillers = [], []
     with socket.socket() as probe:
@@ -573,7 +573,7 @@ def test_silent_addresses_share_one_deadline(monkeypatch):
 def test_deprecated_site_local_ipv6_is_blocked():
     import ipaddress
 
-    from retrieval_pipeline.netfetch import is_blocked_address
+    from retrieval_pipeline.media.fetch import is_blocked_address
 
     assert is_blocked_address(ipaddress.ip_address("fec0::1"))
     assert not is_blocked_address(ipaddress.ip_address("2606:4700::1111"))

@@ -21,8 +21,9 @@ from qwen_vl_utils import vision_process as qvu
 
 from retrieval_pipeline import InputError, LimitError
 from retrieval_pipeline.media import load_input, parse_input
+from retrieval_pipeline.media.video import plan_video, probe, read_video
 from retrieval_pipeline.models.encoding import MediaSettings, encode_conversation, rerank_conversation
-from retrieval_pipeline.video import fetch_vision, plan_video, probe, read_video
+from retrieval_pipeline.models.vision import fetch_vision
 
 VIDEO = MEDIA / "moving_square.mp4"
 FRAMES = [MEDIA / f"frame_{i}.png" for i in range(4)]
@@ -158,7 +159,7 @@ def _placeholder_ids(processor, conversation) -> list[int]:
 def test_predicted_tokens_and_grid_equal_the_processors_output(processor, odd_videos, which, settings):
     """The budget's prediction (VisionTokens over the frame plan) against what the installed processor makes of the
     same conversation: the whole length, the video grid, and the tokens after the last pad."""
-    from retrieval_pipeline.video import vision_tokens
+    from retrieval_pipeline.models.vision import vision_tokens
 
     path = str(VIDEO if which == "parity" else odd_videos[which])
     ele = {"video": path, **settings}
@@ -179,7 +180,7 @@ def test_predicted_tokens_and_grid_equal_the_processors_output(processor, odd_vi
 @pytest.mark.parametrize("count", [1, 3, 4])
 def test_predicted_tokens_of_a_frame_list_equal_the_processors_output(processor, count):
     """A video given as frames (an odd count is padded to whole frame pairs by the processor)."""
-    from retrieval_pipeline.video import vision_tokens
+    from retrieval_pipeline.models.vision import vision_tokens
 
     frames = [Image.open(f).convert("RGB").resize((200, 90)) for f in FRAMES[:count]]
     conversation = [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "x"}]}]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..media import InputError, LimitError, LoadedInput, ParsedInput, VideoFile
-from ..video import fetch_vision, vision_tokens
+from .vision import fetch_vision, vision_tokens
 
 # Qwen3-VL vision: 16-pixel patches, merged 2x2 -> one token per 32x32 pixels.
 IMAGE_PATCH_SIZE = 16
@@ -307,7 +307,7 @@ def _encode_marked(
     try:
         # qwen-vl-utils' process_vision_info, with video files read frame by frame and given a pixel budget when
         # the reference's plan would overflow the sequence (the embedder's max_length; the reranker's, which it
-        # passes as text_budget). See retrieval_pipeline.video.
+        # passes as text_budget). See retrieval_pipeline.models.vision.
         images, videos, video_kwargs = fetch_vision(
             conversation,
             processor,

@@ -14,7 +14,7 @@
 Serving safely (the rules of ``design.md``):
 
 * Media URLs are fetched only when the operator allows it (``allow_remote_media``, ``fetch_allow``), through
-  :mod:`retrieval_pipeline.netfetch` under a strict :class:`~retrieval_pipeline.netfetch.FetchPolicy` (private
+  :mod:`retrieval_pipeline.media.fetch` under a strict :class:`~retrieval_pipeline.media.fetch.FetchPolicy` (private
   addresses blocked, one resolution, total deadline, byte and count caps, one error text for every failure).
   Files on the server's disk only with ``allow_local_files``.
 * Each request is prepared on its own (media loaded, tokenised, checked) in a preparation thread pool under its

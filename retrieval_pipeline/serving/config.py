@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..media import SERVER_LIMITS, InputLimits
-from ..netfetch import FetchPolicy
+from ..media.fetch import FetchPolicy
 from ..settings import ENV, env
 
 MB = 1024 * 1024

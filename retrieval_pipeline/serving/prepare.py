@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InputError, LimitError
 from ..media import InputLimits, download_video, fetch_url, looks_like_frame, parse_input
-from ..netfetch import FetchPolicy, fetch_policy
+from ..media.fetch import FetchPolicy, fetch_policy
 from .error_handlers import HTTPError
 
 URL_PREFIXES = ("http://", "https://")

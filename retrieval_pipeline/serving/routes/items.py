@@ -187,7 +187,7 @@ def _poster(path: str, start: float) -> Any:
     import decord
     from PIL import Image
 
-    from ...video import native_stderr_to_log, probe
+    from ...media.video import native_stderr_to_log, probe
 
     header = probe(path)  # size / length limits first: a hostile file is refused before decoding
     with native_stderr_to_log():
@@ -301,7 +301,7 @@ async def media(point: str, state: State, request: Request) -> Response:
     if local is None:
         return _placeholder_response(modality, why)
     if modality == "video":
-        from ...video import probe
+        from ...media.video import probe
 
         try:  # still a video within the limits (not a file swapped in since indexing)
             await state.store_call(probe, local)

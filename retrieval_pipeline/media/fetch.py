@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from .media import MAX_DOWNLOAD_BYTES, URL_TIMEOUT, InputError, LimitError
+from ..errors import InputError, LimitError
+from .limits import MAX_DOWNLOAD_BYTES, URL_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
