@@ -546,7 +546,7 @@ def _do_index(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
     )
     ray_options = None
     if getattr(args, "ray", False):  # checked before --rebuild deletes anything
-        from .distributed import RayOptions, parse_actors
+        from .ingest.distributed import RayOptions, parse_actors
 
         try:
             ray_options = RayOptions(

@@ -231,10 +231,10 @@ class RAGPipeline:
         return Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim(), layout=self.layout)
 
     def ray_indexer(self, ray_options: Any = None) -> Any:
-        """A :class:`~retrieval_pipeline.distributed.RayIndexer` on this pipeline's embedding model, settings and
-        store: embedding on a Ray actor pool (``ray_options``: a :class:`~retrieval_pipeline.distributed.RayOptions`;
+        """A :class:`~retrieval_pipeline.ingest.distributed.RayIndexer` on this pipeline's embedding model, settings and
+        store: embedding on a Ray actor pool (``ray_options``: a :class:`~retrieval_pipeline.ingest.distributed.RayOptions`;
         needs the ``[ray]`` extra). No model is loaded here; the actors load it."""
-        from .distributed import EmbedderSpec, RayIndexer, RayOptions
+        from .ingest.distributed import EmbedderSpec, RayIndexer, RayOptions
 
         options = ray_options or RayOptions()
         name = self.embedding_model or self.store.open(create=False).model

@@ -20,7 +20,9 @@ import ray
 from conftest import MEDIA, TINY, load_public, make_pdf_with_bad_page
 
 from retrieval_pipeline.cli import main
-from retrieval_pipeline.distributed import (
+from retrieval_pipeline.errors import StoreError
+from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions
+from retrieval_pipeline.ingest.distributed import (
     EmbedActor,
     EmbedderSpec,
     RayIndexer,
@@ -30,8 +32,6 @@ from retrieval_pipeline.distributed import (
     owner_name,
     parse_actors,
 )
-from retrieval_pipeline.errors import StoreError
-from retrieval_pipeline.ingest import Indexer, IndexReport, IngestOptions
 from retrieval_pipeline.store import EdgeStore, ServerStore
 from retrieval_pipeline.testing import make_text_pdf
 
@@ -204,7 +204,7 @@ def test_an_interrupted_ray_run_is_finished_by_a_plain_index(embedder, corpus, t
 _KILLED_DRIVER = """
 import json, sys, time
 import ray
-from retrieval_pipeline.distributed import EmbedActor, RayIndexer, RayOptions, EmbedderSpec, _rows
+from retrieval_pipeline.ingest.distributed import EmbedActor, RayIndexer, RayOptions, EmbedderSpec, _rows
 from retrieval_pipeline.store import EdgeStore
 
 address, namespace, model, settings, db, corpus = sys.argv[1:]
@@ -375,7 +375,7 @@ def test_a_store_other_processes_cannot_reach_is_refused_before_any_work():
 
 
 def test_a_second_ray_run_on_the_same_embedded_store_is_refused(corpus, tmp_path):
-    from retrieval_pipeline.distributed import StoreOwner
+    from retrieval_pipeline.ingest.distributed import StoreOwner
 
     store = make_store("edge", tmp_path, "docs")
     indexer = ray_indexer(store)
@@ -450,7 +450,7 @@ def test_a_pool_the_cluster_cannot_hold_is_refused_not_waited_for(caplog):
         check_resources(RayOptions(actors=6), cpus, local=True)
     with pytest.raises(ValueError, match="1 GPU each need 1 GPUs; the Ray cluster has 2 CPUs and 0 GPUs"):
         check_resources(RayOptions(gpus_per_actor=1), cpus, local=True)
-    with caplog.at_level("WARNING", logger="retrieval_pipeline.distributed"):
+    with caplog.at_level("WARNING", logger="retrieval_pipeline.ingest.distributed"):
         check_resources(RayOptions(actors=(4, 8), gpus_per_actor=1), {"CPU": 64, "GPU": 2}, local=False)
     check_resources(RayOptions(actors=2, gpus_per_actor=0.5), {"CPU": 16, "GPU": 1}, local=True)
     assert "waits until the cluster grows" in caplog.text

@@ -1,0 +1,358 @@
+"""Files and given inputs -> items: what is embedded, its content key (identity) and the record to store.
+
+What is hashed is what is embedded: images, text and PDFs are read once, the bytes read are hashed and the same
+bytes are decoded; a video (decoded from its path by the video reader) is hashed through one open handle and its
+(inode, size, mtime, ctime) are checked again after it was embedded -- a video that changed meanwhile fails and is
+indexed by the next run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from ..media import MAX_DOWNLOAD_BYTES, InputError, parse_input
+from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
+    PDF_DPI,
+    PDF_MAX_PIXELS,
+    PDF_RENDER_PIXELS_CAP,
+    PDF_RENDER_SIDE_CAP,
+    PDFIUM_LOCK,
+    Record,
+    pdf_render_scale,
+    render_page,
+    sources_of,
+    sources_update,
+)
+from .discover import modality_of
+from .options import CHUNK_CHARS, CHUNK_OVERLAP, IngestOptions
+from .report import UnitFailure, _reason, display_path
+
+if TYPE_CHECKING:
+    from .indexer import _FileState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Unit:
+    """One item to embed: ``content_key`` (identity), the embedder ``input`` and the ``record`` to store.
+
+    ``verify`` (optional) is called after the item was embedded and before it is stored: it raises
+    :class:`InputError` when the file the item was read from changed meanwhile."""
+
+    content_key: str
+    input: Any
+    record: Record
+    verify: Callable[[], None] | None = None
+    file: _FileState | None = field(default=None, repr=False)
+    seq: int = 0  # the unit's place in its file
+
+
+def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
+    """Roughly how many model tokens a file will cost (for the progress bar's time estimate: an image is worth
+    hundreds of text lines). Reads headers only; a file it cannot read counts as one token."""
+    max_tokens = max(1, int(getattr(media, "max_pixels", 0) or PDF_MAX_PIXELS) // 1024)
+    video_tokens = max(1, int(getattr(media, "total_pixels", 0) or 10 * 768 * 1024) // 1024)
+    try:
+        modality = modality_of(path)
+        if modality == "text":
+            return max(1, path.stat().st_size // 3)
+        if modality == "image":
+            with Image.open(path) as img:
+                return max(1, min(img.width * img.height // 1024, max_tokens))
+        if modality == "pdf":
+            import pypdfium2 as pdfium
+
+            with PDFIUM_LOCK:
+                pdf = pdfium.PdfDocument(str(path))
+                try:
+                    return len(pdf) * max_tokens
+                finally:
+                    pdf.close()
+        if modality == "video":
+            if options.video_segment_seconds:
+                from ..media.video import probe
+
+                duration = probe(os.fspath(path)).duration or options.video_segment_seconds
+                return video_tokens * max(1, int(duration // options.video_segment_seconds) + 1)
+            return video_tokens
+    except Exception:  # noqa: BLE001 - an estimate only: the file's real failure is reported when it is read
+        return 1
+    return 1
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_file(path: Path, limit: int | None = None) -> bytes:
+    """The file's bytes, read once (what is hashed is what is decoded). Empty files are an error."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if limit is not None and size > limit:
+            raise InputError(f"file too large: {size} bytes (limit {limit})")
+        data = fh.read() if limit is None else fh.read(limit + 1)
+    if not data:
+        raise InputError("empty file (0 bytes)")
+    if limit is not None and len(data) > limit:
+        raise InputError(f"file too large: more than {limit} bytes (limit {limit})")
+    return data
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_open_file(path: Path) -> tuple[str, tuple[int, ...]]:
+    """(sha256, stamp) of a file read through one handle; refuses a file that changed while it was read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        before = _stamp(os.fstat(fh.fileno()))
+        if before[2] == 0:
+            raise InputError("empty file (0 bytes)")
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+        if _stamp(os.fstat(fh.fileno())) != before:
+            raise InputError("the file changed while it was being read (index it again)")
+    return digest.hexdigest(), before
+
+
+def _unchanged(path: Path, stamp: tuple[int, ...]) -> Callable[[], None]:
+    def verify() -> None:
+        try:
+            now = _stamp(os.stat(path))
+        except OSError:
+            now = ()
+        if now != stamp:
+            raise InputError("the file changed while it was being indexed (index it again)")
+
+    return verify
+
+
+def chunk_text(text: str, size: int = CHUNK_CHARS, overlap: int = CHUNK_OVERLAP) -> list[tuple[int, int]]:
+    """Character spans of overlapping chunks, cut at whitespace where possible."""
+    spans: list[tuple[int, int]] = []
+    n = len(text)
+    start = 0
+    while start < n:
+        while start < n and text[start].isspace():
+            start += 1
+        if start >= n:
+            break
+        end = min(n, start + size)
+        if end < n:
+            cut = max(text.rfind("\n\n", start + size // 2, end), text.rfind(" ", start + size // 2, end))
+            if cut > start:
+                end = cut
+        spans.append((start, end))
+        if end >= n:
+            break
+        nxt = max(end - overlap, start + 1)
+        space = text.find(" ", nxt, end)
+        start = space + 1 if space != -1 else nxt
+    return spans
+
+
+def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, Any]) -> Iterator[Unit]:
+    """The items of one file. Raises :class:`InputError` (or OSError, MemoryError, ...) when it cannot be read."""
+    modality = modality_of(path)
+    source = os.fspath(path)
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the file name is not valid UTF-8 (the store keeps names as UTF-8 text): rename it") from None
+    base = Record("", source=source, file_name=path.name, metadata=dict(metadata))
+    if modality == "image":
+        data = _read_file(path, MAX_DOWNLOAD_BYTES)
+        digest = hashlib.sha256(data).hexdigest()
+        yield Unit(file_content_key(digest), {"image": data}, replace(base, modality="image"))
+    elif modality == "text":
+        text = _decode_text(_read_file(path, options.max_text_bytes))
+        for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
+            chunk = text[a:b]
+            key = hashlib.sha256(chunk.encode()).hexdigest()
+            record = replace(base, modality="text", text=chunk, chunk=i, span=[a, b])
+            yield Unit(f"text:{key}", {"text": chunk}, record)
+    elif modality == "video":
+        yield from _video_units(path, options, base)
+    elif modality == "pdf":
+        data = _read_file(path)
+        digest = hashlib.sha256(data).hexdigest()
+        max_pixels = options.pdf_max_pixels or PDF_MAX_PIXELS
+        for page_number, image, text in render_pdf(data, options.pdf_dpi, max_pixels=max_pixels, skip_bad_pages=True):
+            record = replace(base, modality="pdf-page", text=text, page=page_number)
+            if image is None:  # this page failed (text holds the reason); the others go on
+                yield UnitFailure(display_path(record.describe(chunk=False)), text)
+                continue
+            yield Unit(file_content_key(digest, page=page_number), {"image": image}, record)
+    else:
+        raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
+
+
+def file_content_key(digest: str, *, page: int | None = None, segment: Sequence[float] | None = None) -> str:
+    """The content key of an item read from a file whose bytes hash to ``digest``: the file, one page of it or
+    one segment of it. (A point's ``content_hash`` is the SHA-256 of this key: the server checks with it that a
+    file it shows is still the one indexed.)"""
+    if page is not None:
+        return f"{digest}:page={page}"
+    if segment:
+        return f"{digest}:{segment[0]:.3f}-{segment[1]:.3f}"
+    return digest
+
+
+def indexed_file_hash(payload: Mapping[str, Any], digest: str) -> str:
+    """What ``content_hash`` a point read from a file whose bytes hash to ``digest`` has."""
+    page = payload.get("page") if payload.get("modality") == "pdf-page" else None
+    segment = payload.get("segment") if payload.get("modality") == "video" else None
+    return hashlib.sha256(file_content_key(digest, page=page, segment=segment).encode()).hexdigest()
+
+
+def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[Unit]:
+    """A video as one unit, or as fixed-length segments (``video_segment_seconds``)."""
+    source = base.source
+    digest, stamp = _hash_open_file(path)
+    verify = _unchanged(path, stamp)
+    duration = video_duration(path)
+    step = options.video_segment_seconds
+    if step is None or duration <= step:
+        record = replace(base, modality="video", duration=duration)
+        yield Unit(file_content_key(digest), {"video": source}, record, verify)
+        return
+    start = 0.0
+    while start < duration:
+        end = min(duration, start + step)
+        if end - start < min(1.0, step):  # a sliver at the end joins nothing; too short to sample
+            break
+        segment = {"video": source, "video_start": start, "video_end": end}
+        record = replace(base, modality="video", segment=[start, end], duration=duration)
+        yield Unit(file_content_key(digest, segment=(start, end)), segment, record, verify)
+        start = end
+
+
+def _decode_text(data: bytes) -> str:
+    """UTF-8 text; a byte order mark at the start (Windows editors write one) is not part of it."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError("not UTF-8 text") from None
+
+
+def _read_text(path: Path) -> str:
+    return _decode_text(path.read_bytes())
+
+
+def _render_page(pdf: Any, index: int, dpi: int, max_pixels: int) -> tuple[Image.Image, str]:
+    with PDFIUM_LOCK:
+        return render_page(pdf, index, dpi, max_pixels, with_text=True)
+
+
+def video_duration(path: Path) -> float:
+    import decord
+
+    from ..media.video import native_stderr_to_log
+
+    try:
+        with native_stderr_to_log():
+            reader = decord.VideoReader(str(path))
+        frames, fps = len(reader), reader.get_avg_fps()
+    except Exception as exc:
+        raise InputError(f"unreadable video: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    if frames == 0 or not fps:
+        raise InputError("video has no frames")
+    return frames / fps
+
+
+def render_pdf(
+    source: str | Path | bytes, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS, skip_bad_pages: bool = False
+) -> Iterator[tuple[int, Image.Image | None, str]]:
+    """(1-based page number, page image, page text) for each page, rendered lazily at :func:`pdf_render_scale`.
+
+    ``source`` is a path or the file's bytes. A page that cannot be rendered raises, or with ``skip_bad_pages``
+    comes as ``(page number, None, the reason)`` and the next pages follow."""
+    import pypdfium2 as pdfium
+
+    with PDFIUM_LOCK:  # held for each pdfium call, never across a yield (see PDFIUM_LOCK)
+        try:
+            pdf = pdfium.PdfDocument(source if isinstance(source, bytes) else str(source))
+        except Exception as exc:  # pdfium raises PdfiumError for corrupt / encrypted files
+            raise InputError(f"unreadable PDF: {exc}") from None
+        pages = len(pdf)
+    try:
+        if pages == 0:
+            raise InputError("PDF has no pages")
+        for index in range(pages):
+            try:
+                image, text = _render_page(pdf, index, dpi, max_pixels)
+            except Exception as exc:  # noqa: BLE001 - this page only: a damaged page object, a page too large
+                if not skip_bad_pages:
+                    raise
+                yield index + 1, None, _reason(exc)
+                continue
+            yield index + 1, image, text
+    finally:
+        with PDFIUM_LOCK:
+            pdf.close()
+
+
+def unit_for_item(item: Any, metadata: Mapping[str, Any] | None = None) -> Unit:
+    """A unit for an item given directly (str or a multimodal dict with paths / URLs): API and integrations."""
+    parse_input(item)  # structural check, clear error
+    if isinstance(item, str):
+        item = {"text": item}
+    if not isinstance(item, dict):
+        raise InputError(f"items to index must be str or dict (JSON-storable), got {type(item).__name__}")
+    kinds = [k for k in ("text", "image", "video") if item.get(k) is not None]
+    modality = kinds[0] if len(kinds) == 1 else "mixed"
+    try:
+        canonical = json.dumps(item, sort_keys=True)
+    except TypeError:
+        raise InputError("items to index must be JSON-storable (paths or URLs, not PIL images)") from None
+    parts = [canonical]
+    for key in ("image", "video"):
+        for ref in _refs(item.get(key)):
+            if isinstance(ref, str) and os.path.isfile(ref):
+                parts.append(file_digest(Path(ref)))
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()
+    text = item.get("text")
+    record = Record(
+        modality,
+        source=_first_ref(item) or "",
+        text=" ".join(text) if isinstance(text, list) else (text or ""),
+        metadata=dict(metadata or {}),
+    )
+    if modality == "mixed" or set(item) - {"text", "image", "video"} or isinstance(item.get(kinds[0]), list):
+        record.modality = "mixed"
+        record.item = item
+    return Unit(f"item:{key}", item, record)
+
+
+def _refs(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    return [value]
+
+
+def _first_ref(item: Mapping[str, Any]) -> str | None:
+    for key in ("image", "video"):
+        refs = _refs(item.get(key))
+        if refs and isinstance(refs[0], str):
+            return refs[0]
+    return None
+
+
+def _where(unit: Unit, pid: str) -> str:
+    return display_path(unit.record.describe(chunk=False)) if unit.record.source else f"item {pid}"
