@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MEDIA, TINY, WORDS, checkpoint  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retrieval_pipeline.ingest.distributed import EmbedderSpec, RayIndexer, RayOptions  # noqa: E402
 from retrieval_pipeline.ingest import Indexer  # noqa: E402
+from retrieval_pipeline.ingest.distributed import EmbedderSpec, RayIndexer, RayOptions  # noqa: E402
 from retrieval_pipeline.models.embedder import Qwen3VLEmbedder  # noqa: E402
 from retrieval_pipeline.store import EdgeStore  # noqa: E402
 

@@ -231,9 +231,10 @@ class RAGPipeline:
         return Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim(), layout=self.layout)
 
     def ray_indexer(self, ray_options: Any = None) -> Any:
-        """A :class:`~retrieval_pipeline.ingest.distributed.RayIndexer` on this pipeline's embedding model, settings and
-        store: embedding on a Ray actor pool (``ray_options``: a :class:`~retrieval_pipeline.ingest.distributed.RayOptions`;
-        needs the ``[ray]`` extra). No model is loaded here; the actors load it."""
+        """An indexer on Ray (:class:`~retrieval_pipeline.ingest.distributed.RayExecutor`) with this pipeline's
+        embedding model, settings and store: embedding on a Ray actor pool (``ray_options``: a
+        :class:`~retrieval_pipeline.ingest.distributed.RayOptions`; needs the ``[ray]`` extra). No model is loaded
+        here; the actors load it."""
         from .ingest.distributed import EmbedderSpec, RayIndexer, RayOptions
 
         options = ray_options or RayOptions()

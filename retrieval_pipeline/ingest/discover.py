@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import fnmatch
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,9 +23,6 @@ from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants a
 )
 from .options import IngestOptions
 from .report import Failure, display_path
-
-logger = logging.getLogger(__name__)
-
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg"}
 

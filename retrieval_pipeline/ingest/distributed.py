@@ -28,7 +28,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,12 @@ import numpy as np
 from ..errors import RAGError
 from ..layout import VectorLayout
 from ..records import Record, sources_update
-from ..store import SCROLL_PAGE, CollectionSpec, Point, StoreAddress, StoreError, VectorStore, point_id
-from .indexer import BULK_LOAD_FILES, Indexer, _point_payload, dtype_name
+from ..store import SCROLL_PAGE, CollectionSpec, Point, StoreAddress, StoreError, VectorStore
+from .indexer import BULK_LOAD_FILES, Indexer, dtype_name, point_payload, store_points
+from .ledger import Ledger, listing
 from .options import IngestOptions
-from .report import Failure, IndexReport, UnitFailure, _reason, display_path
-from .units import _where, units_for_file
+from .report import Failure, IndexReport, UnitFailure, _reason
+from .units import _where, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -262,38 +263,28 @@ def embed_prepared_isolating(embedder: Any, encoded: list[Any], *, dim: int | No
 def read_units(
     row: Mapping[str, Any], *, options: IngestOptions, metadata: Mapping[str, Any], spec: CollectionSpec
 ) -> list[dict[str, Any]]:
-    """One file -> its unit rows (a file that cannot be read: a row with its reason, after the units read before
-    the failure, as the single-process path keeps them)."""
+    """One file -> its item rows (:func:`~.units.read_file`: a part or the file failing is a row with its reason,
+    after the items read before it, as in one process)."""
     path = Path(os.fsdecode(row["path"]))
     file = int(row["file"])
     out: list[dict[str, Any]] = []
-    units = units_for_file(path, options, metadata)
-    seq = 0
-    while True:
-        try:
-            unit = next(units)
-            pid = "" if isinstance(unit, UnitFailure) else point_id(unit.content_key, spec)
-        except StopIteration:
-            break
-        except Exception as exc:  # noqa: BLE001 - this file only (MemoryError, OSError, UnicodeError, ...)
-            failure = {"status": "failed", "error": _reason(exc), "where": display_path(path)}
-            out.append({"file": file, "seq": seq, **failure})
-            units.close()
-            break
-        if isinstance(unit, UnitFailure):  # one part of the file (a PDF page); the rest goes on
+    for seq, unit, pid in read_file(path, options, metadata, spec):
+        if isinstance(unit, UnitFailure):
             out.append({"file": file, "seq": seq, "status": "failed", "error": unit.reason, "where": unit.where})
-            seq += 1
             continue
+        fields = unit.record.file_fields()
         item = {
             "file": file,
             "seq": seq,
             "pid": pid,
             "where": _where(unit, pid),
             "source": unit.record.source,
-            "fields": json.dumps(unit.record.file_fields(), ensure_ascii=False),
+            "fields": json.dumps(fields, ensure_ascii=False),
         }
         try:
-            item["payload"] = json.dumps(_point_payload([unit]), ensure_ascii=False)
+            # the point as this item alone would list it; the driver completes its sources at the end of the run
+            own = listing(None, [(unit.record.source, fields)], set(), pid)
+            item["payload"] = json.dumps(point_payload([unit], own), ensure_ascii=False)
             item["input"] = pickle.dumps(unit.input, protocol=pickle.HIGHEST_PROTOCOL)
             if unit.verify is not None:
                 import ray.cloudpickle
@@ -302,7 +293,6 @@ def read_units(
         except Exception as exc:  # noqa: BLE001
             item.update(status="failed", error=_reason(exc), input=b"", payload="")
         out.append(item)
-        seq += 1
     return [{**_COLUMNS, **item} for item in out]
 
 
@@ -338,30 +328,6 @@ def prepare_rows(batch: Mapping[str, Any], *, model: str, kwargs: Mapping[str, A
 # the store: reached directly (a server) or through its one owner (an embedded folder)
 
 
-def store_points(store: VectorStore, points: list[Point], files: Mapping[str, int]) -> dict[str, str]:
-    """Upsert ``points``; when the store refuses the group, file by file, so that only the files whose points
-    cannot be stored fail (point id -> reason). A store that takes nothing at all is broken: that is raised."""
-    if not points:
-        return {}
-    try:
-        store.upsert(points)
-        return {}
-    except (StoreError, ValueError) as exc:
-        first = exc
-    by_file: dict[int, list[Point]] = {}
-    for point in points:
-        by_file.setdefault(files[point.id], []).append(point)
-    failed: dict[str, str] = {}
-    for group in by_file.values():
-        try:
-            store.upsert(group)
-        except (StoreError, ValueError) as exc:
-            failed.update({p.id: _reason(exc) for p in group})
-    if len(failed) == len(points) and isinstance(first, StoreError):
-        raise first
-    return failed
-
-
 class _ServerAccess:
     """Workers talk to the Qdrant server / cluster themselves (one client per worker process)."""
 
@@ -391,6 +357,7 @@ class StoreOwner:
     # the store operations the driver may run here (:class:`_OwnedStore`)
     CALLS = frozenset(
         {"open", "count", "retrieve", "existing", "set_payload", "scroll", "remove_source", "points_of_source"}
+        | {"points_of_sources"}
         | {"build_index", "delete_ids", "info", "index_status"}
     )
 
@@ -585,70 +552,35 @@ def check_resources(options: RayOptions, resources: Mapping[str, float], *, loca
     logger.warning("%s; %s: the run waits until the cluster grows", problem, where)
 
 
-class RayIndexer(Indexer):
-    """:class:`~.ingest.Indexer` on Ray Data: same units, ids, payloads and report; embedding on an actor pool.
+class RayExecutor:
+    """An :class:`~.indexer.Indexer` run on Ray Data: the same items, ids, payloads and report as in one process;
+    files read and tokenised by CPU tasks, embedded on an actor pool (the indexer's embedder is an
+    :class:`EmbedderSpec`: what the actors load), each batch stored as soon as it is embedded.
 
-    ``embedder``: an :class:`EmbedderSpec` (what the actors load). ``store``: the collection (an embedded one is
-    written through one owner actor; a server by the write tasks in parallel, in Qdrant's bulk-load mode)."""
+    The store: an embedded folder (or qdrant-client's local mode) is written through one owner actor that holds it
+    for the whole run; a server by the actors in parallel, in Qdrant's bulk-load mode for large runs."""
 
-    def __init__(
-        self,
-        embedder: EmbedderSpec,
-        store: VectorStore,
-        *,
-        ray_options: RayOptions | None = None,
-        dim: int | None = None,
-        instruction: str | None = None,
-        layout: VectorLayout | Mapping[str, Any] | None = None,
-        embed_actor: type = EmbedActor,
-    ) -> None:
-        super().__init__(embedder, store, dim=dim, instruction=instruction, layout=layout)
-        self._owner: Any = None
+    def __init__(self, ray_options: RayOptions | None = None, *, embed_actor: type = EmbedActor) -> None:
         self.ray = ray_options or RayOptions()
         self.embed_actor = embed_actor  # a subclass may add e.g. metrics
-        self.address: StoreAddress = store.address()  # fails early for a store other processes cannot reach
+        self._owner: Any = None
+        self.address: StoreAddress | None = None
 
-    def index_items(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("distributed ingestion indexes files (index_paths); index items with Indexer")
-
-    def index_paths(
-        self,
-        paths: Sequence[str | Path],
-        *,
-        options: IngestOptions | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        show_progress_bar: bool = True,
-        prune: bool = False,
-    ) -> IndexReport:
+    @contextlib.contextmanager
+    def session(self, ix: Indexer) -> Iterator[None]:
+        """The cluster (started or joined), and an embedded store held by one owner actor from the start of the run
+        to its end, the driver's own operations included (no moment in between where another process could take
+        it)."""
         import ray
 
-        options = self._options(options)
+        self.address = ix.store.address()  # fails early for a store other processes cannot reach
         init_ray(self.ray.address)
         local = self.ray.address is None and not os.environ.get("RAY_ADDRESS")
         check_resources(self.ray, ray.cluster_resources(), local=local)
-        with self._holding():
-            spec = self._open()
-            report, supported = self._plan(paths, options)
-            if supported:
-                held_before = self.store.count() > 0
-                outcomes = self._run(supported, options, dict(metadata or {}), spec, show_progress_bar)
-                self._settle(supported, outcomes, report, held_before)
-            if prune:
-                self.prune(paths, report)
-            if report.indexed:
-                self.store.build_index()
-        return report
-
-    @contextlib.contextmanager
-    def _holding(self) -> Iterator[None]:
-        """An embedded store (or qdrant-client's local mode) is held by one owner actor from the start of the run to
-        its end, the driver's own operations included (no moment in between where another process could take it)."""
         if not self.address.single_writer:
             yield
             return
-        import ray
-
-        self.store.close()
+        ix.store.close()
         try:
             owner = (
                 ray.remote(StoreOwner)
@@ -656,24 +588,75 @@ class RayIndexer(Indexer):
                 .remote(self.address)
             )
         except ValueError:  # the name is taken
-            raise StoreError(f"another Ray run is writing {self.store.location} (wait for it to finish)") from None
-        saved, self.store, self._owner = self.store, _OwnedStore(owner, self.store), owner
+            raise StoreError(f"another Ray run is writing {ix.store.location} (wait for it to finish)") from None
+        saved, ix.store, self._owner = ix.store, _OwnedStore(owner, ix.store), owner
         try:
             yield
         finally:
-            self.store, self._owner = saved, None
+            ix.store, self._owner = saved, None
             with contextlib.suppress(Exception):
                 ray.get(owner.close.remote())
             ray.kill(owner)
 
-    # ----------------------------------------------------------------------------------------------------------
-
-    def _run(
+    def run(
         self,
+        ix: Indexer,
         files: list[Path],
         options: IngestOptions,
         metadata: dict[str, Any],
-        spec: CollectionSpec,
+        report: IndexReport,
+        ledger: Ledger,
+        show_progress_bar: bool,
+    ) -> None:
+        outcomes = self._outcomes(ix, files, options, metadata, show_progress_bar)
+        outcomes.sort(key=lambda o: (o[0], o[1]))
+        runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # pid -> (source, fields) of its items, in order
+        written: set[str] = set()
+        for file, _seq, pid, status, error, where, source, fields in outcomes:
+            ledger.file(file, os.fspath(files[file]))
+            if pid:
+                ledger.holds(file, pid)
+            if status == "failed":
+                report.failed.append(Failure(where, error))
+                logger.warning("skipping %s: %s", where, error)
+                ledger.fail(file)
+                continue
+            runs.setdefault(pid, []).append((source, json.loads(fields) if fields else {}))
+            if status == "written":
+                written.add(pid)
+        # a point written twice (two actors embedded the same content at once) is one point
+        report.indexed += len(written)
+        report.present += sum(len(items) for items in runs.values()) - len(written)
+        self._complete_sources(ix, ledger, runs, written)
+
+    def _complete_sources(
+        self,
+        ix: Indexer,
+        ledger: Ledger,
+        runs: Mapping[str, list[tuple[str, dict[str, Any]]]],
+        written: set[str],
+    ) -> None:
+        """Every point lists every file that holds its content, in file order, as the ledger answers (each item
+        was written with its own file only)."""
+        for start in range(0, len(runs), SCROLL_PAGE):
+            chunk = list(runs)[start : start + SCROLL_PAGE]
+            stored = ix.store.retrieve(chunk)
+            for pid in chunk:
+                if pid not in stored:
+                    continue
+                held = Record.from_payload(stored[pid])
+                now = (held.sources, held.files)
+                # new in this run: its sources are this run's; else the stored ones, and these
+                update = ledger.listing(pid, None if pid in written else now, runs[pid])
+                if update is not None and update[0] and update != now:
+                    ix.store.set_payload(pid, sources_update(*update))
+
+    def _outcomes(
+        self,
+        ix: Indexer,
+        files: list[Path],
+        options: IngestOptions,
+        metadata: dict[str, Any],
         show_progress_bar: bool,
     ) -> list[tuple[Any, ...]]:
         import ray
@@ -686,16 +669,16 @@ class RayIndexer(Indexer):
         if owner is not None:
             access: Any = _OwnerAccess(owner)
         else:
-            access = _ServerAccess(self.address, spec)
+            access = _ServerAccess(self.address, ix.spec)
             if len(files) >= BULK_LOAD_FILES:  # the HNSW graph is built once, after the upload
-                bulk.enter_context(self.store.bulk_load())
+                bulk.enter_context(ix.store.bulk_load())
         outcomes: list[tuple[Any, ...]] = []
         try:
             with bulk, warnings.catch_warnings():
                 # a corpus smaller than the pool leaves actors idle: true, and not worth a warning per run
                 warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
                 warnings.filterwarnings("ignore", message="Specifying both num_cpus and num_gpus")
-                ds = self._dataset(files, options, metadata, spec, access)
+                ds = self._dataset(ix, files, options, metadata, access)
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     outcomes += [tuple(row[c] for c in _OUTCOME) for row in _rows(batch)]
             if logger.isEnabledFor(logging.DEBUG):
@@ -710,21 +693,21 @@ class RayIndexer(Indexer):
         return outcomes
 
     def _dataset(
-        self, files: list[Path], options: IngestOptions, metadata: dict[str, Any], spec: CollectionSpec, access: Any
+        self, ix: Indexer, files: list[Path], options: IngestOptions, metadata: dict[str, Any], access: Any
     ) -> Any:
         import ray
 
-        embedder: EmbedderSpec = self.embedder
+        embedder: EmbedderSpec = ix.embedder
         items = [{"file": i, "path": os.fsencode(p)} for i, p in enumerate(files)]  # bytes: any file name
         ds = ray.data.from_items(items, override_num_blocks=read_blocks(len(items), ray.cluster_resources()))
-        ds = ds.flat_map(read_units, fn_kwargs={"options": options, "metadata": metadata, "spec": spec})
+        ds = ds.flat_map(read_units, fn_kwargs={"options": options, "metadata": metadata, "spec": ix.spec})
         ds = ds.map_batches(mark_present, fn_kwargs={"access": access}, batch_size=self.ray.batch_size)
         ds = ds.map_batches(
             prepare_rows,
             fn_kwargs={
                 "model": embedder.model_name_or_path,
                 "kwargs": embedder.preprocessor_kwargs(),
-                "instruction": self.instruction,
+                "instruction": ix.instruction,
             },
             batch_size=self.ray.batch_size,
         )
@@ -735,7 +718,7 @@ class RayIndexer(Indexer):
             fn_constructor_kwargs={
                 "model": embedder.model_name_or_path,
                 "kwargs": embedder.embedder_kwargs(),
-                "dim": self.dim,
+                "dim": ix.dim,
                 "device": "cuda" if gpus else "cpu",
                 "access": access,
             },
@@ -746,75 +729,18 @@ class RayIndexer(Indexer):
         )
         return ds
 
-    def _settle(
-        self, files: list[Path], outcomes: list[tuple[Any, ...]], report: IndexReport, held_before: bool
-    ) -> None:
-        """The report, the sources of content several files hold, and changed files' outdated points."""
-        outcomes.sort(key=lambda o: (o[0], o[1]))
-        failed_files: set[int] = set()
-        ids: dict[int, set[str]] = {}
-        runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # pid -> (source, fields) of its units, in order
-        written: dict[str, int] = {}
-        for file, _seq, pid, status, error, where, source, fields in outcomes:
-            if pid:
-                ids.setdefault(file, set()).add(pid)
-            if status == "failed":
-                report.failed.append(Failure(where, error))
-                logger.warning("skipping %s: %s", where, error)
-                failed_files.add(file)
-                continue
-            runs.setdefault(pid, []).append((source, json.loads(fields) if fields else {}))
-            if status == "written":
-                written[pid] = written.get(pid, 0) + 1
-        report.indexed += len(written)
-        report.present += sum(len(units) for units in runs.values()) - len(written)
-        self._merge_sources(runs, written)
-        if held_before:
-            self._drop_outdated(files, ids, failed_files, report)
 
-    def _merge_sources(self, runs: Mapping[str, list[tuple[str, dict[str, Any]]]], written: Mapping[str, int]) -> None:
-        """Every point lists every file that holds its content, in file order (a point written by two writers at
-        once, or already stored, gets its full list here)."""
-        todo = [pid for pid, units in runs.items() if pid not in written or len(units) > 1 or written[pid] > 1]
-        for start in range(0, len(todo), SCROLL_PAGE):
-            chunk = todo[start : start + SCROLL_PAGE]
-            stored = self.store.retrieve(chunk)
-            for pid in chunk:
-                if pid not in stored:
-                    continue
-                held = Record.from_payload(stored[pid])
-                new = pid in written  # new in this run: its sources are this run's; else the stored ones, and these
-                sources: list[str] = [] if new else list(held.sources)
-                files: dict[str, dict[str, Any]] = {} if new else dict(held.files)
-                seen: set[str] = set()
-                for source, fields in runs[pid]:  # a file's fields: those of its first unit with this content
-                    if not source or source in seen:
-                        continue
-                    seen.add(source)
-                    if source not in sources:
-                        sources.append(source)
-                    files[source] = fields
-                if sources and (sources, files) != (held.sources, held.files):
-                    self.store.set_payload(pid, sources_update(sources, files))
-
-    def _drop_outdated(
-        self, files: list[Path], ids: Mapping[int, set[str]], failed: set[int], report: IndexReport
-    ) -> None:
-        """A file indexed again loses the points it no longer holds (its old content), as in the single path;
-        looked up for many files per scroll."""
-        done = [i for i in range(len(files)) if i not in failed]
-        for start in range(0, len(done), SCROLL_PAGE):
-            chunk = done[start : start + SCROLL_PAGE]
-            sources = {os.fspath(files[i]): i for i in chunk}
-            held: dict[str, set[str]] = {}
-            for key in ("sources", "source"):  # points written before ``sources`` existed only have ``source``
-                for point in self.store.scroll(filters={key: list(sources)}, with_vectors=False):
-                    for source in Record.from_payload(point.payload).sources:
-                        if source in sources:
-                            held.setdefault(source, set()).add(point.id)
-            for source, points in held.items():
-                stale = points - ids.get(sources[source], set())
-                if stale:
-                    detached, deleted = self.store.remove_source(source, stale)
-                    report.replaced += detached + deleted
-                    logger.info("%s changed: %d outdated points removed", display_path(source), detached + deleted)
+def RayIndexer(  # noqa: N802 - version 0.2's class, now an Indexer with a RayExecutor
+    embedder: EmbedderSpec,
+    store: VectorStore,
+    *,
+    ray_options: RayOptions | None = None,
+    dim: int | None = None,
+    instruction: str | None = None,
+    layout: VectorLayout | Mapping[str, Any] | None = None,
+    embed_actor: type = EmbedActor,
+) -> Indexer:
+    """An :class:`~.indexer.Indexer` whose files are indexed on Ray (:class:`RayExecutor`)."""
+    store.address()  # a store other processes cannot reach is refused before any work
+    executor = RayExecutor(ray_options, embed_actor=embed_actor)
+    return Indexer(embedder, store, dim=dim, instruction=instruction, layout=layout, executor=executor)

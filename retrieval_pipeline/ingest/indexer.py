@@ -8,34 +8,26 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from ..layout import VectorLayout
 from ..media import InputError
-from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
-    PDF_DPI,
+from ..records import (
     PDF_MAX_PIXELS,
-    PDF_RENDER_PIXELS_CAP,
-    PDF_RENDER_SIDE_CAP,
-    PDFIUM_LOCK,
     Record,
-    pdf_render_scale,
-    render_page,
     sources_of,
     sources_update,
 )
 from ..store import CollectionSpec, Point, StoreError, VectorStore, model_fingerprint, point_id
 from .discover import discover, modality_of
+from .ledger import Ledger, Listing
 from .options import IngestOptions
 from .report import Failure, IndexReport, UnitFailure, _reason, display_path
-from .units import Unit, _where, unit_for_item, units_for_file, work_estimate
-
-logger = logging.getLogger(__name__)
-
+from .units import Unit, _where, read_file, unit_for_item, work_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +40,6 @@ BULK_LOAD_FILES = 1000
 GROUP_SIZE = 32
 
 
-@dataclass
-class _FileState:
-    """One file's progress through a run: its point ids, its units still in flight, whether it failed."""
-
-    path: Path
-    source: str
-    index: int = 0  # the file's place in the run
-    ids: set[str] = field(default_factory=set)
-    claimed: set[str] = field(default_factory=set)  # points whose per-file fields this file has set in this run
-    units: int = 0
-    pending: int = 0
-    done: bool = False
-    failed: bool = False
-    finished: bool = False
-
-    @property
-    def label(self) -> str:
-        return display_path(self.source)
-
-
 def _progress(done: int, files: int, report: IndexReport) -> str:
     return f"{done}/{files} files, {report.indexed} indexed, {report.present} present, {len(report.failed)} failed"
 
@@ -78,8 +50,12 @@ def dtype_name(dtype: Any) -> str | None:
 
 
 class Indexer:
-    """Embeds units in groups and upserts them; skips what the store already holds; attributes every failure to
-    its file; keeps each point's list of sources right (changed files lose their old points)."""
+    """Embeds items and upserts them; skips what the store already holds; attributes every failure to its file;
+    keeps each point's list of sources right (changed files lose their old points).
+
+    Where the work runs is the ``executor``'s business: :class:`LocalExecutor` (this process, the default) or
+    :class:`~.distributed.RayExecutor` (a Ray Data pipeline). The rules of a run -- sources, per-file fields,
+    outdated points -- are the :class:`~.ledger.Ledger`'s, the same for both."""
 
     def __init__(
         self,
@@ -90,11 +66,11 @@ class Indexer:
         instruction: str | None = None,
         group_size: int = GROUP_SIZE,
         layout: VectorLayout | Mapping[str, Any] | None = None,
+        executor: Executor | None = None,
     ):
         self.embedder = embedder
         self.store = store
-        self._order: dict[int, tuple[int, int]] = {}  # a run's failures -> (file, unit) to list them in file order
-        self._stale: list[tuple[_FileState, set[str]]] = []  # a run's outdated points, taken off at its end
+        self.executor: Executor = executor or LocalExecutor()
         from ..ranking import check_matryoshka_dim
 
         # checked before any collection is created with it (0, negative or over the model's size is an error)
@@ -164,80 +140,28 @@ class Indexer:
         """Index files and folders. ``prune``: afterwards, remove the points of files under ``paths`` that no
         longer exist (deleted or renamed files)."""
         options = self._options(options)
-        self._open()
-        report, supported = self._plan(paths, options)
-        missing = list(report.failed)
-        costs = [work_estimate(f, options, getattr(self.embedder, "media", None)) for f in supported]
-        bar = tqdm(
-            total=sum(costs),
-            desc="indexing",
-            unit="tok",
-            unit_scale=True,
-            disable=not show_progress_bar,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining} left{postfix}]",
-        )
-        pending: list[Unit] = []
-        self._order: dict[int, tuple[int, int]] = {}
-        self._stale: list[tuple[_FileState, set[str]]] = []
-        bulk = contextlib.ExitStack()
-        if len(supported) >= BULK_LOAD_FILES:  # a server builds its graph once, after the upload
-            bulk.enter_context(self.store.bulk_load())
-        with bulk:
-            self._index_files(supported, costs, options, metadata, report, bar, pending)
-        self._remove_outdated(report)
-        bar.close()
-        # failures in file order (those of reading come as they happen, those of embedding when a group runs)
-        failed = report.failed[len(missing) :]
-        failed.sort(key=lambda f: self._order.get(id(f), (len(supported), 0)))
-        report.failed[len(missing) :] = failed
-        if prune:
-            self.prune(paths, report)
-        if report.indexed:
-            self.store.build_index()  # the embedded engine indexes only when asked
+        with self.executor.session(self):
+            self._open()
+            report, files = self._plan(paths, options)
+            if files:
+                held_before = self.store.count() > 0  # a new collection has no outdated points to look for
+                ledger = Ledger()
+                self.executor.run(self, files, options, dict(metadata or {}), report, ledger, show_progress_bar)
+                if held_before:
+                    self._remove_outdated(ledger, report)
+            if prune:
+                self.prune(paths, report)
+            if report.indexed:
+                self.store.build_index()  # the embedded engine indexes only when asked
         return report
 
-    def _index_files(
-        self,
-        supported: list[Path],
-        costs: list[int],
-        options: IngestOptions,
-        metadata: Mapping[str, Any] | None,
-        report: IndexReport,
-        bar: Any,
-        pending: list[Unit],
-    ) -> None:
-        for n, (path, cost) in enumerate(zip(supported, costs), 1):
-            state = _FileState(path, os.fspath(path), index=n - 1)
-            units = units_for_file(path, options, metadata or {})
-            while True:
-                try:
-                    unit = next(units)
-                    pid = "" if isinstance(unit, UnitFailure) else point_id(unit.content_key, self.spec)
-                except StopIteration:
-                    break
-                except Exception as exc:  # this file only: MemoryError, TypeError, UnicodeError, OSError, ...
-                    self._fail(state, None, _reason(exc), report, state.units)
-                    units.close()
-                    break
-                if isinstance(unit, UnitFailure):  # one part of the file (a PDF page); the rest goes on
-                    self._fail(state, unit.where, unit.reason, report, state.units)
-                    state.units += 1
-                    continue
-                unit.file, unit.seq = state, state.units
-                state.units += 1
-                state.ids.add(pid)
-                state.pending += 1
-                pending.append(unit)
-                if len(pending) >= self.group_size:  # outside the try: a group's failures are not this file's
-                    group, pending = pending, []
-                    self._flush(group, report)
-            state.done = True
-            self._finish(state, report)
-            bar.update(cost)
-            bar.set_postfix_str(_progress(n, len(supported), report), refresh=False)
-        group, pending = pending, []
-        self._flush(group, report)
-        bar.set_postfix_str(_progress(len(supported), len(supported), report), refresh=False)  # the real counts
+    def _remove_outdated(self, ledger: Ledger, report: IndexReport) -> None:
+        """A file indexed again loses the points it no longer holds (its old content). Done at the end of the run:
+        a later file may hold the same content (moved, not gone)."""
+        for source, stale in ledger.outdated(self.store.points_of_sources(ledger.finished_sources())).items():
+            detached, deleted = self.store.remove_source(source, stale)
+            report.replaced += detached + deleted
+            logger.info("%s changed: %d outdated points removed", display_path(source), detached + deleted)
 
     def prune(self, roots: Sequence[str | Path], report: IndexReport | None = None) -> IndexReport:
         """Take the files under ``roots`` that no longer exist off their points (a point no other file holds is
@@ -269,10 +193,15 @@ class Indexer:
         per_item: Sequence[Mapping[str, Any]] | None = None,
         show_progress_bar: bool = False,
     ) -> tuple[IndexReport, list[str | None]]:
-        """Index items given directly; returns the report and each item's point id (None where it failed).
+        """Index items given directly (in this process, whatever the executor); returns the report and each item's
+        point id (None where it failed).
 
         ``per_item``: metadata of each item (merged over ``metadata``), part of its identity: the same content under
         two dataset ids is two points (:func:`~retrieval_pipeline.evaluate.index_dataset`)."""
+        if not callable(getattr(self.embedder, "embed", None)):
+            raise TypeError(
+                f"index_items embeds in this process and needs an embedder model, not {type(self.embedder).__name__}"
+            )
         self._open()
         report = IndexReport()
         ids: list[str | None] = []
@@ -289,9 +218,10 @@ class Indexer:
                 unit.content_key += "|" + json.dumps(own, sort_keys=True, default=str)
             units.append(unit)
             ids.append(point_id(unit.content_key, self.spec))
+        run = _LocalRun(self, report, Ledger())
         bar = tqdm(total=len(units), desc="indexing", unit="item", disable=not show_progress_bar)
         for start in range(0, len(units), self.group_size):
-            self._flush(units[start : start + self.group_size], report)
+            run.flush(units[start : start + self.group_size])
             bar.update(len(units[start : start + self.group_size]))
         bar.close()
         if report.indexed:
@@ -299,72 +229,121 @@ class Indexer:
         stored = self.store.existing({i for i in ids if i is not None})
         return report, [i if i in stored else None for i in ids]
 
-    # ----------------------------------------------------------------------------------------------------------
 
-    def _fail(
-        self, state: _FileState | None, where: str | None, reason: str, report: IndexReport, seq: int = 0
+class Executor(Protocol):
+    """Where an :class:`Indexer` run's files are read, embedded and stored."""
+
+    def session(self, indexer: Indexer) -> contextlib.AbstractContextManager[Any]:
+        """What the run holds from its start to its end (Ray: the cluster and the store's one writer)."""
+        ...
+
+    def run(
+        self,
+        indexer: Indexer,
+        files: list[Path],
+        options: IngestOptions,
+        metadata: dict[str, Any],
+        report: IndexReport,
+        ledger: Ledger,
+        show_progress_bar: bool,
     ) -> None:
-        label = where or (state.label if state is not None else "?")
-        failure = Failure(label, reason)
-        report.failed.append(failure)
-        logger.warning("skipping %s: %s", label, reason)
-        if state is not None:
-            state.failed = True
-            self._order[id(failure)] = (state.index, seq)
+        """Index ``files``: store their new points, count every item in ``report``, tell ``ledger`` each file's
+        points and failures, and give every stored point the sources the ledger answers."""
+        ...
 
-    def _finish(self, state: _FileState, report: IndexReport) -> None:
-        """When all of a file's units are stored: its old points that it no longer holds lose it."""
-        if state.finished or not state.done or state.pending:
-            return
-        state.finished = True
-        if state.failed:
-            return  # what it held before stays until it indexes again (or is pruned)
-        held = self.store.points_of_source(state.source)
-        stale = set(held) - state.ids
-        if stale:  # taken off at the end of the run: a later file may hold the same content (moved, not gone)
-            self._stale.append((state, stale))
 
-    def _remove_outdated(self, report: IndexReport) -> None:
-        for state, stale in self._stale:
-            detached, deleted = self.store.remove_source(state.source, stale)
-            report.replaced += detached + deleted
-            logger.info("%s changed: %d outdated points removed", state.label, detached + deleted)
-        self._stale = []
+class LocalExecutor:
+    """This process: files read in order, their items embedded in groups across files (``Indexer.group_size``)
+    and upserted group by group, so a run killed half way keeps every group it finished."""
 
-    def _flush(self, units: list[Unit], report: IndexReport) -> None:
+    def session(self, indexer: Indexer) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def run(
+        self,
+        indexer: Indexer,
+        files: list[Path],
+        options: IngestOptions,
+        metadata: dict[str, Any],
+        report: IndexReport,
+        ledger: Ledger,
+        show_progress_bar: bool,
+    ) -> None:
+        costs = [work_estimate(f, options, getattr(indexer.embedder, "media", None)) for f in files]
+        bar = tqdm(
+            total=sum(costs),
+            desc="indexing",
+            unit="tok",
+            unit_scale=True,
+            disable=not show_progress_bar,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining} left{postfix}]",
+        )
+        before = len(report.failed)
+        run = _LocalRun(indexer, report, ledger)
+        bulk = contextlib.ExitStack()
+        if len(files) >= BULK_LOAD_FILES:  # a server builds its graph once, after the upload
+            bulk.enter_context(indexer.store.bulk_load())
+        pending: list[Unit] = []
+        with bulk:
+            for n, (path, cost) in enumerate(zip(files, costs)):
+                ledger.file(n, os.fspath(path))
+                for seq, unit, pid in read_file(path, options, metadata, indexer.spec):
+                    if isinstance(unit, UnitFailure):  # one part of the file (a PDF page), or the file itself
+                        run.fail(n, seq, unit.where, unit.reason)
+                        continue
+                    unit.file, unit.seq = n, seq
+                    ledger.holds(n, pid)
+                    pending.append(unit)
+                    if len(pending) >= indexer.group_size:
+                        group, pending = pending, []
+                        run.flush(group)
+                bar.update(cost)
+                bar.set_postfix_str(_progress(n + 1, len(files), report), refresh=False)
+            run.flush(pending)
+        bar.set_postfix_str(_progress(len(files), len(files), report), refresh=False)  # the real counts
+        bar.close()
+        # failures in file order (those of reading come as they happen, those of embedding when a group runs)
+        failed = report.failed[before:]
+        failed.sort(key=lambda f: run.order.get(id(f), (len(files), 0)))
+        report.failed[before:] = failed
+
+
+class _LocalRun:
+    """One run in this process: groups of items embedded, stored, counted and accounted for."""
+
+    def __init__(self, indexer: Indexer, report: IndexReport, ledger: Ledger) -> None:
+        self.ix = indexer
+        self.report = report
+        self.ledger = ledger
+        self.order: dict[int, tuple[int, int]] = {}  # failure -> (file, item) to list them in file order
+
+    def fail(self, file: int | None, seq: int, where: str, reason: str) -> None:
+        failure = Failure(where, reason)
+        self.report.failed.append(failure)
+        logger.warning("skipping %s: %s", where, reason)
+        if file is not None:
+            self.ledger.fail(file)
+            self.order[id(failure)] = (file, seq)
+
+    def flush(self, units: list[Unit]) -> None:
         if not units:
             return
-        ids = [point_id(u.content_key, self.spec) for u in units]
-        stored = self.store.retrieve(set(ids))
+        ix, report = self.ix, self.report
+        ids = [point_id(u.content_key, ix.spec) for u in units]
+        stored = ix.store.retrieve(set(ids))
         new: dict[str, list[Unit]] = {}
-        grown: dict[str, tuple[list[str], dict[str, Any]]] = {}  # stored points that gain or change a source
+        present: dict[str, list[Unit]] = {}
         for pid, unit in zip(ids, units):
-            if pid in stored:
-                report.present += 1
-                source = unit.record.source
-                # a file's fields for a point are those of its first unit with that content (a chunk repeated in
-                # one file keeps its first place, run after run)
-                first = unit.file is None or pid not in unit.file.claimed
-                if unit.file is not None:
-                    unit.file.claimed.add(pid)
-                if source:
-                    if pid not in grown:
-                        held = Record.from_payload(stored[pid])
-                        grown[pid] = (held.sources, held.files)
-                    sources, files = grown[pid]
-                    fields = unit.record.file_fields()
-                    if source not in sources or (first and files.get(source) != fields):  # a new file, new metadata
-                        grown[pid] = (
-                            [*sources, source] if source not in sources else sources,
-                            {**files, source: fields},
-                        )
-            else:
-                new.setdefault(pid, []).append(unit)
-        for pid, (sources, files) in grown.items():
-            self.store.set_payload(pid, sources_update(sources, files))
+            (present if pid in stored else new).setdefault(pid, []).append(unit)
+        for pid, group in present.items():  # stored points may gain a source, or a file's new fields
+            report.present += len(group)
+            held = Record.from_payload(stored[pid])
+            update = self.ledger.listing(pid, (held.sources, held.files), _items(group))
+            if update is not None and update[0]:
+                ix.store.set_payload(pid, sources_update(*update))
         order = list(new)
         vectors, failures = embed_isolating(
-            self.embedder, [new[pid][0].input for pid in order], instruction=self.instruction, dim=self.dim
+            ix.embedder, [new[pid][0].input for pid in order], instruction=ix.instruction, dim=ix.dim
         )
         points: list[Point] = []
         for k, pid in enumerate(order):
@@ -376,66 +355,64 @@ class Indexer:
                     for unit in group:
                         if unit.verify is not None:
                             unit.verify()
-                    payload = _point_payload(group)
+                    payload = point_payload(group, self.ledger.listing(pid, None, _items(group)))
                 except Exception as exc:
                     reason = _reason(exc)
             if reason is not None:
                 for unit in group:
-                    self._fail(unit.file, _where(unit, pid), reason, report, unit.seq)
+                    self.fail(unit.file, unit.seq, _where(unit, pid), reason)
                 continue
-            for unit in group:
-                if unit.file is not None:
-                    unit.file.claimed.add(pid)
             points.append(Point(pid, vectors[k].tolist(), payload))
             report.present += len(group) - 1  # the same content twice in this group
-        self._upsert(points, new, report)
-        for unit in units:
-            if unit.file is not None:
-                unit.file.pending -= 1
-                self._finish(unit.file, report)
+        self.upsert(points, new)
 
-    def _upsert(self, points: list[Point], units: Mapping[str, list[Unit]], report: IndexReport) -> None:
+    def upsert(self, points: list[Point], units: Mapping[str, list[Unit]]) -> None:
         """Store the group; when that fails, file by file, so that only the files whose points cannot be stored
         fail. A store that takes nothing at all is broken: that is raised (exit 4), not blamed on files."""
-        if not points:
-            return
+        failed = store_points(self.ix.store, points, {p.id: units[p.id][0].file for p in points})
+        self.report.indexed += len(points) - len(failed)
+        for pid, reason in failed.items():
+            for unit in units[pid]:
+                self.fail(unit.file, unit.seq, _where(unit, pid), reason)
+
+
+def _items(units: Iterable[Unit]) -> list[tuple[str, dict[str, Any]]]:
+    return [(u.record.source, u.record.file_fields()) for u in units]
+
+
+def store_points(store: VectorStore, points: list[Point], files: Mapping[str, int | None]) -> dict[str, str]:
+    """Upsert ``points``; when the store refuses the group, file by file, so that only the files whose points
+    cannot be stored fail (point id -> reason). A store that takes nothing at all is broken: that is raised."""
+    if not points:
+        return {}
+    try:
+        store.upsert(points)
+        return {}
+    except (StoreError, ValueError) as exc:
+        first = exc
+    by_file: dict[int | None, list[Point]] = {}
+    for point in points:
+        by_file.setdefault(files[point.id], []).append(point)
+    failed: dict[str, str] = {}
+    for group in by_file.values():
         try:
-            self.store.upsert(points)
-            report.indexed += len(points)
-            return
+            store.upsert(group)
         except (StoreError, ValueError) as exc:
-            first = exc
-        by_file: dict[int, list[Point]] = {}
-        for point in points:
-            by_file.setdefault(id(units[point.id][0].file), []).append(point)
-        errors: list[tuple[list[Point], Exception]] = []
-        for group in by_file.values():
-            try:
-                self.store.upsert(group)
-                report.indexed += len(group)
-            except (StoreError, ValueError) as exc:
-                errors.append((group, exc))
-        if len(errors) == len(by_file) and isinstance(first, StoreError):
-            raise first
-        for group, exc in errors:
-            for point in group:
-                for unit in units[point.id]:
-                    self._fail(unit.file, _where(unit, point.id), _reason(exc), report, unit.seq)
+            failed.update({p.id: _reason(exc) for p in group})
+    if len(failed) == len(points) and isinstance(first, StoreError):
+        raise first
+    return failed
 
 
-def _point_payload(units: list[Unit]) -> dict[str, Any]:
-    """The stored payload: the first unit's record, with every source that holds this content; checked to be
-    storable."""
+def point_payload(units: list[Unit], sources: Listing | None) -> dict[str, Any]:
+    """The stored payload: the first item's record, listing the sources that hold this content (as the
+    :class:`~.ledger.Ledger` answered); checked to be storable."""
     first = units[0]
-    files: dict[str, dict[str, Any]] = {}
-    for u in units:
-        if u.record.source:
-            files.setdefault(u.record.source, u.record.file_fields())
-    sources = list(files)
-    record = replace(first.record, sources=sources, files=files)
+    sources_, files = sources or ([], {})
+    record = replace(first.record, sources=list(sources_), files=dict(files))
     record.content_hash = hashlib.sha256(first.content_key.encode()).hexdigest()
-    if sources:
-        record.source = sources[0]
+    if sources_:
+        record.source = sources_[0]
     payload = record.to_payload()
     try:
         json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
@@ -17,9 +16,6 @@ from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants a
     sources_of,
     sources_update,
 )
-
-logger = logging.getLogger(__name__)
-
 
 # Text chunks: about a page of prose each, overlapping so a sentence cut at a border is whole in one of them.
 CHUNK_CHARS = 1200

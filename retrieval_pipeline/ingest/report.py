@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,8 +19,6 @@ from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants a
     sources_of,
     sources_update,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
@@ -31,14 +30,10 @@ from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants a
     sources_of,
     sources_update,
 )
+from ..store import CollectionSpec, point_id
 from .discover import modality_of
 from .options import CHUNK_CHARS, CHUNK_OVERLAP, IngestOptions
 from .report import UnitFailure, _reason, display_path
-
-if TYPE_CHECKING:
-    from .indexer import _FileState
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,8 +47,8 @@ class Unit:
     input: Any
     record: Record
     verify: Callable[[], None] | None = None
-    file: _FileState | None = field(default=None, repr=False)
-    seq: int = 0  # the unit's place in its file
+    file: int | None = field(default=None, repr=False)  # the file's place in the run (None: given directly)
+    seq: int = 0  # the item's place in its file
 
 
 def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
@@ -163,6 +158,28 @@ def chunk_text(text: str, size: int = CHUNK_CHARS, overlap: int = CHUNK_OVERLAP)
         space = text.find(" ", nxt, end)
         start = space + 1 if space != -1 else nxt
     return spans
+
+
+def read_file(
+    path: Path, options: IngestOptions, metadata: Mapping[str, Any], spec: CollectionSpec
+) -> Iterator[tuple[int, Unit | UnitFailure, str]]:
+    """A file's items in order, as (place in the file, item, point id). A part that fails on its own (a PDF page)
+    is a :class:`UnitFailure` and the rest goes on; the file failing while it is read (``MemoryError``, ``OSError``,
+    ``UnicodeError``, ...) ends it with a :class:`UnitFailure` naming the file, after the items read before."""
+    units = units_for_file(path, options, metadata)
+    seq = 0
+    while True:
+        try:
+            unit = next(units)
+            pid = "" if isinstance(unit, UnitFailure) else point_id(unit.content_key, spec)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - this file only
+            units.close()
+            yield seq, UnitFailure(display_path(path), _reason(exc)), ""
+            return
+        yield seq, unit, pid
+        seq += 1
 
 
 def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, Any]) -> Iterator[Unit]:

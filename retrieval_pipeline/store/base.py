@@ -281,6 +281,20 @@ class VectorStore:
                 found[p.id] = p.payload
         return found
 
+    def points_of_sources(self, sources: Iterable[str]) -> dict[str, set[str]]:
+        """source -> the ids of the points that list it, for many sources per scroll."""
+        wanted = set(sources)
+        found: dict[str, set[str]] = {}
+        names = sorted(wanted)
+        for start in range(0, len(names), SCROLL_PAGE):
+            chunk = names[start : start + SCROLL_PAGE]
+            for key in ("sources", "source"):  # points written before ``sources`` existed only have ``source``
+                for point in self.scroll(filters={key: chunk}, with_vectors=False):
+                    for source in sources_of(point.payload):
+                        if source in wanted:
+                            found.setdefault(source, set()).add(point.id)
+        return found
+
     def remove_source(self, source: str, ids: Iterable[str] | None = None) -> tuple[int, int]:
         """Take ``source`` off its points (only ``ids`` among them when given): a point that no other source holds
         is deleted, the others keep their remaining sources. Returns (points detached, points deleted)."""
