@@ -47,7 +47,6 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-
 def test_every_module_says_what_it_owns():
     missing = [
         str(path.relative_to(ROOT))
