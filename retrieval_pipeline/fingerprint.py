@@ -109,8 +109,9 @@ def _content_hash(file: Path, size: int, mtime: int) -> str:
     cache_path = _hash_cache_path()
     try:
         cache = json.loads(cache_path.read_text())
-        if isinstance(cache, dict) and isinstance(cache.get(key), str):
-            return cache[key]
+        known = cache.get(key) if isinstance(cache, dict) else None
+        if isinstance(known, str):
+            return known
     except (OSError, ValueError):
         cache = {}
     digest = hashlib.sha256()

@@ -72,7 +72,7 @@ class IndexReport:
         return "\n".join(lines)
 
 
-def display_path(path: str | os.PathLike) -> str:
+def display_path(path: str | os.PathLike[str]) -> str:
     """A file name that can be printed and stored as UTF-8 (undecodable bytes shown as ``\\xNN``)."""
     return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 

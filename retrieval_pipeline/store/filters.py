@@ -11,7 +11,7 @@ def _conditions(filters: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
     """``{"modality": "image", "metadata.lang": ["en", "de"]}`` -> [(key, value or list of values)]."""
     if not filters:
         return []
-    out = []
+    out: list[tuple[str, Any]] = []
     for key, value in filters.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"filter keys are payload field names, got {key!r}")
