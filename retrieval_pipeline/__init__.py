@@ -11,19 +11,80 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .errors import InputError, LimitError
+    from .errors import (
+        CollectionMismatchError,
+        CollectionNotFoundError,
+        InputError,
+        LimitError,
+        ModelLoadError,
+        RAGError,
+        StoreError,
+    )
+    from .ingest import Indexer, IndexReport, IngestOptions
+    from .layout import SearchOptions, VectorLayout
     from .models.embedder import Qwen3VLEmbedder
+    from .models.generator import Answer, Qwen3VLGenerator
     from .models.reranker import PreparedRerank, Qwen3VLReranker
+    from .pipeline import ModelSpec, RAGPipeline, RetrievalSettings, Staging
+    from .retriever import Hit, TwoStageRetriever
+    from .store import VectorStore, open_store
 
 # public name -> the module that defines it
 _LAZY = {
+    "CollectionMismatchError": ".errors",
+    "CollectionNotFoundError": ".errors",
     "InputError": ".errors",
     "LimitError": ".errors",
-    "PreparedRerank": ".models.reranker",
+    "ModelLoadError": ".errors",
+    "RAGError": ".errors",
+    "StoreError": ".errors",
     "Qwen3VLEmbedder": ".models.embedder",
+    "PreparedRerank": ".models.reranker",
     "Qwen3VLReranker": ".models.reranker",
+    "Answer": ".models.generator",
+    "Qwen3VLGenerator": ".models.generator",
+    "VectorStore": ".store",
+    "open_store": ".store",
+    "SearchOptions": ".layout",
+    "VectorLayout": ".layout",
+    "IndexReport": ".ingest",
+    "Indexer": ".ingest",
+    "IngestOptions": ".ingest",
+    "Hit": ".retriever",
+    "TwoStageRetriever": ".retriever",
+    "ModelSpec": ".pipeline",
+    "RAGPipeline": ".pipeline",
+    "RetrievalSettings": ".pipeline",
+    "Staging": ".pipeline",
 }
-__all__ = ["InputError", "LimitError", "PreparedRerank", "Qwen3VLEmbedder", "Qwen3VLReranker", "__version__"]
+__all__ = [
+    "Answer",
+    "CollectionMismatchError",
+    "CollectionNotFoundError",
+    "Hit",
+    "IndexReport",
+    "Indexer",
+    "IngestOptions",
+    "InputError",
+    "LimitError",
+    "ModelLoadError",
+    "ModelSpec",
+    "PreparedRerank",
+    "Qwen3VLEmbedder",
+    "Qwen3VLGenerator",
+    "Qwen3VLReranker",
+    "RAGError",
+    "RAGPipeline",
+    "RetrievalSettings",
+    "SearchOptions",
+    "Staging",
+    "StoreError",
+    "TwoStageRetriever",
+    "VectorLayout",
+    "VectorStore",
+    "open_store",
+    "__version__",
+]
 
 try:
     __version__ = version("qwen3-vl-rag")  # one source: pyproject.toml

@@ -12,6 +12,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,108 @@ STAGES = ("embedder", "reranker", "generator")
 NO_MATCH = "The collection holds nothing that matches the question."
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One role's model: a hub id or local folder to load when first needed (``name``), or a model already
+    loaded (``model``; for the generator also a callable ``(question, hits) -> str``), and the model class's
+    keyword arguments (``options``: media settings, batching, ``max_new_tokens``, ``from_pretrained`` arguments)."""
+
+    name: str | None = None
+    model: Any = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: Any) -> ModelSpec | None:
+        """A spec from what a caller passed: a spec, a name, None, or a loaded model / callable."""
+        if value is None or isinstance(value, ModelSpec):
+            return value
+        if isinstance(value, (str, Path)):
+            return cls(name=str(value))
+        return cls(model=value)
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How the pipeline retrieves: the stored vectors' Matryoshka ``dim`` (None: the model's size, or the
+    collection's), stage-one ``candidates`` reranked (None: by device), the reranker's work per query in tokens
+    (``rerank_budget``: -1 by device, None or 0 none), the query instruction, the vector search knobs and a new
+    collection's vector ``layout``."""
+
+    dim: int | None = None
+    candidates: int | None = None
+    rerank_budget: int | None = -1
+    query_instruction: str = QUERY_INSTRUCTION
+    search: SearchOptions | Mapping[str, Any] | None = None
+    layout: VectorLayout | Mapping[str, Any] | None = None
+
+
+_RETRIEVAL_KEYWORDS = {
+    "dim": "dim",
+    "candidates": "candidates",
+    "rerank_budget": "rerank_budget",
+    "query_instruction": "query_instruction",
+    "layout": "layout",
+    "search_options": "search",
+}
+
+
+def _from_legacy(
+    legacy: dict[str, Any],
+    embedding: ModelSpec | None,
+    reranking: ModelSpec | None,
+    generation: ModelSpec | None,
+    retrieval: RetrievalSettings | None,
+) -> tuple[ModelSpec | None, ModelSpec | None, ModelSpec | None, RetrievalSettings]:
+    """Version 0.2's keywords folded into the role specs and the retrieval settings (an unknown one is a
+    TypeError, as for any function)."""
+    unknown = (
+        set(legacy)
+        - set(_RETRIEVAL_KEYWORDS)
+        - {
+            "embedding_model",
+            "embedder",
+            "reranker_model",
+            "reranker",
+            "generator",
+            "generator_options",
+            "media_options",
+            "model_kwargs",
+        }
+    )
+    if unknown:
+        raise TypeError(f"RAGPipeline() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    if "embedding_model" in legacy:
+        embedding = ModelSpec.of(legacy["embedding_model"])
+    if "reranker_model" in legacy:
+        reranking = ModelSpec.of(legacy["reranker_model"])
+    if "generator" in legacy:
+        generation = ModelSpec.of(legacy["generator"])
+    if legacy.get("embedder") is not None:
+        embedding = replace(embedding or ModelSpec(), model=legacy["embedder"])
+    if legacy.get("reranker") is not None:
+        reranking = replace(reranking or ModelSpec(), model=legacy["reranker"])
+    shared = dict(legacy.get("model_kwargs") or {})
+    media = {**dict(legacy.get("media_options") or {}), **shared}
+    if media and embedding is not None:
+        embedding = replace(embedding, options={**embedding.options, **media})
+    if media and reranking is not None:
+        reranking = replace(reranking, options={**reranking.options, **media})
+    generator_options = {**dict(legacy.get("generator_options") or {}), **shared}
+    if generator_options and generation is not None:
+        generation = replace(generation, options={**generation.options, **generator_options})
+    given = {_RETRIEVAL_KEYWORDS[k]: v for k, v in legacy.items() if k in _RETRIEVAL_KEYWORDS}
+    settings = replace(retrieval or RetrievalSettings(), **given)
+    return embedding, reranking, generation, settings
+
+
+class Staging(str, Enum):
+    """How a pipeline's models share memory. A ``str`` too: ``pipeline.staging == "free"`` keeps working."""
+
+    KEEP = "keep"  # every model stays loaded where it is
+    MOVE = "move"  # a GPU holds only the running stage's model; the others wait on the CPU
+    FREE = "free"  # on the CPU, the models this pipeline loaded are dropped when another stage starts (reloaded later)
+
+
 class RAGPipeline:
     """Embedder + Qdrant store + optional reranker + optional generator, loaded on first use."""
 
@@ -43,52 +147,65 @@ class RAGPipeline:
         self,
         store: VectorStore,
         *,
-        embedding_model: str | None = DEFAULT_EMBEDDING_MODEL,
-        reranker_model: str | None = DEFAULT_RERANKER_MODEL,
-        generator: str | Callable[[str, Sequence[Hit]], str] | None = DEFAULT_GENERATOR_MODEL,
+        embedding: ModelSpec | str | None = DEFAULT_EMBEDDING_MODEL,
+        reranking: ModelSpec | str | None = DEFAULT_RERANKER_MODEL,
+        generation: ModelSpec | str | Callable[[str, Sequence[Hit]], str] | None = DEFAULT_GENERATOR_MODEL,
+        retrieval: RetrievalSettings | None = None,
         device: str | None = None,
         torch_dtype: str | torch.dtype | None = None,
-        dim: int | None = None,
-        candidates: int | None = None,
-        rerank_budget: int | None = -1,
-        query_instruction: str = QUERY_INSTRUCTION,
         offload: bool | None = None,
-        model_kwargs: Mapping[str, Any] | None = None,
-        media_options: Mapping[str, Any] | None = None,
-        generator_options: Mapping[str, Any] | None = None,
-        embedder: Any = None,
-        reranker: Any = None,
-        layout: VectorLayout | None = None,
-        search_options: SearchOptions | Mapping[str, Any] | None = None,
+        **legacy: Any,
     ) -> None:
+        """``embedding`` / ``reranking`` / ``generation``: each role's :class:`ModelSpec` (or just a hub id or
+        folder; ``embedding=None``: the model the collection was built with; ``reranking=None``: stage one only;
+        ``generation=None``: no answers, or a callable ``(question, hits) -> str``). ``retrieval``: the
+        :class:`RetrievalSettings`. ``device`` / ``torch_dtype`` / ``offload``: where and how the models run.
+
+        Version 0.2's keywords are still accepted and mean the same: ``embedding_model``, ``embedder``,
+        ``reranker_model``, ``reranker``, ``generator``, ``generator_options``, ``media_options`` (the embedder's and
+        the reranker's), ``model_kwargs`` (every model's), and ``dim``, ``candidates``, ``rerank_budget``,
+        ``query_instruction``, ``layout``, ``search_options`` (the retrieval settings')."""
+        embedding_spec, reranking_spec, generation_spec, settings = _from_legacy(
+            legacy, ModelSpec.of(embedding), ModelSpec.of(reranking), ModelSpec.of(generation), retrieval
+        )
         self.store = store
         # a new collection's vector layout (None: chosen for its dimension, VectorLayout.choose); an existing
         # collection keeps its own, and a different one asked for here is refused
-        self.layout = layout
+        self.layout = settings.layout
         self.search_options = (
-            search_options if isinstance(search_options, SearchOptions) else SearchOptions.from_mapping(search_options)
+            settings.search
+            if isinstance(settings.search, SearchOptions)
+            else SearchOptions.from_mapping(settings.search)
         )
-        self.embedding_model = embedding_model
-        self.reranker_model = reranker_model
-        self.generator_spec = generator
+        self.embedding_model = embedding_spec.name if embedding_spec else None
+        self.reranker_model = reranking_spec.name if reranking_spec else None
+        self.generator_spec: str | Callable[[str, Sequence[Hit]], str] | None = None
+        if generation_spec is not None:
+            self.generator_spec = generation_spec.name or generation_spec.model
         self.device = device
         self.torch_dtype = torch_dtype
-        self.dim = dim
+        self.dim = settings.dim
         # None: 50 on a GPU, fewer on a CPU (retriever.default_candidates)
-        self.candidates = candidates if candidates is not None else default_candidates(resolve_device(device))
+        self.candidates = (
+            settings.candidates if settings.candidates is not None else default_candidates(resolve_device(device))
+        )
         # -1: by device (a budget on a CPU, none on a GPU); None or 0: none
-        self.rerank_budget = default_rerank_budget(resolve_device(device)) if rerank_budget == -1 else rerank_budget
-        self.query_instruction = query_instruction
+        budget = settings.rerank_budget
+        self.rerank_budget = default_rerank_budget(resolve_device(device)) if budget == -1 else budget
+        self.query_instruction = settings.query_instruction
         self.offload = offload
-        self.model_kwargs = dict(model_kwargs or {})
-        # the embedder's and reranker's media settings (max_pixels, max_frames, fps, ...): the speed/quality knobs
-        self.media_options = dict(media_options or {})
-        self.generator_options = dict(generator_options or {})
-        self._embedder = embedder
-        self._reranker = reranker
+        # each role's model-class options (the embedder's and reranker's media settings -- max_pixels, max_frames,
+        # fps -- are the speed/quality knobs)
+        self.embedding_options = dict(embedding_spec.options) if embedding_spec else {}
+        self.reranking_options = dict(reranking_spec.options) if reranking_spec else {}
+        self.generator_options = dict(generation_spec.options) if generation_spec else {}
+        self._embedder = embedding_spec.model if embedding_spec else None
+        self._reranker = reranking_spec.model if reranking_spec else None
         self.timings: list[tuple[str, float, float]] = []
         self._owned: set[str] = set()  # the models this pipeline loaded (and so may drop and load again)
-        self._generator: Callable[[str, Sequence[Hit]], str] | None = None if isinstance(generator, str) else generator
+        self._generator: Callable[[str, Sequence[Hit]], str] | None = (
+            None if isinstance(self.generator_spec, str) else self.generator_spec
+        )
 
     @classmethod
     def open(
@@ -125,7 +242,7 @@ class RAGPipeline:
         logger.info("loading %s model %s", what, name)
         try:
             with self.timed(f"load {what} model"):
-                return factory(name, device=self.device, torch_dtype=self.torch_dtype, **options, **self.model_kwargs)
+                return factory(name, device=self.device, torch_dtype=self.torch_dtype, **options)
         except (OSError, ValueError) as exc:
             where = "a local folder" if Path(name).exists() else "a hub id or a local folder"
             raise ModelLoadError(f"cannot load the {what} model {name!r} ({where}): {exc}") from None
@@ -139,7 +256,7 @@ class RAGPipeline:
             name = self.embedding_model
             if name is None:  # take the model the collection was built with
                 name = self.store.open(create=False).model
-            self._embedder = self._load("embedding", Qwen3VLEmbedder, name, **self.media_options)
+            self._embedder = self._load("embedding", Qwen3VLEmbedder, name, **self.embedding_options)
             self._owned.add("embedder")
         return self._on_device(self._embedder)
 
@@ -151,7 +268,7 @@ class RAGPipeline:
         if self._reranker is None:
             from .models.reranker import Qwen3VLReranker
 
-            self._reranker = self._load("reranker", Qwen3VLReranker, self.reranker_model, **self.media_options)
+            self._reranker = self._load("reranker", Qwen3VLReranker, self.reranker_model, **self.reranking_options)
             self._owned.add("reranker")
         return self._on_device(self._reranker)
 
@@ -172,20 +289,18 @@ class RAGPipeline:
         return self.generator_spec is not None or self._generator is not None
 
     @property
-    def staging(self) -> str:
-        """How the models share memory: ``"keep"`` (all stay loaded), ``"move"`` (a GPU holds only the running
-        stage's model; the others wait on the CPU) or ``"free"`` (on the CPU, the models this pipeline loaded are
-        dropped when another stage starts, and loaded again when needed)."""
+    def staging(self) -> Staging:
+        """How the models share memory (:class:`Staging`)."""
         if self.offload is False:
-            return "keep"
+            return Staging.KEEP
         on_gpu = resolve_device(self.device).type == "cuda"
         if on_gpu:
-            return "move" if self.offload else "keep"
-        return "free"
+            return Staging.MOVE if self.offload else Staging.KEEP
+        return Staging.FREE
 
     def _enter(self, stage: str) -> None:
         """Before ``stage`` runs (and before its model loads): make room for it."""
-        if self.staging != "free":
+        if self.staging is not Staging.FREE:
             return
         dropped = [name for name in STAGES if name != stage and name in self._owned]
         for name in dropped:
@@ -197,7 +312,7 @@ class RAGPipeline:
 
     def _on_device(self, component: Any) -> Any:
         """When moving, the running stage's model goes to the GPU and the others to the CPU."""
-        if self.staging != "move" or not hasattr(component, "to"):
+        if self.staging is not Staging.MOVE or not hasattr(component, "to"):
             return component
         home = resolve_device(self.device)
         for other in (self._embedder, self._reranker, self._generator):
@@ -244,8 +359,7 @@ class RAGPipeline:
                 name,
                 device_type="cuda" if options.gpus_per_actor else "cpu",
                 torch_dtype=self.torch_dtype,
-                **self.media_options,
-                **self.model_kwargs,
+                **self.embedding_options,
             )
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None

@@ -46,11 +46,31 @@ def test_the_command_line_answers_help_version_and_usage_errors_without_torch(ar
 
 def test_the_public_api_is_pinned_and_lazy():
     assert retrieval_pipeline.__all__ == [
+        "Answer",
+        "CollectionMismatchError",
+        "CollectionNotFoundError",
+        "Hit",
+        "IndexReport",
+        "Indexer",
+        "IngestOptions",
         "InputError",
         "LimitError",
+        "ModelLoadError",
+        "ModelSpec",
         "PreparedRerank",
         "Qwen3VLEmbedder",
+        "Qwen3VLGenerator",
         "Qwen3VLReranker",
+        "RAGError",
+        "RAGPipeline",
+        "RetrievalSettings",
+        "SearchOptions",
+        "Staging",
+        "StoreError",
+        "TwoStageRetriever",
+        "VectorLayout",
+        "VectorStore",
+        "open_store",
         "__version__",
     ]
     assert retrieval_pipeline.__version__ == version("qwen3-vl-rag")
@@ -58,6 +78,8 @@ def test_the_public_api_is_pinned_and_lazy():
     from retrieval_pipeline.models.embedder import Qwen3VLEmbedder
 
     assert retrieval_pipeline.InputError is InputError and retrieval_pipeline.Qwen3VLEmbedder is Qwen3VLEmbedder
+    for name in retrieval_pipeline.__all__:  # every documented name resolves
+        assert getattr(retrieval_pipeline, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         retrieval_pipeline.Nope  # noqa: B018
 

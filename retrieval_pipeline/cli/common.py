@@ -312,7 +312,7 @@ def make_pipeline(
     with no ``--embedding-model``, the collection's own model when it exists. ``server``: a server keeps what it
     serves loaded (``--offload`` only moves models off a GPU). ``new_layout``: the layout options apply (a command
     that may create the collection)."""
-    from ..pipeline import RAGPipeline
+    from ..pipeline import ModelSpec, RAGPipeline, RetrievalSettings
 
     embedding = args.embedding_model
     if embedding is None:
@@ -321,21 +321,25 @@ def make_pipeline(
     offload = args.offload
     if server:  # a server keeps what it serves loaded; --offload only moves models off a GPU
         offload = bool(offload) and model_device(args).type == "cuda"
-    return RAGPipeline(
-        store,
-        embedding_model=embedding if "embed" in models else None,
-        reranker_model=(args.reranker_model or DEFAULT_RERANKER_MODEL) if "rerank" in models else None,
-        generator=generator if "generate" in models else None,
-        device=args.device,
-        torch_dtype=args.dtype,
+    media = media_options(args)
+    retrieval = RetrievalSettings(
         dim=getattr(args, "dim", None),
         candidates=getattr(args, "candidates", None),
         rerank_budget=getattr(args, "rerank_budget", -1) or None,
-        media_options=media_options(args),
-        offload=offload,
-        generator_options=generator_options(args),
+        search=search_options(args),
         layout=layout(args) if new_layout else None,
-        search_options=search_options(args),
+    )
+    reranker = args.reranker_model or DEFAULT_RERANKER_MODEL
+    return RAGPipeline(
+        store,
+        # a ModelSpec without a name: the model the collection was built with
+        embedding=ModelSpec(embedding, options=media) if "embed" in models else None,
+        reranking=ModelSpec(reranker, options=media) if "rerank" in models else None,
+        generation=ModelSpec(generator, options=generator_options(args)) if "generate" in models else None,
+        retrieval=retrieval,
+        device=args.device,
+        torch_dtype=args.dtype,
+        offload=offload,
     )
 
 

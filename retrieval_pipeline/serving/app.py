@@ -63,7 +63,9 @@ def create_app(
     ``/v1/search`` and ``/v1/ask``; its embedder / reranker are used when ``embedder`` / ``reranker`` are None."""
     config = config or ServerConfig()
     if pipeline is not None:
-        if pipeline.staging == "free":  # a server keeps what it serves loaded (no stage-wise residency on a CPU)
+        from ..pipeline import Staging
+
+        if pipeline.staging is Staging.FREE:  # a server keeps what it serves loaded (no stage-wise residency on a CPU)
             pipeline.offload = False
         embedder = embedder or pipeline.embedder
         reranker = reranker or pipeline.reranker  # None when the pipeline has no reranker
