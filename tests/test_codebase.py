@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("retrieval_pipeline", "integrations")
+PACKAGES = ("retrieval_pipeline", "integrations")  # the second: version 0.2's import path of the adapters
 MAX_FUNCTION_LINES = 80  # a reader can follow one function on one screen or two
 
 

@@ -17,10 +17,10 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.schema import Document as LIDocument
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from integrations.llama_index import Qwen3VLEmbedding, Qwen3VLLLM, Qwen3VLRetriever
-from integrations.llama_index import Qwen3VLRerank as LIRerank
 from retrieval_pipeline import InputError, Qwen3VLEmbedder
 from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.integrations.llama_index import Qwen3VLEmbedding, Qwen3VLLLM, Qwen3VLRetriever
+from retrieval_pipeline.integrations.llama_index import Qwen3VLRerank as LIRerank
 from retrieval_pipeline.models.runtime import UnknownArgumentError
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION, TwoStageRetriever
 from retrieval_pipeline.store import EdgeStore
@@ -59,7 +59,7 @@ def test_the_framework_options_stay_the_framework_s_and_unknown_ones_are_named(e
         Qwen3VLEmbedding(model_name=str(TINY), top_k=3)
     with pytest.raises(TypeError, match=r"Qwen3VLEmbedder: unknown argument 'top_k'.*max_pixels"):
         Qwen3VLEmbedder(str(TINY), top_k=3)
-    from integrations.langchain import Qwen3VLEmbeddings
+    from retrieval_pipeline.integrations.langchain import Qwen3VLEmbeddings
 
     with pytest.raises(TypeError, match=r"Qwen3VLEmbeddings: unknown argument 'top_k'"):
         Qwen3VLEmbeddings(model_name=str(TINY), top_k=3)
@@ -86,8 +86,8 @@ def test_llama_index_round_trips_rebuild_the_same_model(small_embedder):
 
 
 def test_every_adapter_pickles_with_its_settings(reranker, generator):
-    from integrations.langchain import ChatQwen3VL, Qwen3VLEmbeddings
-    from integrations.langchain import Qwen3VLRerank as LCRerank
+    from retrieval_pipeline.integrations.langchain import ChatQwen3VL, Qwen3VLEmbeddings
+    from retrieval_pipeline.integrations.langchain import Qwen3VLRerank as LCRerank
 
     rr = LIRerank(reranker=reranker, top_n=2)
     again = pickle.loads(pickle.dumps(rr))
@@ -188,8 +188,8 @@ def test_a_pipeline_writes_media_nodes_into_llama_index_s_qdrant_store(small_emb
 def test_image_queries_take_the_query_instruction_everywhere(embedder, reranker, tmp_path):
     from llama_index.core.indices import MultiModalVectorStoreIndex
 
-    from integrations.langchain import Qwen3VLEmbeddings
-    from integrations.langchain import Qwen3VLRetriever as LCRetriever
+    from retrieval_pipeline.integrations.langchain import Qwen3VLEmbeddings
+    from retrieval_pipeline.integrations.langchain import Qwen3VLRetriever as LCRetriever
 
     query = embedder.embed([{"image": CHELSEA}], instruction=QUERY_INSTRUCTION)[0]
     li = Qwen3VLEmbedding(embedder=embedder)
@@ -315,7 +315,7 @@ def test_an_async_consumer_that_stops_early_stops_the_generation(generator):
 def test_langchain_streaming_equals_the_answer_images_included(generator):
     from langchain_core.messages import HumanMessage
 
-    from integrations.langchain import ChatQwen3VL
+    from retrieval_pipeline.integrations.langchain import ChatQwen3VL
 
     chat = ChatQwen3VL(generator=generator, max_tokens=8)
     message = HumanMessage(content=[{"type": "text", "text": "What is this?"}, {"type": "image", "url": CHELSEA}])
@@ -349,7 +349,12 @@ def test_media_documents_go_into_any_vector_store_as_their_media(embedder, reran
     from langchain_core.documents import Document
     from langchain_core.vectorstores import InMemoryVectorStore
 
-    from integrations.langchain import Qwen3VLEmbeddings, Qwen3VLRerank, add_images, add_media_documents
+    from retrieval_pipeline.integrations.langchain import (
+        Qwen3VLEmbeddings,
+        Qwen3VLRerank,
+        add_images,
+        add_media_documents,
+    )
 
     emb = Qwen3VLEmbeddings(embedder=embedder)
     if kind == "qdrant":
@@ -380,7 +385,7 @@ def test_media_documents_go_into_any_vector_store_as_their_media(embedder, reran
 def test_a_store_that_takes_text_only_is_refused_by_name(embedder):
     from langchain_core.vectorstores import VectorStore
 
-    from integrations.langchain import Qwen3VLEmbeddings, add_images
+    from retrieval_pipeline.integrations.langchain import Qwen3VLEmbeddings, add_images
 
     class TextOnly(VectorStore):
         def __init__(self, embedding):

@@ -22,9 +22,15 @@ from langchain_tests.integration_tests import (
 )
 from langchain_tests.unit_tests import ChatModelUnitTests, EmbeddingsUnitTests
 
-from integrations.langchain import ChatQwen3VL, Qwen3VLEmbeddings, Qwen3VLRerank, Qwen3VLRetriever, add_images
 from retrieval_pipeline import InputError
 from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.integrations.langchain import (
+    ChatQwen3VL,
+    Qwen3VLEmbeddings,
+    Qwen3VLRerank,
+    Qwen3VLRetriever,
+    add_images,
+)
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 from retrieval_pipeline.store import EdgeStore
 
@@ -330,7 +336,7 @@ def test_native_retriever_in_an_lcel_chain(embedder, reranker, tmp_path):
 def test_chat_model_sees_images(generator):
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    from integrations.langchain import ChatQwen3VL
+    from retrieval_pipeline.integrations.langchain import ChatQwen3VL
 
     chat = ChatQwen3VL(generator=generator, max_new_tokens=8)
     message = HumanMessage(
@@ -348,7 +354,7 @@ def test_chat_model_sees_images(generator):
 
 
 def test_retrievers_default_to_the_cli_store(embedder, tmp_path, monkeypatch):
-    from integrations.llama_index import Qwen3VLRetriever as LlamaIndexRetriever
+    from retrieval_pipeline.integrations.llama_index import Qwen3VLRetriever as LlamaIndexRetriever
     from retrieval_pipeline.store import default_db
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
@@ -398,9 +404,9 @@ def test_deprecated_adapter_names_keep_working(embedder, reranker):
 
 
 def test_injected_models_name_themselves_and_defaults_come_from_the_core(embedder, reranker, generator):
-    from integrations import _common
-    from integrations.langchain import chat_model, embeddings, rerank
+    from retrieval_pipeline.integrations import _common
     from retrieval_pipeline import pipeline
+    from retrieval_pipeline.integrations.langchain import chat_model, embeddings, rerank
 
     assert embeddings.DEFAULT_MODEL == pipeline.DEFAULT_EMBEDDING_MODEL == _common.DEFAULT_MODELS["embedding"]
     assert rerank.DEFAULT_MODEL == pipeline.DEFAULT_RERANKER_MODEL
@@ -427,7 +433,7 @@ def test_chat_model_options(generator):
 
 
 def test_both_retrievers_open_an_indexed_folder_with_from_path(embedder, tmp_path):
-    from integrations.llama_index import Qwen3VLRetriever as LlamaIndexRetriever
+    from retrieval_pipeline.integrations.llama_index import Qwen3VLRetriever as LlamaIndexRetriever
 
     store = EdgeStore(tmp_path / "edge", "notes")
     Indexer(embedder, store).index_items(["a cat on a sofa", "a rocket", "a cup of coffee"])

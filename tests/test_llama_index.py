@@ -19,9 +19,9 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
-from integrations.llama_index import Qwen3VLEmbedding, Qwen3VLRerank, Qwen3VLRetriever
 from retrieval_pipeline import InputError
 from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.integrations.llama_index import Qwen3VLEmbedding, Qwen3VLRerank, Qwen3VLRetriever
 from retrieval_pipeline.retriever import QUERY_INSTRUCTION
 from retrieval_pipeline.store import EdgeStore
 
@@ -281,7 +281,7 @@ def test_qwen3vl_llm_multimodal_query_engine(li_embed, li_rerank, generator, fol
     from llama_index.core.llms import ChatMessage, ImageBlock, TextBlock
     from llama_index.vector_stores.qdrant import QdrantVectorStore
 
-    from integrations.llama_index import Qwen3VLLLM
+    from retrieval_pipeline.integrations.llama_index import Qwen3VLLLM
 
     llm = Qwen3VLLLM(generator=generator, max_new_tokens=8)
     assert llm.metadata.is_chat_model and Qwen3VLLLM.class_name() == "Qwen3VLLLM"
@@ -356,7 +356,7 @@ def test_rerank_emits_llama_index_reranking_events(reranker, media_server):
 
 
 def test_deprecated_names_keep_working(embedder, reranker, generator):
-    from integrations.llama_index import Qwen3VLLLM
+    from retrieval_pipeline.integrations.llama_index import Qwen3VLLLM
 
     with pytest.warns(DeprecationWarning, match="'text_instruction' is deprecated, use 'document_instruction'"):
         old = Qwen3VLEmbedding(embedder=embedder, text_instruction="Represent the passage.")
@@ -384,8 +384,8 @@ def test_video_key_is_video_and_the_old_key_is_still_read(li_embed, embedder):
 
 
 def test_defaults_come_from_the_core():
-    from integrations.llama_index import embeddings, llm, rerank
     from retrieval_pipeline import pipeline
+    from retrieval_pipeline.integrations.llama_index import embeddings, llm, rerank
 
     assert embeddings.DEFAULT_MODEL == pipeline.DEFAULT_EMBEDDING_MODEL
     assert rerank.DEFAULT_MODEL == pipeline.DEFAULT_RERANKER_MODEL

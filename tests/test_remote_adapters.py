@@ -28,7 +28,7 @@ def url(embedder, reranker):
 def test_langchain_adapters_through_the_server(url, embedder, reranker):
     from langchain_core.documents import Document
 
-    from integrations.langchain import Qwen3VLEmbeddings, Qwen3VLRerank
+    from retrieval_pipeline.integrations.langchain import Qwen3VLEmbeddings, Qwen3VLRerank
 
     remote = Qwen3VLEmbeddings(base_url=url)
     assert isinstance(remote.embedder, RemoteEmbedder)
@@ -51,7 +51,7 @@ def test_langchain_adapters_through_the_server(url, embedder, reranker):
 def test_llama_index_adapters_through_the_server(url, embedder, reranker):
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-    from integrations.llama_index import Qwen3VLEmbedding, Qwen3VLRerank
+    from retrieval_pipeline.integrations.llama_index import Qwen3VLEmbedding, Qwen3VLRerank
 
     remote = Qwen3VLEmbedding(base_url=url)
     got = np.array(remote.get_text_embedding_batch(TEXTS))
@@ -88,6 +88,6 @@ def test_the_same_errors(url, embedder):
     with pytest.raises(ModelLoadError, match="cannot be reached"):
         RemoteEmbedder("http://127.0.0.1:9")
     with pytest.raises(ValueError, match="base_url= uses the server's model"):
-        from integrations.langchain import Qwen3VLEmbeddings
+        from retrieval_pipeline.integrations.langchain import Qwen3VLEmbeddings
 
         Qwen3VLEmbeddings(base_url=url, device="cpu")

@@ -1,0 +1,1 @@
+"""Thin framework adapters over :mod:`retrieval_pipeline` (translation only, no model logic)."""
