@@ -17,9 +17,9 @@ from retrieval_pipeline.ingest import (
     Indexer,
     IndexReport,
     IngestOptions,
+    items_of_file,
     pdf_render_scale,
     render_pdf,
-    units_for_file,
 )
 from retrieval_pipeline.retriever import TwoStageRetriever
 from retrieval_pipeline.store import CollectionSpec, EdgeStore, point_id, sources_of
@@ -160,7 +160,7 @@ def test_a_shared_point_describes_a_file_that_still_holds_it(embedder, store, tm
 def test_what_is_hashed_is_what_is_embedded(embedder, store, tmp_path, monkeypatch):
     image = tmp_path / "photo.jpg"
     shutil.copy(MEDIA / "chelsea.jpg", image)
-    [unit] = list(units_for_file(image, IngestOptions(), {}))
+    [unit] = list(items_of_file(image, IngestOptions(), {}))
     data = image.read_bytes()
     assert unit.input == {"image": data} and unit.content_key == hashlib.sha256(data).hexdigest()
 
@@ -217,7 +217,7 @@ def test_an_old_collection_keeps_its_id_scheme(embedder, store, tmp_path):
     other.open(legacy)
     report = Indexer(embedder, other).index_paths([notes], show_progress_bar=False)
     assert report.indexed == 1
-    [unit] = list(units_for_file(notes, IngestOptions(), {}))
+    [unit] = list(items_of_file(notes, IngestOptions(), {}))
     assert other.existing([point_id(unit.content_key, legacy)])  # ids still from the model name as typed
     other.close()
 

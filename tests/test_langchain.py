@@ -404,8 +404,8 @@ def test_deprecated_adapter_names_keep_working(embedder, reranker):
 
 
 def test_injected_models_name_themselves_and_defaults_come_from_the_core(embedder, reranker, generator):
-    from retrieval_pipeline.integrations import _common
     from retrieval_pipeline import pipeline
+    from retrieval_pipeline.integrations import _common
     from retrieval_pipeline.integrations.langchain import chat_model, embeddings, rerank
 
     assert embeddings.DEFAULT_MODEL == pipeline.DEFAULT_EMBEDDING_MODEL == _common.DEFAULT_MODELS["embedding"]

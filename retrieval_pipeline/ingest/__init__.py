@@ -26,20 +26,26 @@ from __future__ import annotations
 from ..records import PDF_DPI, PDF_MAX_PIXELS, PDF_RENDER_PIXELS_CAP, PDF_RENDER_SIDE_CAP, pdf_render_scale
 from .discover import PDF_EXTENSIONS, TEXT_EXTENSIONS, VIDEO_EXTENSIONS, discover, modality_of
 from .indexer import BULK_LOAD_FILES, GROUP_SIZE, Indexer, dtype_name, embed_isolating
-from .options import CHUNK_CHARS, CHUNK_OVERLAP, MAX_TEXT_BYTES, IngestOptions
-from .report import Failure, IndexReport, UnitFailure, display_path
-from .units import (
-    Unit,
+from .items import (
+    Item,
     chunk_text,
     file_content_key,
     file_digest,
     indexed_file_hash,
+    item_for_input,
+    items_of_file,
     render_pdf,
-    unit_for_item,
-    units_for_file,
     video_duration,
     work_estimate,
 )
+from .options import CHUNK_CHARS, CHUNK_OVERLAP, MAX_TEXT_BYTES, IngestOptions
+from .report import Failure, IndexReport, ItemFailure, display_path
+
+# version 0.2's names
+Unit = Item
+UnitFailure = ItemFailure
+units_for_file = items_of_file
+unit_for_item = item_for_input
 
 __all__ = [
     "BULK_LOAD_FILES",
@@ -58,8 +64,8 @@ __all__ = [
     "IndexReport",
     "Indexer",
     "IngestOptions",
-    "Unit",
-    "UnitFailure",
+    "Item",
+    "ItemFailure",
     "chunk_text",
     "discover",
     "display_path",
@@ -71,8 +77,8 @@ __all__ = [
     "modality_of",
     "pdf_render_scale",
     "render_pdf",
-    "unit_for_item",
-    "units_for_file",
+    "item_for_input",
+    "items_of_file",
     "video_duration",
     "work_estimate",
 ]

@@ -4,7 +4,7 @@ over a cluster.
 The plan is Ray Data's batch-inference shape::
 
     files (discovered on the driver)
-      -> read        CPU tasks: read, hash, decode, render PDF pages, chunk text (ingest.units_for_file)
+      -> read        CPU tasks: read, hash, decode, render PDF pages, chunk text (ingest.items_of_file)
       -> present?    CPU tasks: which point ids the collection already holds, in batches (re-runs embed only those
                      missing)
       -> prepare     CPU tasks: load media and tokenise (EmbeddingPreprocessor: the processor, no weights)
@@ -40,10 +40,10 @@ from ..layout import VectorLayout
 from ..records import Record, sources_update
 from ..store import SCROLL_PAGE, CollectionSpec, Point, StoreAddress, StoreError, VectorStore
 from .indexer import BULK_LOAD_FILES, Indexer, dtype_name, point_payload, store_points
+from .items import _where, read_file
 from .ledger import Ledger, listing
 from .options import IngestOptions
-from .report import Failure, IndexReport, UnitFailure, _reason
-from .units import _where, read_file
+from .report import Failure, IndexReport, ItemFailure, _reason
 
 logger = logging.getLogger(__name__)
 
@@ -260,16 +260,16 @@ def embed_prepared_isolating(embedder: Any, encoded: list[Any], *, dim: int | No
 # the CPU stages
 
 
-def read_units(
+def read_items(
     row: Mapping[str, Any], *, options: IngestOptions, metadata: Mapping[str, Any], spec: CollectionSpec
 ) -> list[dict[str, Any]]:
-    """One file -> its item rows (:func:`~.units.read_file`: a part or the file failing is a row with its reason,
+    """One file -> its item rows (:func:`~.items.read_file`: a part or the file failing is a row with its reason,
     after the items read before it, as in one process)."""
     path = Path(os.fsdecode(row["path"]))
     file = int(row["file"])
     out: list[dict[str, Any]] = []
     for seq, unit, pid in read_file(path, options, metadata, spec):
-        if isinstance(unit, UnitFailure):
+        if isinstance(unit, ItemFailure):
             out.append({"file": file, "seq": seq, "status": "failed", "error": unit.reason, "where": unit.where})
             continue
         fields = unit.record.file_fields()
@@ -700,7 +700,7 @@ class RayExecutor:
         embedder: EmbedderSpec = ix.embedder
         items = [{"file": i, "path": os.fsencode(p)} for i, p in enumerate(files)]  # bytes: any file name
         ds = ray.data.from_items(items, override_num_blocks=read_blocks(len(items), ray.cluster_resources()))
-        ds = ds.flat_map(read_units, fn_kwargs={"options": options, "metadata": metadata, "spec": ix.spec})
+        ds = ds.flat_map(read_items, fn_kwargs={"options": options, "metadata": metadata, "spec": ix.spec})
         ds = ds.map_batches(mark_present, fn_kwargs={"access": access}, batch_size=self.ray.batch_size)
         ds = ds.map_batches(
             prepare_rows,

@@ -24,10 +24,10 @@ from ..records import (
 )
 from ..store import CollectionSpec, Point, StoreError, VectorStore, model_fingerprint, point_id
 from .discover import discover, modality_of
+from .items import Item, _where, item_for_input, read_file, work_estimate
 from .ledger import Ledger, Listing
 from .options import IngestOptions
-from .report import Failure, IndexReport, UnitFailure, _reason, display_path
-from .units import Unit, _where, read_file, unit_for_item, work_estimate
+from .report import Failure, IndexReport, ItemFailure, _reason, display_path
 
 logger = logging.getLogger(__name__)
 
@@ -205,11 +205,11 @@ class Indexer:
         self._open()
         report = IndexReport()
         ids: list[str | None] = []
-        units: list[Unit] = []
+        units: list[Item] = []
         for n, item in enumerate(items):
             own = per_item[n] if per_item is not None else None
             try:
-                unit = unit_for_item(item, {**(metadata or {}), **(own or {})})
+                unit = item_for_input(item, {**(metadata or {}), **(own or {})})
             except InputError as exc:
                 report.failed.append(Failure(f"item {n}", exc.reason))
                 ids.append(None)
@@ -283,12 +283,12 @@ class LocalExecutor:
         bulk = contextlib.ExitStack()
         if len(files) >= BULK_LOAD_FILES:  # a server builds its graph once, after the upload
             bulk.enter_context(indexer.store.bulk_load())
-        pending: list[Unit] = []
+        pending: list[Item] = []
         with bulk:
             for n, (path, cost) in enumerate(zip(files, costs)):
                 ledger.file(n, os.fspath(path))
                 for seq, unit, pid in read_file(path, options, metadata, indexer.spec):
-                    if isinstance(unit, UnitFailure):  # one part of the file (a PDF page), or the file itself
+                    if isinstance(unit, ItemFailure):  # one part of the file (a PDF page), or the file itself
                         run.fail(n, seq, unit.where, unit.reason)
                         continue
                     unit.file, unit.seq = n, seq
@@ -325,14 +325,14 @@ class _LocalRun:
             self.ledger.fail(file)
             self.order[id(failure)] = (file, seq)
 
-    def flush(self, units: list[Unit]) -> None:
+    def flush(self, units: list[Item]) -> None:
         if not units:
             return
         ix, report = self.ix, self.report
         ids = [point_id(u.content_key, ix.spec) for u in units]
         stored = ix.store.retrieve(set(ids))
-        new: dict[str, list[Unit]] = {}
-        present: dict[str, list[Unit]] = {}
+        new: dict[str, list[Item]] = {}
+        present: dict[str, list[Item]] = {}
         for pid, unit in zip(ids, units):
             (present if pid in stored else new).setdefault(pid, []).append(unit)
         for pid, group in present.items():  # stored points may gain a source, or a file's new fields
@@ -366,7 +366,7 @@ class _LocalRun:
             report.present += len(group) - 1  # the same content twice in this group
         self.upsert(points, new)
 
-    def upsert(self, points: list[Point], units: Mapping[str, list[Unit]]) -> None:
+    def upsert(self, points: list[Point], units: Mapping[str, list[Item]]) -> None:
         """Store the group; when that fails, file by file, so that only the files whose points cannot be stored
         fail. A store that takes nothing at all is broken: that is raised (exit 4), not blamed on files."""
         failed = store_points(self.ix.store, points, {p.id: units[p.id][0].file for p in points})
@@ -376,7 +376,7 @@ class _LocalRun:
                 self.fail(unit.file, unit.seq, _where(unit, pid), reason)
 
 
-def _items(units: Iterable[Unit]) -> list[tuple[str, dict[str, Any]]]:
+def _items(units: Iterable[Item]) -> list[tuple[str, dict[str, Any]]]:
     return [(u.record.source, u.record.file_fields()) for u in units]
 
 
@@ -404,7 +404,7 @@ def store_points(store: VectorStore, points: list[Point], files: Mapping[str, in
     return failed
 
 
-def point_payload(units: list[Unit], sources: Listing | None) -> dict[str, Any]:
+def point_payload(units: list[Item], sources: Listing | None) -> dict[str, Any]:
     """The stored payload: the first item's record, listing the sources that hold this content (as the
     :class:`~.ledger.Ledger` answered); checked to be storable."""
     first = units[0]

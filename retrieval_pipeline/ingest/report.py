@@ -28,7 +28,7 @@ class Failure:
 
 
 @dataclass
-class UnitFailure:
+class ItemFailure:
     """A part of a file that failed on its own (a PDF page that cannot be rendered): reported under ``where``
     while the file's other parts are indexed."""
 

@@ -33,11 +33,11 @@ from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants a
 from ..store import CollectionSpec, point_id
 from .discover import modality_of
 from .options import CHUNK_CHARS, CHUNK_OVERLAP, IngestOptions
-from .report import UnitFailure, _reason, display_path
+from .report import ItemFailure, _reason, display_path
 
 
 @dataclass
-class Unit:
+class Item:
     """One item to embed: ``content_key`` (identity), the embedder ``input`` and the ``record`` to store.
 
     ``verify`` (optional) is called after the item was embedded and before it is stored: it raises
@@ -162,27 +162,27 @@ def chunk_text(text: str, size: int = CHUNK_CHARS, overlap: int = CHUNK_OVERLAP)
 
 def read_file(
     path: Path, options: IngestOptions, metadata: Mapping[str, Any], spec: CollectionSpec
-) -> Iterator[tuple[int, Unit | UnitFailure, str]]:
+) -> Iterator[tuple[int, Item | ItemFailure, str]]:
     """A file's items in order, as (place in the file, item, point id). A part that fails on its own (a PDF page)
-    is a :class:`UnitFailure` and the rest goes on; the file failing while it is read (``MemoryError``, ``OSError``,
-    ``UnicodeError``, ...) ends it with a :class:`UnitFailure` naming the file, after the items read before."""
-    units = units_for_file(path, options, metadata)
+    is a :class:`ItemFailure` and the rest goes on; the file failing while it is read (``MemoryError``, ``OSError``,
+    ``UnicodeError``, ...) ends it with a :class:`ItemFailure` naming the file, after the items read before."""
+    units = items_of_file(path, options, metadata)
     seq = 0
     while True:
         try:
             unit = next(units)
-            pid = "" if isinstance(unit, UnitFailure) else point_id(unit.content_key, spec)
+            pid = "" if isinstance(unit, ItemFailure) else point_id(unit.content_key, spec)
         except StopIteration:
             return
         except Exception as exc:  # noqa: BLE001 - this file only
             units.close()
-            yield seq, UnitFailure(display_path(path), _reason(exc)), ""
+            yield seq, ItemFailure(display_path(path), _reason(exc)), ""
             return
         yield seq, unit, pid
         seq += 1
 
 
-def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, Any]) -> Iterator[Unit]:
+def items_of_file(path: Path, options: IngestOptions, metadata: Mapping[str, Any]) -> Iterator[Item]:
     """The items of one file. Raises :class:`InputError` (or OSError, MemoryError, ...) when it cannot be read."""
     modality = modality_of(path)
     source = os.fspath(path)
@@ -194,16 +194,16 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
     if modality == "image":
         data = _read_file(path, MAX_DOWNLOAD_BYTES)
         digest = hashlib.sha256(data).hexdigest()
-        yield Unit(file_content_key(digest), {"image": data}, replace(base, modality="image"))
+        yield Item(file_content_key(digest), {"image": data}, replace(base, modality="image"))
     elif modality == "text":
         text = _decode_text(_read_file(path, options.max_text_bytes))
         for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
             chunk = text[a:b]
             key = hashlib.sha256(chunk.encode()).hexdigest()
             record = replace(base, modality="text", text=chunk, chunk=i, span=[a, b])
-            yield Unit(f"text:{key}", {"text": chunk}, record)
+            yield Item(f"text:{key}", {"text": chunk}, record)
     elif modality == "video":
-        yield from _video_units(path, options, base)
+        yield from _video_items(path, options, base)
     elif modality == "pdf":
         data = _read_file(path)
         digest = hashlib.sha256(data).hexdigest()
@@ -211,9 +211,9 @@ def units_for_file(path: Path, options: IngestOptions, metadata: Mapping[str, An
         for page_number, image, text in render_pdf(data, options.pdf_dpi, max_pixels=max_pixels, skip_bad_pages=True):
             record = replace(base, modality="pdf-page", text=text, page=page_number)
             if image is None:  # this page failed (text holds the reason); the others go on
-                yield UnitFailure(display_path(record.describe(chunk=False)), text)
+                yield ItemFailure(display_path(record.describe(chunk=False)), text)
                 continue
-            yield Unit(file_content_key(digest, page=page_number), {"image": image}, record)
+            yield Item(file_content_key(digest, page=page_number), {"image": image}, record)
     else:
         raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
 
@@ -236,7 +236,7 @@ def indexed_file_hash(payload: Mapping[str, Any], digest: str) -> str:
     return hashlib.sha256(file_content_key(digest, page=page, segment=segment).encode()).hexdigest()
 
 
-def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[Unit]:
+def _video_items(path: Path, options: IngestOptions, base: Record) -> Iterator[Item]:
     """A video as one unit, or as fixed-length segments (``video_segment_seconds``)."""
     source = base.source
     digest, stamp = _hash_open_file(path)
@@ -245,7 +245,7 @@ def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[U
     step = options.video_segment_seconds
     if step is None or duration <= step:
         record = replace(base, modality="video", duration=duration)
-        yield Unit(file_content_key(digest), {"video": source}, record, verify)
+        yield Item(file_content_key(digest), {"video": source}, record, verify)
         return
     start = 0.0
     while start < duration:
@@ -254,7 +254,7 @@ def _video_units(path: Path, options: IngestOptions, base: Record) -> Iterator[U
             break
         segment = {"video": source, "video_start": start, "video_end": end}
         record = replace(base, modality="video", segment=[start, end], duration=duration)
-        yield Unit(file_content_key(digest, segment=(start, end)), segment, record, verify)
+        yield Item(file_content_key(digest, segment=(start, end)), segment, record, verify)
         start = end
 
 
@@ -323,7 +323,7 @@ def render_pdf(
             pdf.close()
 
 
-def unit_for_item(item: Any, metadata: Mapping[str, Any] | None = None) -> Unit:
+def item_for_input(item: Any, metadata: Mapping[str, Any] | None = None) -> Item:
     """A unit for an item given directly (str or a multimodal dict with paths / URLs): API and integrations."""
     parse_input(item)  # structural check, clear error
     if isinstance(item, str):
@@ -352,7 +352,7 @@ def unit_for_item(item: Any, metadata: Mapping[str, Any] | None = None) -> Unit:
     if modality == "mixed" or set(item) - {"text", "image", "video"} or isinstance(item.get(kinds[0]), list):
         record.modality = "mixed"
         record.item = item
-    return Unit(f"item:{key}", item, record)
+    return Item(f"item:{key}", item, record)
 
 
 def _refs(value: Any) -> list[Any]:
@@ -371,5 +371,5 @@ def _first_ref(item: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _where(unit: Unit, pid: str) -> str:
+def _where(unit: Item, pid: str) -> str:
     return display_path(unit.record.describe(chunk=False)) if unit.record.source else f"item {pid}"
