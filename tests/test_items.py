@@ -172,6 +172,7 @@ def test_a_parent_folder_swapped_for_a_link_serves_nothing_outside(embedder, tmp
 
 
 def test_media_of_a_large_image_is_bounded_and_encoded_once(embedder, tmp_path):
+    from retrieval_pipeline.media import previews
     from retrieval_pipeline.serving.routes import items as items_route
 
     corpus = tmp_path / "corpus"
@@ -185,7 +186,7 @@ def test_media_of_a_large_image_is_bounded_and_encoded_once(embedder, tmp_path):
         first = client.get(f"/v1/items/{point.id}/media")
         shown = _image(first)
         assert first.headers["content-type"] == "image/jpeg"
-        assert shown.size[0] * shown.size[1] <= items_route.MEDIA_PIXELS and shown.size[0] / shown.size[1] == 1.5
+        assert shown.size[0] * shown.size[1] <= previews.MEDIA_PIXELS and shown.size[0] / shown.size[1] == 1.5
         cached = [k for k in items_route._ENCODED.items if k[0].endswith("big.jpg")]
         assert len(cached) == 1
         assert client.get(f"/v1/items/{point.id}/media").content == first.content  # from the cache

@@ -9,12 +9,10 @@ The same bearer token as every other endpoint guards them."""
 
 from __future__ import annotations
 
-import io
 import mimetypes
 import os
 import threading
 import uuid
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from ...errors import CollectionNotFoundError, InputError
+from ...media import previews
 from ..error_handlers import error_response
 from ..schemas import ERRORS
 from ..state import ServingState, State
@@ -120,29 +119,6 @@ async def item(point: str, state: State) -> dict[str, Any]:
     return data
 
 
-def _jpeg(image: Any, side: int) -> bytes:
-    image = image.convert("RGB")
-    image.thumbnail((side, side))
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=82)
-    return out.getvalue()
-
-
-def _png(image: Any) -> bytes:
-    out = io.BytesIO()
-    _bounded(image.convert("RGB")).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _bounded(image: Any) -> Any:
-    """At most :data:`MEDIA_PIXELS` pixels (aspect kept): what a page shows of a large image."""
-    pixels = image.size[0] * image.size[1]
-    if pixels > MEDIA_PIXELS:
-        scale = (MEDIA_PIXELS / pixels) ** 0.5
-        image.thumbnail((max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
-    return image
-
-
 class _EncodedCache:
     """Encoded media by (file, size, modification time, page), within a byte budget (oldest out first): a viewer
     asking for the same large image again costs nothing."""
@@ -168,65 +144,24 @@ class _EncodedCache:
             self.used += size
 
 
-@lru_cache(maxsize=8)
-def placeholder(side: int, modality: str) -> bytes:
-    """A neutral grey card with the modality's name: what a grid shows when the source is gone."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (side, side * 3 // 4), (224, 224, 228))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([4, 4, image.width - 5, image.height - 5], outline=(160, 160, 168), width=2)
-    draw.text((14, image.height // 2 - 6), f"{modality}: unavailable", fill=(90, 90, 96))
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=80)
-    return out.getvalue()
-
-
-def _poster(path: str, start: float) -> Any:
-    """The frame at ``start`` seconds (a video segment's poster), decoded alone after the header checks."""
-    import decord
-    from PIL import Image
-
-    from ...media.video import native_stderr_to_log, probe
-
-    header = probe(path)  # size / length limits first: a hostile file is refused before decoding
-    with native_stderr_to_log():
-        reader = decord.VideoReader(path, num_threads=1)
-        index = min(max(0, int(start * header.fps)), max(0, len(reader) - 1))
-        frame = reader[index].asnumpy()
-    return Image.fromarray(frame)
-
-
 def _visual(payload: dict[str, Any], path: str, *, full: bool) -> Any:
-    """The item as a PIL image (None for text): the image, the rendered page, the poster frame."""
-    from ...media import decode_image
-    from ...records import render_pdf_page
-
-    modality = payload.get("modality")
-    if modality == "image":
-        # the ingestion decoder: a file swapped for a decompression bomb since indexing is refused before decoding;
-        # a large JPEG is decoded at a reduced scale (what is shown is at most MEDIA_PIXELS anyway)
-        return decode_image(path, os.path.basename(path), draft_pixels=MEDIA_PIXELS)
-    if modality == "pdf-page":
-        return render_pdf_page(path, int(payload.get("page") or 1), dpi=144 if full else 48)
-    if modality == "video":
-        segment = payload.get("segment") or [0.0, 0.0]
-        return _poster(path, float(segment[0]))
-    return None
+    segment = payload.get("segment") or [0.0, 0.0]
+    page = int(payload.get("page") or 1)
+    return previews.visual(payload.get("modality"), path, page=page, start=float(segment[0]), full=full)
 
 
 def _thumbnail(payload: dict[str, Any], side: int) -> tuple[bytes, str | None]:
     local, why = _local_source(payload)
     modality = str(payload.get("modality") or "item")
     if local is None:
-        return placeholder(side, modality), why
+        return previews.placeholder(side, modality), why
     try:
         image = _visual(payload, local, full=False)
     except (InputError, OSError, ValueError, RuntimeError) as exc:
-        return placeholder(side, modality), _reason(exc, local)
+        return previews.placeholder(side, modality), _reason(exc, local)
     if image is None:
-        return placeholder(side, modality), "text items have no picture: show their text"
-    return _jpeg(image, side), None
+        return previews.placeholder(side, modality), "text items have no picture: show their text"
+    return previews.jpeg(image, side), None
 
 
 @router.get("/v1/items/{point}/thumbnail", responses=ERRORS)
@@ -249,12 +184,11 @@ def _header(text: str | None) -> str:
 
 def _placeholder_response(modality: str, why: str | None) -> Response:
     headers = {PLACEHOLDER_HEADER: _header(why)}
-    return Response(placeholder(MAX_THUMBNAIL_SIDE, modality), media_type="image/jpeg", headers=headers)
+    return Response(previews.placeholder(MAX_THUMBNAIL_SIDE, modality), media_type="image/jpeg", headers=headers)
 
 
 # What /media shows of an image or page: at most this many pixels (a 9400x9400 photo took +676 MiB and 4 s per GET
 # at full size), encoded once per file version into a cache of at most MEDIA_CACHE_BYTES.
-MEDIA_PIXELS = 16 * 1024 * 1024
 MEDIA_CACHE_BYTES = 64 * 1024 * 1024
 _ENCODED = _EncodedCache(MEDIA_CACHE_BYTES)
 
@@ -267,9 +201,9 @@ def _encoded_media(payload: dict[str, Any], local: str) -> tuple[bytes, str]:
         return cached
     image = _visual(payload, local, full=True)
     if local.lower().endswith((".jpg", ".jpeg")):
-        value = (_jpeg(_bounded(image), 1 << 15), "image/jpeg")
+        value = (previews.jpeg(previews.bounded(image), 1 << 15), "image/jpeg")
     else:
-        value = (_png(image), "image/png")
+        value = (previews.png(image), "image/png")
     _ENCODED.put(key, value)
     return value
 
