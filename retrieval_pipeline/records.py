@@ -22,15 +22,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .media.pdf import (  # noqa: F401 - the PDF renderer lives with the media; version 0.2's path re-exports it
-    PDF_DPI,
-    PDF_MAX_PIXELS,
-    PDF_RENDER_PIXELS_CAP,
-    PDF_RENDER_SIDE_CAP,
-    PDFIUM_LOCK,
-    pdf_render_scale,
-    render_page,
-    render_pdf_page,
+from .media.pdf import (  # the PDF renderer lives with the media; version 0.2's path re-exports it
+    PDF_DPI as PDF_DPI,
+)
+from .media.pdf import (
+    PDF_MAX_PIXELS as PDF_MAX_PIXELS,
+)
+from .media.pdf import (
+    PDF_RENDER_PIXELS_CAP as PDF_RENDER_PIXELS_CAP,
+)
+from .media.pdf import (
+    PDF_RENDER_SIDE_CAP as PDF_RENDER_SIDE_CAP,
+)
+from .media.pdf import (
+    PDFIUM_LOCK as PDFIUM_LOCK,
+)
+from .media.pdf import (
+    pdf_render_scale as pdf_render_scale,
+)
+from .media.pdf import (
+    render_page as render_page,
+)
+from .media.pdf import (
+    render_pdf_page as render_pdf_page,
 )
 
 MODALITIES = ("text", "image", "video", "pdf-page", "mixed")

@@ -10,11 +10,12 @@ import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .layout import SearchOptions
 from .media import InputError, InputLike, parse_input
 from .models.encoding import estimate_text_tokens, estimate_vision_tokens
+from .protocols import Embedder, Reranker
 from .records import Record
 from .store import CollectionSpec, VectorStore
 
@@ -134,9 +135,9 @@ class TwoStageRetriever:
 
     def __init__(
         self,
-        embedder: Any,
+        embedder: Embedder | Callable[[], Embedder],
         store: VectorStore,
-        reranker: Any = None,
+        reranker: Reranker | Callable[[], Reranker | None] | None = None,
         *,
         candidates: int = CANDIDATES,
         query_instruction: str = QUERY_INSTRUCTION,
@@ -160,8 +161,10 @@ class TwoStageRetriever:
     @property
     def embedder(self) -> Any:
         """The embedder (resolved now when the retriever was given a function)."""
-        provider = callable(self._embedder) and not hasattr(self._embedder, "embed")
-        return self._embedder() if provider else self._embedder
+        given = self._embedder
+        if callable(given) and not hasattr(given, "embed"):  # a function that gives the embedder
+            return given()
+        return cast(Embedder, given)
 
     def _spec(self, embedder: Any) -> CollectionSpec:
         spec = self.store.open(create=False)
@@ -213,7 +216,8 @@ class TwoStageRetriever:
     def rerank_hits(self, query: InputLike, hits: list[Hit], *, at_least: int = 1) -> list[Hit]:
         """Stage two on given candidates: reranker scores, best first. With a ``rerank_budget``, the best
         ``at_least`` candidates are reranked whatever it says (the hits returned are always reranked ones)."""
-        reranker = self.reranker if hasattr(self.reranker, "score") else self.reranker()
+        given = self.reranker
+        reranker = cast(Reranker, given) if hasattr(given, "score") else cast(Callable[[], Reranker], given)()
         usable: list[Hit] = []
         unusable: list[Hit] = []
         for hit in hits:

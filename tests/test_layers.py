@@ -19,6 +19,7 @@ RULES = {
     "retrieval_pipeline.ranking": ["retrieval_pipeline.*"],
     "retrieval_pipeline.layout": ["retrieval_pipeline.*"],
     "retrieval_pipeline.fingerprint": ["retrieval_pipeline.*"],
+    "retrieval_pipeline.protocols": ["retrieval_pipeline.*"],
     # L1: media (inputs, images, video, downloads, fetch) knows nothing of models, storage or anything above
     "retrieval_pipeline.media": [
         "retrieval_pipeline.models",

@@ -72,3 +72,13 @@ def test_staging_is_an_enum_that_still_compares_to_its_old_strings(store):
     assert cpu.staging is Staging.FREE and cpu.staging == "free"
     assert RAGPipeline(store, device="cpu", offload=False).staging is Staging.KEEP
     assert {s.value for s in Staging} == {"keep", "move", "free"}
+
+
+def test_the_models_satisfy_the_contracts_the_pipeline_is_written_against(embedder, reranker):
+    from retrieval_pipeline.ingest.distributed import EmbedderSpec
+    from retrieval_pipeline.protocols import Embedder, EmbedderInfo, Reranker
+
+    assert isinstance(embedder, Embedder) and isinstance(reranker, Reranker)
+    spec = EmbedderSpec(embedder.model_name_or_path)  # what Ray actors load: described, not loaded
+    assert isinstance(spec, EmbedderInfo) and not isinstance(spec, Embedder)
+    assert not isinstance(reranker, Embedder)

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -697,7 +697,7 @@ class RayExecutor:
     ) -> Any:
         import ray
 
-        embedder: EmbedderSpec = ix.embedder
+        embedder = cast(EmbedderSpec, ix.embedder)
         items = [{"file": i, "path": os.fsencode(p)} for i, p in enumerate(files)]  # bytes: any file name
         ds = ray.data.from_items(items, override_num_blocks=read_blocks(len(items), ray.cluster_resources()))
         ds = ds.flat_map(read_items, fn_kwargs={"options": options, "metadata": metadata, "spec": ix.spec})

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..layout import VectorLayout
 from ..media import InputError
+from ..protocols import Embedder, EmbedderInfo
 from ..records import (
     PDF_MAX_PIXELS,
     Record,
@@ -59,7 +60,7 @@ class Indexer:
 
     def __init__(
         self,
-        embedder: Any,
+        embedder: EmbedderInfo,
         store: VectorStore,
         *,
         dim: int | None = None,
@@ -198,7 +199,7 @@ class Indexer:
 
         ``per_item``: metadata of each item (merged over ``metadata``), part of its identity: the same content under
         two dataset ids is two points (:func:`~retrieval_pipeline.evaluate.index_dataset`)."""
-        if not callable(getattr(self.embedder, "embed", None)):
+        if not isinstance(self.embedder, Embedder):
             raise TypeError(
                 f"index_items embeds in this process and needs an embedder model, not {type(self.embedder).__name__}"
             )

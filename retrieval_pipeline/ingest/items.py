@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,9 @@ def read_file(
         seq += 1
 
 
-def items_of_file(path: Path, options: IngestOptions, metadata: Mapping[str, Any]) -> Iterator[Item]:
+def items_of_file(
+    path: Path, options: IngestOptions, metadata: Mapping[str, Any]
+) -> Generator[Item | ItemFailure, None, None]:
     """The items of one file. Raises :class:`InputError` (or OSError, MemoryError, ...) when it cannot be read."""
     modality = modality_of(path)
     source = os.fspath(path)
