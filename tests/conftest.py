@@ -249,12 +249,57 @@ class ServeProcess:
                 self.proc.wait()
 
 
+MODELS_ENV = {
+    "QWEN3VL_RAG_EMBEDDING_MODEL": str(TINY),
+    "QWEN3VL_RAG_RERANKER_MODEL": str(TINY),
+    "QWEN3VL_RAG_GENERATOR_MODEL": str(TINY),
+    "QWEN3VL_RAG_DTYPE": "float32",  # the numbers must not depend on the CI machine's CPU (--dtype auto)
+}
+
+
 @pytest.fixture
 def models_env():
     """The tiny checkpoint for every role of the command line, in float32."""
-    return {
-        "QWEN3VL_RAG_EMBEDDING_MODEL": str(TINY),
-        "QWEN3VL_RAG_RERANKER_MODEL": str(TINY),
-        "QWEN3VL_RAG_GENERATOR_MODEL": str(TINY),
-        "QWEN3VL_RAG_DTYPE": "float32",  # the numbers must not depend on the CI machine's CPU (--dtype auto)
-    }
+    return dict(MODELS_ENV)
+
+
+@pytest.fixture(scope="session")
+def indexed_corpus(tmp_path_factory):
+    """The example corpus indexed once per session, as ``qwen3vl-rag index examples/corpus`` does it (the command
+    in this process, the tiny checkpoint): collection ``default`` of an embedded store. Tests take a copy
+    (:func:`corpus_db`, :func:`copy_indexed`); those whose subject is indexing itself still index."""
+    import logging
+
+    from helpers.cli import CORPUS
+
+    from retrieval_pipeline.cli import main
+
+    db = tmp_path_factory.mktemp("indexed-corpus") / "db"
+    saved_env = {k: os.environ.get(k) for k in MODELS_ENV}
+    logger = logging.getLogger("retrieval_pipeline")
+    saved_level = logger.level
+    os.environ.update(MODELS_ENV)
+    try:
+        assert main(["index", str(CORPUS), "--db", str(db), "--quiet"]) == 0
+    finally:
+        logger.setLevel(saved_level)  # the command sets this project's log level for its terminal
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return db
+
+
+def copy_indexed(source, dest):
+    """A private copy of an indexed store folder (an embedded store serves one process at a time)."""
+    import shutil
+
+    shutil.copytree(source, dest)
+    return dest
+
+
+@pytest.fixture
+def corpus_db(indexed_corpus, tmp_path):
+    """A fresh copy of :func:`indexed_corpus` for this test."""
+    return copy_indexed(indexed_corpus, tmp_path / "db")

@@ -20,12 +20,11 @@ QUESTION = "What does the revenue chart show?"
 
 
 @pytest.fixture(scope="module")
-def server(embedder, reranker, generator, tmp_path_factory):
-    from helpers.cli import CORPUS
+def server(embedder, reranker, generator, tmp_path_factory, indexed_corpus):
+    from conftest import copy_indexed
 
-    store = EdgeStore(tmp_path_factory.mktemp("chat") / "db", "docs")
+    store = EdgeStore(copy_indexed(indexed_corpus, tmp_path_factory.mktemp("chat") / "db"), "default")
     rag = RAGPipeline(store, embedder=embedder, reranker=reranker, generator=generator, offload=False)
-    rag.index([CORPUS], show_progress_bar=False)
     app = create_app(pipeline=rag, config=ServerConfig(max_queued_generations=2))
     with LiveServer(app) as url:
         yield url, app, rag
@@ -33,15 +32,11 @@ def server(embedder, reranker, generator, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def serve_url(embedder, tmp_path_factory):
+def serve_url(tmp_path_factory, indexed_corpus):
     """A real ``qwen3vl-rag serve`` process with all three models over an indexed corpus."""
-    from conftest import ServeProcess
-    from helpers.cli import CORPUS
+    from conftest import ServeProcess, copy_indexed
 
-    db = tmp_path_factory.mktemp("chat-serve") / "db"
-    store = EdgeStore(db, "default")
-    RAGPipeline(store, embedder=embedder).index([CORPUS], show_progress_bar=False)
-    store.close()  # the embedded store serves one process: the server's
+    db = copy_indexed(indexed_corpus, tmp_path_factory.mktemp("chat-serve") / "db")
     with ServeProcess(db=db) as url:
         yield url
 

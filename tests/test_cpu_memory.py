@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, LiveServer
+from conftest import TINY, LiveServer, copy_indexed
 from helpers.cli import CORPUS, cli
 
 from retrieval_pipeline import Qwen3VLEmbedder
@@ -261,7 +261,7 @@ def test_index_bar_ends_with_the_real_counts(tmp_path, models_env):
     assert "100%" in last_bar and " left, " in last_bar
 
 
-def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env):
+def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env, indexed_corpus):
     """Qdrant Edge has no background optimizer: `index` builds the HNSW index when the unindexed vectors pass the
     indexing threshold (lowered here so the small corpus crosses it); `info` reports it; `optimize` runs it on
     demand (a segment under the threshold, set when the collection was created, stays a scan)."""
@@ -275,8 +275,7 @@ def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env):
     assert vectors["dense"]["indexed"] == vectors["dense"]["held"] == info["points"] > 0
     assert vectors["bm25"]["indexed"] == vectors["bm25"]["held"] > 0  # the corpus's text chunks and PDF pages
     assert info["index"]["indexed_vectors"] == info["points"] + vectors["bm25"]["held"]
-    plain = tmp_path / "plain"
-    assert cli("index", str(CORPUS), env=models_env, db=plain).returncode == 0  # the default threshold: a scan
+    plain = copy_indexed(indexed_corpus, tmp_path / "plain")  # indexed with the default threshold: a scan
     unindexed = json.loads(cli("info", "--json", db=plain).stdout)
     assert unindexed["index"]["vectors"]["dense"]["indexed"] == 0  # (a BM25 index exists from the first write)
     optimized = json.loads(cli("optimize", "--json", db=plain).stdout)

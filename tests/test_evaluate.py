@@ -142,9 +142,8 @@ def test_folder_indexed_items_answer_to_file_page_and_chunk_ids(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env):
-    db = tmp_path / "db"
-    assert cli("index", str(CORPUS), env=models_env, db=db).returncode == 0
+def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env, corpus_db):
+    db = corpus_db  # the example corpus, indexed by `qwen3vl-rag index` once per session
     (tmp_path / "queries.jsonl").write_text(
         "\n".join(json.dumps(q) for q in [{"_id": "a", "text": "a cat"}, {"_id": "b", "text": "revenue by quarter"}])
     )
