@@ -245,3 +245,18 @@ async def get_state(request: Request) -> ServingState:
 
 
 State = Annotated[ServingState, Depends(get_state)]
+
+
+def public_source(source: str | None, state: ServingState) -> str | None:
+    """What a client is told of a hit's source: URLs as they are, never a server path unless allowed."""
+    if not source or state.config.expose_paths or source.startswith(("http://", "https://")):
+        return source
+    path = Path(source)
+    if not path.is_absolute():
+        return source
+    if state.source_root is not None:
+        try:
+            return path.relative_to(state.source_root).as_posix()
+        except ValueError:
+            pass
+    return path.name

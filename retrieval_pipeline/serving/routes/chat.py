@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from ...media import check_text
 from ...models.generator import GenerationResult, Qwen3VLGenerator, rag_conversation
 from ..error_handlers import HTTPError
+from ..generation import chat_model, generated_pieces
 from ..schemas import (
     ERRORS,
     AssistantMessage,
@@ -37,21 +37,12 @@ from ..schemas import (
     RetrievalOptions,
     knobs,
 )
-from ..state import ServingState, State, model_name
-from .retrieval import public_source
+from ..state import ServingState, State, model_name, public_source
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
 
 DEFAULT_MAX_TOKENS = 512
-
-
-def chat_model(state: ServingState) -> Qwen3VLGenerator:
-    rag = state.pipeline
-    generator = rag.generator if rag is not None and rag.has_generator else None
-    if not isinstance(generator, Qwen3VLGenerator):
-        raise HTTPError(404, "this server has no chat (generator) model loaded", "not_found_error")
-    return generator
 
 
 def refuse_unsupported(body: ChatCompletionRequest) -> None:
@@ -289,34 +280,6 @@ def _chunk(meta: dict[str, Any], delta: dict[str, Any] | None, finish: str | Non
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def generated_pieces(
-    generator: Qwen3VLGenerator,
-    chat: list[dict[str, Any]],
-    options: dict[str, Any],
-    ticket: Any,
-    request: Request,
-    result: GenerationResult,
-) -> AsyncIterator[str]:
-    """The reply's pieces as they are generated, when the ticket's turn comes; the generation stops when the client
-    disconnects (or the consumer stops early)."""
-    queue = request.app.state.serving.generation_queue
-    cancel = threading.Event()
-    sentinel = object()
-    async with ticket:
-        pieces = generator.stream(chat, cancel=cancel, result=result, **options)
-        try:
-            while True:
-                piece = await queue.run(lambda: next(pieces, sentinel))
-                if piece is sentinel or await request.is_disconnected():
-                    break
-                yield piece
-        finally:
-            cancel.set()  # the generation stops at its next token
-            # closed (and counted) on the generation thread, after a piece it may still be waiting for; not awaited:
-            # a client that went away cancels this task
-            queue.pool.submit(_close_and_count, pieces, queue, result)
-
-
 async def stream_events(
     generator: Qwen3VLGenerator,
     chat: list[dict[str, Any]],
@@ -357,8 +320,3 @@ def stream_error(exc: BaseException) -> str:
     else:
         message, kind_type = str(exc), kind.type
     return f"data: {json.dumps({'error': {'message': message, 'type': kind_type}})}\n\n"
-
-
-def _close_and_count(pieces: Any, queue: Any, result: GenerationResult) -> None:
-    pieces.close()
-    queue.count(result)

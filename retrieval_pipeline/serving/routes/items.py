@@ -23,8 +23,7 @@ from ...errors import CollectionNotFoundError, InputError
 from ...media import previews
 from ..error_handlers import error_response
 from ..schemas import ERRORS
-from ..state import ServingState, State
-from .retrieval import public_source
+from ..state import ServingState, State, public_source
 
 router = APIRouter(tags=["items"])
 

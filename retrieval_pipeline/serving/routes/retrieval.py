@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,25 +14,11 @@ from starlette.concurrency import run_in_threadpool
 
 from ...models.generator import GenerationResult, Qwen3VLGenerator
 from ...pipeline import NO_MATCH
+from ..generation import chat_model, generated_pieces
 from ..schemas import ERRORS, AskRequest, AskResponse, SearchHit, SearchRequest, SearchResponse, knobs, plain
-from ..state import ServingState, State
+from ..state import ServingState, State, public_source
 
 router = APIRouter(tags=["retrieval"])
-
-
-def public_source(source: str | None, state: ServingState) -> str | None:
-    """What a client is told of a hit's source: URLs as they are, never a server path unless allowed."""
-    if not source or state.config.expose_paths or source.startswith(("http://", "https://")):
-        return source
-    path = Path(source)
-    if not path.is_absolute():
-        return source
-    if state.source_root is not None:
-        try:
-            return path.relative_to(state.source_root).as_posix()
-        except ValueError:
-            pass
-    return path.name
 
 
 def _hit(hit: Any, state: ServingState) -> SearchHit:
@@ -89,8 +74,6 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
                 search_options=knobs(body.search_options),
             )
         return AskResponse(question=body.question, answer=answer.text, sources=[_hit(h, state) for h in answer.sources])
-    from .chat import chat_model, generated_pieces
-
     generator = chat_model(state)
     query: Any = {"text": body.question, "image": image} if image is not None else body.question
     hits = await _search(state, rag, query, body)
