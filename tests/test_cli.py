@@ -12,7 +12,10 @@ from conftest import TINY
 from helpers.cli import CORPUS, ROOT, cli, main_here
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_main_job_index_search_ask_info(tmp_path, models_env):
+    """The main job as a user runs it: real processes."""
     db = tmp_path / "db"
     run = cli(
         "run",
@@ -67,10 +70,11 @@ def test_main_job_index_search_ask_info(tmp_path, models_env):
     assert json.loads(info.stdout)["points"] == data["index"]["indexed"]
 
 
-def test_missing_model_is_a_clear_error(tmp_path):
-    result = cli("index", str(CORPUS), "--embedding-model", str(tmp_path / "no-model"), db=tmp_path / "db")
-    assert result.returncode == 3
-    assert "cannot load the embedding model" in result.stderr and "no-model" in result.stderr
+def test_missing_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    args = ("index", str(CORPUS), "--embedding-model", str(tmp_path / "no-model"))
+    code, _, err = main_here(capsys, monkeypatch, *args, db=tmp_path / "db")
+    assert code == 3
+    assert "cannot load the embedding model" in err and "no-model" in err
 
 
 def test_missing_and_empty_collection(tmp_path, models_env, capsys, monkeypatch):
@@ -200,24 +204,27 @@ def test_a_failed_rebuild_leaves_the_old_collection_intact(tmp_path, caplog):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_damaged_store_exit_4_then_rebuild_and_prune(tmp_path, models_env):
+def test_damaged_store_exit_4_then_rebuild_and_prune(tmp_path, models_env, capsys, monkeypatch):
+    """In this process (the exit codes and messages are the point, not the process)."""
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
     db, folder = tmp_path / "db", tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("The cat sleeps on the sofa.")
     (folder / "b.txt").write_text("Rockets launch at dawn.")
-    assert cli("index", str(folder), env=models_env, db=db).returncode == 0
+    assert main_here(capsys, monkeypatch, "index", str(folder), "-q", db=db)[0] == 0
     [status] = [p for p in (db / "default" / "shard").rglob("status.dat") if p.parent.name == "vectors"]
     status.write_bytes(b"")  # a truncated file inside the shard
     for args in (("info",), ("search", "cat", "--no-rerank")):
-        result = cli(*args, env=models_env, db=db)
-        assert result.returncode == 4, (args, result.stderr)
-        assert "is damaged" in result.stderr and "--rebuild" in result.stderr and "Traceback" not in result.stderr
-    rebuilt = cli("index", str(folder), "--rebuild", "--json", env=models_env, db=db)
-    assert rebuilt.returncode == 0, rebuilt.stderr
-    assert json.loads(rebuilt.stdout)["indexed"] == 2
+        code, _, err = main_here(capsys, monkeypatch, *args, db=db)
+        assert code == 4, (args, err)
+        assert "is damaged" in err and "--rebuild" in err and "Traceback" not in err
+    code, out, err = main_here(capsys, monkeypatch, "index", str(folder), "--rebuild", "--json", db=db)
+    assert code == 0, err
+    assert json.loads(out)["indexed"] == 2
     (folder / "b.txt").unlink()
-    pruned = cli("index", str(folder), "--prune", "--json", env=models_env, db=db)
-    assert pruned.returncode == 0, pruned.stderr
-    report = json.loads(pruned.stdout)
+    code, out, err = main_here(capsys, monkeypatch, "index", str(folder), "--prune", "--json", db=db)
+    assert code == 0, err
+    report = json.loads(out)
     assert report["pruned"] == 1 and report["pruned_files"] == [str((folder / "b.txt").resolve())]
     assert report["present"] == 1 and report["failed"] == []

@@ -75,8 +75,9 @@ def make_store(kind, tmp_path, collection):
 
 
 def ray_indexer(store, **options):
+    """One actor unless a test is about several (each actor starts a process and loads the model: seconds)."""
     embedder = EmbedderSpec(str(TINY), torch_dtype="float32", **SETTINGS)
-    options = {"actors": 2, "batch_size": 2, **options}
+    options = {"actors": 1, "batch_size": 2, **options}
     actor = options.pop("embed_actor", EmbedActor)
     return RayIndexer(embedder, store, ray_options=RayOptions(**options), embed_actor=actor)
 
@@ -105,7 +106,8 @@ def test_ray_gives_the_single_process_ids_vectors_payloads_and_report(embedder, 
     single_store, ray_store = make_store(kind, tmp_path, "single"), make_store(kind, tmp_path, "ray")
     metadata = {"team": "finance", "year": 2026}
     single = Indexer(embedder, single_store).index_paths([corpus], metadata=metadata, show_progress_bar=False)
-    distributed = ray_indexer(ray_store).index_paths([corpus], metadata=metadata, show_progress_bar=False)
+    # two actors: a point written by two writers at once, as well as the sources settled after the run
+    distributed = ray_indexer(ray_store, actors=2).index_paths([corpus], metadata=metadata, show_progress_bar=False)
     assert isinstance(distributed, IndexReport)
     same_report(distributed, single)
     assert distributed.failed == single.failed  # not only the same set: the same order (file order)
@@ -374,8 +376,12 @@ def test_a_store_other_processes_cannot_reach_is_refused_before_any_work():
         ray_indexer(store)
 
 
-def test_a_second_ray_run_on_the_same_embedded_store_is_refused(corpus, tmp_path):
+def test_a_second_ray_run_on_the_same_embedded_store_is_refused(tmp_path):
     from retrieval_pipeline.ingest.distributed import StoreOwner
+
+    corpus = tmp_path / "corpus"  # what is indexed is not the point here: one small file
+    corpus.mkdir()
+    (corpus / "notes.md").write_text(PROSE)
 
     store = make_store("edge", tmp_path, "docs")
     indexer = ray_indexer(store)
@@ -405,7 +411,7 @@ def test_repeated_content_keeps_its_first_place_and_a_rerun_changes_no_payload(e
     options = IngestOptions(chunk_chars=40, chunk_overlap=0)
     single_store, ray_store = make_store("edge", tmp_path, "single"), make_store("edge", tmp_path, "ray")
     single = Indexer(embedder, single_store).index_paths([corpus], options=options, show_progress_bar=False)
-    distributed = ray_indexer(ray_store).index_paths([corpus], options=options, show_progress_bar=False)
+    distributed = ray_indexer(ray_store, actors=2).index_paths([corpus], options=options, show_progress_bar=False)
     same_report(distributed, single)
     same_points(ray_store, single_store)
     first = {p.id: p.payload for p in ray_store.scroll(with_vectors=False)}

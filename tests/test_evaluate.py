@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers.cli import CORPUS, cli
+from helpers.cli import CORPUS, main_here
 
 from retrieval_pipeline.errors import InputError
 from retrieval_pipeline.evaluate import (
@@ -142,7 +139,10 @@ def test_folder_indexed_items_answer_to_file_page_and_chunk_ids(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env, corpus_db):
+def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env, corpus_db, capsys, monkeypatch):
+    """The command in this process: its tables, files, JSON and usage errors are the point."""
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
     db = corpus_db  # the example corpus, indexed by `qwen3vl-rag index` once per session
     (tmp_path / "queries.jsonl").write_text(
         "\n".join(json.dumps(q) for q in [{"_id": "a", "text": "a cat"}, {"_id": "b", "text": "revenue by quarter"}])
@@ -153,31 +153,31 @@ def test_cli_eval_on_a_folder_and_every_output(tmp_path, models_env, corpus_db):
     plot, per_query = tmp_path / "quality.png", tmp_path / "per_query.jsonl"
     args = ["eval", "--queries", str(tmp_path / "queries.jsonl"), "--qrels", str(tmp_path / "qrels.tsv")]
     args += ["--dims", "16,32", "--rerank-depths", "2,5", "--plot", str(plot), "--per-query", str(per_query)]
-    run = cli(*args, env=models_env, db=db)
-    assert run.returncode == 0, run.stderr
-    assert "| stage one |" in run.stdout and "| exact 16-d |" in run.stdout and "| rerank top-5 |" in run.stdout
-    assert "b->gone.pdf" in run.stdout  # the judgement that names nothing is reported
+    code, out, err = main_here(capsys, monkeypatch, *args, db=db)
+    assert code == 0, err
+    assert "| stage one |" in out and "| exact 16-d |" in out and "| rerank top-5 |" in out
+    assert "b->gone.pdf" in out  # the judgement that names nothing is reported
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = [json.loads(line) for line in per_query.read_text().splitlines()]
     assert {x["query_id"] for x in lines} == {"a", "b"} and "rerank top-2" in lines[0]["metrics"]
-    as_json = json.loads(cli(*args, "--json", env=models_env, db=db).stdout)
+    as_json = json.loads(main_here(capsys, monkeypatch, *args, "--json", db=db)[1])
     assert {r["config"] for r in as_json["rows"]} >= {"stage one", "exact 32-d", "rerank top-2"}
     assert as_json["unknown_judgements"] == [{"query_id": "b", "doc_id": "gone.pdf"}]
     assert set(as_json["latency_ms"]) == {"embed query", "vector search", "exact search", "rerank"}
-    bad = cli("eval", "--queries", str(tmp_path / "queries.jsonl"), env=models_env, db=db)
-    assert bad.returncode != 0 and "eval needs --queries and --qrels" in bad.stderr
+    code, _, err = main_here(capsys, monkeypatch, "eval", "--queries", str(tmp_path / "queries.jsonl"), db=db)
+    assert code != 0 and "eval needs --queries and --qrels" in err
     for extra, message in (
         (["--k", "0"], "--k: must be at least 1"),
         (["--plot", "/no/such/dir/x.png"], "does not exist"),
         (["--per-query", str(tmp_path)], "is a folder; give a file name"),
     ):
-        refused = cli(*args[:5], *extra, env=models_env, db=db)
-        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        code, _, err = main_here(capsys, monkeypatch, *args[:5], *extra, db=db)
+        assert code == 2 and message in err and "Traceback" not in err
 
 
 @pytest.mark.slow
-@pytest.mark.subprocess
-def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):
+def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env, capsys, monkeypatch):
+    """The commands in this process (what they index and report is the point)."""
     import pyarrow as pa  # a dev dependency (the [eval] extra)
     import pyarrow.parquet as pq
 
@@ -200,17 +200,17 @@ def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):
     assert Path(dataset.corpus["c0"]["image"]).read_bytes() == images[0].read_bytes()
     assert load_vidore(folder).corpus == dataset.corpus  # inline images are named by content: the same paths
     db = tmp_path / "db"
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
     for _ in range(2):  # by a relative path, twice: the same 3 points (not 3 more each run), no failures
-        run = subprocess.run(
-            [sys.executable, "-m", "retrieval_pipeline.cli", "index", "--vidore", "vidore", "--json"],
-            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **models_env, "QWEN3VL_RAG_DB": str(db)},
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr
-        assert json.loads(run.stdout)["failed"] == []
-    assert json.loads(run.stdout)["present"] == 3 and len(list((folder / ".images").iterdir())) == 3
-    out = cli("eval", "--vidore", str(folder), "--no-rerank", "--json", env=models_env, db=db)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["unknown_judgements"] == []
+        code, out, err = main_here(capsys, monkeypatch, "index", "--vidore", "vidore", "--json", db=db)
+        assert code == 0, err
+        assert json.loads(out)["failed"] == []
+    assert json.loads(out)["present"] == 3 and len(list((folder / ".images").iterdir())) == 3
+    code, out, err = main_here(capsys, monkeypatch, "eval", "--vidore", str(folder), "--no-rerank", "--json", db=db)
+    assert code == 0, err
+    assert json.loads(out)["unknown_judgements"] == []
 
     beir = tmp_path / "beir"
     shutil.copytree(BEIR, beir)
@@ -219,9 +219,11 @@ def test_vidore_parquet_layout_and_beir_cli(tmp_path, models_env):
         if "image" in row:
             shutil.copy(BEIR / row["image"], beir / Path(row["image"]).name)
     (beir / "corpus.jsonl").write_text((beir / "corpus.jsonl").read_text().replace("../corpus/", ""))
-    assert cli("index", "--beir", str(beir), env=models_env, db=tmp_path / "db2").returncode == 0
-    table = cli("eval", "--beir", str(beir), "--rerank-depths", "3", env=models_env, db=tmp_path / "db2")
-    assert table.returncode == 0 and "| rerank top-3 |" in table.stdout
+    assert main_here(capsys, monkeypatch, "index", "--beir", str(beir), "-q", db=tmp_path / "db2")[0] == 0
+    code, out, _ = main_here(
+        capsys, monkeypatch, "eval", "--beir", str(beir), "--rerank-depths", "3", db=tmp_path / "db2"
+    )
+    assert code == 0 and "| rerank top-3 |" in out
 
 
 def test_qrels_formats(tmp_path):

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.cli import cli
+from helpers.cli import main_here
 
 from retrieval_pipeline.errors import CollectionMismatchError
 from retrieval_pipeline.layout import LEGACY, SearchOptions, VectorLayout, query_plan
@@ -154,25 +154,29 @@ def test_hybrid_finds_an_exact_term_that_dense_search_misses(tmp_path):
 
 
 @pytest.mark.slow
-def test_hybrid_through_the_cli_on_a_real_corpus(tmp_path, models_env):
-    """End to end with the tiny model: a text that only BM25 can single out (an invented part number) is found."""
+def test_hybrid_through_the_cli_on_a_real_corpus(tmp_path, models_env, capsys, monkeypatch):
+    """End to end with the tiny model, the command in this process: a text that only BM25 can single out (an
+    invented part number) is found."""
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(6):
         (corpus / f"note{i}.txt").write_text(f"Routine maintenance log {i}: the pumps were checked and cleaned.")
     (corpus / "parts.txt").write_text(PARTS)
     db = tmp_path / "db"
-    run = cli("index", str(corpus), env=models_env, db=db)
-    assert run.returncode == 0, run.stderr
-    assert "BM25 hybrid" in run.stderr and "the default for" in run.stderr  # the CLI says what it chose
-    found = cli("search", "XK-4471-B", "--no-rerank", "--top-k", "3", "--json", env=models_env, db=db)
-    assert found.returncode == 0, found.stderr
-    assert "parts.txt" in [r["source"].rsplit("/", 1)[-1] for r in json.loads(found.stdout)]
-    info = json.loads(cli("info", "--json", db=db).stdout)
+    code, _, err = main_here(capsys, monkeypatch, "index", str(corpus), db=db)
+    assert code == 0, err
+    assert "BM25 hybrid" in err and "the default for" in err  # the CLI says what it chose
+    args = ("search", "XK-4471-B", "--no-rerank", "--top-k", "3", "--json")
+    code, out, err = main_here(capsys, monkeypatch, *args, db=db)
+    assert code == 0, err
+    assert "parts.txt" in [r["source"].rsplit("/", 1)[-1] for r in json.loads(out)]
+    info = json.loads(main_here(capsys, monkeypatch, "info", "--json", db=db)[1])
     assert info["spec"]["layout"]["hybrid"] and "rrf" in info["search"]
     # a layout asked for that is not the collection's is refused, naming the difference
-    other = cli("index", str(corpus), "--no-hybrid", env=models_env, db=db)
-    assert other.returncode != 0 and "hybrid True (asked: False)" in other.stderr
+    code, _, err = main_here(capsys, monkeypatch, "index", str(corpus), "--no-hybrid", db=db)
+    assert code != 0 and "hybrid True (asked: False)" in err
 
 
 def test_a_collection_refuses_another_layout_and_old_collections_keep_working(tmp_path):
