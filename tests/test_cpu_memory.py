@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, LiveServer, copy_indexed
-from helpers.cli import CORPUS, cli
+from helpers.cli import CORPUS, cli, main_here
 
 from retrieval_pipeline import Qwen3VLEmbedder
 from retrieval_pipeline.models import runtime
@@ -197,11 +197,11 @@ def test_serve_models_choice(tmp_path, models_env, monkeypatch):
     from retrieval_pipeline import cli as cli_module
 
     db = tmp_path / "db"
-    assert cli("index", str(CORPUS / "notes.md"), env=models_env, db=db).returncode == 0
     apps = []
     monkeypatch.setattr("retrieval_pipeline.serving.serve", lambda app, host, port: apps.append(app))
     for key, value in {**models_env, "QWEN3VL_RAG_DB": str(db)}.items():
         monkeypatch.setenv(key, value)
+    assert cli_module.main(["index", str(CORPUS / "notes.md"), "-q"]) == 0
     assert cli_module.main(["serve", "--models", "embed,rerank", "-q"]) == 0
     assert cli_module.main(["serve", "--models", "rerank", "-q"]) == 0
     assert cli_module.main(["serve", "--models", "rerank,generate", "-q"]) == 2  # a usage error
@@ -251,32 +251,37 @@ def test_cpu_defaults_and_speed_knobs(tmp_path):
     assert kept.candidates == 7 and kept.rerank_budget is None and kept.staging == "keep"
 
 
-def test_index_bar_ends_with_the_real_counts(tmp_path, models_env):
-    run = cli("index", str(CORPUS), "--image-tokens", "64", "--video-frames", "4", env=models_env, db=tmp_path / "db")
-    assert run.returncode == 0, run.stderr
-    summary = run.stdout.strip().splitlines()[0]
+def test_index_bar_ends_with_the_real_counts(tmp_path, models_env, capsys, monkeypatch):
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
+    args = ("index", str(CORPUS), "--image-tokens", "64", "--video-frames", "4")
+    code, out, err = main_here(capsys, monkeypatch, *args, db=tmp_path / "db")
+    assert code == 0, err
+    summary = out.strip().splitlines()[0]
     indexed = int(summary.split(": ")[1].split()[0])  # "6 files: 7 items indexed, ..."
-    last_bar = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.startswith("indexing")][-1]
+    last_bar = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("indexing")][-1]
     assert f"6/6 files, {indexed} indexed, 0 present, 0 failed" in last_bar, (last_bar, summary)
     assert "100%" in last_bar and " left, " in last_bar
 
 
-def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env, indexed_corpus):
+def test_a_cli_indexed_corpus_gets_its_vector_index(tmp_path, models_env, indexed_corpus, capsys, monkeypatch, caplog):
     """Qdrant Edge has no background optimizer: `index` builds the HNSW index when the unindexed vectors pass the
     indexing threshold (lowered here so the small corpus crosses it); `info` reports it; `optimize` runs it on
     demand (a segment under the threshold, set when the collection was created, stays a scan)."""
     db = tmp_path / "db"
-    env = {**models_env, "QWEN3VL_RAG_INDEXING_THRESHOLD_KB": "1"}
-    run = cli("index", str(CORPUS), env=env, db=db)
-    assert run.returncode == 0, run.stderr
-    assert "building the search index" in run.stderr
-    info = json.loads(cli("info", "--json", db=db).stdout)
+    for key, value in {**models_env, "QWEN3VL_RAG_INDEXING_THRESHOLD_KB": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level("WARNING", logger="retrieval_pipeline"):
+        code, _, err = main_here(capsys, monkeypatch, "index", str(CORPUS), db=db)
+    assert code == 0, err
+    assert "building the search index" in caplog.text
+    info = json.loads(main_here(capsys, monkeypatch, "info", "--json", db=db)[1])
     vectors = info["index"]["vectors"]  # per named vector: the engine's total counts each of them
     assert vectors["dense"]["indexed"] == vectors["dense"]["held"] == info["points"] > 0
     assert vectors["bm25"]["indexed"] == vectors["bm25"]["held"] > 0  # the corpus's text chunks and PDF pages
     assert info["index"]["indexed_vectors"] == info["points"] + vectors["bm25"]["held"]
     plain = copy_indexed(indexed_corpus, tmp_path / "plain")  # indexed with the default threshold: a scan
-    unindexed = json.loads(cli("info", "--json", db=plain).stdout)
+    unindexed = json.loads(main_here(capsys, monkeypatch, "info", "--json", db=plain)[1])
     assert unindexed["index"]["vectors"]["dense"]["indexed"] == 0  # (a BM25 index exists from the first write)
-    optimized = json.loads(cli("optimize", "--json", db=plain).stdout)
+    optimized = json.loads(main_here(capsys, monkeypatch, "optimize", "--json", db=plain)[1])
     assert optimized["points"] == unindexed["points"] and optimized["vectors"]["dense"]["indexed"] == 0
