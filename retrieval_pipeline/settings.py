@@ -11,6 +11,11 @@ DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-VL-Embedding-2B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-VL-Reranker-2B"
 DEFAULT_GENERATOR_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 
+# Qwen3-VL sees 16-pixel patches merged 2 x 2: one vision token per 32 x 32 pixels (pixel budgets are written as
+# tokens times this; media.video derives the same number from qwen-vl-utils' own constants, and a test checks that
+# the two agree)
+PIXELS_PER_TOKEN = 32 * 32
+
 
 def env(name: str, default: str | None = None) -> str | None:
     """``$QWEN3VL_RAG_<name>``, else ``default``."""

@@ -385,3 +385,10 @@ def test_header_is_cheap_and_exact(long_720p):
     header = probe(str(long_720p))
     assert (header.width, header.height, header.frames) == (1280, 720, 120)
     assert math.isclose(header.fps, 4.0) and math.isclose(header.duration, 30.0)
+
+
+def test_the_projects_pixels_per_token_is_the_one_qwen_vl_utils_implies():
+    from retrieval_pipeline import settings
+    from retrieval_pipeline.media import video
+
+    assert video.PIXELS_PER_TOKEN == settings.PIXELS_PER_TOKEN == 32 * 32

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..serving.config import ServerConfig, at_least
-from ..settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, env
+from ..settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATOR_MODEL, DEFAULT_RERANKER_MODEL, PIXELS_PER_TOKEN, env
 from ..store import default_db
 
 SERVE_MODELS = ("embed", "rerank", "generate")
@@ -355,7 +355,7 @@ def media_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.image_tokens is not None:
         if args.image_tokens < 4:
             raise UsageError(f"--image-tokens must be >= 4, got {args.image_tokens}")
-        out["max_pixels"] = args.image_tokens * 32 * 32
+        out["max_pixels"] = args.image_tokens * PIXELS_PER_TOKEN
     if args.video_frames is not None:
         out["max_frames"] = args.video_frames
     if args.video_fps is not None:

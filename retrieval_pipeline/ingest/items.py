@@ -30,6 +30,7 @@ from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants a
     sources_of,
     sources_update,
 )
+from ..settings import PIXELS_PER_TOKEN
 from ..store import CollectionSpec, point_id
 from .discover import modality_of
 from .options import CHUNK_CHARS, CHUNK_OVERLAP, IngestOptions
@@ -54,15 +55,15 @@ class Item:
 def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
     """Roughly how many model tokens a file will cost (for the progress bar's time estimate: an image is worth
     hundreds of text lines). Reads headers only; a file it cannot read counts as one token."""
-    max_tokens = max(1, int(getattr(media, "max_pixels", 0) or PDF_MAX_PIXELS) // 1024)
-    video_tokens = max(1, int(getattr(media, "total_pixels", 0) or 10 * 768 * 1024) // 1024)
+    max_tokens = max(1, int(getattr(media, "max_pixels", 0) or PDF_MAX_PIXELS) // PIXELS_PER_TOKEN)
+    video_tokens = max(1, int(getattr(media, "total_pixels", 0) or 10 * 768 * PIXELS_PER_TOKEN) // PIXELS_PER_TOKEN)
     try:
         modality = modality_of(path)
         if modality == "text":
             return max(1, path.stat().st_size // 3)
         if modality == "image":
             with Image.open(path) as img:
-                return max(1, min(img.width * img.height // 1024, max_tokens))
+                return max(1, min(img.width * img.height // PIXELS_PER_TOKEN, max_tokens))
         if modality == "pdf":
             import pypdfium2 as pdfium
 

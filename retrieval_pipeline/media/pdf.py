@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..settings import PIXELS_PER_TOKEN
 
 # PDF pages are rendered at this resolution at most ...
 PDF_DPI = 144
 # ... and at most at the embedder's pixel budget (it downsizes every image to ``max_pixels`` anyway; rendering
 # beyond that only costs memory): the scale is chosen from the page size read from the document before rendering.
-PDF_MAX_PIXELS = 1800 * 32 * 32
+PDF_MAX_PIXELS = 1800 * PIXELS_PER_TOKEN
 # Hard caps on one rendered page, whatever ``max_pixels`` says: pixels (64 MiB as RGBA) and pixels per side.
 PDF_RENDER_PIXELS_CAP = 4096 * 4096
 # pdfium is not thread-safe (two renders at once corrupt its heap and kill the process): every use of it in this

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from ..media import InputError, LimitError, load_input, parse_input
+from ..settings import PIXELS_PER_TOKEN
 from .batching import batch_to_device, token_types
 from .encoding import MediaSettings, content_items, encode_conversation, estimate_tokens, estimate_vision_tokens
 from .runtime import CheckpointModel, settings
@@ -28,8 +29,8 @@ SYSTEM_PROMPT = (
     "Cite the items you used as [n]. If the context does not contain the answer, say so."
 )
 # Generation sees fewer pixels per image than retrieval: enough to read a page, bounded tokens for the prompt.
-GENERATION_MAX_PIXELS = 1024 * 32 * 32
-GENERATION_TOTAL_PIXELS = 4 * 768 * 32 * 32
+GENERATION_MAX_PIXELS = 1024 * PIXELS_PER_TOKEN
+GENERATION_TOTAL_PIXELS = 4 * 768 * PIXELS_PER_TOKEN
 # Tokens of retrieved context a prompt may hold; past it the lowest-ranked items are left out.
 CONTEXT_TOKENS = 6144
 # Tokens a whole prompt (conversation + retrieved context) may hold by default: prompt processing time and memory
