@@ -23,7 +23,7 @@ changed file's old text or image does not linger; ``prune`` does the same for fi
 
 from __future__ import annotations
 
-from ..records import PDF_DPI, PDF_MAX_PIXELS, PDF_RENDER_PIXELS_CAP, PDF_RENDER_SIDE_CAP, pdf_render_scale
+from ..media.pdf import PDF_DPI, PDF_MAX_PIXELS, PDF_RENDER_PIXELS_CAP, PDF_RENDER_SIDE_CAP, pdf_render_scale
 from .discover import PDF_EXTENSIONS, TEXT_EXTENSIONS, VIDEO_EXTENSIONS, discover, modality_of
 from .indexer import BULK_LOAD_FILES, GROUP_SIZE, Indexer, dtype_name, embed_isolating
 from .items import (

@@ -9,18 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..media import IMAGE_EXTENSIONS
-from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
-    PDF_DPI,
-    PDF_MAX_PIXELS,
-    PDF_RENDER_PIXELS_CAP,
-    PDF_RENDER_SIDE_CAP,
-    PDFIUM_LOCK,
-    Record,
-    pdf_render_scale,
-    render_page,
-    sources_of,
-    sources_update,
-)
 from .options import IngestOptions
 from .report import Failure, display_path
 

@@ -638,8 +638,9 @@ class RayExecutor:
     ) -> None:
         """Every point lists every file that holds its content, in file order, as the ledger answers (each item
         was written with its own file only)."""
-        for start in range(0, len(runs), SCROLL_PAGE):
-            chunk = list(runs)[start : start + SCROLL_PAGE]
+        pids = list(runs)
+        for start in range(0, len(pids), SCROLL_PAGE):
+            chunk = pids[start : start + SCROLL_PAGE]
             stored = ix.store.retrieve(chunk)
             for pid in chunk:
                 if pid not in stored:

@@ -16,13 +16,9 @@ from tqdm.auto import tqdm
 
 from ..layout import VectorLayout
 from ..media import InputError
+from ..media.pdf import PDF_MAX_PIXELS
 from ..protocols import Embedder, EmbedderInfo
-from ..records import (
-    PDF_MAX_PIXELS,
-    Record,
-    sources_of,
-    sources_update,
-)
+from ..records import Record, sources_of, sources_update
 from ..store import CollectionSpec, Point, StoreError, VectorStore, model_fingerprint, point_id
 from .discover import discover, modality_of
 from .items import Item, _where, item_for_input, read_file, work_estimate

@@ -18,18 +18,8 @@ from typing import Any
 from PIL import Image
 
 from ..media import MAX_DOWNLOAD_BYTES, InputError, parse_input
-from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
-    PDF_DPI,
-    PDF_MAX_PIXELS,
-    PDF_RENDER_PIXELS_CAP,
-    PDF_RENDER_SIDE_CAP,
-    PDFIUM_LOCK,
-    Record,
-    pdf_render_scale,
-    render_page,
-    sources_of,
-    sources_update,
-)
+from ..media.pdf import PDF_DPI, PDF_MAX_PIXELS, PDFIUM_LOCK, render_page
+from ..records import Record
 from ..settings import PIXELS_PER_TOKEN
 from ..store import CollectionSpec, point_id
 from .discover import modality_of

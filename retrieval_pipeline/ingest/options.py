@@ -4,18 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
-    PDF_DPI,
-    PDF_MAX_PIXELS,
-    PDF_RENDER_PIXELS_CAP,
-    PDF_RENDER_SIDE_CAP,
-    PDFIUM_LOCK,
-    Record,
-    pdf_render_scale,
-    render_page,
-    sources_of,
-    sources_update,
-)
+from ..media.pdf import PDF_DPI
 
 # Text chunks: about a page of prose each, overlapping so a sentence cut at a border is whole in one of them.
 CHUNK_CHARS = 1200

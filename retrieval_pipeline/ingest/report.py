@@ -6,19 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..media import InputError
-from ..records import (  # noqa: F401 - pdf_render_scale and the PDF constants are part of this module's API
-    PDF_DPI,
-    PDF_MAX_PIXELS,
-    PDF_RENDER_PIXELS_CAP,
-    PDF_RENDER_SIDE_CAP,
-    PDFIUM_LOCK,
-    Record,
-    pdf_render_scale,
-    render_page,
-    sources_of,
-    sources_update,
-)
+from ..errors import InputError
 
 
 @dataclass
