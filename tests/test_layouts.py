@@ -153,6 +153,32 @@ def test_hybrid_finds_an_exact_term_that_dense_search_misses(tmp_path):
     store.close()
 
 
+def test_hybrid_prefetches_both_lists_deeper_than_the_answer(tmp_path):
+    """Issue 28: cut to ``top_k`` each, the dense and BM25 lists tie their first items in RRF (a coin toss); prefetched
+    deeper, an item that both lists find (its exact part number, fairly close in meaning) comes first at every
+    ``top_k``, for every one of twelve such items."""
+    vectors = clustered(400, DIM)
+    texts = [f"maintenance note {i} about pumps and general upkeep" for i in range(400)]
+    targets = list(range(20, 380, 30))
+    for t in targets:
+        texts[t] = f"The replacement valve carries part number QZ{t}X7 and fits the 2019 pump."
+    store = build(tmp_path, VectorLayout(hybrid=True), vectors, texts)
+    assert store.explain(limit=3, text="XK-4471-B")[-3:] == ["dense[64] -> 50", "bm25[2] -> 50", "rrf(k=60) -> 3"]
+    for t in targets:
+        # a query vector between another item and the target, for which the target is 5th to 40th in the dense list
+        for weight in np.linspace(0.0, 1.0, 201):
+            q = (1 - weight) * vectors[(t + 7) % 400] + weight * vectors[t]
+            q /= np.linalg.norm(q)
+            if 5 <= int(np.sum(vectors @ q > vectors[t] @ q)) < 40:
+                break
+        else:
+            pytest.fail(f"no query with item {t} between 5th and 40th in the dense list")
+        assert t not in ids(store.search(q.tolist(), limit=3, options={"hybrid": False}))
+        for top_k in (1, 3, 10):
+            assert ids(store.search(q.tolist(), limit=top_k, text=f"QZ{t}X7"))[0] == t, (t, top_k)
+    store.close()
+
+
 @pytest.mark.slow
 def test_hybrid_through_the_cli_on_a_real_corpus(tmp_path, models_env, capsys, monkeypatch):
     """End to end with the tiny model, the command in this process: a text that only BM25 can single out (an
