@@ -271,7 +271,7 @@ def query_plan(
     if exact:  # the ground truth: every full vector compared, no index, no quantized codes, no funnel
         dense = QueryNode(limit=limit, using=layout.dense_name, vector=vector, exact=True, ignore_quantization=True)
     elif layout.prefix_dim:
-        depth = options.prefetch or max(FUNNEL_MIN_PREFETCH, FUNNEL_PREFETCH_FACTOR * limit)
+        depth = options.prefetch or max(FUNNEL_MIN_PREFETCH, FUNNEL_PREFETCH_FACTOR * final)
         # The prefix stage ranks on the quantized prefix; its candidates are rescored on the full vector next,
         # so rescoring the prefix itself would only repeat work (unless asked for).
         first = QueryNode(
