@@ -12,8 +12,11 @@ Payload layout (every key optional except ``modality``; older payloads without `
 * ``source``: the primary file path / URL; ``sources``: every file that holds this content (``source`` first);
   ``files``: per source, its :data:`FILE_FIELDS` (the primary source's are also at the top level)
 * ``text``: the text (a chunk, a PDF page's extracted text; empty for images and videos)
-* ``file_name``, ``metadata`` (the user's), ``chunk`` + ``span`` (text), ``page`` (PDF, 1-based), ``segment``
+* ``file_name``, ``metadata`` (the user's; a mail's from / to / cc / date / subject), ``chunk`` + ``span`` (text),
+  ``page`` (a page of a PDF or an office document, 1-based), ``sheet`` (a spreadsheet page's sheet), ``segment``
   ([start, end] seconds) + ``duration`` (video), ``item`` (a ``mixed`` item as given), ``content_hash``
+* ``member``: where inside its file the item is (``attachment=report.pdf``, ``entry=docs/a.docx``, chained with
+  ``#``: see :mod:`~retrieval_pipeline.media.containers`); ``encoding``: a text file's detected encoding
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ MODALITIES = ("text", "image", "video", "pdf-page", "mixed")
 # Payload fields that describe a point's place in one file (which file, where in it, the user's metadata for it).
 # A point whose content several files hold keeps them per source under ``files``; the primary source's (the first
 # of ``sources``) are also at the top level, where filters and readers look.
-FILE_FIELDS = ("file_name", "metadata", "chunk", "span", "page", "segment")
+FILE_FIELDS = ("file_name", "metadata", "chunk", "span", "page", "segment", "member", "sheet", "encoding")
 # The fields a search result shows besides its scores and text (the server's ``SearchHit`` mirrors them).
-HIT_FIELDS = ("modality", "source", "page", "segment", "chunk", "metadata")
+HIT_FIELDS = ("modality", "source", "member", "page", "sheet", "segment", "chunk", "metadata")
 # What the stored text is called in a generator's prompt when the model input is not that text itself.
 TEXT_LABELS = {"pdf-page": "Page text"}
 
@@ -71,6 +74,9 @@ class Record:
     span: list[int] | None = None
     page: int | None = None
     segment: list[float] | None = None
+    member: str | None = None
+    sheet: str | None = None
+    encoding: str | None = None
     duration: float | None = None
     item: Any = None
     sources: list[str] = field(default_factory=list)
@@ -124,11 +130,13 @@ class Record:
         if self.modality == "text":
             return {"text": self.text}
         if self.modality == "image":
-            return {"image": self.source}
+            return {"image": self.local_file()}
         if self.modality == "pdf-page":
-            return {"image": render_pdf_page(self.source, int(self.page or 0))}
+            from .media.documents import render_document_page
+
+            return {"image": render_document_page(self.source, int(self.page or 0), member=self.member)}
         if self.modality == "video":
-            item: dict[str, Any] = {"video": self.source}
+            item: dict[str, Any] = {"video": self.local_file()}
             if self.segment:
                 item["video_start"], item["video_end"] = self.segment
             return item
@@ -136,10 +144,25 @@ class Record:
             return self.item
         raise ValueError(f"stored point has no usable item (modality {self.modality!r})")
 
+    def local_file(self) -> str:
+        """The file holding this item's bytes: its source, or its member extracted to the cache."""
+        if not self.member:
+            return self.source
+        from .media.containers import extracted
+
+        return str(extracted(self.source, self.member))
+
+    @property
+    def locator(self) -> str:
+        """The source with the member path: ``mail.eml#attachment=report.pdf``."""
+        return f"{self.source}#{self.member}" if self.member else self.source
+
     def describe(self, *, chunk: bool = True) -> str:
-        """One line naming the item: its source and where in it (page, seconds, and the chunk unless ``chunk`` is
-        False: a failure names the file, not the chunk)."""
-        where = self.source
+        """One line naming the item: its source and where in it (member, page, seconds, and the chunk unless
+        ``chunk`` is False: a failure names the file, not the chunk)."""
+        where = self.locator
+        if self.sheet:
+            where += f" (sheet {self.sheet})"
         if self.page is not None:
             where += f" (page {self.page})"
         if self.segment:
@@ -185,7 +208,10 @@ def sources_update(sources: list[str], files: Mapping[str, Mapping[str, Any]]) -
     update: dict[str, Any] = {"sources": sources, "source": sources[0]}
     if files:  # points written before per-file fields existed have none
         update["files"] = dict(files)
-        update.update(files.get(sources[0], {}))
+        primary = files.get(sources[0], {})
+        # the new primary source's place, and none of the old one's (a member path of a file no longer primary)
+        update.update({k: None for k in FILE_FIELDS if k not in primary and k != "metadata"})
+        update.update(primary)
     return update
 
 

@@ -4,6 +4,7 @@ and the default checkpoint of each role (the command line, the server and the fr
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 ENV = "QWEN3VL_RAG_"  # every environment variable of the project starts with this
 
@@ -20,3 +21,14 @@ PIXELS_PER_TOKEN = 32 * 32
 def env(name: str, default: str | None = None) -> str | None:
     """``$QWEN3VL_RAG_<name>``, else ``default``."""
     return os.environ.get(ENV + name, default)
+
+
+def cache_dir() -> Path:
+    """Where the project keeps what it can make again (office documents converted to PDF, members extracted from
+    mail and archives for a video reader): ``$QWEN3VL_RAG_CACHE``, else ``$XDG_CACHE_HOME/qwen3-vl-rag``
+    (``~/.cache/qwen3-vl-rag``)."""
+    given = env("CACHE")
+    if given:
+        return Path(given).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "qwen3-vl-rag"

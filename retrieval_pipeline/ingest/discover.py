@@ -9,19 +9,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..media import IMAGE_EXTENSIONS
+from ..media.containers import ARCHIVE_EXTENSIONS, MAIL_EXTENSIONS
+from ..media.office import OFFICE_EXTENSIONS
+from ..media.web import HTML_EXTENSIONS, MHTML_EXTENSIONS
 from .options import IngestOptions
 from .report import Failure, display_path
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg"}
 
 
-TEXT_EXTENSIONS = {".txt", ".md", ".markdown", ".rst", ".text"}
+TEXT_EXTENSIONS = {".txt", ".md", ".markdown", ".rst", ".text", ".csv", ".tsv", ".log"}
 
 
 PDF_EXTENSIONS = {".pdf"}
 
 
 def modality_of(path: Path) -> str | None:
+    """What kind of file ``path`` is, by its extension: ``image``, ``video``, ``text``, ``pdf``, ``office`` (rendered
+    by LibreOffice), ``web`` (HTML, MHTML), ``mail`` (.eml), ``archive`` (.zip); None when it is not read."""
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return "image"
@@ -31,6 +36,14 @@ def modality_of(path: Path) -> str | None:
         return "text"
     if suffix in PDF_EXTENSIONS:
         return "pdf"
+    if suffix in OFFICE_EXTENSIONS:
+        return "office"
+    if suffix in HTML_EXTENSIONS or suffix in MHTML_EXTENSIONS:
+        return "web"
+    if suffix in MAIL_EXTENSIONS:
+        return "mail"
+    if suffix in ARCHIVE_EXTENSIONS:
+        return "archive"
     return None
 
 

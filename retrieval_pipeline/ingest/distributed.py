@@ -270,7 +270,8 @@ def read_items(
     out: list[dict[str, Any]] = []
     for seq, unit, pid in read_file(path, options, metadata, spec):
         if isinstance(unit, ItemFailure):
-            out.append({"file": file, "seq": seq, "status": "failed", "error": unit.reason, "where": unit.where})
+            status = "skipped" if unit.skipped else "failed"
+            out.append({"file": file, "seq": seq, "status": status, "error": unit.reason, "where": unit.where})
             continue
         fields = unit.record.file_fields()
         item = {
@@ -616,6 +617,9 @@ class RayExecutor:
             ledger.file(file, os.fspath(files[file]))
             if pid:
                 ledger.holds(file, pid)
+            if status == "skipped":  # a member of a type not indexed (the file is read in full)
+                report.skipped.append(Failure(where, error))
+                continue
             if status == "failed":
                 report.failed.append(Failure(where, error))
                 logger.warning("skipping %s: %s", where, error)

@@ -285,6 +285,9 @@ class LocalExecutor:
             for n, (path, cost) in enumerate(zip(files, costs)):
                 ledger.file(n, os.fspath(path))
                 for seq, unit, pid in read_file(path, options, metadata, indexer.spec):
+                    if isinstance(unit, ItemFailure) and unit.skipped:  # a member of a type not indexed
+                        report.skipped.append(Failure(unit.where, unit.reason))
+                        continue
                     if isinstance(unit, ItemFailure):  # one part of the file (a PDF page), or the file itself
                         run.fail(n, seq, unit.where, unit.reason)
                         continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,12 @@ from typing import Any
 from PIL import Image
 
 from ..media import MAX_DOWNLOAD_BYTES, InputError, parse_input
+from ..media.containers import MAX_DEPTH, Member, read_mail, store_bytes, zip_members
+from ..media.documents import PAGE_TEXT_CHARS
+from ..media.office import converted_pdf, is_spreadsheet
 from ..media.pdf import PDF_DPI, PDF_MAX_PIXELS, PDFIUM_LOCK, render_page
+from ..media.text import decode_text
+from ..media.web import MHTML_EXTENSIONS, read_html, read_mhtml
 from ..records import Record
 from ..settings import PIXELS_PER_TOKEN
 from ..store import CollectionSpec, point_id
@@ -177,38 +182,154 @@ def items_of_file(
     path: Path, options: IngestOptions, metadata: Mapping[str, Any]
 ) -> Generator[Item | ItemFailure, None, None]:
     """The items of one file. Raises :class:`InputError` (or OSError, MemoryError, ...) when it cannot be read."""
-    modality = modality_of(path)
+    kind = modality_of(path)
     source = os.fspath(path)
     try:
         source.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError("the file name is not valid UTF-8 (the store keeps names as UTF-8 text): rename it") from None
     base = Record("", source=source, file_name=path.name, metadata=dict(metadata))
-    if modality == "image":
-        data = _read_file(path, MAX_DOWNLOAD_BYTES)
+    if kind is None:
+        raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
+    if kind == "video":  # decoded from its path by the video reader
+        yield from _video_items(path, options, base)
+        return
+    data = _read_file(path, options.max_text_bytes if kind == "text" else MAX_DOWNLOAD_BYTES)
+    yield from _items_of_bytes(path.name, data, base, options, folder=path.parent)
+
+
+def _items_of_bytes(
+    name: str,
+    data: bytes,
+    base: Record,
+    options: IngestOptions,
+    *,
+    folder: Path | None = None,
+    member: str | None = None,
+    depth: int = 0,
+) -> Iterator[Item | ItemFailure]:
+    """The items of a file's bytes (the file itself, or one of its members: ``member`` says where). ``folder``:
+    where the file lies on disk (a web page's images are read from beside it); None for a member."""
+    kind = modality_of(Path(name))
+    base = replace(base, member=member)
+    if kind == "image":
         digest = hashlib.sha256(data).hexdigest()
         yield Item(file_content_key(digest), {"image": data}, replace(base, modality="image"))
-    elif modality == "text":
-        text = _decode_text(_read_file(path, options.max_text_bytes))
-        for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
-            chunk = text[a:b]
-            key = hashlib.sha256(chunk.encode()).hexdigest()
-            record = replace(base, modality="text", text=chunk, chunk=i, span=[a, b])
-            yield Item(f"text:{key}", {"text": chunk}, record)
-    elif modality == "video":
-        yield from _video_items(path, options, base)
-    elif modality == "pdf":
-        data = _read_file(path)
+    elif kind == "text":
+        if len(data) > options.max_text_bytes:
+            raise InputError(f"text too large: {len(data)} bytes (limit {options.max_text_bytes})")
+        text, encoding = decode_text(data)
+        yield from _text_items(text, replace(base, encoding=encoding), options)
+    elif kind == "pdf":
+        yield from _page_items(data, hashlib.sha256(data).hexdigest(), base, options)
+    elif kind == "office":
         digest = hashlib.sha256(data).hexdigest()
-        max_pixels = options.pdf_max_pixels or PDF_MAX_PIXELS
-        for page_number, image, text in render_pdf(data, options.pdf_dpi, max_pixels=max_pixels, skip_bad_pages=True):
-            record = replace(base, modality="pdf-page", text=text, page=page_number)
-            if image is None:  # this page failed (text holds the reason); the others go on
-                yield ItemFailure(display_path(record.describe(chunk=False)), text)
-                continue
-            yield Item(file_content_key(digest, page=page_number), {"image": image}, record)
+        pdf = converted_pdf(data, Path(name).suffix, digest).read_bytes()
+        yield from _page_items(pdf, digest, base, options, sheets=is_spreadsheet(name))
+    elif kind == "video":  # a video inside a mail or an archive: the decoder reads it from the cache
+        digest = hashlib.sha256(data).hexdigest()
+        cached = store_bytes(data, Path(name).suffix.lower())
+        yield from _video_items(cached, options, base, digest=digest)
+    elif kind == "web":
+        yield from _web_items(name, data, base, options, folder, depth)
+    elif kind == "mail":
+        mail = read_mail(data)
+        headed = replace(base, metadata={**mail.headers, **(base.metadata or {})})
+        text = "\n".join(f"{k.capitalize()}: {v}" for k, v in mail.headers.items() if k != "date")
+        if mail.body:
+            text += "\n\n" + mail.body
+        yield from _text_items(text, headed, options)
+        yield from _member_items(mail.members, headed, options, member, depth)
+    elif kind == "archive":
+        yield from _member_items(zip_members(data), base, options, member, depth)
     else:
-        raise InputError(f"unsupported file type {path.suffix or '(none)'!r}")
+        where = display_path(base.describe(chunk=False))
+        yield ItemFailure(where, f"unsupported file type {Path(name).suffix or '(none)'!r}", skipped=True)
+
+
+def _text_items(text: str, base: Record, options: IngestOptions) -> Iterator[Item]:
+    for i, (a, b) in enumerate(chunk_text(text, options.chunk_chars, options.chunk_overlap)):
+        chunk = text[a:b]
+        key = hashlib.sha256(chunk.encode()).hexdigest()
+        yield Item(f"text:{key}", {"text": chunk}, replace(base, modality="text", text=chunk, chunk=i, span=[a, b]))
+
+
+def _page_items(
+    pdf: bytes, digest: str, base: Record, options: IngestOptions, *, sheets: bool = False
+) -> Iterator[Item | ItemFailure]:
+    """A PDF's pages (an office document's: ``digest`` is the document's, not its PDF's), each with its text layer
+    (at most PAGE_TEXT_CHARS) and, for a spreadsheet, the sheet the page shows."""
+    max_pixels = options.pdf_max_pixels or PDF_MAX_PIXELS
+    names = sheet_names(pdf) if sheets else {}
+    rendered = render_pdf(pdf, options.pdf_dpi, max_pixels=max_pixels, skip_bad_pages=True, max_pages=options.max_pages)
+    for page_number, image, text in rendered:
+        sheet = next((names[p] for p in sorted(names, reverse=True) if p <= page_number), None)
+        record = replace(base, modality="pdf-page", text=text[:PAGE_TEXT_CHARS], page=page_number, sheet=sheet)
+        if image is None:  # this page failed (text holds the reason); the others go on
+            yield ItemFailure(display_path(record.describe(chunk=False)), text)
+            continue
+        yield Item(file_content_key(digest, page=page_number), {"image": image}, record)
+
+
+def _web_items(
+    name: str, data: bytes, base: Record, options: IngestOptions, folder: Path | None, depth: int
+) -> Iterator[Item | ItemFailure]:
+    """A web page's main text (chunked, the title first), then its images as members."""
+    if Path(name).suffix.lower() in MHTML_EXTENSIONS:
+        html, parts = read_mhtml(data)
+        images = [Member(f"part={n}", n, b) for n, b in parts]
+        page = read_html(html, None)
+    else:
+        page = read_html(data, None if base.member else folder)
+        images = [Member(step, n, b, error) for step, n, b, error in page.images]
+    text = page.text if not page.title or page.text.startswith(page.title) else f"{page.title}\n\n{page.text}"
+    yield from _text_items(text, base, options)
+    yield from _member_items(images, base, options, base.member, depth)
+
+
+def _member_items(
+    members: Iterable[Member], base: Record, options: IngestOptions, member: str | None, depth: int
+) -> Iterator[Item | ItemFailure]:
+    """The items of a container's members, each under its member path; a member that cannot be read fails alone."""
+    for part in members:
+        path = f"{member}#{part.step}" if member else part.step
+        where = display_path(f"{base.source}#{path}")
+        if part.data is None:
+            yield ItemFailure(where, part.error or "unreadable")
+            continue
+        if depth + 1 > MAX_DEPTH:
+            yield ItemFailure(where, f"nested more than {MAX_DEPTH} deep (mail and archives inside each other)")
+            continue
+        if not part.data:
+            yield ItemFailure(where, "empty (0 bytes)")
+            continue
+        try:
+            yield from _items_of_bytes(part.name, part.data, base, options, member=path, depth=depth + 1)
+        except Exception as exc:  # noqa: BLE001 - this member only; the container's other members go on
+            yield ItemFailure(where, _reason(exc))
+
+
+def sheet_names(pdf: bytes) -> dict[int, str]:
+    """First page -> sheet name, from the bookmarks LibreOffice writes for a spreadsheet's sheets."""
+    import pypdfium2 as pdfium
+
+    names: dict[int, str] = {}
+    with PDFIUM_LOCK:
+        try:
+            doc = pdfium.PdfDocument(pdf)
+        except Exception:  # noqa: BLE001 - render_pdf reports an unreadable PDF
+            return names
+        try:
+            for bookmark in doc.get_toc(max_depth=1):
+                dest = bookmark.get_dest()
+                index = dest.get_index() if dest is not None else None
+                if index is not None and index + 1 not in names:
+                    names[index + 1] = bookmark.get_title()
+        except Exception:  # noqa: BLE001 - no usable outline: pages without sheet names
+            names = {}
+        finally:
+            doc.close()
+    return names
 
 
 def file_content_key(digest: str, *, page: int | None = None, segment: Sequence[float] | None = None) -> str:
@@ -229,11 +350,14 @@ def indexed_file_hash(payload: Mapping[str, Any], digest: str) -> str:
     return hashlib.sha256(file_content_key(digest, page=page, segment=segment).encode()).hexdigest()
 
 
-def _video_items(path: Path, options: IngestOptions, base: Record) -> Iterator[Item]:
-    """A video as one unit, or as fixed-length segments (``video_segment_seconds``)."""
-    source = base.source
-    digest, stamp = _hash_open_file(path)
-    verify = _unchanged(path, stamp)
+def _video_items(path: Path, options: IngestOptions, base: Record, *, digest: str | None = None) -> Iterator[Item]:
+    """A video as one unit, or as fixed-length segments (``video_segment_seconds``). ``digest``: a video extracted
+    from a mail or an archive into the cache (its bytes already hashed; nothing to verify afterwards)."""
+    source = os.fspath(path)
+    verify: Callable[[], None] | None = None
+    if digest is None:
+        digest, stamp = _hash_open_file(path)
+        verify = _unchanged(path, stamp)
     duration = video_duration(path)
     step = options.video_segment_seconds
     if step is None or duration <= step:
@@ -249,18 +373,6 @@ def _video_items(path: Path, options: IngestOptions, base: Record) -> Iterator[I
         record = replace(base, modality="video", segment=[start, end], duration=duration)
         yield Item(file_content_key(digest, segment=(start, end)), segment, record, verify)
         start = end
-
-
-def _decode_text(data: bytes) -> str:
-    """UTF-8 text; a byte order mark at the start (Windows editors write one) is not part of it."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text") from None
-
-
-def _read_text(path: Path) -> str:
-    return _decode_text(path.read_bytes())
 
 
 def _render_page(pdf: Any, index: int, dpi: int, max_pixels: int) -> tuple[Image.Image, str]:
@@ -285,12 +397,18 @@ def video_duration(path: Path) -> float:
 
 
 def render_pdf(
-    source: str | Path | bytes, dpi: int = PDF_DPI, *, max_pixels: int = PDF_MAX_PIXELS, skip_bad_pages: bool = False
+    source: str | Path | bytes,
+    dpi: int = PDF_DPI,
+    *,
+    max_pixels: int = PDF_MAX_PIXELS,
+    skip_bad_pages: bool = False,
+    max_pages: int | None = None,
 ) -> Iterator[tuple[int, Image.Image | None, str]]:
     """(1-based page number, page image, page text) for each page, rendered lazily at :func:`pdf_render_scale`.
 
     ``source`` is a path or the file's bytes. A page that cannot be rendered raises, or with ``skip_bad_pages``
-    comes as ``(page number, None, the reason)`` and the next pages follow."""
+    comes as ``(page number, None, the reason)`` and the next pages follow. A document of more than ``max_pages``
+    pages is refused before any page is rendered."""
     import pypdfium2 as pdfium
 
     with PDFIUM_LOCK:  # held for each pdfium call, never across a yield (see PDFIUM_LOCK)
@@ -302,6 +420,8 @@ def render_pdf(
     try:
         if pages == 0:
             raise InputError("PDF has no pages")
+        if max_pages is not None and pages > max_pages:
+            raise InputError(f"document has {pages} pages (limit {max_pages}; index --max-pages raises it)")
         for index in range(pages):
             try:
                 image, text = _render_page(pdf, index, dpi, max_pixels)

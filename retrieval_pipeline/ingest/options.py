@@ -18,6 +18,11 @@ CHUNK_OVERLAP = 200
 MAX_TEXT_BYTES = 64 * 1024 * 1024
 
 
+# Largest document read, in pages (a PDF, an office document once converted): a larger one is refused before any
+# page is rendered; `index --max-pages` changes it.
+MAX_PAGES = 1000
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     recursive: bool = True
@@ -29,10 +34,13 @@ class IngestOptions:
     pdf_dpi: int = PDF_DPI
     pdf_max_pixels: int | None = None  # None: the embedder's max_pixels (else PDF_MAX_PIXELS)
     max_text_bytes: int = MAX_TEXT_BYTES  # a text / Markdown file larger than this is refused, not read
+    max_pages: int = MAX_PAGES  # a document of more pages is refused, not rendered
 
     def __post_init__(self) -> None:
         if self.max_text_bytes < 1:
             raise ValueError("max_text_bytes must be positive")
+        if self.max_pages < 1:
+            raise ValueError("max_pages must be positive")
         if self.chunk_chars < 1 or not 0 <= self.chunk_overlap < self.chunk_chars:
             raise ValueError("need chunk_chars >= 1 and 0 <= chunk_overlap < chunk_chars")
         if self.video_segment_seconds is not None and self.video_segment_seconds <= 0:

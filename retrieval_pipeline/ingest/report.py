@@ -18,10 +18,12 @@ class Failure:
 @dataclass
 class ItemFailure:
     """A part of a file that failed on its own (a PDF page that cannot be rendered): reported under ``where``
-    while the file's other parts are indexed."""
+    while the file's other parts are indexed. ``skipped``: a part of a type that is not indexed (a ``.exe`` in an
+    archive): reported with the skipped files, and the file counts as read in full."""
 
     where: str
     reason: str
+    skipped: bool = False
 
 
 @dataclass
