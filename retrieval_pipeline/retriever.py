@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from .layout import SearchOptions
 from .media import InputError, InputLike, parse_input
+from .media.documents import document_pdf, page_highlights, query_terms, snippet
 from .models.encoding import estimate_text_tokens, estimate_vision_tokens
 from .protocols import Embedder, Reranker
 from .records import Record
@@ -67,6 +68,10 @@ class Hit:
     payload: dict[str, Any]
     rank: int = 0
     stage_one_rank: int = 0  # the rank stage one gave it (before reranking)
+    # where the query's words are on a page hit (``[{"term", "boxes": [[x0, y0, x1, y1], ...]}]``, page-relative,
+    # origin top-left; empty for a page without a text layer), and the part of the hit's text around them
+    highlights: list[dict[str, Any]] | None = None
+    snippet: str | None = None
     _item: Any = field(default=None, repr=False)
     _record: Record | None = field(default=None, repr=False)
 
@@ -113,7 +118,26 @@ class Hit:
             "stage_one_rank": self.stage_one_rank,
             **self.record.hit_fields(),
             "text": self.text[:text_chars],
+            **({"snippet": self.snippet} if self.snippet is not None else {}),
+            **({"highlights": self.highlights} if self.highlights is not None else {}),
         }
+
+    def annotate(self, query_text: str) -> None:
+        """Set :attr:`snippet` and, on a page, :attr:`highlights` for the words of ``query_text``."""
+        record = self.record
+        if not query_text:
+            return
+        if record.text:
+            self.snippet = snippet(record.text, query_text)
+        if record.modality == "pdf-page" and record.page:
+            self.highlights = []
+            terms = query_terms(query_text)
+            if not (terms and record.text):  # a scanned page has no text layer: nothing to point at
+                return
+            try:
+                self.highlights = page_highlights(document_pdf(record.source, record.member), record.page, terms)
+            except Exception as exc:  # noqa: BLE001 - the file moved or changed: the hit stands without boxes
+                logger.debug("no highlights for %s: %s", record.describe(), exc)
 
 
 def _options(value: SearchOptions | Mapping[str, Any] | None) -> SearchOptions:
@@ -211,6 +235,8 @@ class TwoStageRetriever:
         hits = hits[:top_k]
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank
+            if text:
+                hit.annotate(text)
         return hits
 
     def rerank_hits(self, query: InputLike, hits: list[Hit], *, at_least: int = 1) -> list[Hit]:

@@ -161,17 +161,18 @@ def test_corrupt_and_unsupported_files_are_reported(embedder, store, corpus):
     (corpus / "broken.jpg").write_bytes(b"not a jpeg at all")
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
     (corpus / "broken.mp4").write_bytes(b"\x00" * 64)
-    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))  # decodes (issue 28): indexed
+    (corpus / "binary.txt").write_bytes(bytes(range(256)) * 4)  # no encoding explains it
     (corpus / "data.xyz").write_text("?")
     report = Indexer(embedder, store).index_paths([corpus, corpus / "missing.png"], show_progress_bar=False)
     failed = {f.source.rsplit("/", 1)[-1]: f.reason for f in report.failed}
-    assert set(failed) == {"broken.jpg", "broken.pdf", "broken.mp4", "latin1.txt", "missing.png"}
+    assert set(failed) == {"broken.jpg", "broken.pdf", "broken.mp4", "binary.txt", "missing.png"}
     assert "not a readable image" in failed["broken.jpg"]
     assert "PDF" in failed["broken.pdf"]
     assert "video" in failed["broken.mp4"]
-    assert "UTF-8" in failed["latin1.txt"]
+    assert "binary data, not text" in failed["binary.txt"]
     assert [s.source.rsplit("/", 1)[-1] for s in report.skipped] == ["data.xyz"]
-    assert report.indexed == 3 + len(chunk_text(NOTES)) + 2  # every good file is in
+    assert report.indexed == 3 + len(chunk_text(NOTES)) + 2 + 1  # every good file is in
     assert isinstance(report, IndexReport) and "failed" in report.summary()
 
 

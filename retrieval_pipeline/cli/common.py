@@ -77,6 +77,12 @@ def index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-text-mb", type=at_least(1), default=64, help="largest text / Markdown file read, in MB (default 64)"
     )
+    p.add_argument(
+        "--max-pages",
+        type=at_least(1),
+        default=1000,
+        help="largest document read, in pages (PDF, office; a longer one is refused unrendered; default 1000)",
+    )
     p.add_argument("--dim", type=at_least(1), default=None, help="Matryoshka dimension of the stored vectors")
     p.add_argument("--metadata", default=None, help="JSON object stored with every item (payload 'metadata')")
     p.add_argument("--prune", action="store_true", help="remove the items of files under PATH that no longer exist")

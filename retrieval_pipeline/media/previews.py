@@ -65,18 +65,24 @@ def poster_frame(path: str, start: float) -> Any:
     return Image.fromarray(frame)
 
 
-def visual(modality: str | None, path: str, *, page: int = 1, start: float = 0.0, full: bool) -> Any:
-    """An item as a PIL image (None for text): the image, the rendered page (1-based ``page``), the poster frame
-    at ``start`` seconds. ``full``: the viewer's size, else a thumbnail's."""
+def visual(
+    modality: str | None, path: str, *, page: int = 1, start: float = 0.0, full: bool, member: str | None = None
+) -> Any:
+    """An item as a PIL image (None for text): the image, the rendered page (1-based ``page`` of a PDF or an office
+    document), the poster frame at ``start`` seconds. ``member``: the item is inside the file at ``path`` (a mail's
+    attachment, an archive's entry). ``full``: the viewer's size, else a thumbnail's."""
+    from .containers import extracted
+    from .documents import render_document_page
     from .inputs import decode_image
-    from .pdf import render_pdf_page
 
+    if modality == "pdf-page":
+        return render_document_page(path, page, dpi=144 if full else 48, member=member)
+    if member and modality in ("image", "video"):
+        path = str(extracted(path, member))
     if modality == "image":
         # the ingestion decoder: a file swapped for a decompression bomb since indexing is refused before decoding;
         # a large JPEG is decoded at a reduced scale (what is shown is at most MEDIA_PIXELS anyway)
         return decode_image(path, os.path.basename(path), draft_pixels=MEDIA_PIXELS)
-    if modality == "pdf-page":
-        return render_pdf_page(path, page, dpi=144 if full else 48)
     if modality == "video":
         return poster_frame(path, start)
     return None

@@ -139,6 +139,11 @@ class SearchRequest(BaseModel):
     search_options: SearchKnobs | None = None
 
 
+class Highlight(BaseModel):
+    term: str
+    boxes: list[list[float]] = Field(description="[x0, y0, x1, y1] per box, page-relative (0..1, origin top-left).")
+
+
 class SearchHit(BaseModel):
     rank: int
     id: str
@@ -150,11 +155,20 @@ class SearchHit(BaseModel):
     source: str | None = Field(
         default=None, description="URL, or a path relative to the server's source root (a file name otherwise)."
     )
+    member: str | None = Field(
+        default=None, description="Where in its source the item is: attachment=NAME, entry=PATH (chained with #)."
+    )
     page: int | None = None
+    sheet: str | None = Field(default=None, description="A spreadsheet page's sheet.")
     segment: list[float] | None = None
     chunk: int | None = None
     metadata: dict[str, Any] | None = None
     text: str = ""
+    snippet: str | None = Field(default=None, description="The part of the item's text around the query's words.")
+    highlights: list[Highlight] | None = Field(
+        default=None,
+        description="On a page: where the query's words are (empty when the page has no text layer, e.g. a scan).",
+    )
 
 
 class SearchResponse(BaseModel):

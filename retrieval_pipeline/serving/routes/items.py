@@ -78,6 +78,11 @@ def _still_indexed(path: str, payload: dict[str, Any]) -> bool:
     expected = payload.get("content_hash")
     if not expected or payload.get("modality") not in ("image", "pdf-page", "video"):
         return True
+    member = payload.get("member")
+    if member:  # the item is inside the file: its own bytes were hashed (extracted once per file version)
+        from ...media.containers import extracted
+
+        path = str(extracted(path, str(member)))
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns)
     with _CHECKED_LOCK:
@@ -101,11 +106,33 @@ def _reason(exc: BaseException, local: str) -> str:
     return f"the source cannot be decoded: {text[:160]}"
 
 
+def _highlights(payload: dict[str, Any], local: str | None, q: str) -> list[dict[str, Any]] | None:
+    """Where the words of ``q`` are on a page item (None for other items; empty without a text layer)."""
+    from ...media.documents import document_pdf, page_highlights, query_terms
+
+    if payload.get("modality") != "pdf-page" or not payload.get("page"):
+        return None
+    terms = query_terms(q)
+    if local is None or not terms or not payload.get("text"):
+        return []
+    try:
+        return page_highlights(document_pdf(local, payload.get("member") or None), int(payload["page"]), terms)
+    except (InputError, OSError, ValueError, RuntimeError):
+        return []
+
+
 @router.get("/v1/items/{point}", responses=ERRORS)
-async def item(point: str, state: State) -> dict[str, Any]:
+async def item(
+    point: str,
+    state: State,
+    q: str | None = Query(default=None, max_length=2000, description="A query: its words' boxes on a page item"),
+) -> dict[str, Any]:
     payload = await state.store_call(_payload, state, point)
-    local, why = _local_source(payload)
-    data = {k: payload.get(k) for k in ("modality", "page", "segment", "chunk", "duration", "file_name", "metadata")}
+    local, why = await state.store_call(_local_source, payload)
+    keys = ("modality", "member", "page", "sheet", "segment", "chunk", "duration", "file_name", "metadata")
+    data = {k: payload.get(k) for k in keys}
+    if q:
+        data["highlights"] = await state.store_call(_highlights, payload, local, q)
     data.update(
         id=_point_id(point),
         source=public_source(payload.get("source"), state),
@@ -146,7 +173,8 @@ class _EncodedCache:
 def _visual(payload: dict[str, Any], path: str, *, full: bool) -> Any:
     segment = payload.get("segment") or [0.0, 0.0]
     page = int(payload.get("page") or 1)
-    return previews.visual(payload.get("modality"), path, page=page, start=float(segment[0]), full=full)
+    member = str(payload.get("member") or "") or None
+    return previews.visual(payload.get("modality"), path, page=page, start=float(segment[0]), full=full, member=member)
 
 
 def _thumbnail(payload: dict[str, Any], side: int) -> tuple[bytes, str | None]:
@@ -194,12 +222,13 @@ _ENCODED = _EncodedCache(MEDIA_CACHE_BYTES)
 
 def _encoded_media(payload: dict[str, Any], local: str) -> tuple[bytes, str]:
     st = os.stat(local)
-    key = (local, st.st_size, st.st_mtime_ns, payload.get("modality"), payload.get("page"))
+    member = str(payload.get("member") or "")
+    key = (local, st.st_size, st.st_mtime_ns, payload.get("modality"), payload.get("page"), member)
     cached = _ENCODED.get(key)
     if cached is not None:
         return cached
     image = _visual(payload, local, full=True)
-    if local.lower().endswith((".jpg", ".jpeg")):
+    if payload.get("modality") == "image" and (member or local).lower().endswith((".jpg", ".jpeg")):
         value = (previews.jpeg(previews.bounded(image), 1 << 15), "image/jpeg")
     else:
         value = (previews.png(image), "image/png")
@@ -234,9 +263,12 @@ async def media(point: str, state: State, request: Request) -> Response:
     if local is None:
         return _placeholder_response(modality, why)
     if modality == "video":
+        from ...media.containers import extracted
         from ...media.video import probe
 
         try:  # still a video within the limits (not a file swapped in since indexing)
+            if payload.get("member"):  # a video inside a mail or an archive: served from its extracted copy
+                local = str(await state.store_call(extracted, local, str(payload["member"])))
             await state.store_call(probe, local)
         except (InputError, OSError, ValueError, RuntimeError) as exc:
             return _placeholder_response(modality, _reason(exc, local))
