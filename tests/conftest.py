@@ -19,6 +19,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 os.environ.setdefault(
     "QWEN3VL_RAG_HASH_CACHE", str(Path(tempfile.gettempdir()) / f"qwen3vl-rag-test-hashes-{os.getpid()}.json")
 )
+# converted office documents and extracted members: the suite's own cache, shared by its workers (writes are atomic)
+os.environ.setdefault("QWEN3VL_RAG_CACHE", tempfile.mkdtemp(prefix="qwen3vl-rag-test-cache-"))
 PARITY = FIXTURES / "parity"
 TINY = PARITY / "tiny-qwen3vl"
 MEDIA = PARITY / "media"

@@ -5,6 +5,7 @@ killed mid-run."""
 from __future__ import annotations
 
 import contextlib
+import email.message
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -61,7 +63,17 @@ def corpus(tmp_path):
     (folder / "notes.md").write_text(PROSE)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "empty.txt").write_bytes(b"")
-    (folder / "table.csv").write_text("a,b\n")  # unsupported: skipped
+    (folder / "table.xyz").write_text("a,b\n")  # unsupported: skipped
+    # a mail with a PDF attachment and an archive (issue 28): members through the same readers on both paths
+    mail = email.message.EmailMessage()
+    mail["From"], mail["Subject"] = "alice@example.com", "Minutes"
+    mail.set_content("The minutes are attached.")
+    attachment = make_text_pdf(tmp_path / "minutes.pdf", ["Minutes of the ibex meeting."]).read_bytes()
+    mail.add_attachment(attachment, maintype="application", subtype="pdf", filename="minutes.pdf")
+    (folder / "mail.eml").write_bytes(bytes(mail))
+    with zipfile.ZipFile(folder / "bundle.zip", "w") as archive:
+        archive.writestr("docs/readme.txt", "Read me first: the ibex manual.")
+        archive.writestr("tool.exe", b"MZ")  # a member of a type not indexed: skipped, named
     (folder / os.fsdecode(b"caf\xe9.txt")).write_text("a name that is not UTF-8")  # fails with its reason
     make_text_pdf(folder / "report.pdf", ["Quarterly revenue by region.", "Outlook for next year: growth."])
     make_pdf_with_bad_page(folder / "bad.pdf", ["Cover page.", "(cannot be rendered)", "Appendix."], bad=2)
@@ -117,15 +129,17 @@ def test_ray_gives_the_single_process_ids_vectors_payloads_and_report(embedder, 
     assert distributed.failed == single.failed  # not only the same set: the same order (file order)
     names = [f.source.rsplit("/", 1)[-1] for f in single.failed]
     assert names == sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape"))
-    assert distributed.indexed == 1 + 1 + 1 + 2 + 2 + single_store.count({"modality": "text"})
+    assert distributed.indexed == 1 + 1 + 1 + 2 + 2 + 1 + single_store.count({"modality": "text"})
     failed = {f.source.rsplit("/", 1)[-1] for f in distributed.failed}
     assert failed == {"bad.pdf (page 2)", "broken.png", "empty.txt", "caf\\xe9.txt"}  # one page, not the file
-    assert [f.source.rsplit("/", 1)[-1] for f in distributed.skipped] == ["table.csv"]
+    assert [f.source.rsplit("/", 1)[-1] for f in distributed.skipped] == ["table.xyz", "bundle.zip#entry=tool.exe"]
+    members = {p.payload.get("member") for p in points(ray_store).values()}
+    assert {"attachment=minutes.pdf", "entry=docs/readme.txt"} <= members
     same_points(ray_store, single_store)
     cat = [p for p in points(ray_store).values() if p.payload.get("file_name") == "chelsea.jpg"]
     assert len(cat) == 1 and len(cat[0].payload["sources"]) == 2  # both files, in file order
 
-    assert all(p.payload["metadata"] == metadata for p in points(ray_store).values())
+    assert all(metadata.items() <= p.payload["metadata"].items() for p in points(ray_store).values())  # mail: + headers
     if kind == "edge":  # a re-run embeds nothing (the server backend runs the same code)
         again = ray_indexer(ray_store, actors=1).index_paths([corpus], metadata=metadata, show_progress_bar=False)
         assert (again.indexed, again.present) == (0, single.indexed + single.present)

@@ -207,3 +207,70 @@ def test_phone_width_and_keyboard(page):
     page.wait_for_selector("#viewer[open] #viewer-body :is(img, video, pre)")
     page.keyboard.press("Escape")  # the dialog closes from the keyboard too
     assert page.evaluate("!document.getElementById('viewer').open")
+
+
+BOXES_IN_IMAGE = """selector => {
+    // each highlight box's rect relative to its image's rect, as fractions of the image (0..1 when inside it)
+    const root = document.querySelector(selector);
+    const img = root.querySelector('.marks img');
+    if (!img || !img.complete || !img.naturalWidth) return null;
+    const r = img.getBoundingClientRect();
+    return [...root.querySelectorAll('.marks .hl')].map(b => {
+        const q = b.getBoundingClientRect();
+        return [(q.left - r.left) / r.width, (q.top - r.top) / r.height, (q.right - r.left) / r.width,
+                (q.bottom - r.top) / r.height];
+    });
+}"""
+
+
+def _same_boxes(shown: list, expected: list, tolerance: float = 0.02) -> None:
+    assert len(shown) == len(expected) >= 1, (shown, expected)
+    for box in shown:
+        assert all(-tolerance <= v <= 1 + tolerance for v in box), box  # within the page's image
+        assert any(all(abs(a - b) <= tolerance for a, b in zip(box, want)) for want in expected), (box, expected)
+
+
+def test_page_hits_show_the_query_words_boxes_over_the_page_and_a_snippet(page, server):
+    # annual_report.pdf has a text layer; "quarterly" is on its first page only
+    page.evaluate(
+        """() => { window.__csp = [];
+             document.addEventListener('securitypolicyviolation', e => window.__csp.push(e.violatedDirective)); }"""
+    )
+    _login(page)
+    for box in page.query_selector_all("input[name=modality]"):
+        box.set_checked(box.get_attribute("value") == "pdf-page")
+    ids = _search(page, "quarterly", rerank=False)
+    api = httpx.post(
+        f"{server}/v1/search",
+        json={"query": "quarterly", "top_k": 8, "rerank": False, "filters": {"modality": ["pdf-page"]}},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    ).json()["results"]
+    hits = {h["id"]: h for h in api}
+    assert sorted(hits) == sorted(ids)
+    found = [h for h in api if h.get("highlights")]
+    assert len(found) == 1 and found[0]["page"] == 1, api
+    hit = found[0]
+    expected = [b for h in hit["highlights"] for b in h["boxes"]]
+    # the card: the boxes over the thumbnail, where the API says the word is
+    card = f'#results .card[data-id="{hit["id"]}"]'
+    _same_boxes(_wait(page, BOXES_IN_IMAGE, card), expected)
+    assert "quarterly" in page.text_content(f"{card} .snippet mark").lower()
+    assert "annual_report.pdf \u00b7 page 1" in page.text_content(f"{card} .source")
+    other = next(i for i in ids if i != hit["id"])  # page 2: the word is not there, nothing drawn
+    _wait(page, 'id => document.querySelector(`#results .card[data-id="${id}"] img.thumb`).naturalWidth > 0', other)
+    assert page.locator(f'#results .card[data-id="{other}"] .hl').count() == 0
+    # the viewer: the same boxes over the full-size page
+    page.click(card)
+    page.wait_for_selector("#viewer[open] #viewer-body .marks .hl")
+    _same_boxes(_wait(page, BOXES_IN_IMAGE, "#viewer-body"), expected, tolerance=0.01)
+    page.click("#viewer-close")
+    # a hit without its boxes (as a chat source may come): the item's, for the query shown
+    fetched = page.evaluate("async id => pageHighlights({id})", hit["id"])
+    assert [b for h in fetched for b in h["boxes"]] == expected
+    # an item inside its source file, a spreadsheet page's sheet
+    inside = {"source": "mail/q3.eml", "member": "attachment=report.pdf", "modality": "pdf-page", "page": 2}
+    assert page.evaluate("hit => describe(hit)", inside) == "q3.eml#attachment=report.pdf \u00b7 page 2"
+    sheet = {"source": "budget.xlsx", "sheet": "Costs", "modality": "pdf-page", "page": 1}
+    assert page.evaluate("hit => describe(hit)", sheet) == "budget.xlsx \u00b7 sheet Costs \u00b7 page 1"
+    assert page.evaluate("window.__csp") == [] and not page.errors, (page.evaluate("window.__csp"), page.errors)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..settings import cache_dir
@@ -104,11 +105,11 @@ def read_mail(data: bytes) -> Mail:
         name = web.unique_name(os.path.basename(name.replace("\\", "/")), used)
         try:
             if kind == "message/rfc822":
-                inner = attachment.get_payload()
+                inner: Any = attachment.get_payload()
                 inner = inner[0] if isinstance(inner, list) else inner
                 payload = inner.as_bytes(policy=email.policy.default)
             else:
-                payload = attachment.get_payload(decode=True) or b""
+                payload = decoded_payload(attachment)
         except Exception as exc:  # noqa: BLE001 - a broken part: this attachment only
             mail.members.append(Member(f"attachment={name}", name, None, f"unreadable attachment: {exc}"))
             continue
@@ -116,11 +117,17 @@ def read_mail(data: bytes) -> Mail:
     return mail
 
 
-def _content(part: EmailMessage) -> str | bytes:
+def _content(part: Any) -> str | bytes:
     try:
         return part.get_content()
     except (LookupError, UnicodeError):  # an unknown charset: the bytes, decoded leniently
-        return (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+        return decoded_payload(part).decode("utf-8", "replace")
+
+
+def decoded_payload(part: Any) -> bytes:
+    """A MIME part's bytes, transfer encoding undone (b"" for a part without any)."""
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,8 +213,8 @@ def members(name: str, data: bytes, folder: Path | None = None) -> Iterator[Memb
         for part_name, payload in web.read_mhtml(data)[1]:
             yield Member(f"part={part_name}", part_name, payload)
     elif suffix in web.HTML_EXTENSIONS:
-        for step, image_name, payload, error in web.read_html(data, folder).images:
-            yield Member(step, image_name, payload, error)
+        for step, image_name, image, error in web.read_html(data, folder).images:
+            yield Member(step, image_name, image, error)
     else:
         raise InputError(f"{name!r} holds no members")
 
@@ -231,7 +238,7 @@ def member_bytes(path: str | os.PathLike, member: str) -> tuple[str, bytes]:
                 raise InputError(f"the page's image {wanted!r} is no longer beside it")
             data, name = local.read_bytes(), wanted
         else:
-            found = next((m for m in members(name, data) if m.step == step), None)
+            found = next((m for m in members(name, data) if m.step == step and m.data is not None), None)
             if found is None or found.data is None:
                 raise InputError(f"{os.path.basename(name)} no longer holds {step!r}")
             data, name = found.data, found.name

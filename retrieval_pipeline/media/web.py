@@ -154,6 +154,8 @@ def _data_uri(uri: str) -> bytes:
 
 def read_mhtml(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     """An MHTML archive (a page saved by a browser as one file): (the HTML, its other parts as (name, bytes))."""
+    from .containers import decoded_payload
+
     message = email.message_from_bytes(data, policy=email.policy.default)
     html: bytes | None = None
     parts: list[tuple[str, bytes]] = []
@@ -161,7 +163,7 @@ def read_mhtml(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     for n, part in enumerate(message.walk()):
         if part.is_multipart():
             continue
-        payload = part.get_payload(decode=True) or b""
+        payload = decoded_payload(part)
         kind = part.get_content_type()
         if kind == "text/html" and html is None:
             html = payload

@@ -19,7 +19,7 @@ from ..layout import (
     document_sparse,
     query_plan,
 )
-from ..records import sources_of, sources_update
+from ..records import MODALITIES, sources_of, sources_update
 from .filters import _conditions
 from .spec import SCROLL_PAGE, VERIFY_SAMPLE, CollectionSpec, Point, StoreAddress, StoredHit
 
@@ -346,6 +346,7 @@ class VectorStore:
             "location": self.location,
             "collection": self.collection,
             "points": self.count() if spec else 0,
+            "modalities": {m: n for m in MODALITIES if spec and (n := self.count({"modality": m}))},
             "spec": spec.to_dict() if spec else None,
             "layout": spec.vectors.describe(spec.dim) if spec else None,
             "search": " => ".join(self.explain(limit=10, text="example")) if spec else None,

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("qwen3vl-rag-token") || "", image: null, blobs: [], hits: [] };
+const state = { token: sessionStorage.getItem("qwen3vl-rag-token") || "", image: null, blobs: [], hits: [], query: "" };
 
 function el(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -91,11 +91,64 @@ function seconds(value) {
 }
 
 function describe(hit) {
-  const name = (hit.source || "").split(/[\\/]/).pop() || hit.id;
-  if (hit.modality === "pdf-page") return name + " \u00b7 page " + hit.page;
+  // source#member for an item inside its file (a mail's attachment, an archive's entry), then where in it
+  const name = ((hit.source || "").split(/[\\/]/).pop() || hit.id) + (hit.member ? "#" + hit.member : "");
+  if (hit.modality === "pdf-page") return name + (hit.sheet ? " \u00b7 sheet " + hit.sheet : "") + " \u00b7 page " + hit.page;
   if (hit.modality === "video" && hit.segment) return name + " \u00b7 " + seconds(hit.segment[0]) + "\u2013" + seconds(hit.segment[1]);
   if (hit.modality === "text" && hit.chunk !== null && hit.chunk !== undefined) return name + " \u00b7 chunk " + hit.chunk;
   return name;
+}
+
+function boxes(highlights) {
+  // the query's words on a page: [{term, boxes: [[x0, y0, x1, y1], ...]}] page-relative (0..1, origin top-left),
+  // drawn over the page's image in percentages (positions set through the CSSOM, which the page's CSP allows)
+  const out = [];
+  for (const h of highlights || []) {
+    for (const b of h.boxes || []) {
+      const [x0, y0, x1, y1] = b.map((v) => Math.min(1, Math.max(0, Number(v) || 0)));
+      if (!(x1 > x0 && y1 > y0)) continue;
+      const box = el("span", { class: "hl", title: String(h.term), "aria-hidden": "true" });
+      box.style.left = x0 * 100 + "%";
+      box.style.top = y0 * 100 + "%";
+      box.style.width = (x1 - x0) * 100 + "%";
+      box.style.height = (y1 - y0) * 100 + "%";
+      out.push(box);
+    }
+  }
+  return out;
+}
+
+function marked(img, highlights) {
+  // the image in a frame its own size, with the boxes over it (they scale with the image)
+  const frame = el("span", { class: "marks" }, [img, ...boxes(highlights)]);
+  const n = frame.childElementCount - 1;
+  if (n) frame.dataset.boxes = String(n);
+  return frame;
+}
+
+const STOPWORDS = new Set(("a an and are as at be by for from has have in is it its of on or that the this to was were what " +
+  "when where which who why will with how do does did can could should would about into than then there these those").split(" "));
+
+function terms(query) {
+  // the query's words worth marking (as the server picks them: no stopwords), longest first
+  const words = (query || "").toLowerCase().match(/[\p{L}\p{N}_][\p{L}\p{N}_\-./]*[\p{L}\p{N}_]|[\p{L}\p{N}_]/gu) || [];
+  return [...new Set(words)].filter((w) => !STOPWORDS.has(w) && (w.length > 1 || /\d/.test(w))).sort((a, b) => b.length - a.length);
+}
+
+function snippet(hit) {
+  // the part of the text around the query's words, as text with the words in <mark> (never parsed as HTML); a
+  // chunk's card shows its text from the start already, so a snippet that is just that start is left out
+  const text = (hit.snippet || "").trim();
+  if (!text) return null;
+  if (hit.modality === "text" || hit.modality === "mixed") {
+    const flat = (hit.text || "").split(/\s+/).join(" ").trim();
+    if (flat.startsWith(text.replace(/ \u2026$/, ""))) return null;
+  }
+  const words = terms(state.query);
+  const escaped = words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  const parts = escaped.length ? text.split(new RegExp("(" + escaped.join("|") + ")", "iu")) : [text];
+  const nodes = parts.filter((p) => p).map((p) => (words.includes(p.toLowerCase()) ? el("mark", { text: p }) : document.createTextNode(p)));
+  return el("div", { class: "snippet" }, nodes);
 }
 
 function card(hit, position) {
@@ -104,10 +157,16 @@ function card(hit, position) {
   if (hit.modality === "text" || hit.modality === "mixed") {
     visual = el("div", { class: "chunk", text: hit.text || "" });
   } else {
-    visual = el("img", { class: "thumb", alt: hit.modality + " " + describe(hit) });
+    const img = el("img", { class: "thumb", alt: hit.modality + " " + describe(hit) });
+    const frame = hit.modality === "pdf-page" ? marked(img, hit.highlights) : null;
+    visual = frame ? el("div", { class: "thumb-frame" }, [frame]) : img;
     blobUrl("/v1/items/" + encodeURIComponent(hit.id) + "/thumbnail")
-      .then(({ url, placeholder }) => { visual.src = url; if (placeholder) visual.title = placeholder; })
-      .catch((e) => { visual.alt = "thumbnail unavailable: " + e.message; });
+      .then(({ url, placeholder }) => {
+        img.src = url;
+        if (placeholder) img.title = placeholder;
+        if (placeholder && frame) frame.querySelectorAll(".hl").forEach((b) => b.remove());  // not the page
+      })
+      .catch((e) => { img.alt = "thumbnail unavailable: " + e.message; });
   }
   const before = hit.stage_one_rank || hit.rank;
   const scores = "vector " + Number(hit.vector_score).toFixed(4) +
@@ -118,6 +177,8 @@ function card(hit, position) {
     el("div", { class: "source", text: describe(hit) }),
     el("div", { class: "scores", text: scores }),
   ]);
+  const snip = snippet(hit);
+  if (snip) meta.append(snip);
   fig.append(visual, meta);
   fig.addEventListener("click", () => openItem(hit));
   fig.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openItem(hit); } });
@@ -154,11 +215,27 @@ async function openItem(hit) {
       const { url, placeholder } = await blobUrl(path);
       const img = el("img", { alt: describe(hit) });
       img.src = url;
-      body.replaceChildren(img);
+      if (hit.modality === "pdf-page" && !placeholder) {
+        body.replaceChildren(marked(img, await pageHighlights(hit)));
+      } else {
+        body.replaceChildren(img);
+      }
       if (placeholder) body.append(el("p", { class: "muted", text: placeholder }));
     }
   } catch (e) {
     body.replaceChildren(el("p", { class: "error", text: e.message }));
+  }
+}
+
+async function pageHighlights(hit) {
+  // the hit's own boxes, else the item's for the query the results are for (none when that cannot be had)
+  if (Array.isArray(hit.highlights)) return hit.highlights;
+  if (!state.query) return [];
+  try {
+    const item = await (await api("/v1/items/" + encodeURIComponent(hit.id) + "?q=" + encodeURIComponent(state.query))).json();
+    return item.highlights || [];
+  } catch (e) {
+    return [];
   }
 }
 
@@ -169,6 +246,7 @@ async function search(event) {
   if (!query) { showError("type a query or add an image"); return; }
   if (!anyKind()) { showError("tick at least one kind of item to search"); return; }
   setStatus("searching\u2026");
+  state.query = $("query").value.trim();
   const body = { query, top_k: Number($("top-k").value) || 8, rerank: $("rerank").checked };
   const f = filters();
   if (f) body.filters = f;
@@ -206,6 +284,7 @@ async function ask() {
   const text = $("query").value.trim();
   if (!text) { showError("type a question to ask"); return; }
   if (!anyKind()) { showError("tick at least one kind of item to search"); return; }
+  state.query = text;
   const content = state.image ? [{ type: "text", text }, { type: "image_url", image_url: { url: state.image.data } }] : text;
   const body = {
     stream: true, messages: [{ role: "user", content }],

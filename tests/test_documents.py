@@ -1,0 +1,459 @@
+"""Real folders (issue 28): office documents rendered by LibreOffice, web pages, mail with attachments, archives,
+text in any encoding -- each becomes items through the same readers, with text layers, member paths and highlights.
+
+Every document here is written by the library that writes it (python-docx, python-pptx, openpyxl, the email
+package, zipfile, the project's own PDF writer); LibreOffice (Debian's headless packages, installed by .ci/run)
+renders the office ones."""
+
+from __future__ import annotations
+
+import email.message
+import io
+import json
+import os
+import shutil
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import MEDIA, LiveServer
+from helpers.cli import main_here
+
+from retrieval_pipeline.errors import InputError
+from retrieval_pipeline.ingest import Indexer, IngestOptions
+from retrieval_pipeline.ingest.items import items_of_file
+from retrieval_pipeline.media import containers, office
+from retrieval_pipeline.media.documents import page_highlights, query_terms, snippet
+from retrieval_pipeline.media.text import decode_text
+from retrieval_pipeline.pipeline import RAGPipeline
+from retrieval_pipeline.records import Record
+from retrieval_pipeline.serving.app import ServerConfig, create_app
+from retrieval_pipeline.store import EdgeStore
+from retrieval_pipeline.testing import make_text_pdf
+
+needs_libreoffice = pytest.mark.skipif(office.soffice() is None, reason="LibreOffice is not installed")
+
+PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def write_docx(path: Path, pages: list[str]) -> Path:
+    import docx
+
+    document = docx.Document()
+    for n, text in enumerate(pages):
+        if n:
+            document.add_page_break()
+        document.add_paragraph(text)
+    document.save(path)
+    return path
+
+
+def write_pptx(path: Path, slides: list[tuple[str, str]]) -> Path:
+    import pptx
+
+    deck = pptx.Presentation()
+    for title, body in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[1])
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+    deck.save(path)
+    return path
+
+
+def write_xlsx(path: Path, sheets: dict[str, list[list[str]]]) -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for name, rows in sheets.items():
+        sheet = book.create_sheet(name)
+        for row in rows:
+            sheet.append(row)
+    book.save(path)
+    return path
+
+
+def write_mail(path: Path, attachments: dict[str, bytes], subject: str = "Minutes of the pump review") -> Path:
+    message = email.message.EmailMessage()
+    message["From"] = "Alice Example <alice@example.com>"
+    message["To"] = "team@example.com"
+    message["Date"] = "Mon, 07 Dec 2026 10:00:00 +0000"
+    message["Subject"] = subject
+    message.set_content("Hello team,\nthe minutes are attached; the wombat budget is on page one.\n")
+    message.add_alternative("<html><body><p>Hello team, the minutes are attached.</p></body></html>", subtype="html")
+    for name, data in attachments.items():
+        maintype, subtype = ("application", "pdf") if name.endswith(".pdf") else ("application", "octet-stream")
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    path.write_bytes(bytes(message))
+    return path
+
+
+def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def build_folder(root: Path) -> Path:
+    """A work folder as people keep one: Office files, a saved web page (with an image beside it and one inline),
+    an MHTML page, a mail with a PDF attachment, an archive, PDFs, an image and text in three encodings."""
+    root.mkdir(parents=True)
+    write_docx(root / "report.docx", ["Quarterly report: revenue grew.", "Logistics of the okapi enclosure."])
+    write_pptx(root / "deck.pptx", [("Roadmap", "Milestones for next year"), ("Risks", "Only on this slide: quokka")])
+    write_xlsx(root / "budget.xlsx", {"Revenue": [["narwhal", "12"]], "Costs": [["pangolin", "7"]]})
+    (root / "page_files").mkdir()
+    shutil.copy(MEDIA / "chelsea.jpg", root / "page_files" / "cat.jpg")
+    (root / "page.html").write_text(
+        "<html><head><title>Field notes</title><script>document.write('never run')</script></head><body>"
+        "<article><h1>Field notes</h1><p>The axolotl regrows its limbs; notes from the aquarium visit.</p>"
+        '<img src="page_files/cat.jpg"><img src="https://example.invalid/tracker.png">'
+        f'<img src="data:image/png;base64,{PNG_1PX}"></article></body></html>',
+        encoding="utf-8",
+    )
+    minutes = make_text_pdf(root / "minutes.tmp", ["Minutes: the wombat budget was approved."]).read_bytes()
+    (root / "minutes.tmp").unlink()
+    write_mail(root / "mail.eml", {"minutes.pdf": minutes})
+    write_zip(
+        root / "bundle.zip",
+        {
+            "notes/legacy.txt": "Kühlschrank café – résumé for the ibex team".encode("cp1252"),
+            "pics/rocket.jpg": (MEDIA / "rocket.jpg").read_bytes(),
+        },
+    )
+    make_text_pdf(root / "manual.pdf", ["Install the flange gasket first.", "Then tighten the capybara bolt."])
+    (root / "windows.txt").write_bytes("Grüße aus Köln: the marmot report, 5 € per page.".encode("cp1252"))
+    (root / "utf16.txt").write_text("UTF-16 notes about the tapir, naïve café.", encoding="utf-16")
+    return root
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# readers, without a model
+
+
+@pytest.mark.parametrize(
+    "encoding, text",
+    [
+        ("utf-8", "plain ascii and ünïcödé"),
+        ("utf-8-sig", "with a byte order mark"),
+        ("utf-16", "UTF-16 with its BOM: naïve"),
+        ("utf-32", "UTF-32 with its BOM"),
+        ("cp1252", "Le café coûte 3 € — naïve résumé, «déjà vu»."),
+        ("latin-1", "Grüße aus Köln, schöne Straße."),
+        ("shift_jis", "日本語のテキストです。検索エンジン。"),
+        ("gb18030", "这是中文文本，用于检索测试。"),
+        ("euc-kr", "한국어 텍스트입니다. 검색 테스트."),
+        ("big5", "這是繁體中文文本，用於檢索測試。"),
+    ],
+)
+def test_text_in_any_common_encoding_decodes(encoding, text):
+    decoded, detected = decode_text(text.encode(encoding))
+    assert decoded == text, detected
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)) * 8, b"\x89PNG\r\n\x1a\n" + bytes(range(200)) * 3])
+def test_binary_data_is_still_refused_with_a_reason(data):
+    with pytest.raises(InputError, match="binary data, not text"):
+        decode_text(data)
+
+
+def test_zip_bombs_are_refused_within_the_limits(tmp_path, monkeypatch):
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.txt", b"\0" * (20 * 1024 * 1024))  # 20 MiB that deflate to ~20 KB: ratio ~1000
+        archive.writestr("fine.txt", b"a small note about the ibex")
+    found = {m.name: m for m in containers.zip_members(bomb.getvalue())}
+    assert found["zeros.txt"].data is None and "zip bomb" in found["zeros.txt"].error
+    assert found["fine.txt"].data == b"a small note about the ibex"  # the archive's other entries go on
+    # entries and total declared size are checked before anything is inflated
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as archive:
+        for i in range(30):
+            archive.writestr(f"f{i}.txt", b"x")
+    monkeypatch.setattr(containers, "MAX_ENTRIES", 20)
+    with pytest.raises(InputError, match="30 entries"):
+        list(containers.zip_members(many.getvalue()))
+    monkeypatch.setattr(containers, "MAX_EXPANDED_BYTES", 1024 * 1024)
+    with pytest.raises(InputError, match="zip bomb"):
+        list(containers.zip_members(bomb.getvalue()))
+    # nesting is bounded: an archive in an archive in ... is refused past MAX_DEPTH
+    nested = b"innermost ibex note"
+    name = "note.txt"
+    for depth in range(5):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as archive:
+            archive.writestr(name, nested)
+        nested, name = buf.getvalue(), f"level{depth}.zip"
+    (tmp_path / "deep.zip").write_bytes(nested)
+    parts = list(items_of_file(tmp_path / "deep.zip", IngestOptions(), {}))
+    assert len(parts) == 1 and "nested more than 3 deep" in parts[0].reason
+    assert parts[0].where.endswith("deep.zip#entry=level3.zip#entry=level2.zip#entry=level1.zip#entry=level0.zip")
+
+
+def test_a_2000_page_document_is_refused_before_any_page_is_rendered(tmp_path):
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument.new()
+    for _ in range(2000):
+        pdf.new_page(612, 792)
+    pdf.save(str(tmp_path / "long.pdf"))
+    pdf.close()
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="2000 pages \\(limit 1000"):
+        list(items_of_file(tmp_path / "long.pdf", IngestOptions(), {}))
+    assert time.perf_counter() - started < 5  # the header decides; no page was rendered
+    first = next(items_of_file(tmp_path / "long.pdf", IngestOptions(max_pages=2000), {}))  # allowed: it renders
+    assert first.record.page == 1
+
+
+def test_query_terms_snippets_and_boxes_on_a_pdf_page(tmp_path):
+    assert query_terms("Where is the capybara bolt?") == ["capybara", "bolt"]
+    path = make_text_pdf(tmp_path / "m.pdf", ["Install the flange gasket first. Then tighten the capybara bolt."])
+    found = page_highlights(path, 1, ["capybara", "absent"])
+    assert [h["term"] for h in found] == ["capybara"]
+    for x0, y0, x1, y1 in found[0]["boxes"]:
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        assert y1 < 0.5  # the text is at the top of the page: origin top-left
+    text = "x " * 300 + "the capybara bolt " + "y " * 300
+    assert "capybara" in snippet(text, "capybara") and snippet(text, "capybara").startswith("…")
+
+
+def test_web_page_text_and_images_without_running_or_fetching_anything(tmp_path):
+    folder = build_folder(tmp_path / "f")
+    items = list(items_of_file(folder / "page.html", IngestOptions(), {}))
+    texts = [i.record.text for i in items if i.record.modality == "text"]
+    assert texts and texts[0].startswith("Field notes") and "axolotl" in texts[0]
+    assert all("never run" not in t for t in texts)  # scripts are dropped, never run
+    images = [i.record.member for i in items if i.record.modality == "image"]
+    assert images == ["image=page_files/cat.jpg", "image=inline-1.png"]  # the remote tracker is not fetched
+    # a member is read again from its page (the retriever, the server)
+    cat = next(i for i in items if i.record.member == "image=page_files/cat.jpg")
+    assert Path(cat.record.local_file()).read_bytes() == (MEDIA / "chelsea.jpg").read_bytes()
+    # an <img> that climbs out of the page's folder is not read
+    (tmp_path / "f" / "evil.html").write_text('<p>text here</p><img src="../../../etc/hostname">')
+    evil = list(items_of_file(tmp_path / "f" / "evil.html", IngestOptions(), {}))
+    assert [getattr(e, "reason", None) for e in evil[1:]] == ["not a file beside the page"]
+
+
+def test_mail_body_headers_and_attachments_as_members(tmp_path):
+    pdf = make_text_pdf(tmp_path / "a.pdf", ["Minutes: the wombat budget was approved."]).read_bytes()
+    inner = write_zip(tmp_path / "inner.zip", {"deep/readme.txt": b"the gecko manual"}).read_bytes()
+    path = write_mail(tmp_path / "m.eml", {"minutes.pdf": pdf, "inner.zip": inner, "tool.exe": b"MZ\x90\x00"})
+    parts = list(items_of_file(path, IngestOptions(), {"team": "ops"}))
+    body = parts[0].record
+    assert body.modality == "text" and "wombat budget is on page one" in body.text
+    assert body.metadata == {
+        "from": "Alice Example <alice@example.com>",
+        "to": "team@example.com",
+        "date": "Mon, 07 Dec 2026 10:00:00 +0000",
+        "subject": "Minutes of the pump review",
+        "team": "ops",
+    }
+    page = parts[1].record
+    assert (page.modality, page.member, page.page) == ("pdf-page", "attachment=minutes.pdf", 1)
+    assert page.describe() == f"{path}#attachment=minutes.pdf (page 1)" and "wombat" in page.text
+    readme = parts[2].record
+    assert readme.member == "attachment=inner.zip#entry=deep/readme.txt" and readme.text == "the gecko manual"
+    assert parts[3].skipped and parts[3].where.endswith("#attachment=tool.exe")
+    # the page is rendered again from the attachment, for the reranker and the generator
+    assert Record.from_payload(page.to_payload()).to_input()["image"].size == parts[1].input["image"].size
+    # an attachment gone from the file is named when it is read again
+    write_mail(path, {})
+    with pytest.raises(InputError, match="no longer holds 'attachment=minutes.pdf'"):
+        containers.member_bytes(path, "attachment=minutes.pdf")
+
+
+@needs_libreoffice
+def test_office_pages_slides_and_sheets(tmp_path):
+    deck = write_pptx(tmp_path / "deck.pptx", [("Roadmap", "Milestones"), ("Risks", "Only on this slide: quokka")])
+    book = write_xlsx(tmp_path / "book.xlsx", {"Revenue": [["narwhal"]], "Costs": [["pangolin"]]})
+    before = sorted(os.listdir(tmp_path))
+    slides = [i.record for i in items_of_file(deck, IngestOptions(), {})]
+    assert [(s.modality, s.page) for s in slides] == [("pdf-page", 1), ("pdf-page", 2)]
+    assert "quokka" in slides[1].text and "quokka" not in slides[0].text
+    sheets = [i.record for i in items_of_file(book, IngestOptions(), {})]
+    assert [(s.page, s.sheet, s.text) for s in sheets] == [(1, "Revenue", "narwhal"), (2, "Costs", "pangolin")]
+    assert sorted(os.listdir(tmp_path)) == before  # nothing left beside the user's documents
+    # the page is rendered again from the cached conversion (the retriever, the server's thumbnails)
+    assert Record.from_payload(slides[1].to_payload()).to_input()["image"].size[0] > 100
+    with pytest.raises(InputError, match="2 pages \\(limit 1"):
+        list(items_of_file(deck, IngestOptions(max_pages=1), {}))
+
+
+@needs_libreoffice
+def test_documents_libreoffice_cannot_open_are_named_with_the_reason(tmp_path):
+    good = write_docx(tmp_path / "good.docx", ["A report about the serval."]).read_bytes()
+    (tmp_path / "truncated.docx").write_bytes(good[: len(good) // 2])
+    (tmp_path / "renamed.docx").write_bytes(b"this is plain text someone named .docx")
+    for name, reason in [("truncated.docx", "LibreOffice could not open"), ("renamed.docx", "not a ZIP package")]:
+        with pytest.raises(InputError, match=reason):
+            list(items_of_file(tmp_path / name, IngestOptions(), {}))
+
+
+def test_conversion_runs_under_a_time_limit_and_kills_what_it_started(tmp_path, monkeypatch):
+    """A converter that hangs (and starts a child that would outlive it) is killed, process group and all."""
+    fake = tmp_path / "soffice"
+    pidfile = tmp_path / "child.pid"
+    fake.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pidfile}\nsleep 60\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("QWEN3VL_RAG_SOFFICE", str(fake))
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="did not finish converting it within 1 s"):
+        office.convert_to_pdf(b"PK\x03\x04 not really", ".docx", timeout=1)
+    assert time.perf_counter() - started < 10
+    child = Path(f"/proc/{int(pidfile.read_text())}/stat")
+    time.sleep(0.2)  # gone, or a zombie waiting for its reaper: not running either way
+    assert not child.exists() or child.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def test_without_libreoffice_each_office_file_fails_alone_and_the_run_goes_on(tmp_path, monkeypatch, embedder):
+    monkeypatch.setenv("QWEN3VL_RAG_SOFFICE", str(tmp_path / "no-such-soffice"))
+    folder = tmp_path / "f"
+    folder.mkdir()
+    write_docx(folder / "a.docx", [f"unique {time.time_ns()}"])  # not in the conversion cache
+    (folder / "notes.txt").write_text("notes about the ibex")
+    store = EdgeStore(tmp_path / "db", "docs")
+    report = Indexer(embedder, store).index_paths([folder], show_progress_bar=False)
+    store.close()
+    assert report.indexed == 1 and [f.source.rsplit("/", 1)[-1] for f in report.failed] == ["a.docx"]
+    assert "needs LibreOffice" in report.failed[0].reason and "apt-get install" in report.failed[0].reason
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a mixed folder indexed with the tiny model: search, highlights, re-runs, prune, the server
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, embedder):
+    if office.soffice() is None:
+        pytest.skip("LibreOffice is not installed")
+    root = tmp_path_factory.mktemp("mixed")
+    folder = build_folder(root / "folder")
+    write_docx(folder / "broken.docx", ["x"])
+    data = (folder / "broken.docx").read_bytes()
+    (folder / "broken.docx").write_bytes(data[: len(data) // 2])
+    store = EdgeStore(root / "db", "docs")
+    report = Indexer(embedder, store).index_paths([folder], show_progress_bar=False)
+    yield folder, store, report
+    store.close()
+
+
+def _points(store: EdgeStore) -> list[Record]:
+    return [Record.from_payload(p.payload) for p in store.scroll()]
+
+
+def test_a_mixed_folder_indexes_with_no_file_skipped_for_its_type(mixed):
+    folder, store, report = mixed
+    assert report.files == 11 and report.skipped == []
+    assert [(f.source.rsplit("/", 1)[-1], "LibreOffice could not open" in f.reason) for f in report.failed] == [
+        ("broken.docx", True)
+    ]
+    where = sorted(
+        (r.locator.removeprefix(str(folder) + "/"), r.page, r.sheet, r.modality)
+        for r in _points(store)
+        if r.modality != "text"
+    )
+    assert where == [
+        ("budget.xlsx", 1, "Revenue", "pdf-page"),
+        ("budget.xlsx", 2, "Costs", "pdf-page"),
+        ("bundle.zip#entry=pics/rocket.jpg", None, None, "image"),
+        ("deck.pptx", 1, None, "pdf-page"),
+        ("deck.pptx", 2, None, "pdf-page"),
+        ("mail.eml#attachment=minutes.pdf", 1, None, "pdf-page"),
+        ("manual.pdf", 1, None, "pdf-page"),
+        ("manual.pdf", 2, None, "pdf-page"),
+        ("page.html#image=inline-1.png", None, None, "image"),
+        ("page.html#image=page_files/cat.jpg", None, None, "image"),
+        ("page_files/cat.jpg", None, None, "image"),
+        ("report.docx", 1, None, "pdf-page"),
+        ("report.docx", 2, None, "pdf-page"),
+    ] or any(r.sources for r in _points(store))
+    encodings = {r.locator.removeprefix(f"{folder}/"): r.encoding for r in _points(store) if r.encoding}
+    assert encodings == {"windows.txt": "cp1252", "utf16.txt": "utf-16", "bundle.zip#entry=notes/legacy.txt": "cp1252"}
+    texts = " ".join(r.text for r in _points(store))
+    for word in ("Grüße aus Köln", "5 €", "naïve café", "Kühlschrank café", "axolotl", "wombat budget"):
+        assert word in texts
+
+
+def test_a_term_only_inside_a_slide_finds_that_slide_highlighted(mixed, embedder):
+    folder, store, _ = mixed
+    rag = RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None)
+    hits = rag.search("quokka", top_k=3, rerank=False)
+    top = hits[0]
+    assert (top.source, top.record.page) == (str(folder / "deck.pptx"), 2)
+    assert [h["term"] for h in top.highlights] == ["quokka"]
+    (x0, y0, x1, y1), *_ = top.highlights[0]["boxes"]
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    assert "quokka" in top.snippet
+    as_json = top.to_dict()
+    assert as_json["highlights"] == top.highlights and as_json["snippet"] == top.snippet
+    # a term only in a mail's attachment: the attachment's page, named as its own member
+    hit = rag.search("wombat approved", top_k=5, rerank=False, filters={"modality": "pdf-page"})[0]
+    assert hit.describe() == f"{folder / 'mail.eml'}#attachment=minutes.pdf (page 1)"
+    assert hit.highlights and {h["term"] for h in hit.highlights} == {"wombat", "approved"}
+    # the mail's headers filter its items (body and attachments alike)
+    subject = {"metadata.subject": "Minutes of the pump review"}
+    found = rag.search("minutes", top_k=20, rerank=False, filters=subject)
+    assert {h.source for h in found} == {str(folder / "mail.eml")} and len(found) == 2
+
+
+def test_the_server_shows_members_pages_and_highlights(mixed, embedder):
+    folder, store, _ = mixed
+    rag = RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None)
+    with (
+        LiveServer(create_app(pipeline=rag, config=ServerConfig(source_root=str(folder)))) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        r = client.post("/v1/search", json={"query": "quokka", "top_k": 3, "rerank": False})
+        assert r.status_code == 200, r.text
+        top = r.json()["results"][0]
+        assert (top["source"], top["page"]) == ("deck.pptx", 2) and top["highlights"][0]["term"] == "quokka"
+        item = client.get(f"/v1/items/{top['id']}", params={"q": "quokka risks"}).json()
+        assert {h["term"] for h in item["highlights"]} == {"quokka", "risks"} and item["readable"]
+        thumb = client.get(f"/v1/items/{top['id']}/thumbnail")
+        assert thumb.status_code == 200 and "x-placeholder" not in thumb.headers
+        r = client.post("/v1/search", json={"query": "x", "top_k": 20, "rerank": False})
+        members = {h["member"]: h["id"] for h in r.json()["results"] if h.get("member")}
+        for member in ("attachment=minutes.pdf", "entry=pics/rocket.jpg", "image=page_files/cat.jpg"):
+            media = client.get(f"/v1/items/{members[member]}/media")
+            assert media.status_code == 200 and "x-placeholder" not in media.headers, member
+            assert media.headers["content-type"].startswith("image/")
+
+
+def test_rerun_embeds_nothing_a_changed_document_replaces_its_pages_and_prune_removes_a_mail(mixed, embedder, tmp_path):
+    folder, store, _ = mixed
+    copy = shutil.copytree(folder, tmp_path / "folder")
+    db = EdgeStore(tmp_path / "db", "docs")
+    first = Indexer(embedder, db).index_paths([copy], show_progress_bar=False)
+    again = Indexer(embedder, db).index_paths([copy], show_progress_bar=False)
+    assert again.indexed == 0 and again.present == first.indexed + first.present
+    write_docx(copy / "report.docx", ["Quarterly report: revenue grew.", "A new second page about the gerenuk."])
+    changed = Indexer(embedder, db).index_paths([copy / "report.docx"], show_progress_bar=False)
+    assert changed.indexed == 2 and changed.replaced == 2  # the document's bytes changed: both pages are new
+    (copy / "mail.eml").unlink()
+    pruned = Indexer(embedder, db).index_paths([copy], prune=True, show_progress_bar=False)
+    assert pruned.pruned_files == [str(copy / "mail.eml")] and pruned.pruned == 2  # the body and its attachment
+    assert not [r for r in _points(db) if "mail.eml" in r.source]
+    db.close()
+
+
+def test_the_command_line_indexes_a_mixed_folder_and_info_counts_by_modality(
+    mixed, tmp_path, models_env, capsys, monkeypatch
+):
+    folder, _, _ = mixed
+    for key, value in models_env.items():
+        monkeypatch.setenv(key, value)
+    db = tmp_path / "db"
+    code, out, err = main_here(capsys, monkeypatch, "index", str(folder), db=db)
+    assert code == 0, err
+    assert "broken.docx: LibreOffice could not open" in out + err
+    code, out, err = main_here(capsys, monkeypatch, "search", "quokka", "--json", "--no-rerank", db=db)
+    top = json.loads(out)[0]
+    assert top["source"].endswith("deck.pptx") and top["page"] == 2 and top["highlights"][0]["term"] == "quokka"
+    code, out, err = main_here(capsys, monkeypatch, "search", "wombat", "--no-rerank", "--top-k", "5", db=db)
+    assert "mail.eml#attachment=minutes.pdf (page 1)" in out  # the terminal names the member
+    info = json.loads(main_here(capsys, monkeypatch, "info", "--json", db=db)[1])
+    assert info["modalities"] == {"text": 5, "image": 3, "pdf-page": 9}, info
