@@ -457,3 +457,60 @@ def test_the_command_line_indexes_a_mixed_folder_and_info_counts_by_modality(
     assert "mail.eml#attachment=minutes.pdf (page 1)" in out  # the terminal names the member
     info = json.loads(main_here(capsys, monkeypatch, "info", "--json", db=db)[1])
     assert info["modalities"] == {"text": 5, "image": 3, "pdf-page": 9}, info
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_render_html_runs_the_page_offline_and_indexes_its_pages(tmp_path, caplog):
+    """--render-html: Chromium prints the page (its script runs); nothing reaches the network (a server on
+    127.0.0.1 sees no request), no local file outside the page's folder shows up, the image beside it does."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"leaked")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-TOKEN-123")
+    folder = tmp_path / "site"
+    (folder / "img").mkdir(parents=True)
+    shutil.copy(MEDIA / "chelsea.jpg", folder / "img" / "cat.jpg")
+    (folder / "page.html").write_text(
+        "<html><body><h1>Rendered notes</h1><p id=x>static text</p>"
+        "<script>document.getElementById('x').textContent = 'written by the script: dugong';"
+        f"fetch('http://127.0.0.1:{port}/fetch').catch(() => 0);</script>"
+        f'<img src="http://127.0.0.1:{port}/img.png"><iframe src="file://{secret}"></iframe>'
+        f'<iframe src="http://127.0.0.1:{port}/frame"></iframe><img src="img/cat.jpg"></body></html>'
+    )
+    caplog.set_level("DEBUG", logger="retrieval_pipeline.media.browser")
+    try:
+        items = list(items_of_file(folder / "page.html", IngestOptions(render_html=True), {}))
+    finally:
+        server.shutdown()
+    blocked = {r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records if "blocked a request" in r.getMessage()}
+    local = f"http://127.0.0.1:{port}"
+    assert {f"{local}/fetch", f"{local}/img.png", f"{local}/frame"} <= blocked  # refused by the page's own router
+    pages = [i for i in items if i.record.modality == "pdf-page"]
+    assert len(pages) == 1 and "dugong" in pages[0].record.text and "SECRET" not in pages[0].record.text
+    assert seen == []  # no request left the browser
+    texts = [i.record.text for i in items if i.record.modality == "text"]
+    assert texts and "dugong" not in " ".join(texts)  # the text items are the page as written: no script ran
+    assert [i.record.member for i in items if i.record.modality == "image"] == ["image=img/cat.jpg"]
+    # the page is rendered again from the cache for the reranker, and its words are highlighted on it
+    record = Record.from_payload(pages[0].record.to_payload())
+    assert record.to_input()["image"].size == pages[0].input["image"].size
+    from retrieval_pipeline.media.documents import document_pdf
+
+    assert page_highlights(document_pdf(record.source), 1, ["dugong"])[0]["term"] == "dugong"
+    assert sorted(p.name for p in folder.rglob("*")) == ["cat.jpg", "img", "page.html"]  # nothing left beside it

@@ -78,6 +78,11 @@ def index_options(p: argparse.ArgumentParser) -> None:
         "--max-text-mb", type=at_least(1), default=64, help="largest text / Markdown file read, in MB (default 64)"
     )
     p.add_argument(
+        "--render-html",
+        action="store_true",
+        help="also index web pages as Chromium renders them, page by page (scripts run, without any network)",
+    )
+    p.add_argument(
         "--max-pages",
         type=at_least(1),
         default=1000,

@@ -71,6 +71,7 @@ def index_paths(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> An
         chunk_overlap=min(200, args.chunk_chars // 4),
         max_text_bytes=args.max_text_mb * 1024 * 1024,
         max_pages=args.max_pages,
+        render_html=args.render_html,
     )
     ray_options = None
     if getattr(args, "ray", False):  # checked before --rebuild deletes anything

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from ..media import MAX_DOWNLOAD_BYTES, InputError, parse_input
+from ..media.browser import rendered_pdf
 from ..media.containers import MAX_DEPTH, Member, read_mail, store_bytes, zip_members
 from ..media.documents import PAGE_TEXT_CHARS
 from ..media.office import converted_pdf, is_spreadsheet
@@ -285,6 +286,11 @@ def _web_items(
     text = page.text if not page.title or page.text.startswith(page.title) else f"{page.title}\n\n{page.text}"
     yield from _text_items(text, base, options)
     yield from _member_items(images, base, options, base.member, depth)
+    if options.render_html:  # the page as a reader sees it: Chromium's print, page by page (scripts run, offline)
+        digest = hashlib.sha256(data).hexdigest()
+        html = data if Path(name).suffix.lower() not in MHTML_EXTENSIONS else read_mhtml(data)[0]
+        pdf = rendered_pdf(html, None if base.member else folder, digest).read_bytes()
+        yield from _page_items(pdf, digest, base, options)
 
 
 def _member_items(

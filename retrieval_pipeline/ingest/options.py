@@ -35,6 +35,7 @@ class IngestOptions:
     pdf_max_pixels: int | None = None  # None: the embedder's max_pixels (else PDF_MAX_PIXELS)
     max_text_bytes: int = MAX_TEXT_BYTES  # a text / Markdown file larger than this is refused, not read
     max_pages: int = MAX_PAGES  # a document of more pages is refused, not rendered
+    render_html: bool = False  # web pages also as Chromium renders them (pages of images), besides their text
 
     def __post_init__(self) -> None:
         if self.max_text_bytes < 1:

@@ -31,10 +31,34 @@ def document_pdf(source: str | Path, member: str | None = None) -> Path:
         name, data = member_bytes(source, member)
         if is_office(name):
             return converted_pdf(data, Path(name).suffix)
+        if is_web(name):
+            return _rendered(name, data, None)
         return extracted(source, member)
     if is_office(str(source)):
         return converted_pdf(Path(source).read_bytes(), Path(source).suffix)
+    if is_web(str(source)):
+        return _rendered(str(source), Path(source).read_bytes(), Path(source).parent)
     return Path(source)
+
+
+def is_web(name: str) -> bool:
+    from .web import HTML_EXTENSIONS, MHTML_EXTENSIONS
+
+    return Path(name).suffix.lower() in HTML_EXTENSIONS | MHTML_EXTENSIONS
+
+
+def _rendered(name: str, data: bytes, folder: Path | None) -> Path:
+    """A web page's pages (``index --render-html``): its rendered PDF, from the cache or rendered again. The cache
+    is keyed by the page file's own SHA-256 (an MHTML file's, though its HTML part is what is rendered)."""
+    import hashlib
+
+    from .browser import rendered_pdf
+    from .web import MHTML_EXTENSIONS, read_mhtml
+
+    digest = hashlib.sha256(data).hexdigest()
+    if Path(name).suffix.lower() in MHTML_EXTENSIONS:
+        data, folder = read_mhtml(data)[0], None
+    return rendered_pdf(data, folder, digest)
 
 
 def render_document_page(
