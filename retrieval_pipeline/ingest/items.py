@@ -32,6 +32,9 @@ from .discover import modality_of
 from .options import CHUNK_CHARS, CHUNK_OVERLAP, IngestOptions
 from .report import ItemFailure, _reason, display_path
 
+# The progress bar's guess of an office document's pages before it is converted (bytes per page).
+OFFICE_BYTES_PER_PAGE = 30_000
+
 
 @dataclass
 class Item:
@@ -69,6 +72,10 @@ def work_estimate(path: Path, options: IngestOptions, media: Any = None) -> int:
                     return len(pdf) * max_tokens
                 finally:
                     pdf.close()
+        if modality == "office":  # pages are known after conversion only: a guess from the size
+            return max(1, path.stat().st_size // OFFICE_BYTES_PER_PAGE) * max_tokens
+        if modality in ("web", "mail", "archive"):  # text and markup, attachments and entries: by size
+            return max(1, path.stat().st_size // 3)
         if modality == "video":
             if options.video_segment_seconds:
                 from ..media.video import probe
