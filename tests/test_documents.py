@@ -11,6 +11,7 @@ import email.message
 import io
 import json
 import os
+import random
 import shutil
 import stat
 import time
@@ -165,9 +166,25 @@ def test_zip_bombs_are_refused_within_the_limits(tmp_path, monkeypatch):
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("zeros.txt", b"\0" * (20 * 1024 * 1024))  # 20 MiB that deflate to ~20 KB: ratio ~1000
         archive.writestr("fine.txt", b"a small note about the ibex")
-    found = {m.name: m for m in containers.zip_members(bomb.getvalue())}
+        archive.writestr("noise.bin", random.Random(0).randbytes(400_000))  # incompressible: the archive's
+    found = {m.name: m for m in containers.zip_members(bomb.getvalue())}  # overall ratio stays low
     assert found["zeros.txt"].data is None and "zip bomb" in found["zeros.txt"].error
     assert found["fine.txt"].data == b"a small note about the ibex"  # the archive's other entries go on
+    # an archive of many small, highly compressed entries: its overall ratio refuses it
+    small = io.BytesIO()
+    with zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(40):
+            archive.writestr(f"a{i}.txt", b"a" * 60_000)
+    with pytest.raises(InputError, match="times its size: refused as a zip bomb"):
+        list(containers.zip_members(small.getvalue()))
+    # a zip of zips: one budget for the whole file, whatever each archive says of itself
+    budget = containers.Budget(5 * 1024 * 1024)
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("part.bin", bytes(range(256)) * 12_000)  # 3 MB, stored
+    list(containers.zip_members(inner.getvalue(), budget))
+    second = list(containers.zip_members(inner.getvalue(), budget))
+    assert second[0].data is None and "in all: refused as a zip bomb" in second[0].error
     # entries and total declared size are checked before anything is inflated
     many = io.BytesIO()
     with zipfile.ZipFile(many, "w") as archive:
@@ -228,14 +245,14 @@ def test_web_page_text_and_images_without_running_or_fetching_anything(tmp_path)
     assert texts and texts[0].startswith("Field notes") and "axolotl" in texts[0]
     assert all("never run" not in t for t in texts)  # scripts are dropped, never run
     images = [i.record.member for i in items if i.record.modality == "image"]
-    assert images == ["image=page_files/cat.jpg", "image=inline-1.png"]  # the remote tracker is not fetched
+    assert images == ["image=page_files/cat.jpg", "inline=1.png"]  # the remote tracker is not fetched
     # a member is read again from its page (the retriever, the server)
     cat = next(i for i in items if i.record.member == "image=page_files/cat.jpg")
     assert Path(cat.record.local_file()).read_bytes() == (MEDIA / "chelsea.jpg").read_bytes()
     # an <img> that climbs out of the page's folder is not read
     (tmp_path / "f" / "evil.html").write_text('<p>text here</p><img src="../../../etc/hostname">')
     evil = list(items_of_file(tmp_path / "f" / "evil.html", IngestOptions(), {}))
-    assert [getattr(e, "reason", None) for e in evil[1:]] == ["not a file beside the page"]
+    assert [getattr(e, "reason", None) for e in evil[1:]] == ["not an image file beside the page"]
 
 
 def test_mail_body_headers_and_attachments_as_members(tmp_path):
@@ -365,7 +382,7 @@ def test_a_mixed_folder_indexes_with_no_file_skipped_for_its_type(mixed):
         ("mail.eml#attachment=minutes.pdf", 1, None, "pdf-page"),
         ("manual.pdf", 1, None, "pdf-page"),
         ("manual.pdf", 2, None, "pdf-page"),
-        ("page.html#image=inline-1.png", None, None, "image"),
+        ("page.html#inline=1.png", None, None, "image"),
         ("page.html#image=page_files/cat.jpg", None, None, "image"),
         ("page_files/cat.jpg", None, None, "image"),
         ("report.docx", 1, None, "pdf-page"),
@@ -514,3 +531,126 @@ def test_render_html_runs_the_page_offline_and_indexes_its_pages(tmp_path, caplo
 
     assert page_highlights(document_pdf(record.source), 1, ["dugong"])[0]["term"] == "dugong"
     assert sorted(p.name for p in folder.rglob("*")) == ["cat.jpg", "img", "page.html"]  # nothing left beside it
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hostile folders (a tester's findings, each kept as a test)
+
+
+def test_overlapping_zip_entries_are_refused(tmp_path):
+    """One compressed stream named by many central-directory entries (a "flat" zip bomb): refused from the
+    directory, before anything is inflated (Python 3.11.7's zipfile does not check this itself)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(3):
+            archive.writestr(f"n{i}.txt", b"a" * 1000)
+    data = bytearray(buf.getvalue())
+    records = [i for i in range(len(data)) if data[i : i + 4] == b"PK\x01\x02"]
+    first = int.from_bytes(data[records[0] + 42 : records[0] + 46], "little")
+    for at in records[1:]:  # every entry's local header offset -> the first entry's
+        data[at + 42 : at + 46] = first.to_bytes(4, "little")
+    with pytest.raises(InputError, match="overlap"):
+        list(containers.zip_members(bytes(data)))
+
+
+def test_an_archive_skips_entries_of_types_not_read_without_inflating_them(tmp_path):
+    path = write_zip(tmp_path / "a.zip", {"tool.exe": b"MZ" + bytes(5000), "../../up.txt": b"climbing note"})
+    parts = list(items_of_file(path, IngestOptions(), {}))
+    assert parts[0].skipped and parts[0].where.endswith("a.zip#entry=tool.exe")
+    assert parts[1].record.member == "entry=up.txt" and parts[1].record.text == "climbing note"  # named safely
+
+
+def test_page_images_are_image_files_beside_the_page_each_once_and_bounded(tmp_path, monkeypatch):
+    from retrieval_pipeline.media import web
+
+    folder = tmp_path / "site"
+    (folder / ".hidden").mkdir(parents=True)
+    (folder / ".hidden" / "secret.png").write_bytes((MEDIA / "chelsea.jpg").read_bytes())
+    (folder / "notes.txt").write_text("API_KEY=sk-neighbour")
+    (folder / "big.png").write_bytes((MEDIA / "rocket.jpg").read_bytes())
+    shutil.copy(MEDIA / "chelsea.jpg", folder / "a#b.jpg")
+    tags = "".join(
+        f'<img src="{s}">'
+        for s in (
+            "a%23b.jpg",
+            "./a%23b.jpg",
+            "a%23b.jpg?1",
+            "sub/../a%23b.jpg",
+            ".hidden/secret.png",
+            "notes.txt",
+            "big.png",
+        )
+    )
+    (folder / "page.html").write_text(f"<p>a page with a few pictures and some words</p>{tags}")
+    monkeypatch.setattr(web, "MAX_PAGE_IMAGE_BYTES", (MEDIA / "rocket.jpg").stat().st_size - 1)
+    parts = list(items_of_file(folder / "page.html", IngestOptions(), {}))
+    images = [p.record.member for p in parts if getattr(p, "record", None) and p.record.modality == "image"]
+    assert images == ["image=a%23b.jpg"]  # one item for four spellings; '#' escaped in the member path
+    assert (
+        Path(
+            Record.from_payload(
+                next(p for p in parts if getattr(p, "record", None) and p.record.member).record.to_payload()
+            ).local_file()
+        ).read_bytes()
+        == (MEDIA / "chelsea.jpg").read_bytes()
+    )
+    failures = {p.where.rsplit("#", 1)[-1]: p.reason for p in parts if not hasattr(p, "record")}
+    assert failures == {
+        "image=.hidden/secret.png": "not an image file beside the page",
+        "image=notes.txt": "not an image file beside the page",
+        "image=big.png": f"image too large: {(MEDIA / 'rocket.jpg').stat().st_size} bytes (limit "
+        f"{(MEDIA / 'rocket.jpg').stat().st_size - 1})",
+    }
+    texts = " ".join(p.record.text for p in parts if getattr(p, "record", None))
+    assert "sk-neighbour" not in texts
+
+
+def test_many_images_in_a_page_are_cut_at_the_limit_and_the_rest_reported(tmp_path):
+    message = email.message.EmailMessage()
+    message["Subject"] = "saved page"
+    message.set_content("<html><body><p>Saved page with many pictures of the ibex.</p></body></html>", subtype="html")
+    for i in range(70):
+        message.add_attachment(PNG_1PX.encode(), maintype="image", subtype="png", filename=f"p{i}.png")
+    raw = bytes(message).replace(b"multipart/mixed", b"multipart/related")
+    (tmp_path / "page.mhtml").write_bytes(raw)
+    parts = list(items_of_file(tmp_path / "page.mhtml", IngestOptions(), {}))
+    skipped = [p for p in parts if getattr(p, "skipped", False)]
+    assert len(skipped) == 1 and skipped[0].reason == "6 more images than the 64 read"
+    assert (
+        sum(1 for p in parts if getattr(p, "record", None) and p.record.member)
+        + sum(1 for p in parts if not hasattr(p, "record") and not p.skipped)
+        == 64
+    )
+
+
+def test_messy_mail_keeps_what_it_can_and_reports_the_rest(tmp_path):
+    # a header the strict address parser chokes on: the mail is read all the same
+    mail = write_mail(tmp_path / "bad-header.eml", {"notes.txt": b"attached ibex notes"})
+    mail.write_bytes(mail.read_bytes().replace(b"To: team@example.com", b"To: a@"))
+    parts = list(items_of_file(mail, IngestOptions(), {}))
+    assert parts[0].record.metadata["to"] == "a@" and parts[1].record.text == "attached ibex notes"
+    # an attachment inside a nested multipart/mixed is found (not an empty "attachment-1")
+    outer = email.message.EmailMessage()
+    outer["Subject"], outer["From"] = "nested", "a@example.com"
+    inner = email.message.EmailMessage()
+    inner.set_content("inner text")
+    inner.add_attachment(b"inner attachment about the tapir", maintype="text", subtype="plain", filename="inner.txt")
+    outer.set_content("outer body")
+    outer.add_attachment(inner)
+    outer.get_payload()[1].replace_header("Content-Type", inner["Content-Type"])
+    outer.get_payload()[1].set_payload(inner.get_payload())
+    (tmp_path / "nested.eml").write_bytes(bytes(outer))
+    got = {p.record.member: p.record.text for p in items_of_file(tmp_path / "nested.eml", IngestOptions(), {})}
+    assert got == {
+        None: "From: a@example.com\nSubject: nested\n\nouter body",
+        "attachment=attachment-1.txt": "inner text\n",  # an unnamed part is read by its type
+        "attachment=inner.txt": "inner attachment about the tapir",
+    }
+    # a broken MIME structure that hides every part is reported, not silently empty
+    broken = tmp_path / "broken.eml"
+    broken.write_bytes(
+        b"From: a@example.com\r\nSubject: broken\r\nContent-Type: multipart/mixed; boundary=NOPE\r\n\r\n"
+        b"--OTHER\r\nContent-Type: text/plain\r\n\r\nlost text\r\n--OTHER--\r\n"
+    )
+    reasons = [p.reason for p in items_of_file(broken, IngestOptions(), {}) if not hasattr(p, "record")]
+    assert reasons and "malformed MIME structure" in reasons[0]

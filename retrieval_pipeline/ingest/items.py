@@ -19,12 +19,12 @@ from PIL import Image
 
 from ..media import MAX_DOWNLOAD_BYTES, InputError, parse_input
 from ..media.browser import rendered_pdf
-from ..media.containers import MAX_DEPTH, Member, read_mail, store_bytes, zip_members
+from ..media.containers import MAX_DEPTH, Budget, Member, read_mail, store_bytes, zip_members
 from ..media.documents import PAGE_TEXT_CHARS
 from ..media.office import converted_pdf, is_spreadsheet
 from ..media.pdf import PDF_DPI, PDF_MAX_PIXELS, PDFIUM_LOCK, render_page
 from ..media.text import decode_text
-from ..media.web import MHTML_EXTENSIONS, read_html, read_mhtml
+from ..media.web import MAX_PAGE_IMAGES, MHTML_EXTENSIONS, mhtml_left_out, read_html, read_mhtml
 from ..records import Record
 from ..settings import PIXELS_PER_TOKEN
 from ..store import CollectionSpec, point_id
@@ -203,7 +203,7 @@ def items_of_file(
         yield from _video_items(path, options, base)
         return
     data = _read_file(path, options.max_text_bytes if kind == "text" else MAX_DOWNLOAD_BYTES)
-    yield from _items_of_bytes(path.name, data, base, options, folder=path.parent)
+    yield from _items_of_bytes(path.name, data, base, options, folder=path.parent, budget=Budget())
 
 
 def _items_of_bytes(
@@ -215,9 +215,12 @@ def _items_of_bytes(
     folder: Path | None = None,
     member: str | None = None,
     depth: int = 0,
+    budget: Budget | None = None,
 ) -> Iterator[Item | ItemFailure]:
     """The items of a file's bytes (the file itself, or one of its members: ``member`` says where). ``folder``:
-    where the file lies on disk (a web page's images are read from beside it); None for a member."""
+    where the file lies on disk (a web page's images are read from beside it); None for a member. ``budget``: what
+    the archives of the whole file may still inflate."""
+    budget = budget or Budget()
     kind = modality_of(Path(name))
     base = replace(base, member=member)
     if kind == "image":
@@ -239,7 +242,7 @@ def _items_of_bytes(
         cached = store_bytes(data, Path(name).suffix.lower())
         yield from _video_items(cached, options, base, digest=digest)
     elif kind == "web":
-        yield from _web_items(name, data, base, options, folder, depth)
+        yield from _web_items(name, data, base, options, folder, depth, budget)
     elif kind == "mail":
         mail = read_mail(data)
         headed = replace(base, metadata={**mail.headers, **(base.metadata or {})})
@@ -247,9 +250,12 @@ def _items_of_bytes(
         if mail.body:
             text += "\n\n" + mail.body
         yield from _text_items(text, headed, options)
-        yield from _member_items(mail.members, headed, options, member, depth)
+        for problem in mail.problems:  # reported against the mail; what could be read is indexed
+            yield ItemFailure(display_path(headed.describe(chunk=False)), problem)
+        yield from _member_items(mail.members, headed, options, member, depth, budget)
     elif kind == "archive":
-        yield from _member_items(zip_members(data), base, options, member, depth)
+        entries = zip_members(data, budget, wanted=lambda n: modality_of(Path(n)) is not None)
+        yield from _member_items(entries, base, options, member, depth, budget)
     else:
         where = display_path(base.describe(chunk=False))
         yield ItemFailure(where, f"unsupported file type {Path(name).suffix or '(none)'!r}", skipped=True)
@@ -280,44 +286,65 @@ def _page_items(
 
 
 def _web_items(
-    name: str, data: bytes, base: Record, options: IngestOptions, folder: Path | None, depth: int
+    name: str,
+    data: bytes,
+    base: Record,
+    options: IngestOptions,
+    folder: Path | None,
+    depth: int,
+    budget: Budget,
 ) -> Iterator[Item | ItemFailure]:
-    """A web page's main text (chunked, the title first), then its images as members."""
+    """A web page's main text (chunked, the title first), then its images as members (those past the limit
+    reported as skipped), then -- with ``render_html`` -- the page as Chromium prints it."""
+    where = display_path(base.describe(chunk=False))
     if Path(name).suffix.lower() in MHTML_EXTENSIONS:
         html, parts = read_mhtml(data)
         images = [Member(f"part={n}", n, b) for n, b in parts]
         page = read_html(html, None)
+        left_out = mhtml_left_out(data)
     else:
+        html = data
         page = read_html(data, None if base.member else folder)
-        images = [Member(step, n, b, error) for step, n, b, error in page.images]
+        images = [Member(i.step, i.name, i.data, i.error, i.path) for i in page.images]
+        left_out = page.left_out
     text = page.text if not page.title or page.text.startswith(page.title) else f"{page.title}\n\n{page.text}"
     yield from _text_items(text, base, options)
-    yield from _member_items(images, base, options, base.member, depth)
+    yield from _member_items(images, base, options, base.member, depth, budget)
+    if left_out:
+        yield ItemFailure(where, f"{left_out} more images than the {MAX_PAGE_IMAGES} read", skipped=True)
     if options.render_html:  # the page as a reader sees it: Chromium's print, page by page (scripts run, offline)
         digest = hashlib.sha256(data).hexdigest()
-        html = data if Path(name).suffix.lower() not in MHTML_EXTENSIONS else read_mhtml(data)[0]
         pdf = rendered_pdf(html, None if base.member else folder, digest).read_bytes()
         yield from _page_items(pdf, digest, base, options)
 
 
 def _member_items(
-    members: Iterable[Member], base: Record, options: IngestOptions, member: str | None, depth: int
+    members: Iterable[Member],
+    base: Record,
+    options: IngestOptions,
+    member: str | None,
+    depth: int,
+    budget: Budget,
 ) -> Iterator[Item | ItemFailure]:
     """The items of a container's members, each under its member path; a member that cannot be read fails alone."""
     for part in members:
         path = f"{member}#{part.step}" if member else part.step
         where = display_path(f"{base.source}#{path}")
-        if part.data is None:
+        if part.skipped:
+            yield ItemFailure(where, part.error or "not read", skipped=True)
+            continue
+        if part.data is None and part.path is None:
             yield ItemFailure(where, part.error or "unreadable")
             continue
         if depth + 1 > MAX_DEPTH:
             yield ItemFailure(where, f"nested more than {MAX_DEPTH} deep (mail and archives inside each other)")
             continue
-        if not part.data:
-            yield ItemFailure(where, "empty (0 bytes)")
-            continue
         try:
-            yield from _items_of_bytes(part.name, part.data, base, options, member=path, depth=depth + 1)
+            data = part.read() or b""
+            if not data:
+                yield ItemFailure(where, "empty (0 bytes)")
+                continue
+            yield from _items_of_bytes(part.name, data, base, options, member=path, depth=depth + 1, budget=budget)
         except Exception as exc:  # noqa: BLE001 - this member only; the container's other members go on
             yield ItemFailure(where, _reason(exc))
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from ..errors import InputError
 from ..settings import cache_dir, env
-from .web import local_image
+from .web import page_asset
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def render_html_pdf(data: bytes, folder: Path | None, *, timeout: float | None =
         if path == "index.html":
             route.fulfill(status=200, body=data, content_type="text/html")
             return
-        local = local_image(folder, path) if folder is not None else None
+        local = page_asset(folder, path) if folder is not None else None
         if local is None:
             route.fulfill(status=404, body=b"")
             return

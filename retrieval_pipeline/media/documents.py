@@ -24,16 +24,19 @@ STOPWORDS = frozenset(
 def document_pdf(source: str | Path, member: str | None = None) -> Path:
     """The PDF file whose pages a ``pdf-page`` point numbers: the file itself, an office document's converted PDF
     (cached), or a PDF / office member extracted from its mail or archive (cached)."""
-    from .containers import extracted, member_bytes
+    from .containers import extracted, split_member
     from .office import converted_pdf, is_office
 
     if member:
-        name, data = member_bytes(source, member)
+        # the member's bytes are extracted once per version of its file (not inflated again for every thumbnail),
+        # into a cache file named by their SHA-256, which is also what its conversion is cached by
+        copy = extracted(source, member)
+        name = split_member(member)[-1].partition("=")[2]
         if is_office(name):
-            return converted_pdf(data, Path(name).suffix)
+            return converted_pdf(copy.read_bytes(), Path(name).suffix, copy.stem)
         if is_web(name):
-            return _rendered(name, data, None)
-        return extracted(source, member)
+            return _rendered(name, copy.read_bytes(), None)
+        return copy
     if is_office(str(source)):
         return converted_pdf(Path(source).read_bytes(), Path(source).suffix)
     if is_web(str(source)):

@@ -12,7 +12,6 @@ import email.policy
 import logging
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -23,8 +22,10 @@ logger = logging.getLogger(__name__)
 
 HTML_EXTENSIONS = {".html", ".htm", ".xhtml"}
 MHTML_EXTENSIONS = {".mhtml", ".mht"}
-# At most this many images of one page are indexed (the first ones, in document order).
+# At most this many images of one page are indexed (the first ones, in document order; the rest are counted and
+# reported), each file beside the page at most MAX_PAGE_IMAGE_BYTES.
 MAX_PAGE_IMAGES = 64
+MAX_PAGE_IMAGE_BYTES = 64 * 1024 * 1024
 # Pages larger than this are not parsed (lxml builds the whole tree).
 MAX_HTML_BYTES = 32 * 1024 * 1024
 IMAGE_TYPES = {
@@ -37,12 +38,25 @@ IMAGE_TYPES = {
 
 
 @dataclass
+class WebImage:
+    """One image of a page: its member step, its name, and its bytes (a ``data:`` URI) or the file beside the page
+    that holds them (``path``, read when its turn comes) -- or why it cannot be read."""
+
+    step: str
+    name: str
+    data: bytes | None = None
+    error: str | None = None
+    path: Path | None = None
+
+
+@dataclass
 class WebPage:
-    """A parsed page: its title, main text, and its images as (member step, name, bytes or the reason none)."""
+    """A parsed page: its title, main text, its images, and how many more images it names than are read."""
 
     title: str
     text: str
-    images: list[tuple[str, str, bytes | None, str | None]] = field(default_factory=list)
+    images: list[WebImage] = field(default_factory=list)
+    left_out: int = 0
 
 
 def page_text(html: bytes | str) -> tuple[str, str]:
@@ -82,19 +96,24 @@ def _image_sources(html: bytes | str) -> list[str]:
 
 
 def read_html(data: bytes, folder: Path | None) -> WebPage:
-    """A saved web page: its text, and its images -- ``data:`` URIs, and files under ``folder`` (the page's own
-    folder; None for a page inside a mail or an archive, whose relative images are not files)."""
+    """A saved web page: its text, and its images -- ``data:`` URIs, and image files under ``folder`` (the page's
+    own folder; None for a page inside a mail or an archive, whose relative images are not files). At most
+    MAX_PAGE_IMAGES; each file beside the page once, whatever its spellings (``a.png``, ``./a.png``, ``a.png?1``)."""
     title, text = page_text(data)
     page = WebPage(title, text)
     inline = 0
-    for src in _image_sources(data)[:MAX_PAGE_IMAGES]:
+    seen: set[str] = set()
+    for src in _image_sources(data):
+        if len(page.images) >= MAX_PAGE_IMAGES:
+            page.left_out += 1
+            continue
         if src.startswith("data:"):
             inline += 1
-            name = f"inline-{inline}{_data_suffix(src)}"
+            name = f"{inline}{_data_suffix(src)}"
             try:
-                page.images.append((f"image={name}", name, _data_uri(src), None))
+                page.images.append(WebImage(f"inline={name}", f"inline-{name}", _data_uri(src)))
             except InputError as exc:
-                page.images.append((f"image={name}", name, None, str(exc)))
+                page.images.append(WebImage(f"inline={name}", f"inline-{name}", error=str(exc)))
             continue
         parsed = urlparse(src)
         if parsed.scheme and parsed.scheme != "file" or parsed.netloc:
@@ -103,31 +122,55 @@ def read_html(data: bytes, folder: Path | None) -> WebPage:
         if folder is None:
             continue
         relative = unquote(parsed.path)
-        name = relative.lstrip("/")
         local = local_image(folder, relative)
+        step = f"image={escape_step(relative.lstrip('/'))}"
         if local is None:
-            page.images.append((f"image={name}", name, None, "not a file beside the page"))
+            page.images.append(WebImage(step, relative, error="not an image file beside the page"))
             continue
-        page.images.append((f"image={name}", name, local.read_bytes(), None))
+        if os.fspath(local) in seen:
+            continue
+        seen.add(os.fspath(local))
+        size = local.stat().st_size
+        if size > MAX_PAGE_IMAGE_BYTES:
+            why = f"image too large: {size} bytes (limit {MAX_PAGE_IMAGE_BYTES})"
+            page.images.append(WebImage(step, relative, error=why))
+            continue
+        page.images.append(WebImage(step, relative, path=local))
     return page
 
 
+def escape_step(name: str) -> str:
+    """A name as one step of a member path: ``#`` separates steps, so it (and ``%``) is escaped."""
+    return name.replace("%", "%25").replace("#", "%23")
+
+
+def unescape_step(step: str) -> str:
+    return step.replace("%23", "#").replace("%25", "%")
+
+
 def local_image(folder: Path, relative: str) -> Path | None:
-    """``relative`` (an ``<img src>``) as a file under ``folder``, or None: a path out of the folder, a missing file."""
+    """``relative`` (an ``<img src>``) as an image file under ``folder``, or None: a path out of the folder (links
+    followed), a hidden one, a missing file, a file that is not an image by its name."""
+    from .inputs import IMAGE_EXTENSIONS
+
     if not relative or relative.startswith("/") or "\x00" in relative:
+        return None
+    if any(part.startswith(".") and part not in (".", "..") for part in Path(relative).parts):
         return None
     root = os.path.realpath(folder)
     path = os.path.realpath(os.path.join(root, relative))
     if not path.startswith(root + os.sep) or not os.path.isfile(path):
         return None
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
     return Path(path)
 
 
 def inline_image(data: bytes, name: str) -> bytes:
-    """The ``data:`` image a page calls ``inline-N.ext`` (its N-th, in document order)."""
-    match = re.fullmatch(r"inline-(\d+)(\.\w+)?", name)
+    """The ``data:`` image a page calls ``inline=N.ext`` (its N-th, in document order)."""
+    match = re.fullmatch(r"(\d+)(\.\w+)?", name)
     if match:
-        inline = [s for s in _image_sources(data)[:MAX_PAGE_IMAGES] if s.startswith("data:")]
+        inline = [s for s in _image_sources(data) if s.startswith("data:")]
         n = int(match.group(1))
         if 1 <= n <= len(inline):
             return _data_uri(inline[n - 1])
@@ -153,29 +196,44 @@ def _data_uri(uri: str) -> bytes:
 
 
 def read_mhtml(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """An MHTML archive (a page saved by a browser as one file): (the HTML, its other parts as (name, bytes))."""
+    """An MHTML archive (a page saved by a browser as one file): (the HTML, its image parts as (name, bytes)), at
+    most MAX_PAGE_IMAGES of them (:func:`mhtml_left_out` counts the rest)."""
+    html, parts, _ = _mhtml(data)
+    return html, parts
+
+
+def mhtml_left_out(data: bytes) -> int:
+    """How many image parts of an MHTML archive are past MAX_PAGE_IMAGES (not read)."""
+    return _mhtml(data)[2]
+
+
+def _mhtml(data: bytes) -> tuple[bytes, list[tuple[str, bytes]], int]:
     from .containers import decoded_payload
 
     message = email.message_from_bytes(data, policy=email.policy.default)
     html: bytes | None = None
     parts: list[tuple[str, bytes]] = []
+    left_out = 0
     used: set[str] = set()
     for n, part in enumerate(message.walk()):
         if part.is_multipart():
             continue
-        payload = decoded_payload(part)
         kind = part.get_content_type()
         if kind == "text/html" and html is None:
-            html = payload
+            html = decoded_payload(part)
             continue
         if not kind.startswith("image/"):
             continue
+        if len(parts) >= MAX_PAGE_IMAGES:
+            left_out += 1
+            continue
+        payload = decoded_payload(part)
         location = str(part.get("Content-Location") or "")
         name = os.path.basename(urlparse(location).path) or f"part-{n}{IMAGE_TYPES.get(kind, '.img')}"
         parts.append((unique_name(name, used), payload))
     if html is None:
         raise InputError("not an MHTML page: no text/html part")
-    return html, parts
+    return html, parts, left_out
 
 
 def unique_name(name: str, used: set[str]) -> str:
@@ -190,5 +248,20 @@ def unique_name(name: str, used: set[str]) -> str:
     return candidate
 
 
-def mhtml_parts(data: bytes) -> Iterator[tuple[str, bytes]]:
-    yield from read_mhtml(data)[1]
+# What the renderer serves from a page's folder: its images, style sheets, scripts and fonts (a saved page's
+# ``page_files/``), nothing else (a script reading the page's neighbours could print them into the page).
+PAGE_ASSETS = {".css", ".js", ".mjs", ".woff", ".woff2", ".ttf", ".otf"}
+
+
+def page_asset(folder: Path, relative: str) -> Path | None:
+    """A file the renderer may serve from beside the page (see PAGE_ASSETS), or None."""
+    image = local_image(folder, relative)
+    if image is not None:
+        return image
+    if Path(relative).suffix.lower() not in PAGE_ASSETS or not relative or relative.startswith("/"):
+        return None
+    if any(part.startswith(".") and part not in (".", "..") for part in Path(relative).parts):
+        return None
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, relative))
+    return Path(path) if path.startswith(root + os.sep) and os.path.isfile(path) else None
