@@ -35,7 +35,7 @@ from retrieval_pipeline.serving.app import ServerConfig, create_app
 from retrieval_pipeline.store import EdgeStore
 from retrieval_pipeline.testing import make_text_pdf
 
-needs_libreoffice = pytest.mark.skipif(office.soffice() is None, reason="LibreOffice is not installed")
+# LibreOffice, Chromium and the indexed folder are the slow tier (each conversion starts LibreOffice: a second)
 
 PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
@@ -283,7 +283,8 @@ def test_mail_body_headers_and_attachments_as_members(tmp_path):
         containers.member_bytes(path, "attachment=minutes.pdf")
 
 
-@needs_libreoffice
+@pytest.mark.slow
+@pytest.mark.skipif(office.soffice() is None, reason="LibreOffice is not installed")
 def test_office_pages_slides_and_sheets(tmp_path):
     deck = write_pptx(tmp_path / "deck.pptx", [("Roadmap", "Milestones"), ("Risks", "Only on this slide: quokka")])
     book = write_xlsx(tmp_path / "book.xlsx", {"Revenue": [["narwhal"]], "Costs": [["pangolin"]]})
@@ -300,7 +301,8 @@ def test_office_pages_slides_and_sheets(tmp_path):
         list(items_of_file(deck, IngestOptions(max_pages=1), {}))
 
 
-@needs_libreoffice
+@pytest.mark.slow
+@pytest.mark.skipif(office.soffice() is None, reason="LibreOffice is not installed")
 def test_documents_libreoffice_cannot_open_are_named_with_the_reason(tmp_path):
     good = write_docx(tmp_path / "good.docx", ["A report about the serval."]).read_bytes()
     (tmp_path / "truncated.docx").write_bytes(good[: len(good) // 2])
@@ -362,6 +364,7 @@ def _points(store: EdgeStore) -> list[Record]:
     return [Record.from_payload(p.payload) for p in store.scroll()]
 
 
+@pytest.mark.slow
 def test_a_mixed_folder_indexes_with_no_file_skipped_for_its_type(mixed):
     folder, store, report = mixed
     assert report.files == 11 and report.skipped == []
@@ -395,6 +398,7 @@ def test_a_mixed_folder_indexes_with_no_file_skipped_for_its_type(mixed):
         assert word in texts
 
 
+@pytest.mark.slow
 def test_a_term_only_inside_a_slide_finds_that_slide_highlighted(mixed, embedder):
     folder, store, _ = mixed
     rag = RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None)
@@ -417,6 +421,7 @@ def test_a_term_only_inside_a_slide_finds_that_slide_highlighted(mixed, embedder
     assert {h.source for h in found} == {str(folder / "mail.eml")} and len(found) == 2
 
 
+@pytest.mark.slow
 def test_the_server_shows_members_pages_and_highlights(mixed, embedder):
     folder, store, _ = mixed
     rag = RAGPipeline(store, embedder=embedder, reranker_model=None, generator=None)
@@ -440,6 +445,7 @@ def test_the_server_shows_members_pages_and_highlights(mixed, embedder):
             assert media.headers["content-type"].startswith("image/")
 
 
+@pytest.mark.slow
 def test_rerun_embeds_nothing_a_changed_document_replaces_its_pages_and_prune_removes_a_mail(mixed, embedder, tmp_path):
     folder, store, _ = mixed
     copy = shutil.copytree(folder, tmp_path / "folder")
@@ -457,6 +463,7 @@ def test_rerun_embeds_nothing_a_changed_document_replaces_its_pages_and_prune_re
     db.close()
 
 
+@pytest.mark.slow
 def test_the_command_line_indexes_a_mixed_folder_and_info_counts_by_modality(
     mixed, tmp_path, models_env, capsys, monkeypatch
 ):
@@ -476,6 +483,7 @@ def test_the_command_line_indexes_a_mixed_folder_and_info_counts_by_modality(
     assert info["modalities"] == {"text": 5, "image": 3, "pdf-page": 9}, info
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_render_html_runs_the_page_offline_and_indexes_its_pages(tmp_path, caplog):
     """--render-html: Chromium prints the page (its script runs); nothing reaches the network (a server on
