@@ -321,7 +321,7 @@ def test_conversion_runs_under_a_time_limit_and_kills_what_it_started(tmp_path, 
     monkeypatch.setenv("QWEN3VL_RAG_SOFFICE", str(fake))
     started = time.perf_counter()
     with pytest.raises(InputError, match="did not finish converting it within 1 s"):
-        office.convert_to_pdf(b"PK\x03\x04 not really", ".docx", timeout=1)
+        office.convert_to_pdf(write_docx(tmp_path / "a.docx", ["x"]).read_bytes(), ".docx", timeout=1)
     assert time.perf_counter() - started < 10
     child = Path(f"/proc/{int(pidfile.read_text())}/stat")
     time.sleep(0.2)  # gone, or a zombie waiting for its reaper: not running either way
@@ -473,7 +473,7 @@ def test_the_command_line_indexes_a_mixed_folder_and_info_counts_by_modality(
     db = tmp_path / "db"
     code, out, err = main_here(capsys, monkeypatch, "index", str(folder), db=db)
     assert code == 0, err
-    assert "broken.docx: LibreOffice could not open" in out + err
+    assert "broken.docx: not a readable ZIP package (File is not a zip file): LibreOffice could not open" in out + err
     code, out, err = main_here(capsys, monkeypatch, "search", "quokka", "--json", "--no-rerank", db=db)
     top = json.loads(out)[0]
     assert top["source"].endswith("deck.pptx") and top["page"] == 2 and top["highlights"][0]["term"] == "quokka"
