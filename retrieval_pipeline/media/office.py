@@ -299,7 +299,9 @@ def convert_to_pdf(data: bytes, suffix: str, *, timeout: float | None = None) ->
                 raise InputError(f"LibreOffice ran out of memory (limit {memory} MiB, $QWEN3VL_RAG_OFFICE_MEMORY_MB)")
             lines = [line for line in said.strip().splitlines() if "javaldx" not in line and "java may not" not in line]
             detail = f": {lines[-1][:200]}" if lines else ""
-            raise InputError(f"LibreOffice could not open or convert it{detail}")
+            # an allocation that fails under the limit may also end as a plain load failure: say the limit
+            bound = f" (it ran with at most {memory} MiB of memory; $QWEN3VL_RAG_OFFICE_MEMORY_MB)" if memory else ""
+            raise InputError(f"LibreOffice could not open or convert it{detail}{bound}")
         return result.read_bytes()
 
 
