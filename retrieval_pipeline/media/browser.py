@@ -14,12 +14,12 @@ import logging
 import mimetypes
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import InputError
-from ..settings import cache_dir, env
+from ..settings import env
+from .cache import cache_path, cached_or_made
 from .web import page_asset
 
 logger = logging.getLogger(__name__)
@@ -95,18 +95,4 @@ def render_html_pdf(data: bytes, folder: Path | None, *, timeout: float | None =
 
 def rendered_pdf(data: bytes, folder: Path | None, digest: str) -> Path:
     """The cached PDF of a rendered page (rendered now if not cached): ``<cache>/documents/<sha256>.html.pdf``."""
-    target = cache_dir() / "documents" / f"{digest}.html.pdf"
-    if target.is_file() and target.stat().st_size > 0:
-        return target
-    pdf = render_html_pdf(data, folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{digest}-", suffix=".pdf")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pdf)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
+    return cached_or_made(cache_path("documents", f"{digest}.html.pdf"), lambda: render_html_pdf(data, folder))

@@ -10,13 +10,11 @@ total) and again while reading (a header may lie); mail and archives nest at mos
 
 from __future__ import annotations
 
-import contextlib
 import email
 import email.policy
 import hashlib
 import io
 import os
-import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
@@ -27,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..settings import cache_dir
 from . import web
+from .cache import cache_path, write_atomically
 
 MAIL_EXTENSIONS = {".eml"}
 ARCHIVE_EXTENSIONS = {".zip"}
@@ -390,20 +388,10 @@ def extracted(path: str | os.PathLike, member: str) -> Path:
 
 def store_bytes(data: bytes, suffix: str) -> Path:
     """``data`` as a file in the cache, named by its SHA-256 (written once, atomically)."""
-    folder = cache_dir() / "members"
-    target = folder / f"{hashlib.sha256(data).hexdigest()}{suffix[:16]}"
-    if not (target.is_file() and target.stat().st_size == len(data)):
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    return target
+    target = cache_path("members", f"{hashlib.sha256(data).hexdigest()}{suffix[:16]}")
+    if target.is_file() and target.stat().st_size == len(data):
+        return target
+    return write_atomically(target, data)
 
 
 def _remember(key: tuple, path: Path) -> Path:

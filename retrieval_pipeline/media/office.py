@@ -45,7 +45,8 @@ import zlib
 from pathlib import Path
 
 from ..errors import InputError
-from ..settings import cache_dir, env
+from ..settings import env
+from .cache import cache_path, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -317,23 +318,14 @@ def converted_pdf(data: bytes, suffix: str, digest: str | None = None) -> Path:
     ``<cache>/documents/<sha256><suffix>.pdf`` (the same bytes named .rtf and .doc are two conversions)."""
     digest = digest or hashlib.sha256(data).hexdigest()
     suffix = suffix.lower()
-    folder = cache_dir() / "documents"
-    path = folder / f"{digest}{suffix}.pdf"
+    path = cache_path("documents", f"{digest}{suffix}.pdf")
     if path.is_file() and path.stat().st_size > 0:
         return path
     pdf = convert_to_pdf(data, suffix)
     with contextlib.suppress(OSError):  # converted by an older version, links followed: never read again
-        (folder / f"{digest}.pdf").unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{digest}-", suffix=".pdf")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pdf)
-        os.replace(tmp, path)  # atomic: two processes converting the same document both end with a whole file
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        (path.parent / f"{digest}.pdf").unlink()
+    # atomic: two processes converting the same document both end with a whole file
+    write_atomically(path, pdf)
     logger.debug("converted a %s document (%d bytes) to a %d-byte PDF", suffix, len(data), len(pdf))
     return path
 
