@@ -49,44 +49,6 @@ def prose(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
 
-def write_docx(path: Path, pages: list[str]) -> Path:
-    import docx
-
-    document = docx.Document()
-    for n, text in enumerate(pages):
-        if n:
-            document.add_page_break()
-        document.add_heading(f"Section {n + 1}", level=1)
-        document.add_paragraph(text)
-    document.save(path)
-    return path
-
-
-def write_pptx(path: Path, slides: list[tuple[str, str]]) -> Path:
-    import pptx
-
-    deck = pptx.Presentation()
-    for title, body in slides:
-        slide = deck.slides.add_slide(deck.slide_layouts[1])
-        slide.shapes.title.text = title
-        slide.placeholders[1].text = body
-    deck.save(path)
-    return path
-
-
-def write_xlsx(path: Path, sheets: dict[str, list[list[Any]]]) -> Path:
-    import openpyxl
-
-    book = openpyxl.Workbook()
-    book.remove(book.active)
-    for name, rows in sheets.items():
-        sheet = book.create_sheet(name)
-        for row in rows:
-            sheet.append(row)
-    book.save(path)
-    return path
-
-
 def write_mail(path: Path, body: str, attachments: dict[str, bytes]) -> Path:
     message = email.message.EmailMessage()
     message["From"] = "Alice Example <alice@example.com>"
@@ -104,12 +66,12 @@ def write_mail(path: Path, body: str, attachments: dict[str, bytes]) -> Path:
 def build_documents(root: Path, pages: int) -> dict[str, Path]:
     """One file per format, ``pages`` pages (slides, sheets) where a format has pages; distinct contents, so that
     nothing is shared between formats (no conversion or embedding is saved by a duplicate)."""
-    from retrieval_pipeline.testing import make_text_pdf
+    from retrieval_pipeline.testing import make_text_pdf, write_docx, write_pptx, write_xlsx
 
     rng = random.Random(0)
     root.mkdir(parents=True)
     files: dict[str, Path] = {}
-    files["docx"] = write_docx(root / "report.docx", [prose(rng, 150) for _ in range(pages)])
+    files["docx"] = write_docx(root / "report.docx", [prose(rng, 150) for _ in range(pages)], headings=True)
     files["pptx"] = write_pptx(root / "deck.pptx", [(f"Slide {i + 1}", prose(rng, 30)) for i in range(pages)])
     files["xlsx"] = write_xlsx(
         root / "budget.xlsx",
@@ -137,7 +99,7 @@ def build_documents(root: Path, pages: int) -> dict[str, Path]:
     attached = make_text_pdf(root / "minutes.tmp", [prose(rng, 80) for _ in range(pages)]).read_bytes()
     (root / "minutes.tmp").unlink()
     files["eml"] = write_mail(root / "mail.eml", prose(rng, 60), {"minutes.pdf": attached})
-    inner = write_docx(root / "inner.tmp.docx", [prose(rng, 150) for _ in range(2)]).read_bytes()
+    inner = write_docx(root / "inner.tmp.docx", [prose(rng, 150) for _ in range(2)], headings=True).read_bytes()
     (root / "inner.tmp.docx").unlink()
     with zipfile.ZipFile(root / "bundle.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("docs/inner.docx", inner)

@@ -260,3 +260,46 @@ def make_text_pdf(path: str | Path, pages: list[str], *, bars: bool = True) -> P
     path = Path(path)
     path.write_bytes(bytes(out))
     return path
+
+
+def write_docx(path: str | Path, pages: list[str], *, headings: bool = False) -> Path:
+    """A Word document (python-docx), one page per string (page breaks between), each under a heading when asked:
+    test and benchmark data for office ingestion."""
+    import docx
+
+    document = docx.Document()
+    for n, text in enumerate(pages):
+        if n:
+            document.add_page_break()
+        if headings:
+            document.add_heading(f"Section {n + 1}", level=1)
+        document.add_paragraph(text)
+    document.save(str(path))
+    return Path(path)
+
+
+def write_pptx(path: str | Path, slides: list[tuple[str, str]]) -> Path:
+    """A PowerPoint deck (python-pptx): one title-and-content slide per (title, body)."""
+    import pptx
+
+    deck = pptx.Presentation()
+    for title, body in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[1])
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+    deck.save(str(path))
+    return Path(path)
+
+
+def write_xlsx(path: str | Path, sheets: dict[str, list[list[Any]]]) -> Path:
+    """An Excel workbook (openpyxl): one sheet per name, with its rows."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for name, rows in sheets.items():
+        sheet = book.create_sheet(name)
+        for row in rows:
+            sheet.append(row)
+    book.save(str(path))
+    return Path(path)

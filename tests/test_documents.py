@@ -33,48 +33,11 @@ from retrieval_pipeline.pipeline import RAGPipeline
 from retrieval_pipeline.records import Record
 from retrieval_pipeline.serving.app import ServerConfig, create_app
 from retrieval_pipeline.store import EdgeStore
-from retrieval_pipeline.testing import make_text_pdf
+from retrieval_pipeline.testing import make_text_pdf, write_docx, write_pptx, write_xlsx
 
 # LibreOffice, Chromium and the indexed folder are the slow tier (each conversion starts LibreOffice: a second)
 
 PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-
-
-def write_docx(path: Path, pages: list[str]) -> Path:
-    import docx
-
-    document = docx.Document()
-    for n, text in enumerate(pages):
-        if n:
-            document.add_page_break()
-        document.add_paragraph(text)
-    document.save(path)
-    return path
-
-
-def write_pptx(path: Path, slides: list[tuple[str, str]]) -> Path:
-    import pptx
-
-    deck = pptx.Presentation()
-    for title, body in slides:
-        slide = deck.slides.add_slide(deck.slide_layouts[1])
-        slide.shapes.title.text = title
-        slide.placeholders[1].text = body
-    deck.save(path)
-    return path
-
-
-def write_xlsx(path: Path, sheets: dict[str, list[list[str]]]) -> Path:
-    import openpyxl
-
-    book = openpyxl.Workbook()
-    book.remove(book.active)
-    for name, rows in sheets.items():
-        sheet = book.create_sheet(name)
-        for row in rows:
-            sheet.append(row)
-    book.save(path)
-    return path
 
 
 def write_mail(path: Path, attachments: dict[str, bytes], subject: str = "Minutes of the pump review") -> Path:
