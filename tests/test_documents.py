@@ -118,6 +118,12 @@ def test_text_in_any_common_encoding_decodes(encoding, text):
     assert decoded == text, detected
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_its_byte_order_mark_decodes(encoding):
+    text = "Notes from a Windows tool: naïve café, the tapir report.\r\n"
+    assert decode_text(text.encode(encoding)) == (text, encoding)
+
+
 @pytest.mark.parametrize("data", [bytes(range(256)) * 8, b"\x89PNG\r\n\x1a\n" + bytes(range(200)) * 3])
 def test_binary_data_is_still_refused_with_a_reason(data):
     with pytest.raises(InputError, match="binary data, not text"):

@@ -39,7 +39,10 @@ def decode_text(data: bytes) -> tuple[str, str]:
         return _checked(data.decode("utf-8"), "utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    if b"\x00" in data[:65536]:  # no BOM, not UTF-8, NUL bytes: a binary file (UTF-16 without a BOM is not guessed)
+    if b"\x00" in data[:65536]:  # no BOM, not UTF-8, NUL bytes: UTF-16 without its BOM, or a binary file
+        guessed = _bomless_utf16(data)
+        if guessed is not None:
+            return guessed
         raise InputError("binary data, not text (NUL bytes and no byte order mark)")
     from charset_normalizer import from_bytes
 
@@ -56,6 +59,25 @@ def decode_text(data: bytes) -> tuple[str, str]:
         return _checked(data.decode(encoding), encoding), encoding
     except UnicodeDecodeError:  # a near tie that does not decode everything: the detector's own choice
         return _checked(str(best), best.encoding), best.encoding
+
+
+def _bomless_utf16(data: bytes) -> tuple[str, str] | None:
+    """UTF-16 written without a byte order mark (some Windows tools do): mostly Latin or CJK text puts its NUL
+    bytes on one side of each pair. Accepted only when that holds for nearly every pair and the text decodes."""
+    sample = data[:65536]
+    if len(sample) < 4 or len(sample) % 2:
+        return None
+    pairs = len(sample) // 2
+    odd, even = sample[1::2].count(0), sample[0::2].count(0)
+    encoding = (
+        "utf-16-le" if odd >= 0.9 * pairs and even == 0 else "utf-16-be" if even >= 0.9 * pairs and odd == 0 else None
+    )
+    if encoding is None:
+        return None
+    try:
+        return _checked(data.decode(encoding), encoding), encoding
+    except (UnicodeDecodeError, InputError):
+        return None
 
 
 def _checked(text: str, encoding: str) -> str:
