@@ -64,7 +64,7 @@ def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
 
 def build_folder(root: Path) -> Path:
     """A work folder as people keep one: Office files, a saved web page (with an image beside it and one inline),
-    an MHTML page, a mail with a PDF attachment, an archive, PDFs, an image and text in three encodings."""
+    a mail with a PDF attachment, an archive, a PDF, a video, an image and text in three encodings."""
     root.mkdir(parents=True)
     write_docx(root / "report.docx", ["Quarterly report: revenue grew.", "Logistics of the okapi enclosure."])
     write_pptx(root / "deck.pptx", [("Roadmap", "Milestones for next year"), ("Risks", "Only on this slide: quokka")])
@@ -89,6 +89,7 @@ def build_folder(root: Path) -> Path:
         },
     )
     make_text_pdf(root / "manual.pdf", ["Install the flange gasket first.", "Then tighten the capybara bolt."])
+    shutil.copy(MEDIA / "moving_square.mp4", root / "clip.mp4")
     (root / "windows.txt").write_bytes("Grüße aus Köln: the marmot report, 5 € per page.".encode("cp1252"))
     (root / "utf16.txt").write_text("UTF-16 notes about the tapir, naïve café.", encoding="utf-16")
     return root
@@ -336,7 +337,7 @@ def _points(store: EdgeStore) -> list[Record]:
 @pytest.mark.slow
 def test_a_mixed_folder_indexes_with_no_file_skipped_for_its_type(mixed):
     folder, store, report = mixed
-    assert report.files == 11 and report.skipped == []
+    assert report.files == 12 and report.skipped == []
     assert [(f.source.rsplit("/", 1)[-1], "LibreOffice could not open" in f.reason) for f in report.failed] == [
         ("broken.docx", True)
     ]
@@ -349,17 +350,20 @@ def test_a_mixed_folder_indexes_with_no_file_skipped_for_its_type(mixed):
         ("budget.xlsx", 1, "Revenue", "pdf-page"),
         ("budget.xlsx", 2, "Costs", "pdf-page"),
         ("bundle.zip#entry=pics/rocket.jpg", None, None, "image"),
+        ("clip.mp4", None, None, "video"),
         ("deck.pptx", 1, None, "pdf-page"),
         ("deck.pptx", 2, None, "pdf-page"),
         ("mail.eml#attachment=minutes.pdf", 1, None, "pdf-page"),
         ("manual.pdf", 1, None, "pdf-page"),
         ("manual.pdf", 2, None, "pdf-page"),
+        ("page.html#image=page_files/cat.jpg", None, None, "image"),  # one point: also page_files/cat.jpg itself
         ("page.html#inline=1.png", None, None, "image"),
-        ("page.html#image=page_files/cat.jpg", None, None, "image"),
-        ("page_files/cat.jpg", None, None, "image"),
         ("report.docx", 1, None, "pdf-page"),
         ("report.docx", 2, None, "pdf-page"),
-    ] or any(r.sources for r in _points(store))
+    ]
+    cat = next(r for r in _points(store) if r.member == "image=page_files/cat.jpg")
+    assert cat.sources == [str(folder / "page.html"), str(folder / "page_files" / "cat.jpg")]
+    assert cat.files[str(folder / "page_files" / "cat.jpg")].get("member") is None  # the file is its own item there
     encodings = {r.locator.removeprefix(f"{folder}/"): r.encoding for r in _points(store) if r.encoding}
     assert encodings == {"windows.txt": "cp1252", "utf16.txt": "utf-16", "bundle.zip#entry=notes/legacy.txt": "cp1252"}
     texts = " ".join(r.text for r in _points(store))
@@ -449,7 +453,7 @@ def test_the_command_line_indexes_a_mixed_folder_and_info_counts_by_modality(
     code, out, err = main_here(capsys, monkeypatch, "search", "wombat", "--no-rerank", "--top-k", "5", db=db)
     assert "mail.eml#attachment=minutes.pdf (page 1)" in out  # the terminal names the member
     info = json.loads(main_here(capsys, monkeypatch, "info", "--json", db=db)[1])
-    assert info["modalities"] == {"text": 5, "image": 3, "pdf-page": 9}, info
+    assert info["modalities"] == {"text": 5, "image": 3, "video": 1, "pdf-page": 9}, info
 
 
 @pytest.mark.slow
