@@ -393,10 +393,14 @@ class RAGPipeline:
         filters: Mapping[str, Any] | None = None,
         rerank: bool = True,
         search_options: SearchOptions | Mapping[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
-        """Two-stage retrieval; ``search_options`` tune stage one for this query (see :class:`SearchOptions`)."""
+        """Two-stage retrieval; ``search_options`` tune stage one for this query (see :class:`SearchOptions`);
+        ``min_score`` leaves out hits scoring less (see :meth:`TwoStageRetriever.retrieve`)."""
         retriever = self.retriever(rerank=rerank)
-        return retriever.retrieve(query, top_k=top_k, filters=filters, search_options=search_options)
+        return retriever.retrieve(
+            query, top_k=top_k, filters=filters, search_options=search_options, min_score=min_score
+        )
 
     def ask(
         self,
@@ -407,9 +411,14 @@ class RAGPipeline:
         filters: Mapping[str, Any] | None = None,
         rerank: bool = True,
         search_options: SearchOptions | Mapping[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> Answer:
+        """An answer from the ``top_k`` best hits (``min_score``: only those scoring at least this; with none left,
+        the answer says nothing matched and no generation runs)."""
         query: InputLike = {"text": question, "image": image} if image is not None else question
-        hits = self.search(query, top_k=top_k, filters=filters, rerank=rerank, search_options=search_options)
+        hits = self.search(
+            query, top_k=top_k, filters=filters, rerank=rerank, search_options=search_options, min_score=min_score
+        )
         generator = self.generator
         if generator is None:
             raise ModelLoadError("no generator: pass a generator model or a callable")

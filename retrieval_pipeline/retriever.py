@@ -140,6 +140,18 @@ class Hit:
                 logger.debug("no highlights for %s: %s", record.describe(), exc)
 
 
+def check_min_score(value: float | None) -> None:
+    """A relevance cut-off is a finite number (a rerank score is 0..1, a cosine -1..1)."""
+    import math
+
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"min_score must be a finite number, got {value!r}")
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"min_score must be between -1 and 1 (a rerank score is 0..1, a cosine -1..1), got {value}")
+
+
 def _options(value: SearchOptions | Mapping[str, Any] | None) -> SearchOptions:
     return value if isinstance(value, SearchOptions) else SearchOptions.from_mapping(value)
 
@@ -206,12 +218,18 @@ class TwoStageRetriever:
         filters: Mapping[str, Any] | None = None,
         rerank: bool = True,
         search_options: SearchOptions | Mapping[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
         """The ``top_k`` best hits for ``query``. ``search_options`` (:class:`SearchOptions` or a dict: ``hnsw_ef``,
         ``oversampling``, ``rescore``, ``prefetch``, ``hybrid``, ``exact``) tune stage one for this query, over the
-        retriever's own."""
+        retriever's own.
+
+        ``min_score``: only hits scoring at least this -- the rerank score (the probability of "yes", 0..1) in a
+        reranked search, where a hit the reranker did not score (past ``rerank_budget``) is left out too; the
+        vector (cosine) score without reranking. Fewer than ``top_k`` hits, or none, may come back."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        check_min_score(min_score)
         options = _options(search_options).merged(self.search_options)
         try:
             parsed = parse_input(query)
@@ -232,6 +250,10 @@ class TwoStageRetriever:
         if use_reranker and hits:
             with self._timer("rerank"):
                 hits = self.rerank_hits(query, hits, at_least=top_k)  # the reranker is resolved only now
+        if min_score is not None:
+            reranked = use_reranker and any(h.rerank_score is not None for h in hits)
+            hits = [h for h in hits if (h.rerank_score if reranked else h.score) is not None]
+            hits = [h for h in hits if (h.rerank_score if reranked else h.score) >= min_score]  # type: ignore[operator]
         hits = hits[:top_k]
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank

@@ -54,6 +54,13 @@ def test_the_indexed_corpus_through_every_command(corpus_db, models_env, capsys,
     assert code == 0, err
     hits = json.loads(out)
     assert hits and all(h["modality"] == "image" and h["rerank_score"] is None for h in hits)
+    # --min-score: without reranking, a cut on the cosine (issue 29)
+    cut = (hits[0]["score"] + hits[1]["score"]) / 2
+    code, out, err = main_here(capsys, monkeypatch, *args, "--json", "--min-score", str(cut), db=db)
+    assert code == 0, err
+    assert [h["id"] for h in json.loads(out)] == [hits[0]["id"]]
+    code, out, err = main_here(capsys, monkeypatch, *args, "--min-score", "2", db=db)
+    assert code == 2 and "min_score must be between -1 and 1" in err
 
     # search without --embedding-model uses the model the collection records
     monkeypatch.delenv("QWEN3VL_RAG_EMBEDDING_MODEL")

@@ -103,6 +103,18 @@ def test_rerank_reorders_with_the_reranker_scores(embedder, reranker, store, cor
     assert [h.id for h in hits] != [h.id for h in stage_one]  # the reranker changed the order
     top = retriever.retrieve(query, top_k=2)
     assert [h.id for h in top] == [h.id for h in hits[:2]]
+    # min_score (issue 29): a cut on the score each hit is ranked by -- the rerank score, else the cosine
+    cut = (scores[2] + scores[3]) / 2
+    kept = retriever.retrieve(query, top_k=20, min_score=cut)
+    assert [h.id for h in kept] == [h.id for h in hits[:3]] and all(h.rerank_score >= cut for h in kept)
+    assert scores[0] < 1.0 and retriever.retrieve(query, top_k=20, min_score=float(np.nextafter(scores[0], 2))) == []
+    vector_cut = sorted(h.vector_score for h in stage_one)[-2]
+    assert [h.id for h in retriever.retrieve(query, top_k=20, rerank=False, min_score=vector_cut)] == [
+        h.id for h in stage_one[:2]
+    ]
+    for bad in (float("nan"), 1.5, "0.5"):
+        with pytest.raises(ValueError, match="min_score"):
+            retriever.retrieve(query, top_k=2, min_score=bad)
 
 
 def test_filters(embedder, store, corpus):

@@ -164,6 +164,26 @@ def test_search_and_ask(client):
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["answer"], str) and len(r.json()["sources"]) == 1
     assert client.post("/v1/ask", json={"question": ""}).status_code == 422
+    # min_score: a cut on the rerank score; above every hit's, nothing is returned and nothing is generated
+    scores = [
+        h["rerank_score"] for h in client.post("/v1/search", json={"query": "a cat", "top_k": 2}).json()["results"]
+    ]
+    cut = (scores[0] + scores[1]) / 2
+    r = client.post("/v1/search", json={"query": "a cat", "top_k": 2, "min_score": cut})
+    assert [h["rerank_score"] for h in r.json()["results"]] == scores[:1]
+    r = client.post("/v1/ask", json={"question": "a cat", "min_score": float(np.nextafter(scores[0], 2))})
+    assert r.json()["sources"] == [] and r.json()["answer"] == NO_MATCH
+    body = {
+        "model": "qwen3-vl",
+        "messages": [{"role": "user", "content": "a cat"}],
+        "max_tokens": 4,
+        "retrieval": {"top_k": 2, "min_score": cut},
+    }
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert [s["rerank_score"] for s in r.json()["sources"]] == scores[:1]
+    for bad in (1.5, -2, "0.5"):
+        assert client.post("/v1/search", json={"query": "a cat", "min_score": bad}).status_code == 422, bad
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -24,7 +24,12 @@ def run(args: argparse.Namespace, store: Any) -> int:
     common.announce(args)
     common.require_points(pipeline)
     answer = pipeline.ask(
-        args.question, image=args.image, top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank
+        args.question,
+        image=args.image,
+        top_k=args.top_k,
+        filters=args.filters,
+        rerank=not args.no_rerank,
+        min_score=args.min_score,
     )
     common.output(args, answer.to_dict(), f"{answer.text}\n\nSources:\n{common.hits_text(answer.sources)}")
     return 0

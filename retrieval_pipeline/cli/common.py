@@ -228,6 +228,18 @@ def layout(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def score_cut(text: str) -> float:
+    """``--min-score``: a finite number between -1 and 1 (a usage error otherwise)."""
+    from ..retriever import check_min_score
+
+    try:
+        value = float(text)
+        check_min_score(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc) if "min_score" in str(exc) else f"not a number: {text!r}") from None
+    return value
+
+
 def query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
     p.add_argument("--image", default=None, help="an image (path or URL) that is part of the query")
     p.add_argument("--top-k", type=at_least(1), default=default_top_k, help=f"results (default {default_top_k})")
@@ -246,6 +258,13 @@ def query_options(p: argparse.ArgumentParser, default_top_k: int) -> None:
         "(default 6000 on a CPU, about a minute at the 2B size; none on a GPU; 0: none)",
     )
     p.add_argument("--no-rerank", action="store_true", help="stage one only")
+    p.add_argument(
+        "--min-score",
+        type=score_cut,
+        default=None,
+        help="only hits scoring at least this: the rerank score (0..1, the probability of 'yes'), or the cosine "
+        "with --no-rerank (pick it with eval: see the README)",
+    )
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
     search_knobs(p)
 

@@ -32,7 +32,14 @@ def run(args: argparse.Namespace, store: Any) -> int:
     report = index_paths(args, pipeline, paths)
     if not args.json:
         print(report.summary(), file=sys.stderr)
-    answer = pipeline.ask(question, image=args.image, top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank)
+    answer = pipeline.ask(
+        question,
+        image=args.image,
+        top_k=args.top_k,
+        filters=args.filters,
+        rerank=not args.no_rerank,
+        min_score=args.min_score,
+    )
     data = {"index": report.to_dict(), **answer.to_dict(), "timings": common.timings(pipeline)}
     common.output(args, data, f"{answer.text}\n\nSources:\n{common.hits_text(answer.sources)}")
     return 0

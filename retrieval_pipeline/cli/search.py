@@ -23,6 +23,8 @@ def run(args: argparse.Namespace, store: Any) -> int:
     common.announce(args)
     common.require_points(pipeline)
     query = common.query_input(args, args.query)
-    hits = pipeline.search(query, top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank)
+    hits = pipeline.search(
+        query, top_k=args.top_k, filters=args.filters, rerank=not args.no_rerank, min_score=args.min_score
+    )
     common.output(args, [h.to_dict() for h in hits], common.hits_text(hits))
     return 0

@@ -137,6 +137,12 @@ class SearchRequest(BaseModel):
     filters: dict[str, FilterValue] | None = None
     rerank: bool = True
     search_options: SearchKnobs | None = None
+    min_score: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
+    )
 
 
 class Highlight(BaseModel):
@@ -184,6 +190,12 @@ class AskRequest(BaseModel):
     rerank: bool = True
     stream: bool = False
     search_options: SearchKnobs | None = None
+    min_score: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
+    )
 
 
 class AskResponse(BaseModel):
@@ -249,6 +261,12 @@ class RetrievalOptions(BaseModel):
     rerank: bool = True
     collection: str | None = None
     search_options: SearchKnobs | None = None
+    min_score: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
+    )
     rewrite: bool = Field(
         default=False,
         description="Rewrite a follow-up question into a standalone search query from the conversation (one more "

@@ -185,6 +185,7 @@ async def retrieve(
         filters=state.filters(options.filters),
         rerank=options.rerank,
         search_options=knobs(options.search_options),
+        min_score=options.min_score,
     )
     return hits, query
 

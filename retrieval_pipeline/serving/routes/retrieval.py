@@ -37,6 +37,7 @@ async def _search(state: ServingState, rag: Any, query: Any, body: SearchRequest
         filters=state.filters(body.filters),
         rerank=body.rerank,
         search_options=options,
+        min_score=body.min_score,
     )
 
 
@@ -72,6 +73,7 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
                 filters=state.filters(body.filters),
                 rerank=body.rerank,
                 search_options=knobs(body.search_options),
+                min_score=body.min_score,
             )
         return AskResponse(question=body.question, answer=answer.text, sources=[_hit(h, state) for h in answer.sources])
     generator = chat_model(state)
