@@ -26,18 +26,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MEDIA, ROOT, TINY, WORDS  # noqa: E402
+from common import MEDIA, ROOT, TINY, WORDS, peak_mib  # noqa: E402
 
 CORPUS_TEXTS = 40
 QUERIES = ["quarterly revenue growth chart", "a cat sitting on a sofa", "rocket launch into space"]
-
-
-def peak_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def reset_peak() -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MEDIA, TINY, WORDS  # noqa: E402
+from common import MEDIA, TINY, WORDS, peak_mib  # noqa: E402
 
 OFFICE = ("docx", "pptx", "xlsx")
 EMBED_BUDGET = 8.0  # seconds per format: embedding is repeated (up to 3 runs) only within this
@@ -170,14 +170,6 @@ def phase(name: str, fn: Callable[[], Any]) -> Any:
     s, out = timed(fn)
     print(f"{s:.1f} s (other processes kept {others.cores():.2f} cores busy meanwhile)", flush=True)
     return out
-
-
-def peak_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def clear_conversions() -> None:

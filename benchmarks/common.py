@@ -93,3 +93,12 @@ def _measure_once(fn: Callable[[], Any], cuda: bool) -> tuple[float, int, Any]:
 def row(name: str, n: int, seconds: float, mem: int, baseline: float | None = None) -> str:
     ratio = f"{(n / seconds) / baseline:6.2f}x" if baseline else "  1.00x"
     return f"  {name:<38} {n / seconds:8.2f} items/s  {ratio}   peak +{mem / 2**20:8.1f} MiB"
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory (VmHWM), in MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

@@ -252,8 +252,8 @@ class TwoStageRetriever:
                 hits = self.rerank_hits(query, hits, at_least=top_k)  # the reranker is resolved only now
         if min_score is not None:
             reranked = use_reranker and any(h.rerank_score is not None for h in hits)
-            hits = [h for h in hits if (h.rerank_score if reranked else h.score) is not None]
-            hits = [h for h in hits if (h.rerank_score if reranked else h.score) >= min_score]  # type: ignore[operator]
+            ranked_by = [h.rerank_score if reranked else h.score for h in hits]
+            hits = [h for h, score in zip(hits, ranked_by) if score is not None and score >= min_score]
         hits = hits[:top_k]
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank

@@ -24,7 +24,7 @@ from ..media.documents import PAGE_TEXT_CHARS
 from ..media.office import converted_pdf, is_spreadsheet
 from ..media.pdf import PDF_DPI, PDF_MAX_PIXELS, PDFIUM_LOCK, render_page
 from ..media.text import decode_text
-from ..media.web import MAX_PAGE_IMAGES, MHTML_EXTENSIONS, mhtml_left_out, read_html, read_mhtml
+from ..media.web import MAX_PAGE_IMAGES, MHTML_EXTENSIONS, read_html, read_mhtml
 from ..records import Record
 from ..settings import PIXELS_PER_TOKEN
 from ..store import CollectionSpec, point_id
@@ -298,10 +298,9 @@ def _web_items(
     reported as skipped), then -- with ``render_html`` -- the page as Chromium prints it."""
     where = display_path(base.describe(chunk=False))
     if Path(name).suffix.lower() in MHTML_EXTENSIONS:
-        html, parts = read_mhtml(data)
+        html, parts, left_out = read_mhtml(data)
         images = [Member(f"part={n}", n, b) for n, b in parts]
         page = read_html(html, None)
-        left_out = mhtml_left_out(data)
     else:
         html = data
         page = read_html(data, None if base.member else folder)

@@ -82,11 +82,6 @@ class Budget:
         self.remaining -= n
 
 
-def is_container(name: str) -> bool:
-    suffix = Path(name).suffix.lower()
-    return suffix in MAIL_EXTENSIONS | ARCHIVE_EXTENSIONS | web.MHTML_EXTENSIONS
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # mail
 

@@ -372,7 +372,7 @@ def _image_source(value: Any, check_files: bool) -> ImageSource:
         if text.startswith(("http://", "https://")):
             return ImageSource("url", text)
         if text.startswith("data:"):
-            data = _decode_data_uri(text)
+            data = decode_data_uri(text)
             size = _open_image_header(io.BytesIO(data), "<data URI>") if check_files else None
             return ImageSource("bytes", data, size)
         if not text.strip():
@@ -428,7 +428,9 @@ def _check_bytes_size(size: int) -> None:
         raise InputError(f"media too large: {size} bytes (limit {MAX_DOWNLOAD_BYTES})")
 
 
-def _decode_data_uri(text: str) -> bytes:
+def decode_data_uri(text: str, *, strict: bool = True) -> bytes:
+    """The bytes of a base64 image ``data:`` URI, within MAX_DOWNLOAD_BYTES. ``strict``: only base64 characters
+    (an input given to the API); else line breaks and spaces in it are skipped (as web pages write them)."""
     header, sep, payload = text.partition(",")
     if not sep:
         raise InputError("malformed data URI (no ',')")
@@ -437,7 +439,7 @@ def _decode_data_uri(text: str) -> bytes:
     if ";base64" not in header:
         raise InputError("only base64 data URIs are supported")
     try:
-        data = base64.b64decode(payload, validate=True)
+        data = base64.b64decode(payload, validate=strict)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"invalid base64 in data URI: {exc}") from None
     if not data:

@@ -5,8 +5,6 @@ images on other hosts are left out (named in the log), so indexing a saved page 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email
 import email.policy
 import logging
@@ -149,10 +147,15 @@ def unescape_step(step: str) -> str:
 
 
 def local_image(folder: Path, relative: str) -> Path | None:
-    """``relative`` (an ``<img src>``) as an image file under ``folder``, or None: a path out of the folder (links
-    followed), a hidden one, a missing file, a file that is not an image by its name."""
+    """``relative`` (an ``<img src>``) as an image file under ``folder``, or None (see :func:`_beside`)."""
     from .inputs import IMAGE_EXTENSIONS
 
+    return _beside(folder, relative, IMAGE_EXTENSIONS)
+
+
+def _beside(folder: Path, relative: str, suffixes: set[str]) -> Path | None:
+    """``relative`` as a file under ``folder`` whose name ends in one of ``suffixes``, or None: a path out of the
+    folder (links followed), a hidden one, a missing file, a file of another type."""
     if not relative or relative.startswith("/") or "\x00" in relative:
         return None
     if any(part.startswith(".") and part not in (".", "..") for part in Path(relative).parts):
@@ -161,9 +164,7 @@ def local_image(folder: Path, relative: str) -> Path | None:
     path = os.path.realpath(os.path.join(root, relative))
     if not path.startswith(root + os.sep) or not os.path.isfile(path):
         return None
-    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
-        return None
-    return Path(path)
+    return Path(path) if Path(path).suffix.lower() in suffixes else None
 
 
 def inline_image(data: bytes, name: str) -> bytes:
@@ -183,31 +184,15 @@ def _data_suffix(uri: str) -> str:
 
 
 def _data_uri(uri: str) -> bytes:
-    header, sep, payload = uri.partition(",")
-    if not sep or ";base64" not in header or not header.startswith("data:image/"):
-        raise InputError("not a base64 image data URI")
-    try:
-        data = base64.b64decode(payload, validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError(f"invalid base64 in a data URI: {exc}") from None
-    if not data:
-        raise InputError("empty data URI")
-    return data
+    """A page's ``data:`` image (base64 as pages write it: line breaks and spaces allowed)."""
+    from .inputs import decode_data_uri
+
+    return decode_data_uri(uri, strict=False)
 
 
-def read_mhtml(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """An MHTML archive (a page saved by a browser as one file): (the HTML, its image parts as (name, bytes)), at
-    most MAX_PAGE_IMAGES of them (:func:`mhtml_left_out` counts the rest)."""
-    html, parts, _ = _mhtml(data)
-    return html, parts
-
-
-def mhtml_left_out(data: bytes) -> int:
-    """How many image parts of an MHTML archive are past MAX_PAGE_IMAGES (not read)."""
-    return _mhtml(data)[2]
-
-
-def _mhtml(data: bytes) -> tuple[bytes, list[tuple[str, bytes]], int]:
+def read_mhtml(data: bytes) -> tuple[bytes, list[tuple[str, bytes]], int]:
+    """An MHTML archive (a page saved by a browser as one file): (the HTML, its image parts as (name, bytes), how
+    many more image parts there are than the MAX_PAGE_IMAGES read)."""
     from .containers import decoded_payload
 
     message = email.message_from_bytes(data, policy=email.policy.default)
@@ -254,14 +239,7 @@ PAGE_ASSETS = {".css", ".js", ".mjs", ".woff", ".woff2", ".ttf", ".otf"}
 
 
 def page_asset(folder: Path, relative: str) -> Path | None:
-    """A file the renderer may serve from beside the page (see PAGE_ASSETS), or None."""
-    image = local_image(folder, relative)
-    if image is not None:
-        return image
-    if Path(relative).suffix.lower() not in PAGE_ASSETS or not relative or relative.startswith("/"):
-        return None
-    if any(part.startswith(".") and part not in (".", "..") for part in Path(relative).parts):
-        return None
-    root = os.path.realpath(folder)
-    path = os.path.realpath(os.path.join(root, relative))
-    return Path(path) if path.startswith(root + os.sep) and os.path.isfile(path) else None
+    """A file the renderer may serve from beside the page (an image, or one of PAGE_ASSETS), or None."""
+    from .inputs import IMAGE_EXTENSIONS
+
+    return _beside(folder, relative, IMAGE_EXTENSIONS | PAGE_ASSETS)

@@ -130,6 +130,17 @@ def knobs(value: SearchKnobs | None) -> dict[str, Any] | None:
     return value.options() if value is not None else None
 
 
+# A relevance cut-off (search, ask, chat retrieval).
+MinScore = Annotated[
+    float | None,
+    Field(
+        ge=-1.0,
+        le=1.0,
+        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
+    ),
+]
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     query: InputItem
@@ -137,12 +148,7 @@ class SearchRequest(BaseModel):
     filters: dict[str, FilterValue] | None = None
     rerank: bool = True
     search_options: SearchKnobs | None = None
-    min_score: float | None = Field(
-        default=None,
-        ge=-1.0,
-        le=1.0,
-        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
-    )
+    min_score: MinScore = None
 
 
 class Highlight(BaseModel):
@@ -190,12 +196,7 @@ class AskRequest(BaseModel):
     rerank: bool = True
     stream: bool = False
     search_options: SearchKnobs | None = None
-    min_score: float | None = Field(
-        default=None,
-        ge=-1.0,
-        le=1.0,
-        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
-    )
+    min_score: MinScore = None
 
 
 class AskResponse(BaseModel):
@@ -261,12 +262,7 @@ class RetrievalOptions(BaseModel):
     rerank: bool = True
     collection: str | None = None
     search_options: SearchKnobs | None = None
-    min_score: float | None = Field(
-        default=None,
-        ge=-1.0,
-        le=1.0,
-        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
-    )
+    min_score: MinScore = None
     rewrite: bool = Field(
         default=False,
         description="Rewrite a follow-up question into a standalone search query from the conversation (one more "
