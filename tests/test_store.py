@@ -91,6 +91,53 @@ def test_upsert_search_count_filters_delete(store):
         store.delete({})
 
 
+def test_comparisons_and_boolean_filters_on_both_backends(store):
+    """Ranges, not-equal, in / not-in, floats, and $and / $or / $not nested: the counts a Python scan of the same
+    payloads gives, on both backends (the vector-store API's attribute filters come down to these)."""
+    store.open(SPEC)
+    points = _points(12)
+    for p in points:
+        p.payload["metadata"]["score"] = p.payload["metadata"]["n"] / 4  # floats: 0.0, 0.25, ...
+    store.upsert(points)
+    rows = [p.payload for p in points]
+
+    def expect(test) -> int:
+        return sum(1 for r in rows if test(r))
+
+    n = lambda r: r["metadata"]["n"]  # noqa: E731
+    cases = [
+        ({"metadata.n": {"gte": 3, "lt": 7}}, lambda r: 3 <= n(r) < 7),
+        ({"metadata.n": {"ne": 4}}, lambda r: n(r) != 4),
+        ({"metadata.n": {"in": [1, 2, 11]}}, lambda r: n(r) in (1, 2, 11)),
+        ({"modality": {"nin": ["text", "image"]}}, lambda r: r["modality"] == "pdf-page"),
+        ({"metadata.score": 0.75}, lambda r: r["metadata"]["score"] == 0.75),
+        ({"metadata.score": {"gt": 1.5}}, lambda r: r["metadata"]["score"] > 1.5),
+        ({"$or": [{"modality": "image"}, {"metadata.n": {"lte": 1}}]}, lambda r: r["modality"] == "image" or n(r) <= 1),
+        (
+            {"$and": [{"modality": "text"}, {"$not": {"metadata.n": 0}}], "source": {"ne": "/data/file3"}},
+            lambda r: r["modality"] == "text" and n(r) != 0 and r["source"] != "/data/file3",
+        ),
+    ]
+    for flt, test in cases:
+        assert store.count(flt) == expect(test), flt
+        hits = store.search(points[0].vector, limit=20, filters=flt)
+        assert len(hits) == expect(test) and all(test(h.payload) for h in hits), flt
+    for bad, why in [
+        ({"metadata.n": {"gt": "x"}}, "finite number"),
+        ({"metadata.n": {"between": 1}}, "comparison takes"),
+        ({"$xor": []}, "unknown filter operator"),
+        ({"$or": []}, "non-empty list"),
+        ({"metadata.n": {"in": 3}}, "list of values"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            store.count(bad)
+    deep: dict = {"modality": "text"}
+    for _ in range(10):
+        deep = {"$not": deep}
+    with pytest.raises(ValueError, match="nest at most"):
+        store.count(deep)
+
+
 def test_a_staged_collection_replaces_the_old_one_only_when_asked(store):
     """The rebuild path: a sibling collection is filled while the old one keeps its points; replace_with puts the
     new one in place (Edge: a folder rename; a server: recreated and copied)."""

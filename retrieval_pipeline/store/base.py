@@ -20,7 +20,7 @@ from ..layout import (
     query_plan,
 )
 from ..records import MODALITIES, sources_of, sources_update
-from .filters import _conditions
+from .filters import Clause, _conditions
 from .spec import SCROLL_PAGE, VERIFY_SAMPLE, CollectionSpec, Point, StoreAddress, StoredHit
 
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
@@ -96,7 +96,7 @@ class VectorStore:
     def _opened(self) -> bool:
         return self.spec is not None
 
-    def _native_filter(self, conditions: list[tuple[str, Any]]) -> Any:
+    def _native_filter(self, clause: Clause) -> Any:
         raise NotImplementedError
 
     def _upsert(self, points: list[Point]) -> None:

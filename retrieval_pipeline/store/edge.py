@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..layout import (
     SparseQuery,
 )
 from .base import ACORN_SELECTIVITY, VectorStore
+from .filters import Clause, native
 from .spec import INDEXED_FIELDS, VERIFY_SAMPLE, CollectionSpec, Point, StoreAddress, StoredHit, _check_name, _dense
 
 logger = logging.getLogger(__name__)
@@ -464,14 +465,8 @@ class EdgeStore(VectorStore):
     # ------------------------------------------------------------------------------------------------------------
     # native primitives
 
-    def _native_filter(self, conditions: list[tuple[str, Any]]) -> Any:
-        import qdrant_edge as qe
-
-        must = [
-            qe.FieldCondition(key, match=qe.MatchAny(value) if isinstance(value, list) else qe.MatchValue(value))
-            for key, value in conditions
-        ]
-        return qe.Filter(must=must) if must else None
+    def _native_filter(self, clause: Clause) -> Any:
+        return native(clause, _EdgeFilters())
 
     def _update(self, what: str, operation: Any) -> None:
         # Collections created with a write-ahead log: durable once applied (the log replays after a crash).
@@ -696,3 +691,19 @@ def ram_estimate(spec: CollectionSpec, points: int, with_text: int, hnsw_m: int 
     per_point += 2 * hnsw_m * 4 + 64  # graph links, id mapping and versions
     sparse = with_text * 40 * 8 if layout.hybrid else 0  # ~40 distinct terms per text, index + weight each
     return points * per_point + sparse
+
+
+class _EdgeFilters:
+    """Filters in Qdrant Edge's terms."""
+
+    def condition(self, key: str, match: Any, bounds: Mapping[str, float] | None) -> Any:
+        import qdrant_edge as qe
+
+        if bounds is not None:
+            return qe.FieldCondition(key, range=qe.RangeFloat(**bounds))
+        return qe.FieldCondition(key, match=qe.MatchAny(match) if isinstance(match, list) else qe.MatchValue(match))
+
+    def filter(self, must: list[Any], should: list[Any], must_not: list[Any]) -> Any:
+        import qdrant_edge as qe
+
+        return qe.Filter(must=must or None, should=should or None, must_not=must_not or None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from ..layout import (
     SparseQuery,
 )
 from .base import ACORN_SELECTIVITY, VectorStore
+from .filters import Clause, native
 from .spec import INDEXED_FIELDS, CollectionSpec, Point, StoreAddress, StoredHit, _check_name, _dense
 
 logger = logging.getLogger(__name__)
@@ -210,17 +211,8 @@ class ServerStore(VectorStore):
     # ------------------------------------------------------------------------------------------------------------
     # native primitives
 
-    def _native_filter(self, conditions: list[tuple[str, Any]]) -> Any:
-        from qdrant_client import models
-
-        must = [
-            models.FieldCondition(
-                key=key,
-                match=models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value),
-            )
-            for key, value in conditions
-        ]
-        return models.Filter(must=must) if must else None
+    def _native_filter(self, clause: Clause) -> Any:
+        return native(clause, _ServerFilters())
 
     def _upsert(self, points: list[Point]) -> None:
         from qdrant_client import models
@@ -393,3 +385,20 @@ def _server_vectors(vectors: Any) -> Any:
             for k, v in vectors.items()
         }
     return vectors
+
+
+class _ServerFilters:
+    """Filters in qdrant-client's terms."""
+
+    def condition(self, key: str, match: Any, bounds: Mapping[str, float] | None) -> Any:
+        from qdrant_client import models
+
+        if bounds is not None:
+            return models.FieldCondition(key=key, range=models.Range(**bounds))
+        value = models.MatchAny(any=match) if isinstance(match, list) else models.MatchValue(value=match)
+        return models.FieldCondition(key=key, match=value)
+
+    def filter(self, must: list[Any], should: list[Any], must_not: list[Any]) -> Any:
+        from qdrant_client import models
+
+        return models.Filter(must=must or None, should=should or None, must_not=must_not or None)
