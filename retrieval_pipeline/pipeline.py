@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from . import observe
+from .caching import LazyModel, RetrievalCaches
 from .errors import CollectionMismatchError, CollectionNotFoundError, ModelLoadError, StoreError  # noqa: F401
 from .ingest import Indexer, IndexReport, IngestOptions
 from .layout import SearchOptions, VectorLayout
@@ -32,6 +34,17 @@ from .store import VectorStore, open_store
 logger = logging.getLogger(__name__)
 
 STAGES = ("embedder", "reranker", "generator")
+
+
+# The pipeline's stage names as retrieval_pipeline.observe names them (loads: "load_model" with the role)
+OBSERVED_STAGES = {"embed query": "embed", "vector search": "vector_search"}
+
+
+def observed_stage(stage: str) -> tuple[str, dict[str, str]]:
+    """(observe's stage name, span attributes) of a :meth:`RAGPipeline.timed` stage."""
+    if stage.startswith("load "):  # "load embedding model"
+        return "load_model", {"role": stage.split()[1]}
+    return OBSERVED_STAGES.get(stage, stage.replace(" ", "_")), {}
 
 
 # The answer when the search finds nothing: no generation runs (the same rule streamed or not).
@@ -154,12 +167,15 @@ class RAGPipeline:
         device: str | None = None,
         torch_dtype: str | torch.dtype | None = None,
         offload: bool | None = None,
+        caches: RetrievalCaches | None = None,
         **legacy: Any,
     ) -> None:
         """``embedding`` / ``reranking`` / ``generation``: each role's :class:`ModelSpec` (or just a hub id or
         folder; ``embedding=None``: the model the collection was built with; ``reranking=None``: stage one only;
         ``generation=None``: no answers, or a callable ``(question, hits) -> str``). ``retrieval``: the
         :class:`RetrievalSettings`. ``device`` / ``torch_dtype`` / ``offload``: where and how the models run.
+        ``caches``: a :class:`~retrieval_pipeline.caching.RetrievalCaches` for query vectors and rerank scores (a
+        repeated search then runs no model; the results are the same); None, the default: no caching.
 
         Version 0.2's keywords are still accepted and mean the same: ``embedding_model``, ``embedder``,
         ``reranker_model``, ``reranker``, ``generator``, ``generator_options``, ``media_options`` (the embedder's and
@@ -206,6 +222,11 @@ class RAGPipeline:
         self._generator: Callable[[str, Sequence[Hit]], str] | None = (
             None if isinstance(self.generator_spec, str) else self.generator_spec
         )
+        self.caches = caches
+        # the retrievers' ways to the models: each remembers what the model it gave is, so a cached result needs
+        # neither a model load (stage-wise residency drops the embedder) nor a move onto the GPU
+        self._lazy_embedder = LazyModel(lambda: self.embedder)
+        self._lazy_reranker = LazyModel(lambda: self.reranker)
 
     @classmethod
     def open(
@@ -229,10 +250,13 @@ class RAGPipeline:
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
-        """Record how long ``stage`` takes in :attr:`timings` (``(stage, start, seconds)``, ``time.time()`` start)."""
+        """Record how long ``stage`` takes in :attr:`timings` (``(stage, start, seconds)``, ``time.time()`` start),
+        and tell :mod:`~retrieval_pipeline.observe` (metrics, traces) under its stage name (:func:`observed_stage`)."""
         start, t0 = time.time(), time.perf_counter()
+        name, attributes = observed_stage(stage)
         try:
-            yield
+            with observe.stage(name, **attributes):
+                yield
         finally:
             seconds = time.perf_counter() - t0
             self.timings.append((stage, start, seconds))
@@ -375,14 +399,15 @@ class RAGPipeline:
         only when stage two starts."""
         has_reranker = rerank and (self.reranker_model or self._reranker is not None)
         return TwoStageRetriever(
-            lambda: self.embedder,
+            self._lazy_embedder,
             self.store,
-            (lambda: self.reranker) if has_reranker else None,
+            self._lazy_reranker if has_reranker else None,
             candidates=self.candidates,
             query_instruction=self.query_instruction,
             timer=self.timed,
             rerank_budget=self.rerank_budget,
             search_options=self.search_options,
+            caches=self.caches,
         )
 
     def search(

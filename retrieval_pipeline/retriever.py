@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from .caching import BytesLRU, LazyModel, ModelIdentity, RetrievalCaches, content_key, file_stamp, identity_of
 from .layout import SearchOptions
 from .media import InputError, InputLike, parse_input
 from .media.documents import document_pdf, page_highlights, query_terms, snippet
@@ -167,7 +168,11 @@ class TwoStageRetriever:
 
     ``embedder`` and ``reranker`` may also be functions returning the model, called when their stage starts and not
     held after it (lazy loading, moving a model onto the GPU for its stage, or freeing the embedder's memory before
-    the reranker loads on a CPU: see :class:`~retrieval_pipeline.pipeline.RAGPipeline`)."""
+    the reranker loads on a CPU: see :class:`~retrieval_pipeline.pipeline.RAGPipeline`).
+
+    ``caches`` (:class:`~retrieval_pipeline.caching.RetrievalCaches`): a repeated query's vector and the rerank
+    scores of candidates it already scored come from them, the same numbers, without model work; a model given as
+    a :class:`~retrieval_pipeline.caching.LazyModel` that gave one before is not even fetched for a cached result."""
 
     def __init__(
         self,
@@ -181,6 +186,7 @@ class TwoStageRetriever:
         timer: Callable[[str], AbstractContextManager[Any]] | None = None,
         rerank_budget: int | None = None,
         search_options: SearchOptions | Mapping[str, Any] | None = None,
+        caches: RetrievalCaches | None = None,
     ):
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -193,6 +199,7 @@ class TwoStageRetriever:
         self._timer = timer or (lambda stage: nullcontext())
         self.rerank_budget = rerank_budget
         self.search_options = _options(search_options)
+        self.caches = caches
 
     @property
     def embedder(self) -> Any:
@@ -203,6 +210,7 @@ class TwoStageRetriever:
         return cast(Embedder, given)
 
     def _spec(self, embedder: Any) -> CollectionSpec:
+        """The collection's spec, checked against ``embedder`` (a model, or its :class:`ModelIdentity`)."""
         spec = self.store.open(create=False)
         mine = CollectionSpec(
             embedder.model_name_or_path, spec.dim, spec.instruction, model_id=getattr(embedder, "model_id", None)
@@ -236,10 +244,8 @@ class TwoStageRetriever:
         except InputError as exc:
             raise exc.at(kind="query") from None
         with self._timer("embed query"):
-            embedder = self.embedder
-            spec = self._spec(embedder)
-            vector = embedder.embed([query], instruction=self.query_instruction, dim=spec.dim)[0]
-            del embedder  # a stage-wise pipeline may free it before the reranker loads
+            key = content_key(query) if self._caching("query") or self._caching("rerank") else None
+            vector = self._query_vector(query, key)
         use_reranker = self.reranker is not None and rerank
         limit = max(self.candidates, top_k) if use_reranker else top_k
         with self._timer("vector search"):
@@ -249,7 +255,7 @@ class TwoStageRetriever:
         hits = [Hit(h.id, h.score, h.score, None, h.payload, stage_one_rank=n) for n, h in enumerate(found, 1)]
         if use_reranker and hits:
             with self._timer("rerank"):
-                hits = self.rerank_hits(query, hits, at_least=top_k)  # the reranker is resolved only now
+                hits = self._rerank(query, hits, top_k, key)  # the reranker is resolved only now
         if min_score is not None:
             reranked = use_reranker and any(h.rerank_score is not None for h in hits)
             ranked_by = [h.rerank_score if reranked else h.score for h in hits]
@@ -261,11 +267,79 @@ class TwoStageRetriever:
                 hit.annotate(text)
         return hits
 
+    def embed_query(self, query: InputLike) -> Any:
+        """The query's vector as stage one searches with it (the collection's dimension; from the cache when it
+        holds it): a float32 array of the caller's own."""
+        try:
+            parse_input(query)
+        except InputError as exc:
+            raise exc.at(kind="query") from None
+        return self._query_vector(query, content_key(query) if self._caching("query") else None)
+
+    def _caching(self, which: str) -> bool:
+        return self._cache(which) is not None
+
+    def _cache(self, which: str) -> BytesLRU | None:
+        """The ``query`` or ``rerank`` cache when it is on."""
+        cache = getattr(self.caches, which) if self.caches is not None else None
+        return cache if cache is not None and cache.enabled else None
+
+    def _query_vector(self, query: InputLike, key: str | None) -> Any:
+        """Embed the query, or take its vector from the query cache (keyed by the embedder's fingerprint, the
+        instruction, the dimension and ``key``, the query's content). A lazy embedder that gave its model before is
+        not fetched for a cached vector; the collection's spec is checked either way."""
+        cache = self._cache("query") if key is not None else None
+        tried = None
+        known = getattr(self._embedder, "identity", None)
+        if cache is not None and isinstance(known, ModelIdentity):
+            spec = self._spec(known)
+            tried = (known.fingerprint, self.query_instruction, spec.dim, key)
+            cached = cache.get(tried)
+            if cached is not None:
+                return cached.copy()
+        embedder = self.embedder
+        identity = self._remember(self._embedder, embedder) if cache is not None else None
+        if tried is None or identity != known:  # (the model the lazy function gave is the one checked above)
+            spec = self._spec(embedder)
+        cache_key = None
+        if cache is not None and identity is not None:
+            cache_key = (identity.fingerprint, self.query_instruction, spec.dim, key)
+            cached = cache.get(cache_key) if cache_key != tried else None
+            if cached is not None:
+                return cached.copy()
+        vector = embedder.embed([query], instruction=self.query_instruction, dim=spec.dim)[0]
+        del embedder  # a stage-wise pipeline may free it before the reranker loads
+        if cache is not None and cache_key is not None:
+            stored = vector.copy()  # the cache's own, read-only: a caller changing its vector changes no other
+            stored.flags.writeable = False
+            cache.put(cache_key, stored)
+        return vector
+
+    @staticmethod
+    def _remember(given: Any, model: Any) -> ModelIdentity | None:
+        """What ``model`` is; a :class:`LazyModel` that gave it remembers (the next cached result needs no model)."""
+        identity = identity_of(model)
+        if isinstance(given, LazyModel):
+            given.identity = identity
+        return identity
+
     def rerank_hits(self, query: InputLike, hits: list[Hit], *, at_least: int = 1) -> list[Hit]:
         """Stage two on given candidates: reranker scores, best first. With a ``rerank_budget``, the best
         ``at_least`` candidates are reranked whatever it says (the hits returned are always reranked ones)."""
+        return self._rerank(query, hits, at_least, content_key(query) if self._caching("rerank") else None)
+
+    def _rerank(self, query: InputLike, hits: list[Hit], at_least: int, key: str | None) -> list[Hit]:
+        """:meth:`rerank_hits`; with a rerank cache and ``key`` (the query's content), the scores it holds are
+        taken and only the other candidates go to the reranker (none: the reranker is not even fetched when a
+        :class:`LazyModel` gave it before)."""
         given = self.reranker
-        reranker = cast(Reranker, given) if hasattr(given, "score") else cast(Callable[[], Reranker], given)()
+        cache = self._cache("rerank") if key is not None else None
+        reranker: Any = given if hasattr(given, "score") else None
+        identity = getattr(given, "identity", None) if reranker is None else None
+        if reranker is None and (cache is None or not isinstance(identity, ModelIdentity)):
+            reranker = cast(Callable[[], Reranker], given)()
+        if reranker is not None and cache is not None:
+            identity = self._remember(given, reranker)
         usable: list[Hit] = []
         unusable: list[Hit] = []
         for hit in hits:
@@ -277,22 +351,41 @@ class TwoStageRetriever:
                 # reranked ones, and say so.
                 logger.warning("cannot rerank %s: %s", hit.describe(), exc)
                 unusable.append(hit)
-        usable, deferred = self._within_budget(usable, getattr(reranker, "media", None), at_least)
+        media = getattr(reranker, "media", None) if reranker is not None else getattr(identity, "media", None)
+        usable, deferred = self._within_budget(usable, media, at_least)
+        keys: dict[int, Any] = {}
+        scores: dict[int, Any] = {}
+        if cache is not None and identity is not None:
+            for hit in usable:
+                keys[id(hit)] = (identity.fingerprint, key, self.rerank_instruction, hit.id, _document_stamp(hit))
+                cached = cache.get(keys[id(hit)])
+                if cached is not None:
+                    scores[id(hit)] = cached
         while usable:
-            try:
-                scores = reranker.score(query, [h.item for h in usable], instruction=self.rerank_instruction)
-            except InputError as exc:
-                if exc.kind != "document" or not isinstance(exc.index, int) or not 0 <= exc.index < len(usable):
-                    raise  # the query's own problem
-                # A stored item that cannot be decoded any more (a corrupt or replaced file): it is left unreranked
-                # with a logged reason, the others are reranked (one bad file never fails every search).
-                bad = usable.pop(exc.index)
-                logger.warning("cannot rerank %s: %s", bad.describe(), exc.reason)
-                unusable.append(bad)
-                continue
-            for hit, score in zip(usable, scores):
-                hit.rerank_score = score
-                hit.score = score
+            todo = [h for h in usable if id(h) not in scores]
+            if todo:
+                if reranker is None:
+                    reranker = cast(Callable[[], Reranker], given)()
+                try:
+                    fresh = reranker.score(query, [h.item for h in todo], instruction=self.rerank_instruction)
+                except InputError as exc:
+                    if exc.kind != "document" or not isinstance(exc.index, int) or not 0 <= exc.index < len(todo):
+                        raise  # the query's own problem
+                    # A stored item that cannot be decoded any more (a corrupt or replaced file): it is left
+                    # unreranked with a logged reason, the others are reranked (one bad file never fails every
+                    # search).
+                    bad = todo[exc.index]
+                    usable = [h for h in usable if h is not bad]
+                    logger.warning("cannot rerank %s: %s", bad.describe(), exc.reason)
+                    unusable.append(bad)
+                    continue
+                for hit, score in zip(todo, fresh):
+                    scores[id(hit)] = score
+                    if cache is not None and id(hit) in keys:
+                        cache.put(keys[id(hit)], score)
+            for hit in usable:
+                hit.rerank_score = scores[id(hit)]
+                hit.score = scores[id(hit)]
             usable.sort(key=lambda h: -h.score)
             break
         return usable + deferred + unusable
@@ -317,3 +410,23 @@ class TwoStageRetriever:
                 VISION_TOKEN_COST,
             )
         return hits[:kept], hits[kept:]
+
+
+def _document_stamp(hit: Hit) -> str:
+    """What besides its point id names the item a hit stands for: the stamps of the local files it is read from (a
+    text chunk is its payload alone)."""
+    record = hit.record
+    if record.modality == "text":
+        return ""
+    refs = [record.source]
+    if record.modality == "mixed" and isinstance(record.item, dict):
+        refs = [r for k in ("image", "video") for r in _strings(record.item.get(k))]
+    return "|".join(file_stamp(r) for r in refs)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []

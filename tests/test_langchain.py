@@ -266,6 +266,35 @@ def test_rerank_custom_keys_and_errors(reranker):
     assert custom.compress_documents([], "q") == []
 
 
+BAD_MIN_SCORES = (float("nan"), float("inf"), 2.0, -1.5)
+
+
+def _between(scores, i):
+    """A cut-off strictly between the ``i``-th and the next of ``scores`` (best first)."""
+    assert scores[i] > scores[i + 1], scores
+    return (scores[i] + scores[i + 1]) / 2
+
+
+def test_rerank_min_score_keeps_the_documents_at_or_above_it(reranker):
+    texts = ["A cat sleeps on a red sofa.", "A kitten plays.", "Rockets launch in spring.", "Quarterly revenue."]
+    docs = [Document(page_content=t, id=f"d{i}") for i, t in enumerate(texts)]
+    every = Qwen3VLRerank(reranker=reranker, top_n=None).compress_documents(docs, "a cat")
+    scores = [d.metadata["relevance_score"] for d in every]
+    ids = [d.id for d in every]
+    cut = _between(scores, 1)
+    kept = Qwen3VLRerank(reranker=reranker, top_n=None, min_score=cut).compress_documents(docs, "a cat")
+    assert [d.id for d in kept] == ids[:2] and all(d.metadata["relevance_score"] >= cut for d in kept)
+    at = Qwen3VLRerank(reranker=reranker, top_n=None, min_score=scores[1])  # a document scoring exactly it stays
+    assert [d.id for d in at.compress_documents(docs, "a cat")] == ids[:2]
+    one = Qwen3VLRerank(reranker=reranker, top_n=1, min_score=cut)  # the cut first, then top_n
+    assert [d.id for d in asyncio.run(one.acompress_documents(docs, "a cat"))] == ids[:1]
+    above = Qwen3VLRerank(reranker=reranker, min_score=float(np.nextafter(scores[0], 2)))
+    assert above.compress_documents(docs, "a cat") == []
+    for bad in BAD_MIN_SCORES:
+        with pytest.raises(ValueError, match="min_score must be"):
+            Qwen3VLRerank(reranker=reranker, min_score=bad)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # End to end, as a user wires it
 
@@ -389,6 +418,32 @@ def test_retriever_takes_k_and_top_k_still_works(embedder, indexed_store):
             old.invoke("a cat", k=bad)
     with pytest.raises(ValueError, match="pass 'k' only"):
         Qwen3VLRetriever(embedder=embedder, store=indexed_store, top_k=2, k=3)
+
+
+@pytest.mark.parametrize("reranked", [True, False])
+def test_retriever_min_score_keeps_the_documents_at_or_above_it(embedder, reranker, indexed_store, reranked):
+    """The core retriever's rule: the rerank score when reranked (``metadata["relevance_score"]``), else the
+    cosine; set on the retriever or per call."""
+    models = {"embedder": embedder, "store": indexed_store, "reranker": reranker if reranked else None}
+    every = Qwen3VLRetriever(**models, k=5).invoke("a cat")
+    assert len(every) == 5
+    if reranked:
+        assert all(d.metadata["relevance_score"] == d.metadata["score"] for d in every)
+    scores = [d.metadata["score"] for d in every]
+    ids = [d.id for d in every]
+    cut = _between(scores, 1)
+    kept = Qwen3VLRetriever(**models, k=5, min_score=cut).invoke("a cat")
+    assert [d.id for d in kept] == ids[:2] and all(d.metadata["score"] >= cut for d in kept)
+    retriever = Qwen3VLRetriever(**models, k=5)
+    assert [d.id for d in retriever.invoke("a cat", min_score=cut)] == ids[:2]  # per call
+    assert [d.id for d in asyncio.run(retriever.ainvoke("a cat", min_score=scores[2]))] == ids[:3]  # at it: kept
+    assert [d.id for d in retriever.invoke("a cat", k=1, min_score=cut)] == ids[:1]
+    assert Qwen3VLRetriever(**models, min_score=float(np.nextafter(scores[0], 2))).invoke("a cat") == []
+    for bad in BAD_MIN_SCORES:
+        with pytest.raises(ValueError, match="min_score must be"):
+            Qwen3VLRetriever(**models, min_score=bad)
+        with pytest.raises(ValueError, match="min_score must be"):
+            retriever.invoke("a cat", min_score=bad)
 
 
 def test_deprecated_adapter_names_keep_working(embedder, reranker):

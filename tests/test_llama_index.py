@@ -215,6 +215,44 @@ def test_rerank_errors_name_the_node(li_rerank):
     assert li_rerank.postprocess_nodes([], query_str="q") == []
 
 
+BAD_MIN_SCORES = (float("nan"), float("inf"), 2.0, -1.5, "0.5")
+
+
+def _between(scores, i):
+    """A cut-off strictly between the ``i``-th and the next of ``scores`` (best first)."""
+    assert scores[i] > scores[i + 1], scores
+    return (scores[i] + scores[i + 1]) / 2
+
+
+def test_rerank_min_score_keeps_the_nodes_at_or_above_it(reranker):
+    def nodes():
+        texts = ["A cat sleeps on a red sofa.", "A kitten plays.", "Rockets launch in spring.", "Quarterly revenue."]
+        return [NodeWithScore(node=TextNode(text=t, id_=f"n{i}"), score=0.5) for i, t in enumerate(texts)]
+
+    every = Qwen3VLRerank(reranker=reranker, top_n=None).postprocess_nodes(nodes(), query_str="a cat")
+    scores = [n.score for n in every]
+    ids = [n.node.node_id for n in every]
+    cut = _between(scores, 1)
+    kept = Qwen3VLRerank(reranker=reranker, top_n=None, min_score=cut).postprocess_nodes(nodes(), query_str="a cat")
+    assert [n.node.node_id for n in kept] == ids[:2] and all(n.score >= cut for n in kept)
+    at = Qwen3VLRerank(reranker=reranker, top_n=None, min_score=scores[1])  # a node scoring exactly it stays
+    assert [n.node.node_id for n in at.postprocess_nodes(nodes(), query_str="a cat")] == ids[:2]
+    one = Qwen3VLRerank(reranker=reranker, top_n=1, min_score=cut)  # the cut first, then top_n
+    assert [n.node.node_id for n in one.postprocess_nodes(nodes(), query_str="a cat")] == ids[:1]
+    above = Qwen3VLRerank(reranker=reranker, min_score=float(np.nextafter(scores[0], 2)))
+    assert above.postprocess_nodes(nodes(), query_str="a cat") == []
+    alias = Qwen3VLRerank(reranker=reranker, top_n=None, similarity_cutoff=cut)  # SimilarityPostprocessor's name
+    assert alias.min_score == cut
+    assert [n.node.node_id for n in alias.postprocess_nodes(nodes(), query_str="a cat")] == ids[:2]
+    with pytest.raises(ValueError, match="not both"):
+        Qwen3VLRerank(reranker=reranker, min_score=cut, similarity_cutoff=cut)
+    for bad in BAD_MIN_SCORES:
+        with pytest.raises(ValueError, match="min_score must be"):
+            Qwen3VLRerank(reranker=reranker, min_score=bad)
+        with pytest.raises(ValueError, match="min_score must be"):
+            Qwen3VLRerank(reranker=reranker, similarity_cutoff=bad)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # End to end, as a user writes it
 
@@ -274,6 +312,36 @@ def test_native_retriever_in_a_query_engine(embedder, reranker, folder, tmp_path
     async_nodes = asyncio.run(retriever.aretrieve("a cat on a sofa"))
     assert [n.node.node_id for n in async_nodes] == [n.node.node_id for n in nodes]
     store.close()
+
+
+@pytest.fixture(scope="module")
+def text_store(embedder, tmp_path_factory):
+    store = EdgeStore(tmp_path_factory.mktemp("edge") / "db", "notes")
+    Indexer(embedder, store).index_items(["a cat on a red sofa", "a dog on a beach", "a rocket launch", "revenue"])
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("reranked", [True, False])
+def test_retriever_min_score_keeps_the_nodes_at_or_above_it(embedder, reranker, text_store, reranked):
+    """The core retriever's rule: the rerank score when reranked (``metadata["rerank_score"]``), else the cosine."""
+    models = (embedder, text_store, reranker if reranked else None)
+    every = Qwen3VLRetriever(*models, top_k=4).retrieve("a cat")
+    assert len(every) == 4
+    if reranked:
+        assert all(n.node.metadata["rerank_score"] == n.score for n in every)
+    scores = [n.score for n in every]
+    ids = [n.node.node_id for n in every]
+    cut = _between(scores, 1)
+    kept = Qwen3VLRetriever(*models, top_k=4, min_score=cut).retrieve("a cat")
+    assert [n.node.node_id for n in kept] == ids[:2] and all(n.score >= cut for n in kept)
+    at = Qwen3VLRetriever(*models, top_k=4, min_score=scores[2])  # a node scoring exactly it stays
+    assert [n.node.node_id for n in at.retrieve("a cat")] == ids[:3]
+    assert [n.node.node_id for n in Qwen3VLRetriever(*models, top_k=1, min_score=cut).retrieve("a cat")] == ids[:1]
+    assert asyncio.run(Qwen3VLRetriever(*models, min_score=float(np.nextafter(scores[0], 2))).aretrieve("a cat")) == []
+    for bad in BAD_MIN_SCORES:
+        with pytest.raises(ValueError, match="min_score must be"):
+            Qwen3VLRetriever(*models, min_score=bad)
 
 
 def test_qwen3vl_llm_multimodal_query_engine(li_embed, li_rerank, generator, folder, tmp_path):

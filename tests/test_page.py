@@ -37,6 +37,10 @@ def server(tmp_path_factory):
     }
     run = cli("index", str(corpus), "--image-tokens", "64", env=env, db=db)
     assert run.returncode == 0, run.stderr
+    other = tmp_path_factory.mktemp("other")
+    (other / "harbour.md").write_text("The lighthouse keeper logs every ship that enters the harbour at night.")
+    run = cli("index", str(other), "--collection", "other", env=env, db=db)
+    assert run.returncode == 0, run.stderr
     with ServeProcess("--token", TOKEN, db=db) as url:
         yield url
 
@@ -274,3 +278,28 @@ def test_page_hits_show_the_query_words_boxes_over_the_page_and_a_snippet(page, 
     sheet = {"source": "budget.xlsx", "sheet": "Costs", "modality": "pdf-page", "page": 1}
     assert page.evaluate("hit => describe(hit)", sheet) == "budget.xlsx \u00b7 sheet Costs \u00b7 page 1"
     assert page.evaluate("window.__csp") == [] and not page.errors, (page.evaluate("window.__csp"), page.errors)
+
+
+def test_the_page_searches_the_collection_its_address_names(page, server):
+    """``/?collection=NAME`` (or a vector-store id): searches, item views and answers go to that collection."""
+    page.goto(server + "/?collection=other")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.input_value("#collection") == "other"
+    _login(page)
+    ids = _search(page, "lighthouse keeper")
+    sources = page.eval_on_selector_all("#results .card .source", "els => els.map(e => e.textContent)")
+    assert len(ids) == 1 and any("harbour.md" in s for s in sources), sources
+    page.click("#results .card >> nth=0")
+    page.wait_for_selector("#viewer[open] #viewer-body pre")
+    assert "lighthouse keeper" in page.text_content("#viewer-body pre")
+    page.click("#viewer-close")
+    page.fill("#collection", "")
+    _search(page, "lighthouse keeper")  # the served collection again: its own items
+    shown = page.eval_on_selector_all("#results .card .source", "els => els.map(e => e.textContent)")
+    assert shown and not any("harbour.md" in s for s in shown), shown
+    page.fill("#collection", "no-such-collection")
+    page.fill("#query", "anything")
+    page.click("#search-button")
+    _wait(page, "() => !document.getElementById('error').hidden")
+    assert "not found" in page.text_content("#error")
+    assert not page.errors, page.errors

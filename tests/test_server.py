@@ -145,6 +145,38 @@ def test_rerank(client, reranker, data_url):
     assert client.post("/v1/rerank", json={"query": "q", "documents": []}).json()["results"] == []
 
 
+def test_rerank_min_score(client):
+    """``min_score`` leaves out results scoring less (before ``top_n``, each keeping its ``index``), on every
+    rerank route, and on the 0..1 score also when ``raw_scores`` reports logits."""
+    docs = ["Rockets launch in spring.", "A cat sleeps on a red sofa.", "Quarterly revenue.", "A kitten plays."]
+    every = client.post("/v1/rerank", json={"query": "a cat", "documents": docs}).json()["results"]
+    scores = [x["relevance_score"] for x in every]
+    order = [x["index"] for x in every]
+    assert len(every) == 4 and scores[1] > scores[2]
+    cut = (scores[1] + scores[2]) / 2
+    for route in ("/v1/rerank", "/v2/rerank", "/rerank"):
+        r = client.post(route, json={"query": "a cat", "documents": docs, "min_score": cut, "return_documents": True})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["index"] for x in results] == order[:2] and all(x["relevance_score"] >= cut for x in results)
+        assert [x["document"]["text"] for x in results] == [docs[i] for i in order[:2]]
+    r = client.post("/v1/rerank", json={"query": "a cat", "documents": docs, "min_score": scores[1]})  # at it: kept
+    assert [x["index"] for x in r.json()["results"]] == order[:2]
+    r = client.post("/v1/rerank", json={"query": "a cat", "documents": docs, "min_score": cut, "top_n": 1})
+    assert [x["index"] for x in r.json()["results"]] == order[:1]  # the cut first, then top_n
+    r = client.post("/rerank", json={"query": "a cat", "documents": docs, "min_score": cut, "raw_scores": True})
+    assert [x["index"] for x in r.json()["results"]] == order[:2]
+    above = float(np.nextafter(scores[0], 2))
+    r = client.post("/v1/rerank", json={"query": "a cat", "documents": docs, "min_score": above})
+    assert r.status_code == 200 and r.json()["results"] == []
+    for bad in (1.5, -2, "high", [0.5]):
+        r = client.post("/v1/rerank", json={"query": "a cat", "documents": docs, "min_score": bad})
+        assert r.status_code == 422 and "min_score" in r.json()["error"]["message"], (bad, r.text)
+    nan = b'{"query": "a cat", "documents": ["a"], "min_score": NaN}'
+    r = client.post("/v1/rerank", content=nan, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "min_score" in r.json()["error"]["message"], r.text
+
+
 def test_search_and_ask(client):
     r = client.post("/v1/search", json={"query": "a cat", "top_k": 2})
     assert r.status_code == 200, r.text
@@ -351,6 +383,19 @@ def test_source_filters_speak_the_clients_paths_and_never_probe_server_files(emb
         r = c.post("/v1/search", json={"query": "x", "rerank": False, "filters": {"source": "pets/cat.jpg"}})
         assert r.status_code == 200 and [h["source"] for h in r.json()["results"]] == ["pets/cat.jpg"]
         for probe in (str(folder / "rocket.jpg"), "/etc/passwd", "../corpus/rocket.jpg"):
-            r = c.post("/v1/search", json={"query": "x", "rerank": False, "filters": {"source": probe}})
-            assert r.status_code == 400 and "relative to the source root" in r.json()["error"]["message"], probe
+            for where in (
+                {"source": probe},
+                {"$or": [{"modality": "text"}, {"$not": {"source": probe}}]},  # nested: mapped and checked too
+                {"source": {"in": ["rocket.jpg", probe]}},
+            ):
+                r = c.post("/v1/search", json={"query": "x", "rerank": False, "filters": where})
+                assert r.status_code == 400 and "relative to the source root" in r.json()["error"]["message"], where
+        # comparisons and boolean filters, with sources as results name them
+        either = {"$or": [{"source": "rocket.jpg"}, {"source": {"in": ["pets/cat.jpg"]}}]}
+        r = c.post("/v1/search", json={"query": "x", "rerank": False, "filters": either})
+        assert sorted(h["source"] for h in r.json()["results"]) == ["pets/cat.jpg", "rocket.jpg"]
+        r = c.post("/v1/search", json={"query": "x", "rerank": False, "filters": {"$not": {"source": "rocket.jpg"}}})
+        assert [h["source"] for h in r.json()["results"]] == ["pets/cat.jpg"]
+        r = c.post("/v1/search", json={"query": "x", "filters": {"metadata.year": {"between": 1}}})
+        assert r.status_code == 400 and "comparison takes" in r.json()["error"]["message"]
     store.close()

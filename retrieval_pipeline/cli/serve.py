@@ -26,8 +26,15 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.token is not None and not args.token.strip():
         parser.error(f"--token (or {ENV}SERVER_TOKEN) is empty: pass a real token, or leave it unset")
     loopback = args.host in ("127.0.0.1", "localhost", "::1") or args.host.startswith("127.")
-    if args.token is None and not loopback and not args.no_auth:
-        parser.error(f"--host {args.host} without --token: pass a token, or --no-auth to serve without one")
+    if args.token is None and args.keys is None and not loopback and not args.no_auth:
+        parser.error(f"--host {args.host} without --token or --keys: pass one, or --no-auth to serve without auth")
+    if args.keys is not None:
+        from ..serving.keys import KeyFileError, KeyRing
+
+        try:
+            KeyRing(args.keys)  # a bad keys file is said at start (exit 2), not as a 401 for every key
+        except KeyFileError as exc:
+            parser.error(f"--keys: {exc}")
 
 
 def run(args: argparse.Namespace, store: Any) -> int:

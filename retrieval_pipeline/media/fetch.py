@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from .. import observe
 from ..errors import InputError, LimitError
 from .limits import MAX_DOWNLOAD_BYTES, URL_TIMEOUT
 
@@ -168,7 +169,8 @@ def fetch(
     try:
         if budget <= 0:
             raise _Failure(f"no time left of the request's deadline for {url!r}")
-        return _fetch(url, policy, scope, time.monotonic() + budget, head_check)
+        with observe.stage("fetch"):
+            return _fetch(url, policy, scope, time.monotonic() + budget, head_check)
     except LimitError:
         raise
     except _Failure as exc:

@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import observe
 from ..errors import InputError, LimitError
 from .downloads import download_video, fetch_url, video_from_data_uri
 from .limits import MAX_DOWNLOAD_BYTES, MAX_IMAGE_PIXELS, URL_TIMEOUT
@@ -552,7 +553,7 @@ def decode_image(
     ``draft_pixels``: a JPEG larger than that is decoded at a reduced scale (1/2 to 1/8, the decoder's own), for
     display: a fraction of the memory and time."""
     try:
-        with warnings.catch_warnings():
+        with observe.stage("decode"), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 _check_pixels(img.size[0], img.size[1], name, max_pixels)

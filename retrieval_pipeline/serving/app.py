@@ -10,6 +10,8 @@
 * ``POST /v1/search``, ``POST /v1/ask`` -- two-stage retrieval over the collection; answer with sources.
 * ``GET /health``, ``GET /v1/models``; optional bearer-token auth; bad input is a 4xx naming the item, a limit
   a 413 naming the limit, never a 500.
+* ``GET /metrics`` (Prometheus; needs a key unless ``--public-metrics``), OpenTelemetry traces
+  (``--otlp-endpoint``), one JSON log line per request (``--log-format json``): :mod:`.metrics`, :mod:`.tracing`.
 
 Serving safely (the rules of ``design.md``):
 
@@ -44,6 +46,7 @@ from fastapi import FastAPI
 from .config import MAX_ITEMS, MAX_REQUEST_BYTES, ServerConfig
 from .error_handlers import install_error_handlers
 from .guard import install_guard
+from .metrics import configure_access_log, install_observability
 from .routes import ROUTERS
 from .state import ServingState
 
@@ -58,9 +61,12 @@ def create_app(
     reranker: Any = None,
     pipeline: Any = None,
     config: ServerConfig | None = None,
+    tracer_provider: Any = None,
 ) -> FastAPI:
     """The API over loaded models. ``pipeline`` (a :class:`~retrieval_pipeline.pipeline.RAGPipeline`) serves
-    ``/v1/search`` and ``/v1/ask``; its embedder / reranker are used when ``embedder`` / ``reranker`` are None."""
+    ``/v1/search`` and ``/v1/ask``; its embedder / reranker are used when ``embedder`` / ``reranker`` are None.
+    ``tracer_provider``: an OpenTelemetry tracer provider for this app's spans (else ``config.otlp_endpoint``'s,
+    else no traces); the global one is never set."""
     config = config or ServerConfig()
     if pipeline is not None:
         from ..pipeline import Staging
@@ -70,11 +76,13 @@ def create_app(
         embedder = embedder or pipeline.embedder
         reranker = reranker or pipeline.reranker  # None when the pipeline has no reranker
     state = ServingState.build(config, embedder, reranker, pipeline)
+    state.open_documents()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         await state.close()
+        app.state.observer.close()
 
     app = FastAPI(
         title="qwen3-vl-rag",
@@ -86,6 +94,9 @@ def create_app(
     app.state.embed_batcher = state.embed_batcher
     app.state.rerank_batcher = state.rerank_batcher
     install_guard(app, config, state.preparer.local_pool)
+    observer = install_observability(app, config, tracer_provider)  # after the guard: the outermost, refusals count
+    if state.jobs is not None:  # background indexing counts in this app's metrics and traces
+        state.jobs.scope = observer.scope
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -110,9 +121,11 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
     logger.info("serving on http://%s:%d", host, port)
+    log_format = app.state.serving.config.log_format
+    configure_access_log(log_format)  # json: our line per request replaces uvicorn's access log
     started = time.perf_counter()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=log_format != "json")
     finally:
         cleanup_downloads()
         logger.info("server stopped after %.0fs", time.perf_counter() - started)

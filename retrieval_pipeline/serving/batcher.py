@@ -6,11 +6,17 @@ Items should be prepared (loaded, tokenised, checked) before they are submitted,
 work. ``run`` may return an exception in place of an item's result: the request owning that item gets it, the
 others their results. If a merged batch raises, each of its requests is run alone once, so that only the request
 that breaks the model fails; nothing of the others is lost or blamed on them.
+
+What each request lived through is told to :mod:`retrieval_pipeline.observe` in that request's own context, once
+its results are in: its wait in the queue (``wait(name)``), the model run of its batch (stage ``name``), the batch
+size (``sample("batch_size")``, once per batch, by its first request) and the tokens and pixels of its own items
+(``count``). The worker itself runs in an empty context, so no request's scope or span leaks into another's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +24,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import observe
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -28,6 +35,10 @@ class _Pending:
     items: list[Any]
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # when the model run that answered it began and ended (0: it never ran)
+    ended: float = 0.0
+    batch: int = 0  # model inputs of that run (rerank: documents)
+    reports_batch: bool = False  # the first request of its batch reports the batch's size
 
 
 class DynamicBatcher:
@@ -44,10 +55,12 @@ class DynamicBatcher:
         max_items: int = 64,
         max_wait_ms: float = 5.0,
         executor: Executor | None = None,
+        name: str = "batch",
     ):
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
         self.run = run
+        self.name = name  # the stage the model run is (embed, rerank) and the model label of its counts
         # the model's own thread(s): a slow download or a busy default executor never delays a batch
         self.executor = executor
         self.max_items = max_items
@@ -65,10 +78,31 @@ class DynamicBatcher:
         if self._queue is None or self._worker is None or self._worker.get_loop() is not loop or self._worker.done():
             # first call, or an app driven by another event loop (a test client per request): a worker of its own
             self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._loop())
+            # created in an empty context: the worker serves every request, it must not carry the first one's
+            self._worker = contextvars.Context().run(loop.create_task, self._loop())
         pending = _Pending(list(items), loop.create_future())
         await self._queue.put(pending)
-        return await pending.future
+        try:
+            results = await pending.future
+        except BaseException:
+            self._observe(pending, ok=False)
+            raise
+        self._observe(pending, ok=True)
+        return results
+
+    def _observe(self, p: _Pending, ok: bool) -> None:
+        """Tell observe what this request lived through (in its own context: its scope, its span)."""
+        if not p.ended or not observe.active():
+            return
+        observe.wait(self.name, p.started - p.enqueued, end=p.started)
+        observe.record(self.name, p.ended - p.started, end=p.ended, batch=p.batch)
+        if p.reports_batch:
+            observe.sample("batch_size", p.batch, model=self.name)
+        if ok:
+            tokens, pixels = processed(p.items)
+            observe.count("tokens", tokens, model=self.name)
+            if pixels:
+                observe.count("pixels", pixels, model=self.name)
 
     async def _loop(self) -> None:
         assert self._queue is not None
@@ -101,12 +135,14 @@ class DynamicBatcher:
         if not live:
             return
         items = [item for p in live for item in p.items]
+        started = time.perf_counter()
         try:
             results = await self._call(items)
         except Exception as exc:
             if len(live) == 1:
                 if not isinstance(exc, InputError):
                     logger.exception("batch of %d items failed", len(items))
+                _stamp(live, started)
                 _resolve(live[0], exc=exc)
                 return
             # Which request broke the merged batch is unknown: run each alone once, so that only the culprit
@@ -115,14 +151,20 @@ class DynamicBatcher:
             for p in live:
                 if p.future.cancelled():
                     continue
+                alone = time.perf_counter()
                 try:
-                    _deliver(p, await self._call(p.items))
+                    results = await self._call(p.items)
+                    _stamp([p], alone)
+                    _deliver(p, results)
                 except InputError as own:
+                    _stamp([p], alone)
                     _resolve(p, exc=own)
                 except Exception as own:
                     logger.exception("request of %d items failed", len(p.items))
+                    _stamp([p], alone)
                     _resolve(p, exc=own)
             return
+        _stamp(live, started)
         offset = 0
         for p in live:
             _deliver(p, results[offset : offset + len(p.items)])
@@ -146,6 +188,42 @@ class DynamicBatcher:
                 pass
             self._worker = None
             self._queue = None
+
+
+def _inputs(item: Any) -> int:
+    """Model inputs of a batch item: a prepared rerank call counts its (query, document) pairs."""
+    pairs = getattr(item, "pairs", None)
+    return 1 if pairs is None else len(pairs)
+
+
+def _stamp(group: list[_Pending], started: float) -> None:
+    """The run that answered ``group`` began at ``started`` and ended now; the first request reports its size."""
+    ended = time.perf_counter()
+    size = sum(_inputs(item) for p in group for item in p.items)
+    for p in group:
+        p.started, p.ended, p.batch = started, ended, size
+    group[0].reports_batch = True
+
+
+# pixels of one vision patch, an image's and a video's (a video patch spans two frames)
+PATCH_PIXELS = 16 * 16
+VIDEO_PATCH_PIXELS = 2 * PATCH_PIXELS
+
+
+def processed(items: list[Any]) -> tuple[int, int]:
+    """(tokens, pixels) the model reads for prepared items -- each an encoded item (``len`` = tokens,
+    ``image_grid_thw`` / ``video_grid_thw`` = patches) or a prepared rerank call (its ``pairs``): what preparation
+    already computed, nothing tokenised or decoded again. Anything else counts as nothing."""
+    tokens = pixels = 0
+    for item in items:
+        for enc in getattr(item, "pairs", None) or (item,):
+            if not hasattr(enc, "input_ids"):
+                continue
+            tokens += len(enc)
+            for grid, size in ((enc.image_grid_thw, PATCH_PIXELS), (enc.video_grid_thw, VIDEO_PATCH_PIXELS)):
+                if grid is not None:
+                    pixels += size * sum(t * h * w for t, h, w in grid.tolist())
+    return tokens, pixels
 
 
 def _deliver(p: _Pending, results: Sequence[Any]) -> None:

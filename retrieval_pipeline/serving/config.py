@@ -15,6 +15,7 @@ from ..settings import ENV, env
 MB = 1024 * 1024
 MAX_REQUEST_BYTES = 32 * MB
 MAX_ITEMS = 2048  # OpenAI's limit of inputs per embeddings request
+LOG_FORMATS = ("text", "json")
 
 
 def at_least(minimum: int) -> Any:
@@ -48,7 +49,7 @@ def _cli(flag: str, help: str, kind: str = "value", **options: Any) -> dict[str,
     """How a setting appears on ``serve``'s command line. ``kind``: ``value``, ``on`` (a switch that sets True),
     ``off`` (a switch that sets False), ``append`` (repeatable, a tuple), ``limits`` (``--limit`` items);
     ``scale``: the option's unit in the setting's (MB -> bytes); ``env``: the environment variable that gives the
-    default; ``type``: argparse's."""
+    default; ``type``, ``choices``, ``metavar``: argparse's."""
     return {"cli": {"flag": flag, "help": help, "kind": kind, **options}}
 
 
@@ -59,6 +60,33 @@ class ServerConfig:
     api_key: str | None = field(
         default=None,  # None = no auth. An empty or blank token is refused.
         metadata=_cli("--token", "require 'Authorization: Bearer TOKEN'", env="SERVER_TOKEN"),
+    )
+    keys_file: str | None = field(
+        default=None,
+        metadata=_cli(
+            "--keys",
+            "API keys per collection: a JSON or TOML file of {name, sha256, collections, role, rpm} (re-read when "
+            "it changes)",
+            env="SERVER_KEYS",
+            metavar="FILE",
+        ),
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata=_cli(
+            "--data-dir",
+            "where uploaded files and the vector-store registry live (documents over HTTP: /v1/files, "
+            "/v1/vector_stores)",
+            env="SERVER_DATA_DIR",
+            metavar="DIR",
+        ),
+    )
+    max_upload_bytes: int = field(
+        default=64 * MB, metadata=_cli("--max-upload-mb", "MB per uploaded file (/v1/files)", type=float, scale=MB)
+    )
+    max_queued_files: int = field(
+        default=10000,
+        metadata=_cli("--max-queued-files", "files waiting to be indexed; beyond: 429", type=at_least(1)),
     )
     max_request_bytes: int = MAX_REQUEST_BYTES
     max_items: int = field(
@@ -135,6 +163,22 @@ class ServerConfig:
         metadata=_cli("--max-generation-tokens", "most max_tokens a chat request may ask", type=int),
     )
     prepare_workers: int = 4  # threads preparing requests (twice: one pool for requests with URLs)
+    # observability (serving.metrics, serving.tracing): GET /metrics, OpenTelemetry traces, one log line a request
+    public_metrics: bool = field(
+        default=False, metadata=_cli("--public-metrics", "GET /metrics without a key (Prometheus scrapes)", kind="on")
+    )
+    otlp_endpoint: str | None = field(
+        default=None,
+        metadata=_cli(
+            "--otlp-endpoint",
+            "send traces (OTLP/HTTP) to this collector URL, e.g. http://localhost:4318/v1/traces",
+            metavar="URL",
+        ),
+    )
+    log_format: str = field(
+        default="text",
+        metadata=_cli("--log-format", "json: one structured line per request on stderr", choices=LOG_FORMATS),
+    )
     served_model_names: tuple[str, ...] = field(
         default=(),  # names accepted in a request's "model" (besides the model's own)
         metadata=_cli("--served-model-name", "extra accepted 'model' name (repeatable)", kind="append"),
@@ -145,6 +189,21 @@ class ServerConfig:
     expose_paths: bool = field(
         default=False, metadata=_cli("--expose-paths", "search hits carry absolute server paths", kind="on")
     )
+    # search / chat result caches (retrieval_pipeline.caching): a repeated query runs no model; 0 switches one off
+    query_cache_bytes: int = field(
+        default=64 * MB,
+        metadata=_cli(
+            "--query-cache-mb", "MB of cached query vectors (repeated searches skip the embedder; 0: off)",
+            type=float, scale=MB,
+        ),
+    )  # fmt: skip
+    rerank_cache_bytes: int = field(
+        default=16 * MB,
+        metadata=_cli(
+            "--rerank-cache-mb", "MB of cached rerank scores (by query, point and reranker; 0: off)",
+            type=float, scale=MB,
+        ),
+    )  # fmt: skip
     # characters, images, frames, pixels per item and per request, rerank cost: refusals are 413 naming the limit
     limits: InputLimits = field(
         default_factory=lambda: SERVER_LIMITS,
@@ -162,10 +221,14 @@ class ServerConfig:
             raise ValueError("an empty bearer token would switch authentication off: pass a real token or None")
         if self.max_in_flight < 1 or self.prepare_workers < 1 or self.max_queued_generations < 1:
             raise ValueError("max_in_flight, prepare_workers and max_queued_generations must be >= 1")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if any(not isinstance(n, str) or not n.strip() for n in self.served_model_names):
             raise ValueError("a served model name (--served-model-name) must be a non-empty name")
         if self.max_queued < 0 or self.max_queued_bytes < 0 or not self.queue_timeout > 0:
             raise ValueError("max_queued and max_queued_bytes must be >= 0, queue_timeout > 0")
+        if self.query_cache_bytes < 0 or self.rerank_cache_bytes < 0:
+            raise ValueError("query_cache_bytes and rerank_cache_bytes must be >= 0 (0 switches a cache off)")
 
     # the command line: every setting above with a ``cli`` entry is a ``serve`` option, declared here only ------
     @classmethod
@@ -176,7 +239,7 @@ class ServerConfig:
             if spec is None:
                 continue
             flag, kind, help_text = spec["flag"], spec["kind"], spec["help"]
-            options: dict[str, Any] = {"metavar": spec["metavar"]} if "metavar" in spec else {}
+            options: dict[str, Any] = {k: spec[k] for k in ("metavar", "choices") if k in spec}
             if kind in ("on", "off"):
                 parser.add_argument(flag, action="store_true", help=help_text, **options)
             elif kind in ("append", "limits"):

@@ -16,28 +16,64 @@ from fastapi.responses import JSONResponse
 
 from .config import ServerConfig
 from .error_handlers import error_response
+from .keys import ANONYMOUS, TOKEN_ADMIN, KeyRing, Principal, RateLimits, Role, retry_after
 
 # Paths anyone may read (the token, when set, guards everything else); they are not counted as in flight.
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/"})
+# Multipart uploads: their own size limit (max_upload_bytes)
+UPLOAD_PATHS = frozenset({"/v1/files"})
 # The search page's own files (the shell holds no data; it asks for the token and sends it with every call).
 OPEN_PREFIXES = ("/static/",)
 
 
-def authorized(request: Request, api_key: str | None) -> bool:
-    """The request carries the bearer token (always true without one), compared in constant time."""
-    if not api_key:
-        return True
+def bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else ""
-    return hmac.compare_digest(token.encode(), api_key.encode())
+    return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
 
-def _refusal(request: Request, config: ServerConfig) -> tuple[JSONResponse | None, int]:
-    """(a refusal from the headers alone, or None; the announced body size)."""
-    if not authorized(request, config.api_key):
+def principal_of(request: Request, config: ServerConfig, keys: KeyRing | None) -> Principal | None:
+    """Who the request comes from: the ``--token`` admin, a ``--keys`` key, anyone on a server without auth; None
+    for a missing or wrong key. Secrets are compared in constant time."""
+    if keys is None and not config.api_key:
+        return ANONYMOUS
+    token = bearer(request)
+    if not token:
+        return None
+    if config.api_key and hmac.compare_digest(token.encode(), config.api_key.encode()):
+        return TOKEN_ADMIN
+    return keys.find(token) if keys is not None else None
+
+
+def authorized(request: Request) -> bool:
+    """The request carries a valid key (always true on a server without auth)."""
+    state = request.app.state
+    return principal_of(request, state.serving.config, state.keys) is not None
+
+
+def _refusal(
+    request: Request, config: ServerConfig, keys: KeyRing | None, limits: RateLimits
+) -> tuple[JSONResponse | None, int]:
+    """(a refusal from the headers alone, or None; the announced body size). Sets ``request.state.principal``
+    and ``request.state.key_name`` (the key's name, for metrics and logs)."""
+    principal = principal_of(request, config, keys)
+    if principal is None:
         return error_response(
             401, "missing or wrong bearer token (Authorization: Bearer <key>)", "authentication_error"
         ), 0
+    request.state.principal = principal
+    request.state.key_name = principal.name
+    wait = limits.take(principal)
+    if wait is not None:
+        response = error_response(
+            429,
+            f"key {principal.name!r} is over its limit of {principal.rpm} requests per minute (rpm); retry later",
+            "rate_limit_error",
+            limit="rpm",
+        )
+        response.headers["Retry-After"] = retry_after(wait)
+        return response, 0
+    if request.url.path == "/metrics" and not principal.can(Role.ADMIN):
+        return error_response(403, "/metrics needs an admin key", "permission_error"), 0
     if request.method != "POST":
         return None, 0
     length = request.headers.get("content-length")
@@ -47,11 +83,14 @@ def _refusal(request: Request, config: ServerConfig) -> tuple[JSONResponse | Non
         size = int(length)
     except ValueError:
         return error_response(400, "invalid Content-Length header"), 0
-    if size > config.max_request_bytes:
+    limit, name = (
+        (config.max_upload_bytes, "max_upload_bytes")
+        if request.url.path in UPLOAD_PATHS
+        else (config.max_request_bytes, "max_request_bytes")
+    )
+    if size > limit:
         return error_response(
-            413,
-            f"request body of {size} bytes exceeds the limit of {config.max_request_bytes} (max_request_bytes)",
-            limit="max_request_bytes",
+            413, f"request body of {size} bytes exceeds the limit of {limit} ({name})", limit=name
         ), size
     return None, size
 
@@ -133,12 +172,15 @@ def install_guard(app: FastAPI, config: ServerConfig, pool: Executor) -> None:
     """Add the gate to ``app``; ``pool`` runs the pre-check of large bodies. ``app.state.admission`` counts the
     requests in flight and waiting."""
     admission = app.state.admission = Admission(config)
+    keys = app.state.keys = KeyRing(config.keys_file) if config.keys_file else None
+    limits = app.state.rate_limits = RateLimits()
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path in OPEN_PATHS or request.url.path.startswith(OPEN_PREFIXES):
+        path = request.url.path
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or (path == "/metrics" and config.public_metrics):
             return await call_next(request)
-        refusal, size = _refusal(request, config)
+        refusal, size = _refusal(request, config, keys, limits)
         if refusal is not None:
             return refusal
         busy = await admission.enter(size)

@@ -2,6 +2,8 @@
 pools and deadline under which its inputs are fetched, decoded and tokenised before any model batch sees them.
 
 Requests with media URLs are prepared in a pool of their own, so slow sources only wait on each other.
+Observed (:mod:`retrieval_pipeline.observe`) as the stage ``prepare``; the media code inside it reports ``fetch``
+(each URL) and ``decode`` (each image).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .. import observe
 from ..errors import InputError, LimitError
 from ..media import InputLimits, download_video, fetch_url, looks_like_frame, parse_input
 from ..media.fetch import FetchPolicy, fetch_policy
@@ -127,7 +130,7 @@ class Preparer:
         check_fan_out(items, self.max_fetches)
 
         def task() -> Any:
-            with fetch_policy(self.policy, deadline=self.request_timeout):
+            with fetch_policy(self.policy, deadline=self.request_timeout), observe.stage("prepare"):
                 return fn()
 
         pool = self.remote_pool if count_urls(items) else self.local_pool

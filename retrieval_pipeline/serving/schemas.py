@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
 Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
@@ -72,6 +72,16 @@ class EmbeddingResponse(BaseModel):
 
 Document = StrictStr | dict[str, Any]
 
+# A relevance cut-off (rerank, search, ask, chat retrieval).
+MinScore = Annotated[
+    float | None,
+    Field(
+        ge=-1.0,
+        le=1.0,
+        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
+    ),
+]
+
 
 class RerankRequest(BaseModel):
     """Every rerank dialect's request: Cohere v1 / v2, Jina, vLLM, Infinity. A document is a string, the project's
@@ -89,6 +99,10 @@ class RerankRequest(BaseModel):
     instruction: str | None = None
     model: str | None = Field(default=None, description="Checked when given (see /v1/models).")
     truncate_prompt_tokens: int | None = None  # vLLM; accepted
+    min_score: MinScore = Field(
+        default=None,
+        description="Only results whose rerank score (0..1, also with raw_scores) is at least this, before top_n.",
+    )
 
 
 class RerankResult(BaseModel):
@@ -106,7 +120,23 @@ class RerankResponse(BaseModel):
     meta: dict[str, Any] | None = None
 
 
-FilterValue = StrictStr | StrictInt | StrictBool | list[StrictStr] | list[StrictInt]
+Filters = Annotated[
+    dict[str, Any] | None,
+    Field(
+        default=None,
+        description='Payload filters: {"modality": "image", "metadata.lang": ["en", "de"]}; comparisons '
+        '{"metadata.year": {"gte": 2020}} (gt, gte, lt, lte, eq, ne, in, nin); "$and" / "$or" (lists of filters) and '
+        '"$not" (a filter).',
+    ),
+]
+Collection = Annotated[
+    str | None,
+    Field(
+        default=None,
+        max_length=255,
+        description="The collection to search: a name or a vector-store id (default: the one the server started on).",
+    ),
+]
 
 
 class SearchKnobs(BaseModel):
@@ -130,25 +160,15 @@ def knobs(value: SearchKnobs | None) -> dict[str, Any] | None:
     return value.options() if value is not None else None
 
 
-# A relevance cut-off (search, ask, chat retrieval).
-MinScore = Annotated[
-    float | None,
-    Field(
-        ge=-1.0,
-        le=1.0,
-        description="Only hits scoring at least this: the rerank score (0..1) when reranked, else the cosine.",
-    ),
-]
-
-
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     query: InputItem
     top_k: int = Field(default=5, ge=1, le=100)
-    filters: dict[str, FilterValue] | None = None
+    filters: Filters = None
     rerank: bool = True
     search_options: SearchKnobs | None = None
     min_score: MinScore = None
+    collection: Collection = None
 
 
 class Highlight(BaseModel):
@@ -192,11 +212,12 @@ class AskRequest(BaseModel):
     question: str = Field(min_length=1)
     image: str | None = None
     top_k: int = Field(default=3, ge=1, le=20)
-    filters: dict[str, FilterValue] | None = None
+    filters: Filters = None
     rerank: bool = True
     stream: bool = False
     search_options: SearchKnobs | None = None
     min_score: MinScore = None
+    collection: Collection = None
 
 
 class AskResponse(BaseModel):
@@ -218,7 +239,9 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 411, 413, 429, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 411, 413, 429, 503, 504)
+}
 
 
 def plain(item: Any) -> Any:
@@ -258,9 +281,9 @@ class RetrievalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool = True
     top_k: int = Field(default=3, ge=1, le=20)
-    filters: dict[str, FilterValue] | None = None
+    filters: Filters = None
     rerank: bool = True
-    collection: str | None = None
+    collection: Collection = None
     search_options: SearchKnobs | None = None
     min_score: MinScore = None
     rewrite: bool = Field(

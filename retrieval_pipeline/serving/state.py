@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from .. import observe
+from ..caching import RetrievalCaches
 from ..errors import InputError
 from .batcher import DynamicBatcher
 from .config import ServerConfig
@@ -68,11 +71,18 @@ class GenerationQueue:
 
     async def run(self, fn: Any) -> Any:
         loop = asyncio.get_running_loop()
+        ticket = _holding.get()
+        if ticket is not None:  # the turn generates: its time is the stage "generate" (observe)
+            ticket.generated = True
         return await loop.run_in_executor(self.pool, contextvars.copy_context().run, fn)
 
     def count(self, result: Any) -> None:
         self.generations += 1
         self.completion_tokens += int(getattr(result, "completion_tokens", 0))
+
+
+# the ticket whose turn this context holds (GenerationQueue.run marks it as generating)
+_holding: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar("generation_ticket", default=None)
 
 
 class _Ticket:
@@ -81,16 +91,23 @@ class _Ticket:
 
     def __init__(self, queue: GenerationQueue) -> None:
         self.queue, self.done, self.holding = queue, False, False
+        self.generated, self.turn_at = False, 0.0
 
     async def __aenter__(self) -> _Ticket:
+        admitted = time.perf_counter()
         await self.queue.turn().acquire()
-        self.holding = True
+        self.holding, self.turn_at = True, time.perf_counter()
+        observe.wait("generate", self.turn_at - admitted, end=self.turn_at)
+        _holding.set(self)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         if self.holding:
             self.holding = False
             self.queue.turn().release()
+            _holding.set(None)
+            if self.generated:  # (an /v1/ask turn reports "generate" from the pipeline itself)
+                observe.record("generate", time.perf_counter() - self.turn_at)
         self.release()
 
     def release(self) -> None:
@@ -117,6 +134,14 @@ class ServingState:
     pools: tuple[ThreadPoolExecutor, ...]
     source_root: Path | None
     generation_queue: GenerationQueue
+    # query vectors and rerank scores of searches and chat turns (config.query_cache_bytes, rerank_cache_bytes),
+    # shared by every pipeline the app serves (the keys name the models; point ids derive from content)
+    caches: RetrievalCaches | None = None
+    # every collection the app answers for (the served one, vector stores, others a key may use) and, with
+    # config.data_dir, the uploaded files' registry and the background indexer
+    collections: Any = None
+    registry: Any = None
+    jobs: Any = None
 
     @classmethod
     def build(cls, config: ServerConfig, embedder: Any, reranker: Any, pipeline: Any) -> ServingState:
@@ -153,14 +178,18 @@ class ServingState:
             return out
 
         generation_queue = GenerationQueue(config.max_queued_generations, config.retry_after_s)
+        caches = RetrievalCaches.sized(config.query_cache_bytes, config.rerank_cache_bytes)
+        if pipeline is not None:
+            pipeline.caches = caches
         embed_batcher = DynamicBatcher(
-            run_embeddings, max_items=config.batch_items, max_wait_ms=wait, executor=embed_pool
+            run_embeddings, max_items=config.batch_items, max_wait_ms=wait, executor=embed_pool, name="embed"
         )
         rerank_batcher = DynamicBatcher(
             run_reranks,
             max_items=max(1, config.batch_items // RERANK_BATCH_SHARE),
             max_wait_ms=wait,
             executor=rerank_pool,
+            name="rerank",
         )
         return cls(
             config=config,
@@ -174,9 +203,31 @@ class ServingState:
             pools=(local_pool, remote_pool, embed_pool, rerank_pool, store_pool, generation_queue.pool),
             source_root=Path(config.source_root).expanduser().resolve() if config.source_root else None,
             generation_queue=generation_queue,
+            caches=caches,
         )
 
+    def open_documents(self) -> None:
+        """The collections, and with ``config.data_dir`` the registry of uploads and its indexer (started)."""
+        from .collections import Collections
+
+        if self.config.data_dir and self.pipeline is not None:
+            from .jobs import IndexJobs
+            from .registry import Registry
+
+            self.registry = Registry(self.config.data_dir)
+            self.collections = Collections(self.pipeline, self.registry)
+            self.jobs = IndexJobs(self.registry, self.collections, max_queued=self.config.max_queued_files)
+            self.jobs.start()
+        else:
+            self.collections = Collections(self.pipeline)
+
     async def close(self) -> None:
+        if self.jobs is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.jobs.close)
+        if self.collections is not None:
+            self.collections.close()
+        if self.registry is not None:
+            self.registry.close()
         await self.embed_batcher.close()
         await self.rerank_batcher.close()
         for pool in self.pools:
@@ -191,29 +242,49 @@ class ServingState:
 
     def filters(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
         """A request's payload filters in the server's terms. ``source`` / ``sources`` name files as results show
-        them: relative to ``source_root`` (made absolute here); an absolute path would tell a client whether a
-        server file is indexed, so it is refused unless the server exposes paths."""
+        them: relative to ``source_root`` (made absolute here), at any depth of ``$and`` / ``$or`` / ``$not`` and
+        in comparisons; an absolute path would tell a client whether a server file is indexed, so it is refused
+        unless the server exposes paths."""
         if not filters or self.config.expose_paths:
             return filters
+        return self._mapped(filters, 0)
+
+    def _mapped(self, filters: Any, depth: int) -> Any:
+        if not isinstance(filters, dict) or depth > 16:
+            return filters  # the store's own check refuses it with its reason
         out = dict(filters)
-        for key in ("source", "sources"):
-            if key not in out:
-                continue
-            values = out[key] if isinstance(out[key], list) else [out[key]]
-            if self.source_root is None:
-                raise HTTPError(400, f"filter {key!r}: this server names no source root (--source-root)", param=key)
-            mapped = []
-            for value in values:
-                path = Path(str(value))
-                if path.is_absolute() or ".." in path.parts:
-                    raise HTTPError(
-                        400,
-                        f"filter {key!r}: give the path as results show it (relative to the source root)",
-                        param=key,
-                    )
-                mapped.append(str(self.source_root / path))
-            out[key] = mapped if isinstance(out[key], list) else mapped[0]
+        for key, value in filters.items():
+            if key in ("$and", "$or") and isinstance(value, list):
+                out[key] = [self._mapped(part, depth + 1) for part in value]
+            elif key == "$not":
+                out[key] = self._mapped(value, depth + 1)
+            elif key in ("source", "sources"):
+                if isinstance(value, dict):
+                    out[key] = {op: self._source(key, v) for op, v in value.items()}
+                else:
+                    out[key] = self._source(key, value)
         return out
+
+    def _source(self, key: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self._source(key, v) for v in value]
+        if self.source_root is None:
+            raise HTTPError(400, f"filter {key!r}: this server names no source root (--source-root)", param=key)
+        path = Path(str(value))
+        if path.is_absolute() or ".." in path.parts:
+            raise HTTPError(
+                400, f"filter {key!r}: give the path as results show it (relative to the source root)", param=key
+            )
+        return str(self.source_root / path)
+
+    def search_filters(self, rag: Any, filters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A search's filters in the server's terms (:meth:`filters`), with the points of files still being
+        indexed left out."""
+        mapped = self.filters(filters)
+        hidden = self.collections.hidden(rag) if self.collections is not None else None
+        if hidden is None:
+            return mapped
+        return {"$and": [mapped, hidden]} if mapped else hidden
 
     def check_model(self, requested: str | None, component: Any) -> None:
         """A request's ``model``, when given, must name the served model (its own name or an alias). Infinity's

@@ -11,6 +11,7 @@ from langchain_core.utils import from_env
 from pydantic import ConfigDict, Field, model_validator
 
 from retrieval_pipeline import InputError, Qwen3VLReranker
+from retrieval_pipeline.retriever import check_min_score
 
 from .._common import (
     DEFAULT_RERANKER_MODEL,
@@ -38,12 +39,15 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseDocumentCompressor):
 
     ``Qwen3VLRerank(model="Qwen/Qwen3-VL-Reranker-2B", top_n=3, device="cuda")`` loads the model (``model``
     defaults to ``$QWEN3VL_RAG_RERANKER_MODEL``); ``Qwen3VLRerank(reranker=existing)`` shares a loaded one.
+    ``min_score`` leaves out documents whose rerank score (0..1) is below it, before ``top_n``: fewer documents, or
+    none, may come back.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
     model: str = Field(default_factory=from_env(MODEL_ENV["reranker"], default=DEFAULT_RERANKER_MODEL))
     top_n: int | None = Field(default=3, description="Documents to keep, best first (None keeps all).")
+    min_score: float | None = Field(default=None, description="Only documents with a rerank score at least this.")
     instruction: str | None = Field(default=None, description="Task instruction; None = the model's default.")
     image_key: str = Field(default=IMAGE_KEY, description="Metadata key of a document's image (path / URL).")
     video_key: str = Field(default=VIDEO_KEY, description="Metadata key of a document's video (path / URL).")
@@ -62,6 +66,7 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseDocumentCompressor):
     def _load(self) -> Qwen3VLRerank:
         if self.top_n is not None and self.top_n < 1:
             raise ValueError(f"top_n must be >= 1 or None, got {self.top_n}")
+        check_min_score(self.min_score)
         load_into(self, Qwen3VLReranker, "reranker", "model")
         return self
 
@@ -87,6 +92,8 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseDocumentCompressor):
         if not documents:
             return []
         ranked = self.rerank(documents, query)
+        if self.min_score is not None:
+            ranked = [(index, score) for index, score in ranked if score >= self.min_score]
         if self.top_n is not None:
             ranked = ranked[: self.top_n]
         out = []

@@ -7,11 +7,11 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
 from retrieval_pipeline.client import RemoteEmbedder, RemoteReranker
-from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever
+from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, Hit, TwoStageRetriever, check_min_score
 from retrieval_pipeline.store import VectorStore
 
 from .._common import FromPath, default_store, deprecated_alias, hit_metadata, in_thread, rename_deprecated
@@ -31,8 +31,11 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
     """Query -> Qwen3-VL embedding -> top-N from Qdrant -> Qwen3-VL rerank -> top-``k`` documents. ``store``
     defaults to the embedded Qdrant Edge collection the command line indexes into (``qwen3vl-rag index``).
 
-    ``k`` (LangChain's name; ``top_k`` is its deprecated alias) and ``filters`` may also be passed per call:
-    ``retriever.invoke("a cat", k=3)``.
+    ``min_score``: only documents scoring at least this, on the score they are ranked by (the rerank score, else
+    the cosine: see :meth:`TwoStageRetriever.retrieve`); fewer than ``k``, or none, may come back.
+
+    ``k`` (LangChain's name; ``top_k`` is its deprecated alias), ``filters`` and ``min_score`` may also be passed
+    per call: ``retriever.invoke("a cat", k=3, min_score=0.5)``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -44,11 +47,18 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
     candidates: int = Field(default=CANDIDATES, gt=0, description="First-stage (vector) hits handed to the reranker.")
     filters: dict[str, Any] | None = Field(default=None, description="Payload filters of the first stage.")
     query_instruction: str = Field(default=QUERY_INSTRUCTION, description="Instruction the query is embedded with.")
+    min_score: float | None = Field(default=None, description="Only documents scoring at least this.")
 
     @model_validator(mode="before")
     @classmethod
     def _rename_deprecated(cls, values: Any) -> Any:
         return rename_deprecated(values, cls.__name__, {"top_k": "k"}) if isinstance(values, dict) else values
+
+    @field_validator("min_score")
+    @classmethod
+    def _check_min_score(cls, value: float | None) -> float | None:
+        check_min_score(value)
+        return value
 
     top_k = deprecated_alias("top_k", "k", settable=True)
 
@@ -61,10 +71,17 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
             query_instruction=self.query_instruction,
         )
 
-    def _search(self, query: str, k: int | None, filters: dict[str, Any] | None) -> list[Document]:
+    def _search(
+        self, query: str, k: int | None, filters: dict[str, Any] | None, min_score: float | None = None
+    ) -> list[Document]:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"k must be a positive int (documents to return), got {k!r}")
-        hits = self._pipeline().retrieve(query, top_k=self.k if k is None else k, filters=filters or self.filters)
+        hits = self._pipeline().retrieve(
+            query,
+            top_k=self.k if k is None else k,
+            filters=filters or self.filters,
+            min_score=self.min_score if min_score is None else min_score,
+        )
         return [hit_to_document(h) for h in hits]
 
     def _get_relevant_documents(
@@ -74,8 +91,9 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
         filters: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> list[Document]:
-        return self._search(query, k, filters)
+        return self._search(query, k, filters, min_score)
 
     async def _aget_relevant_documents(
         self,
@@ -84,5 +102,6 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
         run_manager: AsyncCallbackManagerForRetrieverRun,
         k: int | None = None,
         filters: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> list[Document]:
-        return await in_thread(self._search, query, k, filters)
+        return await in_thread(self._search, query, k, filters, min_score)

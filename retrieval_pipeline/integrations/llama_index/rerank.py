@@ -14,6 +14,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 
 from retrieval_pipeline import InputError, Qwen3VLReranker
+from retrieval_pipeline.retriever import check_min_score
 
 from .._common import (
     DEFAULT_RERANKER_MODEL,
@@ -46,12 +47,15 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseNodePostprocessor):
 
     ``Qwen3VLRerank(model="Qwen/Qwen3-VL-Reranker-2B", top_n=5, device="cuda")`` loads the model (``model``
     defaults to ``$QWEN3VL_RAG_RERANKER_MODEL``; other keyword arguments go to :class:`Qwen3VLReranker`);
-    ``Qwen3VLRerank(reranker=existing)`` shares an already loaded one. Deprecated names still accepted:
+    ``Qwen3VLRerank(reranker=existing)`` shares an already loaded one. ``min_score`` (also accepted as
+    ``similarity_cutoff``, the name of LlamaIndex's ``SimilarityPostprocessor``) leaves out nodes whose rerank score
+    (0..1) is below it, before ``top_n``: fewer nodes, or none, may come back. Deprecated names still accepted:
     ``video_metadata_key`` (``video_key``), ``core_kwargs`` (``model_kwargs``).
     """
 
     model: str = Field(default=DEFAULT_RERANKER_MODEL, description="Hub id or local folder of the checkpoint.")
     top_n: int | None = Field(default=5, description="Nodes to keep, best first (None keeps all).")
+    min_score: float | None = Field(default=None, description="Only nodes with a rerank score at least this.")
     instruction: str | None = Field(default=None, description="Task instruction; None = the model's default.")
     video_key: str = Field(default=VIDEO_KEY, description="Node metadata key holding a video path / URL.")
     keep_retrieval_score: bool = Field(default=True, description="Store the first-stage score in node metadata.")
@@ -64,6 +68,8 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseNodePostprocessor):
         model: str | None = None,
         *,
         top_n: int | None = 5,
+        min_score: float | None = None,
+        similarity_cutoff: float | None = None,
         reranker: Qwen3VLReranker | None = None,
         instruction: str | None = None,
         video_key: str = VIDEO_KEY,
@@ -74,6 +80,11 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseNodePostprocessor):
     ) -> None:
         if top_n is not None and top_n < 1:
             raise ValueError(f"top_n must be >= 1 or None, got {top_n}")
+        if similarity_cutoff is not None:
+            if min_score is not None:
+                raise ValueError("Qwen3VLRerank: pass min_score or similarity_cutoff (the same cut-off), not both")
+            min_score = similarity_cutoff
+        check_min_score(min_score)
         reranker, name, opts = init_core_model(
             "reranker",
             Qwen3VLReranker,
@@ -82,6 +93,7 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseNodePostprocessor):
             kwargs,
             type(self),
             video_key=video_key,
+            min_score=min_score,
             model_kwargs=model_kwargs,
         )
         super().__init__(
@@ -90,7 +102,7 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseNodePostprocessor):
             instruction=instruction,
             keep_retrieval_score=keep_retrieval_score,
             callback_manager=callback_manager or CallbackManager([]),
-            **opts,  # video_key, model_kwargs
+            **opts,  # video_key, min_score, model_kwargs
         )
         self._reranker = reranker
 
@@ -140,6 +152,8 @@ class Qwen3VLRerank(RebuiltWhenUnpickled, BaseNodePostprocessor):
                     keep_score(node.node, node.score)
                 out.append(NodeWithScore(node=node.node, score=score))
             out.sort(key=lambda n: -(n.score or 0.0))
+            if self.min_score is not None:
+                out = [n for n in out if n.score is not None and n.score >= self.min_score]
             out = out[:top_n]
             event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))

@@ -9,7 +9,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
-from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, TwoStageRetriever
+from retrieval_pipeline.retriever import CANDIDATES, QUERY_INSTRUCTION, TwoStageRetriever, check_min_score
 from retrieval_pipeline.store import VectorStore
 
 from .._common import FromPath, default_store, in_thread
@@ -21,6 +21,9 @@ __all__ = ["Qwen3VLRetriever", "hit_to_node"]
 class Qwen3VLRetriever(FromPath, BaseRetriever):
     """Query -> Qwen3-VL embedding -> top-N from Qdrant -> Qwen3-VL rerank -> top-k nodes. ``store`` defaults to
     the embedded Qdrant Edge collection the command line indexes into (``qwen3vl-rag index``).
+
+    ``min_score``: only nodes scoring at least this, on the score they are ranked by (the rerank score, else the
+    cosine: see :meth:`TwoStageRetriever.retrieve`); fewer than ``top_k``, or none, may come back.
 
     Works wherever LlamaIndex takes a retriever, e.g. ``RetrieverQueryEngine.from_args(retriever, llm=...)``.
     """
@@ -35,8 +38,10 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
         candidates: int = CANDIDATES,
         filters: dict[str, Any] | None = None,
         query_instruction: str = QUERY_INSTRUCTION,
+        min_score: float | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
+        check_min_score(min_score)
         super().__init__(callback_manager=callback_manager)
         store = store if store is not None else default_store()  # what `qwen3vl-rag index` fills
         self.pipeline = TwoStageRetriever(
@@ -44,9 +49,11 @@ class Qwen3VLRetriever(FromPath, BaseRetriever):
         )
         self.top_k = top_k
         self.filters = filters
+        self.min_score = min_score
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self.pipeline.retrieve(query_to_input(query_bundle), top_k=self.top_k, filters=self.filters)
+        query = query_to_input(query_bundle)
+        hits = self.pipeline.retrieve(query, top_k=self.top_k, filters=self.filters, min_score=self.min_score)
         return [hit_to_node(h) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

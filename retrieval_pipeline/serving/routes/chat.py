@@ -162,13 +162,14 @@ def rewrite_conversation(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def retrieve(
-    turns: list[dict[str, Any]], options: RetrievalOptions, state: ServingState, generator: Qwen3VLGenerator
+    turns: list[dict[str, Any]],
+    options: RetrievalOptions,
+    state: ServingState,
+    generator: Qwen3VLGenerator,
+    request: Request,
 ) -> tuple[list[Any], Any]:
     """(hits, the query searched) for the last user turn; ``rewrite``: first made standalone by the generator."""
-    rag = state.pipeline
-    if options.collection not in (None, rag.store.collection):
-        served = rag.store.collection
-        raise HTTPError(404, f"collection {options.collection!r} is not served here ({served!r} is)", "not_found_error")
+    rag = state.collections.for_request(request, options.collection)
     query = _query(turns[-1])
     if not options.enabled or query is None:
         return [], None
@@ -182,7 +183,7 @@ async def retrieve(
         rag.search,
         query,
         top_k=options.top_k,
-        filters=state.filters(options.filters),
+        filters=state.search_filters(rag, options.filters),
         rerank=options.rerank,
         search_options=knobs(options.search_options),
         min_score=options.min_score,
@@ -237,7 +238,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         system, turns = await prepared_turns(body.messages, state)
         # the conversation's tokens, before retrieval: over max_prompt_tokens a 413; the context gets what is left
         spent = await run_in_threadpool(generator.check_prompt, conversation(generator, system, turns, [], rag=True))
-        hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator)
+        hits, query = await retrieve(turns, body.retrieval or RetrievalOptions(), state, generator, request)
         given = await run_in_threadpool(generator.fit_context, hits, spent)
         chat = conversation(generator, system, turns, given)
     except BaseException:

@@ -26,7 +26,7 @@ def fingerprint(component: Any) -> str:
 @router.get("/health")
 async def health(request: Request, state: State) -> dict[str, Any]:
     body: dict[str, Any] = {"status": "ok"}
-    if authorized(request, state.config.api_key):
+    if authorized(request):
         body.update(
             {
                 "embedding_model": model_name(state.embedder),
@@ -37,6 +37,8 @@ async def health(request: Request, state: State) -> dict[str, Any]:
                 "waiting": request.app.state.admission.waiting,
             }
         )
+        if state.jobs is not None:  # documents over HTTP: files waiting, being indexed, done since start
+            body["indexing"] = state.jobs.counts()
     return body
 
 

@@ -23,7 +23,7 @@ from ...errors import CollectionNotFoundError, InputError
 from ...media import previews
 from ..error_handlers import error_response
 from ..schemas import ERRORS
-from ..state import ServingState, State, public_source
+from ..state import State, public_source
 
 router = APIRouter(tags=["items"])
 
@@ -39,8 +39,7 @@ def _point_id(value: str) -> str:
         raise InputError(f"{value[:80]!r} is not a point id (a UUID)", field="id") from None
 
 
-def _payload(state: ServingState, point: str) -> dict[str, Any]:
-    rag = state.need(state.pipeline, "collection")
+def _payload(rag: Any, point: str) -> dict[str, Any]:
     found = rag.store.retrieve([_point_id(point)])
     if not found:
         raise CollectionNotFoundError(f"no item {point!r} in collection {rag.store.collection!r}")
@@ -121,13 +120,21 @@ def _highlights(payload: dict[str, Any], local: str | None, q: str) -> list[dict
         return []
 
 
+CollectionParam = Query(
+    default=None, max_length=255, description="the item's collection: a name or a vector-store id (default: served)"
+)
+
+
 @router.get("/v1/items/{point}", responses=ERRORS)
 async def item(
     point: str,
     state: State,
+    request: Request,
     q: str | None = Query(default=None, max_length=2000, description="A query: its words' boxes on a page item"),
+    collection: str | None = CollectionParam,
 ) -> dict[str, Any]:
-    payload = await state.store_call(_payload, state, point)
+    rag = state.collections.for_request(request, collection)
+    payload = await state.store_call(_payload, rag, point)
     local, why = await state.store_call(_local_source, payload)
     keys = ("modality", "member", "page", "sheet", "segment", "chunk", "duration", "file_name", "metadata")
     data = {k: payload.get(k) for k in keys}
@@ -193,9 +200,14 @@ def _thumbnail(payload: dict[str, Any], side: int) -> tuple[bytes, str | None]:
 
 @router.get("/v1/items/{point}/thumbnail", responses=ERRORS)
 async def thumbnail(
-    point: str, state: State, size: int = Query(default=THUMBNAIL_SIDE, ge=16, le=MAX_THUMBNAIL_SIDE)
+    point: str,
+    state: State,
+    request: Request,
+    size: int = Query(default=THUMBNAIL_SIDE, ge=16, le=MAX_THUMBNAIL_SIDE),
+    collection: str | None = CollectionParam,
 ) -> Response:
-    payload = await state.store_call(_payload, state, point)
+    rag = state.collections.for_request(request, collection)
+    payload = await state.store_call(_payload, rag, point)
     data, why = await state.store_call(_thumbnail, payload, size)
     headers = {"Cache-Control": "private, max-age=300"}
     if why:
@@ -256,8 +268,9 @@ def _range_refusal(header: str | None, size: int) -> Response | None:
 
 
 @router.get("/v1/items/{point}/media", responses=ERRORS)
-async def media(point: str, state: State, request: Request) -> Response:
-    payload = await state.store_call(_payload, state, point)
+async def media(point: str, state: State, request: Request, collection: str | None = CollectionParam) -> Response:
+    rag = state.collections.for_request(request, collection)
+    payload = await state.store_call(_payload, rag, point)
     local, why = await state.store_call(_local_source, payload)  # may hash the file: off the event loop
     modality = str(payload.get("modality") or "item")
     if local is None:

@@ -12,6 +12,8 @@
   ``/infinity``): its requests are byte for byte those of ``hosted_vllm/``, so only the address can tell them.
 
 ``raw_scores: true``: ``relevance_score`` is the raw score, the "yes" minus "no" logit before the sigmoid.
+``min_score`` (every route): only results whose rerank score (0..1, the sigmoid, also with ``raw_scores``) is at
+least this, cut before ``top_n``; each keeps its ``index`` in the documents sent.
 ``usage`` carries ``prompt_tokens`` and ``total_tokens`` (the tokens the reranker read) everywhere.
 """
 
@@ -76,8 +78,11 @@ async def _scores(body: RerankRequest, state: ServingState) -> tuple[list[float]
 def _response(
     body: RerankRequest, scores: list[float], tokens: int, model: Any, *, document_as: str, with_documents: bool
 ) -> RerankResponse:
+    ranked = rank_scores(scores)
+    if body.min_score is not None:
+        ranked = [(i, score) for i, score in ranked if score >= body.min_score]
     results = []
-    for i, score in rank_scores(scores, body.top_n):
+    for i, score in ranked[: body.top_n]:
         relevance = raw_score(score) if body.raw_scores else score
         document = None
         if with_documents:

@@ -34,7 +34,7 @@ async def _search(state: ServingState, rag: Any, query: Any, body: SearchRequest
         rag.search,
         query,
         top_k=body.top_k,
-        filters=state.filters(body.filters),
+        filters=state.search_filters(rag, body.filters),
         rerank=body.rerank,
         search_options=options,
         min_score=body.min_score,
@@ -42,8 +42,8 @@ async def _search(state: ServingState, rag: Any, query: Any, body: SearchRequest
 
 
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
-async def search(body: SearchRequest, state: State) -> SearchResponse:
-    rag = state.need(state.pipeline, "collection")
+async def search(body: SearchRequest, request: Request, state: State) -> SearchResponse:
+    rag = state.collections.for_request(request, body.collection)
     query = await state.preparer.query(plain(body.query))
     hits = await _search(state, rag, query, body)
     return SearchResponse(results=[_hit(h, state) for h in hits])
@@ -53,7 +53,7 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
 async def ask(body: AskRequest, request: Request, state: State) -> Any:
     """The answer with its sources; ``stream: true`` sends server-sent events: ``{"sources": [...]}`` first, then
     ``{"delta": "..."}`` pieces as they are generated, then ``{"finish_reason": ...}`` and ``[DONE]``."""
-    rag = state.need(state.pipeline, "collection")
+    rag = state.collections.for_request(request, body.collection)
     if not rag.has_generator:
         state.need(None, "generator")
     # the question is a query like /v1/search's: the same limits (max_text_chars, images), by the same code
@@ -70,7 +70,7 @@ async def ask(body: AskRequest, request: Request, state: State) -> Any:
                 body.question,
                 image=image,
                 top_k=body.top_k,
-                filters=state.filters(body.filters),
+                filters=state.search_filters(rag, body.filters),
                 rerank=body.rerank,
                 search_options=knobs(body.search_options),
                 min_score=body.min_score,

@@ -78,6 +78,18 @@ function releaseBlobs() {
   state.blobs = [];
 }
 
+function collection() {
+  return $("collection").value.trim();
+}
+
+function itemPath(id, suffix = "", query = {}) {
+  // an item of the chosen collection (a name or a vector-store id): ?collection= on every item call
+  const params = new URLSearchParams(query);
+  if (collection()) params.set("collection", collection());
+  const text = params.toString();
+  return "/v1/items/" + encodeURIComponent(id) + suffix + (text ? "?" + text : "");
+}
+
 async function blobUrl(path) {
   const response = await api(path);
   const url = URL.createObjectURL(await response.blob());
@@ -160,7 +172,7 @@ function card(hit, position) {
     const img = el("img", { class: "thumb", alt: hit.modality + " " + describe(hit) });
     const frame = hit.modality === "pdf-page" ? marked(img, hit.highlights) : null;
     visual = frame ? el("div", { class: "thumb-frame" }, [frame]) : img;
-    blobUrl("/v1/items/" + encodeURIComponent(hit.id) + "/thumbnail")
+    blobUrl(itemPath(hit.id, "/thumbnail"))
       .then(({ url, placeholder }) => {
         img.src = url;
         if (placeholder) img.title = placeholder;
@@ -200,7 +212,7 @@ async function openItem(hit) {
   body.replaceChildren(el("p", { class: "muted", text: "loading\u2026" }));
   if (!dialog.open) dialog.showModal();
   try {
-    const path = "/v1/items/" + encodeURIComponent(hit.id) + "/media";
+    const path = itemPath(hit.id, "/media");
     if (hit.modality === "text" || hit.modality === "mixed") {
       const text = await (await api(path)).text();
       body.replaceChildren(el("pre", { text }));
@@ -232,7 +244,7 @@ async function pageHighlights(hit) {
   if (Array.isArray(hit.highlights)) return hit.highlights;
   if (!state.query) return [];
   try {
-    const item = await (await api("/v1/items/" + encodeURIComponent(hit.id) + "?q=" + encodeURIComponent(state.query))).json();
+    const item = await (await api(itemPath(hit.id, "", { q: state.query }))).json();
     return item.highlights || [];
   } catch (e) {
     return [];
@@ -248,6 +260,7 @@ async function search(event) {
   setStatus("searching\u2026");
   state.query = $("query").value.trim();
   const body = { query, top_k: Number($("top-k").value) || 8, rerank: $("rerank").checked };
+  if (collection()) body.collection = collection();
   const f = filters();
   if (f) body.filters = f;
   try {
@@ -290,6 +303,7 @@ async function ask() {
     stream: true, messages: [{ role: "user", content }],
     retrieval: { top_k: Math.min(20, Number($("top-k").value) || 3), rerank: $("rerank").checked },
   };
+  if (collection()) body.retrieval.collection = collection();
   const f = filters();
   if (f) body.retrieval.filters = f;
   const panel = $("answer-panel");
@@ -345,6 +359,8 @@ function takeImage(file) {
 }
 
 function init() {
+  const wanted = new URLSearchParams(location.search).get("collection");  // /?collection=vs_... opens that one
+  if (wanted) $("collection").value = wanted;
   $("search-form").addEventListener("submit", search);
   $("ask-button").addEventListener("click", ask);
   $("image").addEventListener("change", (e) => takeImage(e.target.files[0]));
