@@ -47,6 +47,7 @@ CREATE INDEX IF NOT EXISTS store_files_status ON store_files (status);
 """
 
 MAX_FILENAME = 255
+TOUCH_SECONDS = 60
 _EXTENSION = re.compile(r"\.[a-z0-9]{1,10}")
 
 
@@ -80,6 +81,7 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._touched: dict[str, int] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -192,8 +194,13 @@ class Registry:
                 db.execute("UPDATE stores SET metadata = ? WHERE id = ?", (json.dumps(metadata), store_id))
 
     def touch_store(self, store_id: str) -> None:
+        """Note a store's use (``last_active_at``), written at most once a minute per store."""
+        now = int(time.time())
+        if now - self._touched.get(store_id, 0) < TOUCH_SECONDS:
+            return
+        self._touched[store_id] = now
         with self._tx() as db:
-            db.execute("UPDATE stores SET last_active_at = ? WHERE id = ?", (int(time.time()), store_id))
+            db.execute("UPDATE stores SET last_active_at = ? WHERE id = ?", (now, store_id))
 
     def delete_store(self, store_id: str) -> None:
         with self._tx() as db:
@@ -276,6 +283,23 @@ class Registry:
             other_than,
         )
         return row is not None
+
+    def completed_files(self, store_id: str, blobs: list[str]) -> dict[str, dict[str, Any]]:
+        """blob path -> a completed file of the store holding it, for the given blob paths (search hits' sources)."""
+        relative = {Path(b).relative_to(self.root).as_posix(): b for b in blobs if b.startswith(str(self.root))}
+        if not relative:
+            return {}
+        marks = ",".join("?" * len(relative))
+        rows = self._rows(
+            f"SELECT f.* FROM store_files sf JOIN files f ON f.id = sf.file_id WHERE sf.store_id = ? "
+            f"AND sf.status = 'completed' AND f.blob IN ({marks}) ORDER BY sf.seq",
+            store_id,
+            *relative,
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            out.setdefault(relative[row["blob"]], row)
+        return out
 
     def pending(self) -> list[tuple[str, str]]:
         """(store id, file id) of every file still to index, oldest first."""

@@ -658,8 +658,8 @@ async def search_store(store_id: str, body: SearchStore, request: Request, state
         rerank=ranking.ranker != "none",
         min_score=ranking.score_threshold,
     )
-    state.registry.touch_store(store["id"])
-    files = _files_by_blob(state, store["id"])
+    await _in_thread(state, state.registry.touch_store, store["id"])
+    files = await _in_thread(state, state.registry.completed_files, store["id"], sorted({h.source for h in hits}))
     data = []
     for hit in hits:
         file = files.get(hit.source)
@@ -682,16 +682,6 @@ async def search_store(store_id: str, body: SearchStore, request: Request, state
         "has_more": False,
         "next_page": None,
     }
-
-
-def _files_by_blob(state: ServingState, store_id: str) -> dict[str, dict[str, Any]]:
-    registry = state.registry
-    out: dict[str, dict[str, Any]] = {}
-    for row in registry.store_files(store_id, status="completed"):
-        file = registry.file(row["file_id"])
-        if file is not None:
-            out.setdefault(str(registry.blob_path(file)), file)
-    return out
 
 
 __all__ = ["attribute_filter", "router"]
