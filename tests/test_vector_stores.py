@@ -238,6 +238,57 @@ def test_hostile_uploads(server, team_a):
     assert not names & {"broken.pdf", "data.bin"}
 
 
+def test_odd_names_values_and_defaults_are_4xx_and_tell_nothing(server, team_a):
+    """What an attacker sent: long multibyte names, control characters, a leading dot, numbers past float's range,
+    non-finite attributes, and a search without a collection by a key that may not use the served one."""
+    url, _ = server
+    _, store, text, _ = team_a
+    with http(url, KEYS["a-admin"][0]) as c:
+        long_name = "team-a-" + "\u00e9" * 190  # under 255 characters, over 255 bytes
+        assert c.post("/v1/search", json={"query": "x", "collection": long_name}).status_code == 404
+        point = "00000000-0000-0000-0000-000000000000"
+        assert c.get(f"/v1/items/{point}", params={"collection": long_name}).status_code == 404
+        for name in ("team-a-" + "\U0001f600" * 60, "team-a-x\n{}", ".team-a-hidden"):
+            r = c.post("/v1/vector_stores", json={"name": name})
+            assert r.status_code == 400 and "invalid collection name" in r.json()["error"]["message"], r.text
+        assert c.post("/v1/vector_stores", json={"name": ".team-a-x"}).status_code == 400
+        big = (
+            b'{"query": "x", "collection": "team-a-docs", "filters": {"metadata.year": {"gte": 1' + b"0" * 400 + b"}}}"
+        )
+        r = c.post("/v1/search", content=big, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "finite number" in r.text
+        r = c.post(
+            f"/v1/vector_stores/{store.id}/files",
+            content=b'{"file_id": "%s", "attributes": {"a": Infinity}}' % text.id.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code in (400, 422) and r.status_code != 500, r.text
+        assert c.get(f"/v1/vector_stores/{store.id}/files/{text.id}").status_code in (200, 404)
+    with http(url, KEYS["b-admin"][0]) as c:
+        r = c.post("/v1/search", json={"query": "x"})  # the served collection ("default") is not team B's
+        assert r.status_code == 404 and "default" not in r.text
+        health = c.get("/health").json()
+        assert health["collection"] is None and "indexing" not in health  # other teams' activity: operator only
+    with http(url, ADMIN) as c:
+        assert "indexing" in c.get("/health").json()
+
+
+def test_names_that_do_not_exist_cost_nothing(tmp_path):
+    """Asking for many collections that do not exist keeps nothing (no pipeline, no store handle per name)."""
+    from retrieval_pipeline.pipeline import RAGPipeline
+    from retrieval_pipeline.serving.collections import Collections
+    from retrieval_pipeline.serving.error_handlers import HTTPError
+    from retrieval_pipeline.store import EdgeStore
+
+    rag = RAGPipeline(EdgeStore(tmp_path / "db", "default"), embedding="unloaded", reranking=None, generation=None)
+    collections = Collections(rag)
+    for n in range(200):
+        with pytest.raises(HTTPError) as refused:
+            collections.pipeline(f"team-a-{n}", create=False)
+        assert refused.value.status == 404
+    assert list(collections._pipelines) == ["default"]
+
+
 def test_rate_limit_and_keys_file_reload(server):
     url, keys = server
     with http(url, KEYS["slow"][0]) as c:
@@ -269,6 +320,8 @@ GOOD_KEY = {"name": "x", "sha256": "0" * 64, "collections": ["a"], "role": "read
         ({"rpm": 0}, "rpm"),
         ({"x": 1}, "unknown"),
         ({"name": "a b/c"}, "name"),
+        ({"name": "admin"}, "reserved"),  # --token's name: a key called so would own its files
+        ({"name": "anonymous"}, "reserved"),
     ],
 )
 def test_keys_file_shape_is_checked(change, why):

@@ -77,9 +77,10 @@ class Collections:
         with self._lock:
             return self._writers.setdefault(name, threading.Lock())
 
-    def pipeline(self, name: str, *, options: Mapping[str, Any] | None = None) -> Any:
+    def pipeline(self, name: str, *, options: Mapping[str, Any] | None = None, create: bool = True) -> Any:
         """The pipeline on collection ``name`` (sharing the served pipeline's models); ``options``: a new
-        collection's ``dim`` / ``layout``."""
+        collection's ``dim`` / ``layout``. ``create=False``: only a collection that exists (else 404; nothing is
+        kept for a name that does not exist, so asking for many names costs no memory)."""
         with self._lock:
             found = self._pipelines.get(name)
             if found is not None:
@@ -93,8 +94,12 @@ class Collections:
                 _check_name(name)
             except ValueError:
                 raise not_found(name) from None
+            store = self.default.store.sibling(name)
+            if not create and not store.exists():
+                store.close()
+                raise not_found(name)
             rag = copy.copy(self.default)  # the same models, settings and caches
-            rag.store = self.default.store.sibling(name)
+            rag.store = store
             rag.timings = []
             rag._owned = set()
             if options:
@@ -115,9 +120,14 @@ class Collections:
         key = principal(request)
         resolved = self.resolve(name)
         if not key.may_use(resolved):
-            raise not_found(name or resolved)
-        rag = self.pipeline(resolved)
-        if rag is not self.default and not rag.store.exists():
+            if name is None:  # the served collection, which this key may not use: not named to it either
+                raise HTTPError(
+                    404, "no collection named: give one this key may use (collection)", "not_found_error",
+                    code="collection_not_found",
+                )  # fmt: skip
+            raise not_found(name)
+        rag = self.pipeline(resolved, create=False)
+        if rag is not self.default and not rag.store.exists():  # dropped since
             raise not_found(name or resolved)
         if role > Role.READ:
             need_role(request, role, "change this collection")

@@ -44,12 +44,6 @@ def principal_of(request: Request, config: ServerConfig, keys: KeyRing | None) -
     return keys.find(token) if keys is not None else None
 
 
-def authorized(request: Request) -> bool:
-    """The request carries a valid key (always true on a server without auth)."""
-    state = request.app.state
-    return principal_of(request, state.serving.config, state.keys) is not None
-
-
 def _refusal(
     request: Request, config: ServerConfig, keys: KeyRing | None, limits: RateLimits
 ) -> tuple[JSONResponse | None, int]:
@@ -74,6 +68,9 @@ def _refusal(
         return response, 0
     if request.url.path == "/metrics" and not principal.can(Role.ADMIN):
         return error_response(403, "/metrics needs an admin key", "permission_error"), 0
+    if request.url.path in UPLOAD_PATHS and request.method == "POST" and not principal.can(Role.WRITE):
+        # refused before its body is read
+        return error_response(403, f"key {principal.name!r} (read) may not upload files", "permission_error"), 0
     if request.method != "POST":
         return None, 0
     length = request.headers.get("content-length")
@@ -157,8 +154,9 @@ async def _body_refusal(request: Request, size: int, config: ServerConfig, pool:
             f"the request body did not arrive within {config.body_timeout:g} s (body_timeout)",
             limit="body_timeout",
         )
-    if size <= PRECHECK_BYTES:
-        return None
+    content_type = request.headers.get("content-type", "")
+    if size <= PRECHECK_BYTES or (content_type and "json" not in content_type.lower()):
+        return None  # (an upload is not JSON: parsing it would cost several times its size for nothing)
     # no JSON list in a request may be longer than this (inputs, documents, a frame list, a text list)
     max_array = max(config.max_items, config.limits.max_frames_per_video or 0)
     problem = await asyncio.get_running_loop().run_in_executor(pool, oversized_array, body, max_array)

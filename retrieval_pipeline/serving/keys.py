@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 RELOAD_CHECK_SECONDS = 1.0
 KEY_FIELDS = {"name", "sha256", "collections", "role", "rpm"}
+RESERVED_NAMES = frozenset({"admin", "anonymous"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")
 
@@ -119,6 +120,8 @@ def _key(entry: Any, where: str) -> Principal:
     name, sha, collections, role = (entry.get(k) for k in ("name", "sha256", "collections", "role"))
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise KeyFileError(f"{where}: name must be 1-64 letters, digits or _.:@- (got {name!r})")
+    if name in RESERVED_NAMES:  # what --token and a server without auth are called (files are owned by name)
+        raise KeyFileError(f"{where}: the name {name!r} is reserved; choose another")
     if not isinstance(sha, str) or not _HEX64.fullmatch(sha.lower()):
         raise KeyFileError(f"{where} ({name}): sha256 must be the 64-hex-digit SHA-256 of the key")
     if (

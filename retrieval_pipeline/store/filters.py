@@ -102,6 +102,16 @@ def _clause(filters: Any, depth: int, budget: list[int]) -> Clause:
     return out
 
 
+def _finite(value: Any) -> bool:
+    """A number a float holds (an integer past float's range, inf and NaN are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _equals(key: str, value: Any) -> Condition:
     """``key`` equals one value; a float as the range [value, value] (Qdrant matches str, int and bool only)."""
     if isinstance(value, float):
@@ -121,8 +131,8 @@ def _comparison(key: str, ops: Mapping[str, Any], out: Clause) -> None:
     for op in RANGE_OPS:
         if op in ops:
             bound = ops[op]
-            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-                raise ValueError(f"filter {key!r}: {op} needs a finite number, got {bound!r}")
+            if not _finite(bound):
+                raise ValueError(f"filter {key!r}: {op} needs a finite number, got {str(bound)[:40]}")
             bounds[op] = float(bound)
     if bounds:
         out.must.append(Condition(key, range=bounds))

@@ -189,9 +189,25 @@ def point_id(content_key: str, spec: CollectionSpec) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{spec.id_key}|{spec.dim}|{content_key}"))
 
 
+MAX_NAME_BYTES = 200  # a collection's name is a folder name (255 bytes on most file systems) with suffixes added
+
+
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") or name in (".", ".."):
-        raise ValueError(f"invalid collection name {name!r}: use letters, digits, '-', '_' or '.'")
+    """A collection name: not empty, no path separators, control characters or leading dot, at most
+    :data:`MAX_NAME_BYTES` bytes in UTF-8."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name.startswith(".")
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    ):
+        shown = name[:80] if isinstance(name, str) else name
+        raise ValueError(
+            f"invalid collection name {shown!r}: use letters, digits, '-', '_' or '.' (not first), "
+            f"at most {MAX_NAME_BYTES} bytes"
+        )
     return name
 
 

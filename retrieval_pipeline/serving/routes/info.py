@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..guard import authorized
+from ..guard import principal_of
+from ..keys import Role
 from ..state import State, model_name
 
 router = APIRouter(tags=["info"])
@@ -26,19 +27,21 @@ def fingerprint(component: Any) -> str:
 @router.get("/health")
 async def health(request: Request, state: State) -> dict[str, Any]:
     body: dict[str, Any] = {"status": "ok"}
-    if authorized(request):
+    key = principal_of(request, state.config, request.app.state.keys)
+    if key is not None:
+        served = state.pipeline.store.collection if state.pipeline is not None else None
         body.update(
             {
                 "embedding_model": model_name(state.embedder),
                 "reranker_model": model_name(state.reranker),
-                "collection": state.pipeline.store.collection if state.pipeline is not None else None,
+                "collection": served if served is not None and key.may_use(served) else None,
                 "batches": {"embeddings": state.embed_batcher.batches, "embedded_items": state.embed_batcher.items},
                 "in_flight": request.app.state.admission.in_flight,
                 "waiting": request.app.state.admission.waiting,
             }
         )
-        if state.jobs is not None:  # documents over HTTP: files waiting, being indexed, done since start
-            body["indexing"] = state.jobs.counts()
+        if state.jobs is not None and key.can(Role.ADMIN) and key.collections == ("*",):
+            body["indexing"] = state.jobs.counts()  # every team's files: for the operator only
     return body
 
 

@@ -13,6 +13,7 @@ key that uploaded it (and to keys on every collection with the admin role).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -166,8 +167,10 @@ def _attributes(values: dict[str, Any] | None) -> dict[str, Any]:
             raise HTTPError(400, f"attributes: key {key[:80]!r} must be 1-64 letters, digits, _ or -", param=key)
         if isinstance(value, str) and len(value) > 512:
             raise HTTPError(400, f"attributes: the value of {key!r} is over 512 characters", param=key)
-        if isinstance(value, float) and value != value:
-            raise HTTPError(400, f"attributes: the value of {key!r} is not a number", param=key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HTTPError(400, f"attributes: the value of {key!r} is not a finite number", param=key)
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise HTTPError(400, f"attributes: the value of {key!r} is outside the 64-bit range", param=key)
     return values
 
 
@@ -394,7 +397,12 @@ async def create_store(body: CreateStore, request: Request, state: State) -> dic
     if files:
         state.jobs.reserve(len(files))
     row = await _in_thread(state, registry.create_store, name, key.name, dict(body.metadata or {}), options)
-    await _in_thread(state, _create_collection, state, row)
+    try:
+        await _in_thread(state, _create_collection, state, row)
+    except BaseException:
+        await _in_thread(state, registry.delete_store, row["id"])  # no store without its collection
+        state.collections.forget(row["name"])
+        raise
     for file in files:
         await _attach(state, row, file, {}, chunking)
     return store_object(registry, row)
