@@ -268,6 +268,7 @@ def test_a_returned_vector_is_the_callers_own(embedder, store):
     assert np.array_equal(retriever.embed_query("a cat"), expected)
 
 
+@pytest.mark.slow
 def test_only_the_candidates_not_scored_yet_go_to_the_reranker(embedder, reranker, store):
     cached, emb, rer, fresh = pair(embedder, reranker, store)
     images = cached.retrieve("a photo", top_k=20, filters={"modality": "image"})
@@ -315,6 +316,7 @@ def test_a_lazy_model_that_gave_its_model_is_not_fetched_for_a_cached_result(emb
     assert summary(pipeline.search("the revenue chart", top_k=5)) == expected[:5]
 
 
+@pytest.mark.slow
 def test_a_source_changed_since_it_was_scored_is_scored_again(embedder, reranker, tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -343,6 +345,7 @@ def test_a_source_changed_since_it_was_scored_is_scored_again(embedder, reranker
 # the server
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query_mb", [64.0, 0.0])
 def test_a_repeated_search_over_http_runs_no_model(embedder, reranker, store, query_mb):
     emb, rer = Counting(embedder), Counting(reranker)
