@@ -13,6 +13,9 @@ import pytest
 from conftest import ServeProcess
 from helpers.cli import CORPUS, cli
 
+from retrieval_pipeline.ingest import Indexer
+from retrieval_pipeline.store import EdgeStore
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.slow,
@@ -25,7 +28,7 @@ EVIL_TEXT = '<script>window.__pwned=2</script><img src=x onerror="window.__pwned
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, embedder):
     corpus = tmp_path_factory.mktemp("corpus")
     for name in ("chelsea.jpg", "annual_report.pdf", "moving_square.mp4", "notes.md"):
         shutil.copy(CORPUS / name, corpus / name)
@@ -39,8 +42,9 @@ def server(tmp_path_factory):
     assert run.returncode == 0, run.stderr
     other = tmp_path_factory.mktemp("other")
     (other / "harbour.md").write_text("The lighthouse keeper logs every ship that enters the harbour at night.")
-    run = cli("index", str(other), "--collection", "other", env=env, db=db)
-    assert run.returncode == 0, run.stderr
+    store = EdgeStore(db, "other")  # a second collection of the same database (in this process: no model load)
+    assert Indexer(embedder, store).index_paths([other], show_progress_bar=False).indexed == 1
+    store.close()
     with ServeProcess("--token", TOKEN, db=db) as url:
         yield url
 
