@@ -153,3 +153,45 @@ def test_a_recording_from_other_versions_is_named_as_such(embedder):
     others = [i for i, e in enumerate(public["embed_inputs"]) if "video" not in e]
     got = embedder.process([with_media_paths(public["embed_inputs"][i]) for i in others])
     assert_reference(got, [public["expected_embeddings"][i] for i in others], public, "entries without video")
+
+
+def test_int8_stays_within_its_documented_bound(public):
+    """``torch_dtype="int8"`` (quantized linear layers, CPU) against the reference: every embedding's cosine at
+    least INT8_MIN_COSINE, every rerank score within INT8_MAX_SCORE_DIFF, no document ranked differently -- batched
+    and one at a time."""
+    from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
+    from retrieval_pipeline.models.runtime import INT8_MAX_SCORE_DIFF, INT8_MIN_COSINE
+
+    settings = dict(public["settings"])
+    embedder = Qwen3VLEmbedder(str(TINY), torch_dtype="int8", **settings)
+    assert embedder.precision == "int8" and embedder.dtype == torch.float32
+    inputs = [with_media_paths(e) for e in public["embed_inputs"]]
+    expected = np.asarray(public["expected_embeddings"])
+    for got in (embedder.process(inputs).numpy(), np.stack([embedder.process([i])[0].numpy() for i in inputs])):
+        cosines = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+        assert cosines.min() >= INT8_MIN_COSINE, cosines
+    del settings["max_length"]
+    for request, expected_scores in _requests(public):
+        settings.update(fps=request["fps"], max_frames=request["max_frames"])
+        reranker = Qwen3VLReranker(str(TINY), torch_dtype="int8", **settings)
+        scores = np.asarray(reranker.score(request["query"], request["documents"], instruction=request["instruction"]))
+        assert np.abs(scores - expected_scores).max() <= INT8_MAX_SCORE_DIFF
+        assert list(np.argsort(-scores)) == list(np.argsort(-expected_scores))
+
+
+def test_int8_is_for_the_cpu_and_recorded_as_such(tmp_path):
+    from retrieval_pipeline import Qwen3VLEmbedder
+    from retrieval_pipeline.ingest import Indexer
+    from retrieval_pipeline.models.runtime import resolve_dtype
+    from retrieval_pipeline.store import EdgeStore
+
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        resolve_dtype("int8", torch.device("cuda"))
+    embedder = Qwen3VLEmbedder(str(TINY), torch_dtype="int8")
+    assert type(embedder.model.language_model.layers[0].mlp.up_proj).__name__ == "Linear"  # torch.ao's dynamic one
+    assert "quantized" in type(embedder.model.language_model.layers[0].mlp.up_proj).__module__
+    (tmp_path / "a.txt").write_text("int8 vectors")
+    store = EdgeStore(tmp_path / "db", "docs")
+    Indexer(embedder, store).index_paths([tmp_path / "a.txt"], show_progress_bar=False)
+    assert store.open(create=False).dtype == "int8"  # the collection says how its vectors were computed
+    store.close()

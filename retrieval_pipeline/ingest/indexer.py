@@ -82,7 +82,7 @@ class Indexer:
             instruction=self.instruction,
             model_id=getattr(embedder, "model_id", None)
             or model_fingerprint(name, getattr(embedder, "revision", None)),
-            dtype=dtype_name(getattr(embedder, "dtype", None)),
+            dtype=getattr(embedder, "quantization", None) or dtype_name(getattr(embedder, "dtype", None)),
             # a new collection's layout: as given, or the default for the dimension with the given overrides
             layout=VectorLayout.choose(self.dim, **layout)
             if isinstance(layout, Mapping) and layout
