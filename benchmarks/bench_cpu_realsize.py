@@ -1,7 +1,7 @@
 """What to expect per item on a CPU at the released size: a random-weight Qwen3-VL-2B (or 8B) checkpoint, float32
-against bfloat16, side by side in one run.
+against bfloat16 and int8 (quantized linear layers), side by side in one run.
 
-    python benchmarks/bench_cpu_realsize.py [--size 2B] [--cache /tmp/qwen3vl-realsize] [--dtypes float32,bfloat16]
+    python benchmarks/bench_cpu_realsize.py [--size 2B] [--cache /tmp/qwen3vl-realsize] [--dtypes float32,int8]
     python benchmarks/bench_cpu_realsize.py --knobs --dtypes bfloat16     # time and cosine per speed knob
 
 Per dtype (each in a fresh process, one model resident at a time, as the CLI runs on a CPU): load time and peak
@@ -9,7 +9,7 @@ resident memory of each model; the embedder on texts, a 1024x768 photo, a PDF pa
 30-s video at the default frame budget; the reranker on 20 text candidates and on image candidates; the generator
 on 128 new tokens. Then the fidelity of bfloat16 against float32: on the real-size checkpoint (max abs diff and
 cosine of the embeddings, whether the top-10 order of a retrieval changes) and on the parity fixture (against the
-reference numbers too). Random weights give true memory and speed, not quality.
+reference numbers too); the same for int8. Random weights give true memory and speed, not quality.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def knobs(model: str, dtype: str) -> None:
 
 
 def fidelity(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
-    """b (bfloat16) against a (float32): max abs diff, worst cosine, top-10 order changes per query."""
+    """b (bfloat16 or int8) against a (float32): max abs diff, worst cosine, top-10 order changes per query."""
     diffs = [np.abs(a[k] - b[k]).max() for k in ("corpus", "queries", "photo")]
     cos = min(float((a[k] * b[k]).sum(1).min()) for k in ("corpus", "queries", "photo"))
     changed = 0
@@ -163,8 +163,8 @@ def fidelity(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, An
     }
 
 
-def parity_fidelity() -> dict[str, Any]:
-    """The parity fixture in float32 and bfloat16 against the reference numbers."""
+def parity_fidelity(dtypes: list[str]) -> dict[str, Any]:
+    """The parity fixture in float32 and ``dtypes`` against the reference numbers."""
     from retrieval_pipeline import Qwen3VLEmbedder, Qwen3VLReranker
 
     public = json.loads((TINY.parent / "public.json").read_text())
@@ -177,11 +177,12 @@ def parity_fidelity() -> dict[str, Any]:
     ref_scores = np.array([s for row in public["expected_scores"] for s in row])
     out: dict[str, Any] = {}
     vectors = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ["float32", *(d for d in dtypes if d != "float32")]:
         emb = Qwen3VLEmbedder(str(TINY), torch_dtype=dtype, **public["settings"])
         vectors[dtype] = got = emb.process(inputs).float().numpy()
         out[f"{dtype} embeddings vs reference: max abs diff"] = float(np.abs(got - expected).max())
-        out[f"{dtype} embeddings vs reference: min cosine"] = float((got * expected).sum(1).min())
+        norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+        out[f"{dtype} embeddings vs reference: min cosine"] = float(((got * expected).sum(1) / norms).min())
         rr = Qwen3VLReranker(str(TINY), torch_dtype=dtype, **public["settings"])
         scores = []
         for request in public["rerank_requests"]:
@@ -189,9 +190,12 @@ def parity_fidelity() -> dict[str, Any]:
             scores.extend(rr.process(request))
         out[f"{dtype} rerank scores vs reference: max abs diff"] = float(np.abs(np.array(scores) - ref_scores).max())
     sims32 = vectors["float32"] @ vectors["float32"].T
-    sims16 = vectors["bfloat16"] @ vectors["bfloat16"].T
-    changed = sum(list(np.argsort(-sims32[i])) != list(np.argsort(-sims16[i])) for i in range(len(inputs)))
-    out["order_changed"] = f"{changed}/{len(inputs)} inputs as queries over all {len(inputs)}"
+    for dtype in vectors:
+        if dtype == "float32":
+            continue
+        other = vectors[dtype] @ vectors[dtype].T
+        changed = sum(list(np.argsort(-sims32[i])) != list(np.argsort(-other[i])) for i in range(len(inputs)))
+        out[f"{dtype} order changed"] = f"{changed}/{len(inputs)} inputs as queries over all {len(inputs)}"
     return out
 
 
@@ -240,15 +244,17 @@ def main() -> None:
         ("generator peak RSS (MiB)", "generator_peak_mib"),
     ]
     dtypes = list(results)
-    print(f"\n{'':40}" + "".join(f"{d:>12}" for d in dtypes) + ("   bf16/fp32" if len(dtypes) == 2 else ""))
+    ratio_label = f"   {dtypes[1]}/{dtypes[0]}" if len(dtypes) == 2 else ""
+    print(f"\n{'':40}" + "".join(f"{d:>12}" for d in dtypes) + ratio_label)
     for label, key in rows:
         values = [results[d][key] for d in dtypes]
         ratio = f"   {values[1] / values[0]:8.2f}x" if len(values) == 2 and values[0] else ""
         print(f"{label:40}" + "".join(f"{v:12.2f}" for v in values) + ratio)
     print(f"threads: {results[dtypes[0]]['threads']}; generate: {results[dtypes[0]]['prompt_tokens']} prompt tokens")
-    if {"float32", "bfloat16"} <= set(arrays):
-        print("\nfidelity, real-size checkpoint, bfloat16 vs float32:", fidelity(arrays["float32"], arrays["bfloat16"]))
-    print("fidelity, parity fixture:", json.dumps(parity_fidelity(), indent=1))
+    for dtype in arrays:
+        if dtype != "float32" and "float32" in arrays:
+            print(f"\nfidelity, real-size checkpoint, {dtype} vs float32:", fidelity(arrays["float32"], arrays[dtype]))
+    print("fidelity, parity fixture:", json.dumps(parity_fidelity(list(arrays)), indent=1))
 
 
 if __name__ == "__main__":
