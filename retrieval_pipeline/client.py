@@ -75,7 +75,76 @@ def wire_input(item: InputLike) -> Any:
     return out
 
 
-class _Remote:
+def error_body(response: Any) -> dict[str, Any]:
+    """The error object of a failed response: this server's and OpenAI's ``{"error": {"message", ...}}``, vLLM's
+    and FastAPI's ``{"message"}`` / ``{"detail"}``, else the start of the body as the message."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return error
+        for key in ("message", "detail", "error"):
+            if body.get(key):
+                value = body[key]
+                return {"message": value if isinstance(value, str) else str(value)[:500]}
+    return {"message": response.text[:500]}
+
+
+def embeddings_body(
+    items: Sequence[Any], *, instruction: str | None = None, dim: int | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """``POST /v1/embeddings``'s body for wire inputs (:func:`wire_input`), with this server's extension field
+    ``instruction`` (OpenAI's API has none) and Matryoshka ``dimensions``."""
+    body: dict[str, Any] = {"input": list(items), "encoding_format": "base64"}
+    if instruction:
+        body["instruction"] = instruction
+    if dim:
+        body["dimensions"] = int(dim)
+    if model:
+        body["model"] = model
+    return body
+
+
+def embeddings_of(response: dict[str, Any]) -> np.ndarray:
+    """The vectors of an OpenAI embeddings response, in input order (float lists or base64 float32)."""
+    data = sorted(response["data"], key=lambda d: d["index"])
+    return np.stack([_vector(d["embedding"]) for d in data]).astype(np.float32)
+
+
+def _vector(value: Any) -> np.ndarray:
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4")
+    return np.asarray(value, dtype=np.float32)
+
+
+def rerank_body(
+    query: Any, documents: Sequence[Any], *, instruction: str | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """``POST /v1/rerank``'s body for wire inputs (this server's ``instruction`` extension when given)."""
+    body: dict[str, Any] = {"query": query, "documents": list(documents)}
+    if instruction:
+        body["instruction"] = instruction
+    if model:
+        body["model"] = model
+    return body
+
+
+def scores_of(response: dict[str, Any], n: int) -> list[float]:
+    """The ``relevance_score`` of each of ``n`` documents, in document order, from any rerank dialect's response
+    (``results[{index, relevance_score}]``: Cohere, Jina, vLLM, Infinity)."""
+    scores = [0.0] * n
+    for result in response["results"]:
+        scores[result["index"]] = float(result["relevance_score"])
+    return scores
+
+
+class RemoteServer:
+    """A connection to a running server: its base URL (a trailing ``/v1`` dropped), the bearer token, and its
+    answers as the library's errors (:meth:`_post`)."""
+
     def __init__(
         self, base_url: str, *, api_key: str | None = None, model: str | None = None, timeout: float = TIMEOUT
     ):
@@ -89,26 +158,29 @@ class _Remote:
         self.model = model
         self.model_name_or_path = model or self.base_url
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _send(self, path: str, body: dict[str, Any]) -> Any:
+        """The server's ``httpx.Response`` to ``POST path`` (any status); an unreachable server is a
+        :class:`ModelLoadError`."""
         import httpx
 
         try:
-            response = self._http.post(path, json=body)
+            return self._http.post(path, json=body)
         except httpx.HTTPError as exc:
             raise ModelLoadError(f"the server {self.base_url} cannot be reached: {exc}") from None
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self._send(path, body)
         if response.status_code < 400:
             return response.json()
-        try:
-            error = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            error = {"message": response.text[:500]}
+        error = error_body(response)
         message = error.get("message", "")
         if response.status_code in (400, 413, 422):
             # the server's message already names the item and field; they are kept as attributes too
-            exc = LimitError(message, limit=error.get("limit") or "server") if response.status_code == 413 else None
-            exc = exc or InputError(message)
-            exc.index, exc.field = error.get("index"), error.get("param")
-            raise exc
+            refusal = InputError(message)
+            if response.status_code == 413:
+                refusal = LimitError(message, limit=error.get("limit") or "server")
+            refusal.index, refusal.field = error.get("index"), error.get("param")
+            raise refusal
         raise ModelLoadError(f"the server {self.base_url} answered {response.status_code}: {message}")
 
     def _model_entry(self, kind: str) -> dict[str, Any]:
@@ -129,7 +201,7 @@ class _Remote:
         self._http.close()
 
 
-class RemoteEmbedder(_Remote):
+class RemoteEmbedder(RemoteServer):
     """The embedding model of a running server (``POST /v1/embeddings``). ``model_name_or_path`` and ``model_id``
     are the server's (``/v1/models``), so a collection indexed by the server's model opens with this one."""
 
@@ -166,18 +238,11 @@ class RemoteEmbedder(_Remote):
         items = [wire_input(i) for i in inputs]
         if not items:
             return np.zeros((0, dim or 0), dtype=np.float32)
-        body: dict[str, Any] = {"input": items, "encoding_format": "base64"}
-        if instruction:
-            body["instruction"] = instruction
-        if dim:
-            body["dimensions"] = int(dim)
-        if self.model:
-            body["model"] = self.model
-        data = sorted(self._post("/v1/embeddings", body)["data"], key=lambda d: d["index"])
-        return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]).astype(np.float32)
+        body = embeddings_body(items, instruction=instruction, dim=dim, model=self.model)
+        return embeddings_of(self._post("/v1/embeddings", body))
 
 
-class RemoteReranker(_Remote):
+class RemoteReranker(RemoteServer):
     """The reranker of a running server (``POST /v1/rerank``)."""
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
@@ -195,15 +260,9 @@ class RemoteReranker(_Remote):
     ) -> list[float]:
         if not documents:
             return []
-        body: dict[str, Any] = {"query": wire_input(query), "documents": [wire_input(d) for d in documents]}
-        if instruction:
-            body["instruction"] = instruction
-        if self.model:
-            body["model"] = self.model
-        scores = [0.0] * len(documents)
-        for result in self._post("/v1/rerank", body)["results"]:
-            scores[result["index"]] = float(result["relevance_score"])
-        return scores
+        docs = [wire_input(d) for d in documents]
+        body = rerank_body(wire_input(query), docs, instruction=instruction, model=self.model)
+        return scores_of(self._post("/v1/rerank", body), len(docs))
 
     def rerank(
         self,

@@ -156,6 +156,20 @@ def test_vllm_messages_input(server, embedder):
     assert np.abs(np.array(r.json()["data"][0]["embedding"]) - expected).max() < TOL
 
 
+def test_vllm_messages_system_message_is_the_instruction(server, embedder):
+    """As vLLM's chat template makes it: a system message is the instruction, not part of the input (issue 30)."""
+    from retrieval_pipeline.retriever import QUERY_INSTRUCTION
+
+    messages = [{"role": "system", "content": QUERY_INSTRUCTION}, {"role": "user", "content": "a cat on a sofa"}]
+    r = httpx.post(f"{server}/v1/embeddings", json={"messages": messages}, timeout=60)
+    assert r.status_code == 200, r.text
+    expected = embedder.embed(["a cat on a sofa"], instruction=QUERY_INSTRUCTION)[0]
+    assert np.abs(np.array(r.json()["data"][0]["embedding"]) - expected).max() < TOL
+    image = {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}
+    r = httpx.post(f"{server}/v1/embeddings", json={"messages": [image, messages[1]]}, timeout=60)
+    assert r.status_code == 400 and "a system message holds text only" in r.json()["error"]["message"]
+
+
 def test_cohere_v2_embed_types_round_trip(server, embedder):
     import cohere
 

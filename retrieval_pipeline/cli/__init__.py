@@ -8,6 +8,7 @@
     qwen3vl-rag optimize                 build the collection's vector index now
     qwen3vl-rag push --to-url URL        copy the collection (same ids, vectors, payloads) to a Qdrant server
     qwen3vl-rag serve [--port 8000]      HTTP API (embeddings, rerank, search, ask) with dynamic batching
+    qwen3vl-rag check-engine URL         compare a running engine's numbers with the local models (drift check)
 
 Storage: embedded Qdrant Edge under --db (default: the user's data folder), or a Qdrant server with --url.
 Models: hub ids or local folders, from the options or QWEN3VL_RAG_{EMBEDDING,RERANKER,GENERATOR}_MODEL.
@@ -26,13 +27,16 @@ from types import ModuleType
 from .. import __version__
 from ..errors import EXIT_FAILED, classify
 from ..settings import ENV
-from . import ask, common, eval, index, info, optimize, push, run, search, serve
+from . import ask, check_engine, common, eval, index, info, optimize, push, run, search, serve
 
 __all__ = ["COMMANDS", "ENV", "build_parser", "main"]
 
 # Each command is a module with NAME, HELP, add_parser(subparsers, common options) and run(args, store) -> exit
-# code (and optionally check(parser, args) for what argparse alone cannot say); the order is --help's.
-COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (run, index, search, ask, eval, info, optimize, serve, push)}
+# code (and optionally check(parser, args) for what argparse alone cannot say, and NEEDS_STORE = False when it
+# opens no collection: run gets None); the order is --help's.
+COMMANDS: dict[str, ModuleType] = {
+    m.NAME: m for m in (run, index, search, ask, eval, info, optimize, serve, push, check_engine)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     args.filters = common.filters(getattr(args, "filter", []))  # bad filters fail before anything is opened
+    if not getattr(COMMANDS[args.command], "NEEDS_STORE", True):
+        return COMMANDS[args.command].run(args, None)
     store = common.open_store_for(args)
     try:
         return COMMANDS[args.command].run(args, store)

@@ -24,19 +24,28 @@ from ..state import ServingState, State, model_name
 router = APIRouter(tags=["embeddings"])
 
 
-def _raw_inputs(body: EmbeddingRequest) -> list[Any]:
+def _raw_inputs(body: EmbeddingRequest) -> tuple[list[Any], str | None]:
+    """(the inputs, the instruction a vLLM-style request's system messages give, as its chat template would)."""
     if body.messages is not None:
         if body.input is not None:
             raise HTTPError(400, "send input or messages, not both", param="messages")
-        parts = [p for i, m in enumerate(body.messages) for p in _message_parts(m, i)]
-        return [content_parts(parts, "messages")]
+        system = [i for i, m in enumerate(body.messages) if isinstance(m, dict) and m.get("role") == "system"]
+        parts = [p for i, m in enumerate(body.messages) if i not in system for p in _message_parts(m, i)]
+        texts = [_system_text(p, i) for i in system for p in _message_parts(body.messages[i], i)]
+        return [content_parts(parts, "messages")], "\n".join(texts) or None
     if body.input is None:
         raise HTTPError(400, "input is required (or messages)", param="input")
     if isinstance(body.input, str):
-        return [body.input]
+        return [body.input], None
     if any(isinstance(i, (int, list)) for i in body.input):
         raise HTTPError(400, TOKEN_IDS, param="input", code="token_ids_not_supported")
-    return [plain(i) for i in body.input]
+    return [plain(i) for i in body.input], None
+
+
+def _system_text(part: Any, index: int) -> str:
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    raise HTTPError(400, f"messages[{index}]: a system message holds text only", param=f"messages.{index}.content")
 
 
 def _message_parts(message: Any, index: int) -> list[Any]:
@@ -55,8 +64,8 @@ def _message_parts(message: Any, index: int) -> list[Any]:
 
 def _items(body: EmbeddingRequest, max_items: int) -> list[dict[str, Any]]:
     """The request's inputs as multimodal dicts, each with its instruction (the request's or the query one)."""
-    raw = _raw_inputs(body)
-    instruction = body.instruction or (QUERY_INSTRUCTION if body.input_type == "query" else None)
+    raw, system = _raw_inputs(body)
+    instruction = body.instruction or system or (QUERY_INSTRUCTION if body.input_type == "query" else None)
     return with_instruction(raw, instruction, max_items, "input")
 
 
