@@ -122,12 +122,14 @@ class EmbedderSpec:
         from ..models.embedder import DEFAULT_INSTRUCTION
         from ..models.encoding import MediaSettings
         from ..models.hub import prepare_hub_load
-        from ..models.runtime import hub_kwargs, pop_dtype, resolve_dtype
+        from ..models.runtime import hub_kwargs, pop_dtype, quantization_of, resolve_dtype
 
         self.model_name_or_path = str(model_name_or_path)
         self.kwargs = dict(kwargs)
         self.device = torch.device(device_type)
-        self.dtype = resolve_dtype(pop_dtype(torch_dtype, self.kwargs), self.device)
+        requested = pop_dtype(torch_dtype, self.kwargs)
+        self.quantization = quantization_of(requested)  # "int8": every actor quantizes as it loads
+        self.dtype = resolve_dtype(requested, self.device)
         try:
             probe = dict(self.kwargs)  # each actor decides for itself (another node has another cache)
             prepare_hub_load(self.model_name_or_path, probe)
@@ -144,7 +146,7 @@ class EmbedderSpec:
 
     def embedder_kwargs(self) -> dict[str, Any]:
         """What an actor passes to ``Qwen3VLEmbedder`` besides the model and the device."""
-        return {**self.kwargs, "torch_dtype": dtype_name(self.dtype)}
+        return {**self.kwargs, "torch_dtype": self.quantization or dtype_name(self.dtype)}
 
     def preprocessor_kwargs(self) -> dict[str, Any]:
         """What a CPU task passes to ``EmbeddingPreprocessor`` (the embedder's settings without batching)."""

@@ -120,6 +120,7 @@ QUANTIZED = ("int8",)
 # int8's documented bound against the float32 reference, on the parity fixture (tests/test_parity.py), measured
 # there as: embeddings' cosine >= 0.9965 (max |diff| 0.028), rerank scores within 0.031, no ranking changed
 INT8_MIN_COSINE = 0.995
+TRIM_EVERY = 8  # quantized layers between two returns of freed memory to the system while loading
 INT8_MAX_SCORE_DIFF = 0.05
 
 
@@ -317,7 +318,9 @@ def quantize_linears_in_place(model: torch.nn.Module) -> int:
                 _drop_pages(old, regions)
                 del child, old
                 replaced += 1
-    gc.collect()
+                if replaced % TRIM_EVERY == 0:  # the replaced 16-bit weights' memory goes back to the system
+                    release_memory()
+    release_memory()
     return replaced
 
 
