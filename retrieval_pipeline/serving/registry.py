@@ -268,6 +268,13 @@ class Registry:
             )
             return cursor.rowcount == 1
 
+    def set_attributes(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE store_files SET attributes = ? WHERE store_id = ? AND file_id = ?",
+                (json.dumps(attributes), store_id, file_id),
+            )
+
     def detach(self, store_id: str, file_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM store_files WHERE store_id = ? AND file_id = ?", (store_id, file_id))

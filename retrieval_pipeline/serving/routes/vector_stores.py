@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -212,6 +213,21 @@ def _page(data: list[dict[str, Any]], limit: int, order: str, after: str | None,
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[Literal["asc", "desc"], Query()]
+Status = Literal["in_progress", "completed", "failed", "cancelled"]
+
+
+@dataclass
+class FilesPage:
+    """The query of a listing of a store's files (OpenAI's cursor parameters and its status ``filter``)."""
+
+    limit: Limit = 20
+    order: Order = "desc"
+    after: str | None = None
+    before: str | None = None
+    filter: Status | None = None  # noqa: A003 - OpenAI's name
+
+    def of(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return _page([store_file_object(r) for r in rows], self.limit, self.order, self.after, self.before)
 
 
 def file_object(row: dict[str, Any]) -> dict[str, Any]:
@@ -283,10 +299,6 @@ def _polled(body: dict[str, Any]) -> Response:
     return JSONResponse(body, headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
 
-async def _in_thread(state: ServingState, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    return await state.store_call(fn, *args, **kwargs)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # files
 
@@ -306,7 +318,7 @@ async def upload_file(
         )
     if not data:
         raise HTTPError(400, "the file is empty", param="file")
-    row = await _in_thread(state, registry.add_file, file.filename or "upload", data, purpose, key.name)
+    row = await state.store_call(registry.add_file, file.filename or "upload", data, purpose, key.name)
     return file_object(row)
 
 
@@ -332,7 +344,7 @@ async def retrieve_file(file_id: str, request: Request, state: State) -> dict[st
 @router.get("/v1/files/{file_id}/content", responses=ERRORS)
 async def file_content(file_id: str, request: Request, state: State) -> Response:
     row = _file(state, request, file_id)
-    data = await _in_thread(state, _registry(state).blob_path(row).read_bytes)
+    data = await state.store_call(_registry(state).blob_path(row).read_bytes)
     return Response(data, media_type="application/octet-stream")
 
 
@@ -345,8 +357,8 @@ async def delete_file(file_id: str, request: Request, state: State) -> dict[str,
     for store_id in registry.stores_of_file(file_id):
         store = registry.store(store_id)
         if store is not None:
-            await _in_thread(state, _detach, state, store, row)
-    await _in_thread(state, registry.delete_file, file_id)
+            await state.store_call(_detach, state, store, row)
+    await state.store_call(registry.delete_file, file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
@@ -382,7 +394,7 @@ async def create_store(body: CreateStore, request: Request, state: State) -> dic
         if not key.may_use(name):
             raise HTTPError(403, f"key {key.name!r} may not create a collection named {name!r}", "permission_error")
         exists = state.collections.pipeline(name).store.exists
-        taken = registry.store(name) is not None or await _in_thread(state, exists)
+        taken = registry.store(name) is not None or await state.store_call(exists)
         if taken:
             raise HTTPError(409, f"a collection named {name!r} exists already", "conflict_error", param="name")
     elif key.collections != ("*",):
@@ -396,11 +408,11 @@ async def create_store(body: CreateStore, request: Request, state: State) -> dic
     files = [_file(state, request, f) for f in body.file_ids or []]
     if files:
         state.jobs.reserve(len(files))
-    row = await _in_thread(state, registry.create_store, name, key.name, dict(body.metadata or {}), options)
+    row = await state.store_call(registry.create_store, name, key.name, dict(body.metadata or {}), options)
     try:
-        await _in_thread(state, _create_collection, state, row)
+        await state.store_call(_create_collection, state, row)
     except BaseException:
-        await _in_thread(state, registry.delete_store, row["id"])  # no store without its collection
+        await state.store_call(registry.delete_store, row["id"])  # no store without its collection
         state.collections.forget(row["name"])
         raise
     for file in files:
@@ -450,7 +462,7 @@ async def update_store(store_id: str, body: UpdateStore, request: Request, state
 async def delete_store(store_id: str, request: Request, state: State) -> dict[str, Any]:
     """The store and its collection go (the uploaded files stay, as OpenAI's do)."""
     row = _store(state, request, store_id, Role.ADMIN)
-    await _in_thread(state, _drop, state, row)
+    await state.store_call(_drop, state, row)
     return {"id": store_id, "object": "vector_store.deleted", "deleted": True}
 
 
@@ -473,8 +485,8 @@ async def _attach(
     chunking: dict[str, Any],
     batch_id: str | None = None,
 ) -> dict[str, Any]:
-    row, new = await _in_thread(
-        state, state.registry.attach, store["id"], file["id"], attributes, chunking, batch_id
+    row, new = await state.store_call(
+        state.registry.attach, store["id"], file["id"], attributes, chunking, batch_id
     )  # fmt: skip
     if new:
         state.jobs.submit(store["id"], file["id"])
@@ -492,18 +504,10 @@ async def attach_file(store_id: str, body: AttachFile, request: Request, state: 
 
 @router.get("/v1/vector_stores/{store_id}/files", responses=ERRORS)
 async def list_store_files(
-    store_id: str,
-    request: Request,
-    state: State,
-    limit: Limit = 20,
-    order: Order = "desc",
-    after: str | None = None,
-    before: str | None = None,
-    filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,  # noqa: A002 - OpenAI's name
+    store_id: str, request: Request, state: State, page: Annotated[FilesPage, Depends()]
 ) -> dict[str, Any]:
     _store(state, request, store_id)
-    rows = state.registry.store_files(store_id, status=filter)
-    return _page([store_file_object(r) for r in rows], limit, order, after, before)
+    return page.of(state.registry.store_files(store_id, status=page.filter))
 
 
 def _store_file(state: ServingState, store_id: str, file_id: str) -> dict[str, Any]:
@@ -528,22 +532,16 @@ async def update_store_file(
     row = _store_file(state, store_id, file_id)
     file = _file(state, request, file_id)
     attributes = _attributes(body.attributes)
-    await _in_thread(state, _set_attributes, state, store, file, attributes)
+    await state.store_call(_set_attributes, state, store, file, attributes)
     row = _store_file(state, store_id, file_id)
     return store_file_object(row)
 
 
 def _set_attributes(state: ServingState, store: dict[str, Any], file: dict[str, Any], attributes: dict) -> None:
-    import json
-
     registry = state.registry
     rag = state.collections.pipeline(store["name"])
     with state.collections.writer(store["name"]):
-        with registry._tx() as db:
-            db.execute(
-                "UPDATE store_files SET attributes = ? WHERE store_id = ? AND file_id = ?",
-                (json.dumps(attributes), store["id"], file["id"]),
-            )
+        registry.set_attributes(store["id"], file["id"], attributes)
         if rag.store.exists():
             for point in rag.store.points_of_source(str(registry.blob_path(file))):
                 rag.store.set_payload(point, {"metadata": attributes})
@@ -556,7 +554,7 @@ async def detach_file(store_id: str, file_id: str, request: Request, state: Stat
     _store_file(state, store_id, file_id)
     file = state.registry.file(file_id)
     if file is not None:
-        await _in_thread(state, _detach, state, store, file)
+        await state.store_call(_detach, state, store, file)
     else:
         state.registry.detach(store_id, file_id)
     return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
@@ -571,7 +569,7 @@ async def store_file_content(store_id: str, file_id: str, request: Request, stat
         return {"object": "vector_store.file_content.page", "data": [], "has_more": False, "next_page": None}
     file = _file(state, request, file_id)
     rag = state.collections.pipeline(store["name"])
-    points = await _in_thread(state, rag.store.points_of_source, str(state.registry.blob_path(file)))
+    points = await state.store_call(rag.store.points_of_source, str(state.registry.blob_path(file)))
     ordered = sorted(points.values(), key=lambda p: (p.get("page") or 0, p.get("chunk") or 0, p.get("segment") or 0))
     data = [{"type": "text", "text": p.get("text") or ""} for p in ordered]
     return {"object": "vector_store.file_content.page", "data": data, "has_more": False, "next_page": None}
@@ -595,7 +593,7 @@ async def create_batch(store_id: str, body: CreateBatch, request: Request, state
         raise HTTPError(400, "the batch names no file", param="file_ids")
     files = [(_file(state, request, file_id), attrs, chunks) for file_id, attrs, chunks in entries]
     state.jobs.reserve(len(files))
-    batch = await _in_thread(state, state.registry.create_batch, store_id)
+    batch = await state.store_call(state.registry.create_batch, store_id)
     for file, attrs, chunks in files:
         await _attach(state, store, file, attrs, chunks, batch["id"])
     return _polled(batch_object(state.registry, batch))
@@ -619,26 +617,17 @@ async def cancel_batch(store_id: str, batch_id: str, request: Request, state: St
     """Files not indexed yet are cancelled (a file being indexed now finishes, then its points are removed)."""
     _store(state, request, store_id, Role.WRITE)
     _batch(state, store_id, batch_id)
-    await _in_thread(state, state.registry.cancel_batch, store_id, batch_id)
+    await state.store_call(state.registry.cancel_batch, store_id, batch_id)
     return batch_object(state.registry, _batch(state, store_id, batch_id))
 
 
 @router.get("/v1/vector_stores/{store_id}/file_batches/{batch_id}/files", responses=ERRORS)
 async def list_batch_files(
-    store_id: str,
-    batch_id: str,
-    request: Request,
-    state: State,
-    limit: Limit = 20,
-    order: Order = "desc",
-    after: str | None = None,
-    before: str | None = None,
-    filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,  # noqa: A002 - OpenAI's name
+    store_id: str, batch_id: str, request: Request, state: State, page: Annotated[FilesPage, Depends()]
 ) -> dict[str, Any]:
     _store(state, request, store_id)
     _batch(state, store_id, batch_id)
-    rows = state.registry.store_files(store_id, status=filter, batch_id=batch_id)
-    return _page([store_file_object(r) for r in rows], limit, order, after, before)
+    return page.of(state.registry.store_files(store_id, status=page.filter, batch_id=batch_id))
 
 
 # search ---------------------------------------------------------------------------------------------------------
@@ -666,8 +655,8 @@ async def search_store(store_id: str, body: SearchStore, request: Request, state
         rerank=ranking.ranker != "none",
         min_score=ranking.score_threshold,
     )
-    await _in_thread(state, state.registry.touch_store, store["id"])
-    files = await _in_thread(state, state.registry.completed_files, store["id"], sorted({h.source for h in hits}))
+    await state.store_call(state.registry.touch_store, store["id"])
+    files = await state.store_call(state.registry.completed_files, store["id"], sorted({h.source for h in hits}))
     data = []
     for hit in hits:
         file = files.get(hit.source)
