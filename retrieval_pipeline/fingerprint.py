@@ -28,13 +28,59 @@ def model_fingerprint(model_name_or_path: str, revision: str | None = None) -> s
     A local folder: ``local:weights:`` + a hash of its ``config.json`` (minus the keys that record where it was
     saved) and of every weight file's content (streamed; each file's hash is cached on disk by path, size and
     modification time, so a 4 GB checkpoint is read once). Two copies of one checkpoint at different paths get the
-    same fingerprint; two checkpoints of one architecture with different weights do not. Anything else is a hub id:
-    ``hub:<id>@<revision or main>``."""
-    path = Path(os.path.expanduser(str(model_name_or_path)))
+    same fingerprint; two checkpoints of one architecture with different weights do not. A folder of LoRA adapters
+    (``adapter_config.json`` without ``config.json``: ``qwen3vl-rag finetune --keep-adapters``, which transformers
+    loads on top of the base model it names) is what its adapters and their settings are on top of what its base
+    is. Anything else is a hub id: ``hub:<id>@<revision or main>``."""
+    return _fingerprint(str(model_name_or_path), revision, ())
+
+
+def _fingerprint(model_name_or_path: str, revision: str | None, seen: tuple[Path, ...]) -> str:
+    path = Path(os.path.expanduser(model_name_or_path))
     if path.is_dir():
         real = path.resolve()
-        return _folder_fingerprint(str(real), _listing(real))
+        folder = _folder_fingerprint(str(real), _listing(real))
+        base = _adapter_base(real)
+        if base is None or real in seen or len(seen) > 8:  # a chain of adapters that loops: the folder alone
+            return folder
+        digest = hashlib.sha256(f"qwen3vl-rag adapters\0{folder}\0".encode())
+        digest.update(_adapter_settings(real / ADAPTER_CONFIG))
+        digest.update(_fingerprint(base, _adapter_revision(real / ADAPTER_CONFIG), (*seen, real)).encode())
+        return "local:weights:" + digest.hexdigest()[:32]
     return f"hub:{model_name_or_path}@{revision or 'main'}"
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+# adapter_config.json keys that say where the base model is or what saved it, not what the adapters are.
+_ADAPTER_NOISE = ("base_model_name_or_path", "revision", "peft_version", "inference_mode")
+
+
+def _adapter_config(file: Path) -> dict[str, object] | None:
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _adapter_base(folder: Path) -> str | None:
+    """The base model a folder of adapters names (None: not such a folder)."""
+    if (folder / "config.json").exists():
+        return None
+    config = _adapter_config(folder / ADAPTER_CONFIG)
+    base = config.get("base_model_name_or_path") if config else None
+    return base if isinstance(base, str) and base else None
+
+
+def _adapter_revision(file: Path) -> str | None:
+    config = _adapter_config(file) or {}
+    revision = config.get("revision")
+    return revision if isinstance(revision, str) and revision else None
+
+
+def _adapter_settings(file: Path) -> bytes:
+    config = _adapter_config(file) or {}
+    return json.dumps({k: v for k, v in config.items() if k not in _ADAPTER_NOISE}, sort_keys=True).encode()
 
 
 def legacy_fingerprint(model_name_or_path: str) -> str | None:

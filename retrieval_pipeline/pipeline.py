@@ -365,6 +365,11 @@ class RAGPipeline:
                 paths, options=options, metadata=metadata, show_progress_bar=show_progress_bar, prune=prune
             )
 
+    def watch(self, paths: Sequence[str | Path], **kwargs: Any) -> Any:
+        """Keep the collection equal to ``paths`` (:meth:`Indexer.watch`): ``with rag.watch(["docs"]) as w:`` then
+        ``for report in w: ...``, or ``w.start()`` to sync on a thread while this pipeline answers questions."""
+        return self.indexer().watch(paths, **kwargs)
+
     def indexer(self) -> Indexer:
         """An indexer on this pipeline's embedder and store (the collection's dimension and layout)."""
         return Indexer(self.embedder, self.store, dim=self.dim or self._stored_dim(), layout=self.layout)

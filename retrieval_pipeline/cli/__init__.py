@@ -93,6 +93,7 @@ def configure_output(*, quiet: bool, verbose: bool) -> None:
     logging.getLogger("retrieval_pipeline").setLevel(level)
     if verbose:
         return
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected": the watch prints its own lines
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR" if quiet else "WARNING")  # --ray: no per-stage INFO lines
     try:

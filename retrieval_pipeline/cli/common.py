@@ -4,8 +4,12 @@ take (indexing, layout, search, queries, datasets), and opening the store and th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import UsageError
@@ -70,6 +74,15 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def index_options(p: argparse.ArgumentParser) -> None:
+    file_options(p)
+    p.add_argument("--dim", type=at_least(1), default=None, help="Matryoshka dimension of the stored vectors")
+    p.add_argument("--prune", action="store_true", help="remove the items of files under PATH that no longer exist")
+    p.add_argument("--rebuild", action="store_true", help="delete the collection first (e.g. a damaged one)")
+    layout_options(p)
+
+
+def file_options(p: Any) -> None:
+    """How files are read into items (``index``, and ``serve --watch``)."""
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     p.add_argument("--include", action="append", default=[], help="glob of files to index (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob of files to leave out (repeatable)")
@@ -89,11 +102,7 @@ def index_options(p: argparse.ArgumentParser) -> None:
         default=1000,
         help="largest document read, in pages (PDF, office; a longer one is refused unrendered; default 1000)",
     )
-    p.add_argument("--dim", type=at_least(1), default=None, help="Matryoshka dimension of the stored vectors")
     p.add_argument("--metadata", default=None, help="JSON object stored with every item (payload 'metadata')")
-    p.add_argument("--prune", action="store_true", help="remove the items of files under PATH that no longer exist")
-    p.add_argument("--rebuild", action="store_true", help="delete the collection first (e.g. a damaged one)")
-    layout_options(p)
 
 
 def ray_options(p: argparse.ArgumentParser) -> None:
@@ -290,6 +299,48 @@ def serve_options(p: argparse.ArgumentParser) -> None:
     )
     ServerConfig.add_cli_args(p)  # every limit, timeout and permission, declared once in ServerConfig
     p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+
+
+def watch_options(p: argparse.ArgumentParser) -> None:
+    """How ``index --watch`` and ``serve --watch`` follow folders."""
+    from ..ingest.options import DEBOUNCE_MS, SETTLE_S
+
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        metavar="SECONDS",
+        help=f"with --watch: a file is indexed once unchanged this long (still being written: it waits; "
+        f"default {SETTLE_S:g})",
+    )
+    p.add_argument(
+        "--debounce-ms",
+        type=at_least(1),
+        default=DEBOUNCE_MS,
+        help=f"with --watch: file-system events gathered this long before they are looked at (default {DEBOUNCE_MS})",
+    )
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Any) -> Iterator[None]:
+    """While inside: the first Ctrl-C or SIGTERM calls ``stop()`` (the work under way finishes, then the command
+    ends normally); a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        print("stopping after the sync under way (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def filters(items: list[str]) -> dict[str, Any]:

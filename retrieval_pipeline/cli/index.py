@@ -22,6 +22,12 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> argparse.ArgumentPa
     common.index_options(p)
     common.dataset_options(p)
     common.ray_options(p)
+    common.watch_options(p)
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep the collection equal to PATH...: reconcile, then follow file-system changes until Ctrl-C",
+    )
     return p
 
 
@@ -29,7 +35,8 @@ def run(args: argparse.Namespace, store: Any) -> int:
     pipeline = common.make_pipeline(args, store, new_layout=True)
     common.announce(args)
     report = index_command(args, pipeline)
-    common.output(args, report.to_dict(), report.summary())
+    if not getattr(args, "watch", False):
+        common.output(args, report.to_dict(), report.summary())
     return 0 if report.ok else EXIT_FAILED  # everything failed: not a success
 
 
@@ -39,11 +46,18 @@ def index_command(args: argparse.Namespace, pipeline: Any) -> Any:
     if dataset is None:
         if not args.paths:
             raise UsageError("index needs PATH... (or --beir / --vidore DIR)")
+        if getattr(args, "watch", False):
+            for flag in ("rebuild", "ray"):
+                if getattr(args, flag, False):
+                    raise UsageError(f"--watch follows the folders in this process: leave out --{flag}")
+            return watch_paths(args, pipeline, args.paths)
         return index_paths(args, pipeline, args.paths)
     from ..evaluate import index_dataset
 
     if args.paths:
         raise UsageError("index a dataset (--beir / --vidore) or PATH..., one per run")
+    if getattr(args, "watch", False):
+        raise UsageError("--watch follows folders (PATH...), not a dataset")
     if args.ray:
         raise UsageError("--ray indexes files and folders (PATH...); index a dataset's corpus without it")
     if not dataset.corpus:
@@ -51,7 +65,8 @@ def index_command(args: argparse.Namespace, pipeline: Any) -> Any:
     return index_dataset(pipeline.indexer(), dataset, show_progress_bar=not (args.quiet or args.json))
 
 
-def index_paths(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
+def ingest_options(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """The ingest options and ``--metadata`` of ``index`` (and ``serve --watch``)."""
     from ..ingest import IngestOptions
 
     try:
@@ -73,6 +88,11 @@ def index_paths(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> An
         max_pages=args.max_pages,
         render_html=args.render_html,
     )
+    return options, metadata
+
+
+def index_paths(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
+    options, metadata = ingest_options(args)
     ray_options = None
     if getattr(args, "ray", False):  # checked before --rebuild deletes anything
         from ..ingest.distributed import RayOptions, parse_actors
@@ -100,6 +120,45 @@ def index_paths(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> An
             f"collection {pipeline.store.collection!r}: {spec.vectors.describe(spec.dim)} ({chosen})", file=sys.stderr
         )
     return report
+
+
+def watch_paths(args: argparse.Namespace, pipeline: Any, paths: list[str]) -> Any:
+    """``index PATH... --watch``: reconcile, then follow the folders until Ctrl-C / SIGTERM (the sync under way
+    finishes first); a line per sync on the terminal (``--json``: a JSON object per line on stdout). Returns the
+    reconcile's report, whose ``ok`` decides the exit code."""
+    from ..ingest.watch import FolderWatcher
+
+    options, metadata = ingest_options(args)
+    watcher = FolderWatcher(
+        pipeline.indexer(),
+        paths,
+        options=options,
+        metadata=metadata,
+        debounce_ms=args.debounce_ms,
+        settle_s=args.settle,
+        show_progress_bar=not (args.quiet or args.json),
+    )
+    first = None
+    with common.stop_on_signals(watcher.stop), watcher:
+        if not (args.quiet or args.json):
+            print(
+                f"watching {', '.join(map(str, watcher.roots))} into collection {pipeline.store.collection!r} "
+                "(Ctrl-C to stop)",
+                file=sys.stderr,
+                flush=True,
+            )
+        for report in watcher:
+            if first is None:
+                first = report
+            elif not report.changed:
+                continue
+            if args.json:
+                print(json.dumps(report.to_dict()), flush=True)
+            elif not args.quiet:
+                print(report.summary(), file=sys.stderr, flush=True)
+    if not (args.quiet or args.json):
+        print(f"stopped watching ({watcher.pending} changes left for the next start)", file=sys.stderr)
+    return first
 
 
 def _run_index(

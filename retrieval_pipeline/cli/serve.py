@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..errors import UsageError
@@ -17,6 +18,14 @@ HELP = "HTTP API: embeddings, rerank, search, ask"
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, parents=[parent], help=HELP)
     common.serve_options(p)
+    g = p.add_argument_group(
+        "folder watch",
+        "--watch PATH...: the served collection follows these folders (reconciled at start, then every change "
+        "indexed or removed while serving); the other options say how files are read, as for index",
+    )
+    g.add_argument("--watch", nargs="+", default=None, metavar="PATH", help="folders (or files) to keep in sync")
+    common.file_options(g)
+    common.watch_options(g)
     return p
 
 
@@ -57,6 +66,26 @@ def serve_pipeline(args: argparse.Namespace, pipeline: Any) -> int:
         # opened now: a store another process holds (a running `index`) is said at start (exit 4), not answered
         # with a 503 on every request behind a /health that says ok
         pipeline.store.open(create=False)
+    watcher = None
+    if args.watch:
+        if "embed" not in models:
+            raise UsageError("--watch indexes into the served collection, which needs 'embed' in --models")
+        from ..ingest.watch import FolderWatcher
+        from .index import ingest_options
+
+        options, metadata = ingest_options(args)
+        watcher = FolderWatcher(
+            pipeline.indexer(),
+            args.watch,
+            options=options,
+            metadata=metadata,
+            debounce_ms=args.debounce_ms,
+            settle_s=args.settle,
+            on_report=lambda report: (
+                print(report.summary(), file=sys.stderr, flush=True) if not (args.quiet or args.json) else None
+            ),
+        )
+        watcher.open()  # a collection watched already is said at start (exit 4), before the port is taken
     if "embed" not in models:  # a rerank-only server: no collection to search
         if "generate" in models:
             raise UsageError("--models: 'generate' answers from a search of the collection, which needs 'embed'")
@@ -64,6 +93,10 @@ def serve_pipeline(args: argparse.Namespace, pipeline: Any) -> int:
     else:
         if "generate" in models:
             pipeline.generator  # loaded now: the memory is known at start, and a bad model fails here  # noqa: B018
-        app = create_app(pipeline=pipeline, config=config)
-    serve(app, host=args.host, port=args.port)
+        app = create_app(pipeline=pipeline, config=config, watcher=watcher)
+    try:
+        serve(app, host=args.host, port=args.port)
+    finally:
+        if watcher is not None:
+            watcher.close()
     return 0

@@ -140,17 +140,65 @@ class Indexer:
         with self.executor.session(self):
             self._open()
             report, files = self._plan(paths, options)
-            if files:
-                held_before = self.store.count() > 0  # a new collection has no outdated points to look for
-                ledger = Ledger()
-                self.executor.run(self, files, options, dict(metadata or {}), report, ledger, show_progress_bar)
-                if held_before:
-                    self._remove_outdated(ledger, report)
+            self._run(files, options, metadata, report, show_progress_bar)
             if prune:
                 self.prune(paths, report)
             if report.indexed:
                 self.store.build_index()  # the embedded engine indexes only when asked
         return report
+
+    def index_files(
+        self,
+        files: Sequence[str | Path],
+        *,
+        options: IngestOptions | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        show_progress_bar: bool = False,
+    ) -> IndexReport:
+        """Index these files, each under exactly the path given (no folder walk, links not resolved: a file found
+        through a linked folder keeps the link's path, as the walk of :meth:`index_paths` names it). The report's
+        ``failed_files`` lists the files a part of which failed. :class:`~.watch.FolderWatcher` indexes this way."""
+        options = self._options(options)
+        with self.executor.session(self):
+            self._open()
+            report = IndexReport(files=len(files))
+            paths = [Path(f) for f in files]
+            for path in paths:
+                if modality_of(path) is None:
+                    report.failed.append(
+                        Failure(display_path(path), f"unsupported file type {path.suffix or '(none)'!r}")
+                    )
+                    report.failed_files.append(os.fspath(path))
+            self._run([p for p in paths if modality_of(p) is not None], options, metadata, report, show_progress_bar)
+            if report.indexed:
+                self.store.build_index()
+        return report
+
+    def _run(
+        self,
+        files: list[Path],
+        options: IngestOptions,
+        metadata: Mapping[str, Any] | None,
+        report: IndexReport,
+        show_progress_bar: bool,
+    ) -> None:
+        if not files:
+            return
+        held_before = self.store.count() > 0  # a new collection has no outdated points to look for
+        ledger = Ledger()
+        self.executor.run(self, files, options, dict(metadata or {}), report, ledger, show_progress_bar)
+        report.failed_files.extend(run.source for run in ledger.files.values() if run.failed)
+        if held_before:
+            self._remove_outdated(ledger, report)
+
+    def watch(self, paths: Sequence[str | Path], **kwargs: Any) -> Any:
+        """A :class:`~.watch.FolderWatcher` keeping this collection equal to ``paths``: use it as a context manager
+        and iterate over it for its :class:`~.watch.SyncReport` s (the reconcile first, then one per change), or
+        ``start()`` it on a thread of its own. ``kwargs``: ``options``, ``metadata``, ``debounce_ms``, ``settle_s``,
+        ``batch_files``, ``max_pending``, ``retry_s``, ``writer``, ``on_report``, ``show_progress_bar``."""
+        from .watch import FolderWatcher
+
+        return FolderWatcher(self, paths, **kwargs)
 
     def _remove_outdated(self, ledger: Ledger, report: IndexReport) -> None:
         """A file indexed again loses the points it no longer holds (its old content). Done at the end of the run:

@@ -23,6 +23,14 @@ MAX_TEXT_BYTES = 64 * 1024 * 1024
 MAX_PAGES = 1000
 
 
+# Watching folders (``--watch``): events gathered this long before they are looked at; a file unchanged this long
+# after its last event is stable (indexed).
+DEBOUNCE_MS = 300
+
+
+SETTLE_S = 1.0
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     recursive: bool = True

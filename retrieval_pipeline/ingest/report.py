@@ -36,6 +36,7 @@ class IndexReport:
     replaced: int = 0  # points that changed files no longer hold (deleted, or kept for their other sources)
     pruned: int = 0  # points deleted by ``prune`` (their files are gone)
     pruned_files: list[str] = field(default_factory=list)
+    failed_files: list[str] = field(default_factory=list)  # the files (paths as read) a part of which failed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

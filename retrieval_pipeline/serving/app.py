@@ -62,11 +62,15 @@ def create_app(
     pipeline: Any = None,
     config: ServerConfig | None = None,
     tracer_provider: Any = None,
+    watcher: Any = None,
 ) -> FastAPI:
     """The API over loaded models. ``pipeline`` (a :class:`~retrieval_pipeline.pipeline.RAGPipeline`) serves
     ``/v1/search`` and ``/v1/ask``; its embedder / reranker are used when ``embedder`` / ``reranker`` are None.
     ``tracer_provider``: an OpenTelemetry tracer provider for this app's spans (else ``config.otlp_endpoint``'s,
-    else no traces); the global one is never set."""
+    else no traces); the global one is never set. ``watcher``: a
+    :class:`~retrieval_pipeline.ingest.watch.FolderWatcher` on the pipeline's collection (``serve --watch``), run on
+    its own thread from start to shutdown, writing under the collection's writer lock; ``/health``, the page and
+    ``/metrics`` show its state."""
     config = config or ServerConfig()
     if pipeline is not None:
         from ..pipeline import Staging
@@ -77,9 +81,13 @@ def create_app(
         reranker = reranker or pipeline.reranker  # None when the pipeline has no reranker
     state = ServingState.build(config, embedder, reranker, pipeline)
     state.open_documents()
+    if watcher is not None:
+        state.watch(watcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if state.watcher is not None:
+            state.watcher.start()
         yield
         await state.close()
         app.state.observer.close()

@@ -17,8 +17,9 @@ Metrics (prefix ``qwen3vl_rag_``; each app has a registry of its own):
   the prepared items) and the generator wrote (``generate``: completion tokens of chat and streamed answers).
 * ``in_flight_requests``, ``queued_requests`` (the admission gate), ``generation_queue_depth`` (generations
   running or waiting), ``cache_hits_total{cache}`` / ``cache_misses_total{cache}`` / ``cache_evictions_total``
-  (the result caches, when the app has them), ``jobs{state}`` (indexing jobs, when the app has them): read when
-  scraped.
+  (the result caches, when the app has them), ``jobs{state}`` (indexing jobs, when the app has them),
+  ``watch_changes_total{change}`` / ``watch_pending`` / ``watch_last_sync_timestamp_seconds`` (``serve --watch``):
+  read when scraped.
 
 Events are counted by app: each request enters a :class:`~retrieval_pipeline.observe.Scope` whose listener is its
 app's :class:`Metrics`, and the library's events reach the scope current where they happen (the server runs its
@@ -152,6 +153,16 @@ class _ScrapeTime:
         counts = _safely(lambda: dict(jobs.counts())) if jobs is not None else None
         if counts is not None:
             yield _labelled(GaugeMetricFamily, "jobs", "indexing jobs by state", "state", counts)
+        watcher = getattr(state, "watcher", None)
+        if watcher is not None:  # serve --watch
+            totals = {k: float(v) for k, v in watcher.totals.items()}
+            yield _labelled(
+                CounterMetricFamily, "watch_changes", "files synced from the watched folders", "change", totals
+            )
+            yield _gauge("watch_pending", "changes waiting (settling or behind the sync under way)", watcher.pending)
+            yield _gauge(
+                "watch_last_sync_timestamp_seconds", "when the last sync ended (0: none yet)", watcher.last_sync or 0
+            )
 
 
 def _gauge(name: str, documentation: str, value: float) -> Metric:

@@ -142,6 +142,7 @@ class ServingState:
     collections: Any = None
     registry: Any = None
     jobs: Any = None
+    watcher: Any = None  # serve --watch: the served collection follows folders
 
     @classmethod
     def build(cls, config: ServerConfig, embedder: Any, reranker: Any, pipeline: Any) -> ServingState:
@@ -221,7 +222,25 @@ class ServingState:
         else:
             self.collections = Collections(self.pipeline)
 
+    def watch(self, watcher: Any) -> None:
+        """Keep the served collection synced by ``watcher`` (started with the app), writing under the collection's
+        writer lock when the app indexes uploads too."""
+        self.watcher = watcher
+        if self.collections is not None:
+            name = self.pipeline.store.collection
+            watcher.writer = lambda: self.collections.writer(name)
+
+    def watch_status(self) -> dict[str, Any] | None:
+        """What ``/health`` shows of the watcher: folders by name unless the server exposes paths."""
+        if self.watcher is None:
+            return None
+        status = self.watcher.status()
+        status["paths"] = [public_source(p, self) for p in status["paths"]]
+        return status
+
     async def close(self) -> None:
+        if self.watcher is not None:  # the sync under way finishes first
+            await asyncio.get_running_loop().run_in_executor(None, self.watcher.close)
         if self.jobs is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.jobs.close)
         if self.collections is not None:

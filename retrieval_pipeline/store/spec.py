@@ -135,7 +135,8 @@ class CollectionSpec:
                 f"collection {collection!r} holds {other.dim}-d vectors of {other.model!r} "
                 f"({other.model_id or 'format 0'}); it cannot be used with {self.dim}-d vectors of {self.model!r} "
                 f"({self.model_id or model_fingerprint(self.model)}). Use the same --embedding-model / dimension, "
-                "or another --collection"
+                "or another --collection: vectors of another model (a fine-tuned checkpoint is one) are not "
+                "comparable with these, so re-index into a new collection with it"
             )
 
 

@@ -40,6 +40,9 @@ async def health(request: Request, state: State) -> dict[str, Any]:
                 "waiting": request.app.state.admission.waiting,
             }
         )
+        watch = state.watch_status()
+        if watch is not None and served is not None and key.may_use(served):
+            body["watch"] = watch  # serve --watch: last sync, pending changes, totals
         if state.jobs is not None and key.can(Role.ADMIN) and key.collections == ("*",):
             body["indexing"] = state.jobs.counts()  # every team's files: for the operator only
     return body

@@ -358,7 +358,25 @@ function takeImage(file) {
   reader.readAsDataURL(file);
 }
 
+// serve --watch: the served collection follows folders; /health says when it last synced and what is pending
+async function refreshSync() {
+  try {
+    const response = await fetch("/health", { headers: headers(false) });
+    const watch = response.ok ? (await response.json()).watch : undefined;
+    const line = $("sync");
+    if (!watch) { line.hidden = true; return; }
+    const when = watch.last_sync ? new Date(watch.last_sync).toLocaleTimeString() : "not yet";
+    const t = watch.totals || {};
+    line.textContent = `Folder sync (${(watch.paths || []).join(", ")}): last ${when}, ${watch.pending} pending; ` +
+      `${t.added || 0} added, ${t.updated || 0} updated, ${t.removed || 0} removed, ${t.failed || 0} failed` +
+      (watch.watching ? "" : " (stopped)");
+    line.hidden = false;
+  } catch (e) { /* the server is restarting: the next refresh tells */ }
+}
+
 function init() {
+  refreshSync();
+  setInterval(refreshSync, 5000);
   const wanted = new URLSearchParams(location.search).get("collection");  // /?collection=vs_... opens that one
   if (wanted) $("collection").value = wanted;
   $("search-form").addEventListener("submit", search);
