@@ -462,8 +462,11 @@ class FolderWatcher:
         while not self.stopping:
             live = {r: r.exists() for r in self.roots}
             targets = sorted({r if r.is_dir() else r.parent for r, there in live.items() if there})
-            if not targets:  # every root is gone (deleted, unmounted): wait for one to come back
+            if not targets:  # every root is gone (deleted, unmounted): sync what is pending, wait for one to be back
                 self._stop.wait(TICK_MS / 1000)
+                report = self._step()
+                if report is not None:
+                    yield self._emit(report)
                 self._came_back(live)
                 continue
             for changes in watchfiles.watch(
