@@ -454,15 +454,19 @@ class FolderWatcher:
         return self.changes()
 
     def changes(self) -> Iterator[SyncReport]:
-        """The reconcile's report, then one per sync that changed something, until :meth:`stop`."""
+        """The reconcile's report, then one per sync that changed something, until :meth:`stop`. The reconcile runs
+        once the file-system watch has started, so a change made while it runs is synced after it, not lost."""
         import watchfiles
 
         self.open()
-        yield self._emit(self.reconcile())
+        reconciled = False
         while not self.stopping:
             live = {r: r.exists() for r in self.roots}
             targets = sorted({r if r.is_dir() else r.parent for r, there in live.items() if there})
             if not targets:  # every root is gone (deleted, unmounted): sync what is pending, wait for one to be back
+                if not reconciled:
+                    reconciled = True
+                    yield self._emit(self.reconcile())
                 self._stop.wait(TICK_MS / 1000)
                 report = self._step()
                 if report is not None:
@@ -481,6 +485,9 @@ class FolderWatcher:
                 raise_interrupt=False,
             ):
                 self._take(changes)
+                if not reconciled:  # the watch runs from its first answer on: nothing after the reconcile is missed
+                    reconciled = True
+                    yield self._emit(self.reconcile())
                 report = self._step()
                 if report is not None:
                     yield self._emit(report)
@@ -638,8 +645,7 @@ class FolderWatcher:
         files, _, _ = discover(roots, self.options)
         on_disk: dict[str, Path] = {}
         for f in files:
-            root = self._root_of(f)
-            if root is not None and self.selected(f):
+            if self.selected(f):
                 on_disk[os.fspath(f)] = f
         held = self._held_sources(roots)
         self.state.adopt(sorted(held - {s for s in held if self.state.get(s) is not None}))
@@ -718,8 +724,8 @@ class FolderWatcher:
                         continue
                     self.state.record(source, sig, "indexed" if source in holding else "empty")
                     (report.added if known is None else report.updated).append(display_path(source))
-            for path in gone:
-                for source in sorted(set(self.state.under(path)) | {path}):
+            for gone_path in gone:
+                for source in sorted(set(self.state.under(gone_path)) | {gone_path}):
                     if os.path.lexists(source):  # created again meanwhile: its event indexes it
                         continue
                     detached, deleted = store.remove_source(source)
