@@ -23,6 +23,7 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"),
 ]
 TOKEN = "page-token"
+WATCHED: dict[str, Path] = {}  # the served collection follows this folder (serve --watch)
 EVIL_NAME = "<img src=x onerror=window.__pwned=1>.txt"
 EVIL_TEXT = '<script>window.__pwned=2</script><img src=x onerror="window.__pwned=3"> spare valve XK-9 details'
 
@@ -45,7 +46,8 @@ def server(tmp_path_factory, embedder):
     store = EdgeStore(db, "other")  # a second collection of the same database (in this process: no model load)
     assert Indexer(embedder, store).index_paths([other], show_progress_bar=False).indexed == 1
     store.close()
-    with ServeProcess("--token", TOKEN, db=db) as url:
+    WATCHED["corpus"] = corpus
+    with ServeProcess("--token", TOKEN, "--watch", str(corpus), "--settle", "0.3", db=db) as url:
         yield url
 
 
@@ -307,3 +309,22 @@ def test_the_page_searches_the_collection_its_address_names(page, server):
     _wait(page, "() => !document.getElementById('error').hidden")
     assert "not found" in page.text_content("#error")
     assert not page.errors, page.errors
+
+
+def test_the_page_shows_the_folder_sync_and_finds_a_file_added_to_the_watched_folder(page):
+    """``serve --watch``: the page's sync line (from /health, for an authorised page) and a new file searchable."""
+    _login(page)
+    _wait(page, "() => !document.getElementById('sync').hidden")
+    line = page.text_content("#sync")
+    assert "Folder sync (" in line and WATCHED["corpus"].name in line and str(WATCHED["corpus"]) not in line, line
+    (WATCHED["corpus"] / "pump.md").write_text("The bilge pump of the ferry starts when the float switch rises.")
+    deadline = time.time() + 30
+    while True:  # the next refreshes of the page show it; a search finds it
+        ids = _search(page, "bilge pump float switch")
+        sources = page.eval_on_selector_all("#results .card .source", "els => els.map(e => e.textContent)")
+        if any("pump.md" in s for s in sources):
+            break
+        assert time.time() < deadline, sources
+        time.sleep(0.5)
+    _wait(page, "() => /[1-9]\\d* added/.test(document.getElementById('sync').textContent)", timeout=15)
+    assert ids and not page.errors, page.errors
