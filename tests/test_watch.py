@@ -70,7 +70,7 @@ class Watching:
 
     def __enter__(self) -> Watching:
         self.watcher.start()
-        wait_for(lambda: self.watcher.last_sync is not None, what="the reconcile")
+        wait_for(lambda: self.watcher.last_sync is not None and self.watcher.idle, what="the reconcile")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -78,6 +78,8 @@ class Watching:
 
     @property
     def embedded(self) -> int:
+        """Items embedded so far, once every change seen is synced and reported."""
+        wait_for(lambda: self.watcher.idle, what="the watcher to be idle")
         return sum(r.indexed for r in self.reports)
 
 
@@ -128,7 +130,7 @@ def test_files_and_folders_created_modified_deleted_renamed_and_moved(embedder, 
                 store, {"Apricots are orange.": [a], "Bananas are yellow.": [d], "Cherries are dark red.": [c]}
             )
         )
-        assert w.embedded == embedded
+        assert w.embedded == embedded, "\n".join(r.summary() for r in w.reports)
 
         sub = folder / "sub"
         sub.mkdir()
@@ -138,7 +140,7 @@ def test_files_and_folders_created_modified_deleted_renamed_and_moved(embedder, 
         moved = folder / "moved"
         sub.rename(moved)  # a folder renamed: its files move with it, nothing embedded again
         wait_for(lambda: contents(store).get("Elderberries are small.") == [str(moved / "e.txt")])
-        assert w.embedded == embedded
+        assert w.embedded == embedded, "\n".join(r.summary() for r in w.reports)
 
         outside = tmp_path / "outside"
         moved.rename(outside)  # moved out of the watched folder: gone from the collection
@@ -380,9 +382,12 @@ def test_serve_watch_answers_from_the_folder_as_it_changes(folder, tmp_path):
         (folder / "c.txt").write_text("Cherries are dark red.")
         (folder / "b.txt").unlink()
         wait_for(lambda: sorted(texts("fruit")) == ["Apples are red.", "Cherries are dark red."])
-        health = httpx.get(f"{url}/health").json()["watch"]
+        health = wait_for(
+            lambda: (h := httpx.get(f"{url}/health").json()["watch"])["totals"]["removed"] == 1 and h,
+            what="/health to show the sync",
+        )
         assert health["watching"] and health["paths"] == ["corpus"]  # a name, never the server's path
-        assert health["totals"]["added"] == 3 and health["totals"]["removed"] == 1 and health["pending"] == 0
+        assert health["totals"]["added"] == 3 and health["pending"] == 0 and health["last_sync"]
         metrics = httpx.get(f"{url}/metrics").text
         assert 'qwen3vl_rag_watch_changes_total{change="added"} 3.0' in metrics
         assert "qwen3vl_rag_watch_pending 0.0" in metrics

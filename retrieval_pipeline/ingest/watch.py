@@ -360,6 +360,7 @@ class FolderWatcher:
         self.last_sync: float | None = None
         self.totals = {"added": 0, "updated": 0, "removed": 0, "failed": 0}
         self.thread: threading.Thread | None = None
+        self._busy = False  # a sync under way (set when it starts, cleared once it is reported)
 
     # -- lifetime ---------------------------------------------------------------------------------------------------
 
@@ -437,6 +438,11 @@ class FolderWatcher:
     def pending(self) -> int:
         return len(self._pending) + len(self._deleted) + len(self._folders) + (1 if self._rescan else 0)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and no sync under way (every change seen so far is in the collection and reported)."""
+        return not self._busy and self.pending == 0
+
     def status(self) -> dict[str, Any]:
         """What ``/health`` and the page show: the roots, last sync, pending changes and totals."""
         return {
@@ -492,16 +498,24 @@ class FolderWatcher:
                 if report is not None:
                     yield self._emit(report)
                 now_live = {r: r.exists() for r in self.roots}
-                if now_live != live or any(ch[1] in map(str, self.roots) and ch[0].name == "deleted" for ch in changes):
+                replaced = any(ch[0].name == "deleted" and Path(ch[1]) in live for ch in changes)
+                if now_live != live or replaced:
                     self._came_back(live)
+                    if replaced and all(now_live.values()):  # deleted and made again between two looks
+                        self._rescan = True
                     break  # watch again: a root deleted and created again is a new folder to the kernel
                 if self.stopping:
                     break
 
     def _came_back(self, before: dict[Path, bool]) -> None:
-        """Roots that exist again are walked (reconciled) at the next step."""
-        if any(not there and root.exists() for root, there in before.items()):
-            self._rescan = True
+        """Roots that exist again are walked (reconciled) at the next step; roots that are gone are deletions
+        (their files' own events may not have come before the watch ended)."""
+        now = time.monotonic()
+        for root, there in before.items():
+            if not there and root.exists():
+                self._rescan = True
+            elif there and not root.exists():
+                self._deleted.setdefault(root, now)
 
     def _emit(self, report: SyncReport) -> SyncReport:
         report.pending = self.pending
@@ -518,6 +532,7 @@ class FolderWatcher:
             logger.info("%s", report.summary())
             if self.on_report is not None:
                 self.on_report(report)
+        self._busy = False  # reported: idle again (when nothing is pending)
         return report
 
     # -- events -----------------------------------------------------------------------------------------------------
@@ -697,6 +712,7 @@ class FolderWatcher:
         """Index ``files`` and take the files at or under ``gone`` off their points, holding the writer: additions
         first, so a moved file's points gain its new path before they lose the old one."""
         assert self.state is not None
+        self._busy = True
         report = SyncReport(kind)
         started = time.perf_counter()
         store = self.indexer.store
