@@ -496,7 +496,9 @@ def evaluate(
     if k < 1:
         raise ValueError(f"k must be a positive cut-off, got {k}")
     store = retriever.store
-    spec = store.open(create=False)
+    # the collection's spec, checked against the embedder: queries embedded by another model (the base model of a
+    # fine-tuned collection, say) would be scored against vectors they are not comparable with
+    spec = retriever._spec(retriever.embedder) if hasattr(retriever, "_spec") else store.open(create=False)
     depths = sorted({int(d) for d in rerank_depths if int(d) > 0}) if retriever.reranker is not None else []
     asked = [int(d) for d in (dims or [])]
     if any(not 1 <= d <= spec.dim for d in asked):

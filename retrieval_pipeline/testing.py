@@ -303,3 +303,47 @@ def write_xlsx(path: str | Path, sheets: dict[str, list[list[Any]]]) -> Path:
             sheet.append(row)
     book.save(str(path))
     return Path(path)
+
+
+def write_synthetic_beir(
+    folder: str | Path,
+    *,
+    categories: int = 6,
+    docs_per_category: int = 3,
+    train_queries_per_category: int = 4,
+    test_queries_per_category: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A small judged BEIR dataset with learnable structure, for fine-tuning tests and demos: each category has a
+    document word and a different query word (a model must learn which goes with which: they share no letters),
+    documents and queries add random filler words; a query's relevant documents are its category's. Training
+    (``qrels/train.tsv``) and test (``qrels/test.tsv``) queries are drawn from the same distribution."""
+    import random
+
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def word(pool: str, n: int) -> str:
+        return "".join(rng.choice(pool) for _ in range(n))
+
+    doc_words = [word(letters[:13], 5) for _ in range(categories)]
+    query_words = [word(letters[13:], 5) for _ in range(categories)]
+    filler = [word(letters, 4) for _ in range(30)]
+    folder = Path(folder)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    corpus, queries = [], []
+    qrels: dict[str, list[str]] = {"train": [], "test": []}
+    for c in range(categories):
+        for k in range(docs_per_category):
+            text = " ".join([doc_words[c], *rng.sample(filler, 2)])
+            corpus.append({"_id": f"c{c}d{k}", "title": "", "text": text})
+        for split, n in (("train", train_queries_per_category), ("test", test_queries_per_category)):
+            for k in range(n):
+                qid = f"{split}-c{c}q{k}"
+                queries.append({"_id": qid, "text": " ".join([query_words[c], *rng.sample(filler, 2)])})
+                qrels[split] += [f"{qid}\tc{c}d{d}\t1" for d in range(docs_per_category)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    for split, lines in qrels.items():
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
+    return folder

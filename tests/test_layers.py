@@ -68,6 +68,14 @@ RULES = {
         "retrieval_pipeline.cli",
         "retrieval_pipeline.client",
     ],
+    # L3: fine-tuning trains the models and reads datasets and collections; nothing above it uses its insides
+    "retrieval_pipeline.finetune": [
+        "retrieval_pipeline.pipeline",
+        "retrieval_pipeline.serving",
+        "retrieval_pipeline.cli",
+        "retrieval_pipeline.client",
+        "retrieval_pipeline.ingest",
+    ],
     # the server's routes are thin and independent: what two of them share lives beside them (state, generation)
     "retrieval_pipeline.serving.routes": ["retrieval_pipeline.serving.routes.*"],
     # L4: the HTTP client is thin: no model code

@@ -14,13 +14,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_five_notebooks():
+def test_there_are_six_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_visual_document_rag.ipynb",
         "03_llama_index.ipynb",
         "04_langchain.ipynb",
         "05_evaluation.ipynb",
+        "06_finetune.ipynb",
     ]
 
 
@@ -44,5 +45,5 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     client.execute()  # raises CellExecutionError on any failing cell
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    if path.stem in ("01_quickstart", "02_visual_document_rag", "05_evaluation"):
+    if path.stem in ("01_quickstart", "02_visual_document_rag", "05_evaluation", "06_finetune"):
         assert any("image/png" in o.get("data", {}) for o in outputs), "the figures were not rendered"

@@ -9,6 +9,7 @@
     qwen3vl-rag push --to-url URL        copy the collection (same ids, vectors, payloads) to a Qdrant server
     qwen3vl-rag serve [--port 8000]      HTTP API (embeddings, rerank, search, ask) with dynamic batching
     qwen3vl-rag check-engine URL         compare a running engine's numbers with the local models (drift check)
+    qwen3vl-rag finetune embedder|reranker --beir DIR --out DIR   adapt a model to judged data (LoRA)
 
 Storage: embedded Qdrant Edge under --db (default: the user's data folder), or a Qdrant server with --url.
 Models: hub ids or local folders, from the options or QWEN3VL_RAG_{EMBEDDING,RERANKER,GENERATOR}_MODEL.
@@ -27,7 +28,7 @@ from types import ModuleType
 from .. import __version__
 from ..errors import EXIT_FAILED, classify
 from ..settings import ENV
-from . import ask, check_engine, common, eval, index, info, optimize, push, run, search, serve
+from . import ask, check_engine, common, eval, finetune, index, info, optimize, push, run, search, serve
 
 __all__ = ["COMMANDS", "ENV", "build_parser", "main"]
 
@@ -35,7 +36,7 @@ __all__ = ["COMMANDS", "ENV", "build_parser", "main"]
 # code (and optionally check(parser, args) for what argparse alone cannot say, and NEEDS_STORE = False when it
 # opens no collection: run gets None); the order is --help's.
 COMMANDS: dict[str, ModuleType] = {
-    m.NAME: m for m in (run, index, search, ask, eval, info, optimize, serve, push, check_engine)
+    m.NAME: m for m in (run, index, search, ask, eval, finetune, info, optimize, serve, push, check_engine)
 }
 
 

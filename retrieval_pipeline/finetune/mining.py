@@ -58,9 +58,7 @@ def mine_from_collection(
             continue
         relevant = {d for d, g in qrels[qid].items() if g > 0}
         vector = embedder.embed([queries[qid]], instruction=query_instruction, dim=spec.dim)[0]
-        hits = store.search(
-            vector.tolist(), limit=per_query + len(relevant) + 5, text=_query_text(queries[qid])
-        )
+        hits = store.search(vector.tolist(), limit=per_query + len(relevant) + 5, text=_query_text(queries[qid]))
         found: list[str] = []
         for hit in hits:
             keys = document_keys(hit.payload, base)
@@ -101,9 +99,7 @@ def mine_in_memory(
     wanted = [q for q in (queries if queries is not None else sorted(dataset.qrels)) if q in dataset.queries]
     if not ids or not wanted:
         return {}
-    docs = embedder.embed(
-        [dataset.corpus[i] for i in ids], instruction=document_instruction, batch_size=batch_size
-    )
+    docs = embedder.embed([dataset.corpus[i] for i in ids], instruction=document_instruction, batch_size=batch_size)
     vectors = embedder.embed([dataset.queries[q] for q in wanted], instruction=query_instruction)
     scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(docs, dtype=np.float32).T
     out: dict[str, list[str]] = {}
