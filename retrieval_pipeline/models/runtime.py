@@ -414,13 +414,17 @@ class CheckpointModel:
         upcast = self.device.type == "cpu" and stored in (torch.bfloat16, torch.float16) and self.dtype == torch.float32
         # A 16-bit checkpoint read as float32 on the CPU: load it as stored (memory-mapped, no copy) and widen one
         # tensor at a time, so the file's pages and the float32 copy are never all resident at once.
-        load_dtype = stored if upcast else self.dtype
+        load_dtype: Any = stored if upcast else self.dtype
+        if self.quantization and stored is None:  # the config does not say: "auto" reads the weights' own dtype
+            load_dtype = "auto"
         loaded = model_class.from_pretrained(self.model_name_or_path, dtype=load_dtype, **from_pretrained_kwargs)
         model = self._keep(loaded)
         del loaded
         model.eval()
         model.requires_grad_(False)
         if self.quantization == "int8":  # the linear layers to int8 while loading, the rest widened to float32
+            # the weights are still the file's pages (memory-mapped): each layer is widened to float32 only while
+            # its int8 copy is made, so the whole model is never in memory in float32
             count = quantize_linears_in_place(model)
             logger.info("%s: %d linear layers quantized to int8 (dynamic)", type(self).__name__, count)
         if upcast or self.quantization:
