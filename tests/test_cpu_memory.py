@@ -266,7 +266,7 @@ def test_collection_records_the_dtype_of_its_vectors(tmp_path, models_env):
     env["QWEN3VL_RAG_CPU_BF16"] = "0"
     run = cli("index", str(CORPUS / "rocket.jpg"), env=env, db=db)
     assert run.returncode == 0, run.stderr
-    assert "models: cpu, float32 (this CPU has no native bfloat16)" in run.stderr
+    assert "models: cpu, float32 (this CPU has no native bfloat16; --dtype int8 runs" in run.stderr
     assert "holds bfloat16 vectors; these are computed in float32" in run.stderr
 
 
