@@ -391,3 +391,66 @@ def test_serve_watch_answers_from_the_folder_as_it_changes(folder, tmp_path):
         metrics = httpx.get(f"{url}/metrics").text
         assert 'qwen3vl_rag_watch_changes_total{change="added"} 3.0' in metrics
         assert "qwen3vl_rag_watch_pending 0.0" in metrics
+
+
+@pytest.mark.slow
+def test_messy_changes_name_swaps_undecodable_names_links_and_files_replaced_by_folders(embedder, store, folder):
+    """What an attacker's probe found: each of these once left the collection unlike the folder, or killed the
+    watch."""
+    a, b = folder / "a.txt", folder / "b.txt"
+    indexer = Indexer(embedder, store)
+    with Watching(indexer, [folder]) as w:
+        # vim's save: the file renamed to its backup name, the new text written under the old name, in one batch
+        a.rename(folder / "a.txt~")
+        a.write_text("Apples are green.")
+        wait_for(equals_folder(store, {"Apples are green.": [a], "Bananas are yellow.": [b]}))
+        # two files swap their names in one batch: each name holds the other's content
+        tmp = folder / "swap.tmp"
+        a.rename(tmp)
+        b.rename(a)
+        tmp.rename(b)
+        wait_for(equals_folder(store, {"Bananas are yellow.": [a], "Apples are green.": [b]}))
+        # a name that is not UTF-8: reported, never stored, and the watch goes on
+        bad = os.fsencode(folder) + b"/bad\xff.txt"
+        with open(bad, "wb") as fh:
+            fh.write(b"Undecodable names cannot be stored.")
+        (folder / "c.txt").write_text("Cherries are dark red.")
+        wait_for(lambda: "Cherries are dark red." in contents(store), what="the watch to go on after a bad name")
+        assert w.watcher.status()["watching"] and w.watcher.error is None
+        os.unlink(bad)
+        # a file replaced by a folder of the same name: the file's point goes, the folder's files come
+        c = folder / "c.txt"
+        c.unlink()
+        c.mkdir()
+        (c / "inner.txt").write_text("Inner notes.")
+        wait_for(
+            equals_folder(
+                store, {"Bananas are yellow.": [a], "Apples are green.": [b], "Inner notes.": [c / "inner.txt"]}
+            )
+        )
+        # a link to a folder the walk already enters: not a second way in (as the walk rules)
+        (folder / "alias").symlink_to(c, target_is_directory=True)
+        time.sleep(1.5)
+        wait_for(lambda: w.watcher.idle)
+        assert contents(store)["Inner notes."] == [str(c / "inner.txt")]
+
+
+def test_a_damaged_sync_state_is_set_aside_and_the_folder_read_again(embedder, store, folder):
+    from retrieval_pipeline.ingest.watch import check_not_watched, state_path
+
+    indexer = Indexer(embedder, store)
+    with indexer.watch([folder], **FAST) as watcher:
+        next(iter(watcher))
+        with pytest.raises(WatchError, match=f"watched already \\(pid {os.getpid()}\\)"):
+            check_not_watched(store)  # what index --watch / serve --watch say before opening the collection
+    check_not_watched(store)
+    path = state_path(store)
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    path.write_bytes(b"this is not a database" * 100)
+    with indexer.watch([folder], **FAST) as watcher:
+        report = next(iter(watcher))
+    assert report.kind == "reconcile" and sorted(report.updated) == sorted(
+        [str(folder / "a.txt"), str(folder / "b.txt")]
+    )
+    assert report.indexed == 0 and list(path.parent.glob(path.name + ".damaged-*"))

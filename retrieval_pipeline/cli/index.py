@@ -32,6 +32,10 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace, store: Any) -> int:
+    if getattr(args, "watch", False):
+        from ..ingest.watch import check_not_watched
+
+        check_not_watched(store)  # said as such, before the collection's own lock says "in use"
     pipeline = common.make_pipeline(args, store, new_layout=True)
     common.announce(args)
     report = index_command(args, pipeline)

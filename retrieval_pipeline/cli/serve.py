@@ -47,6 +47,10 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, store: Any) -> int:
+    if args.watch:
+        from ..ingest.watch import check_not_watched
+
+        check_not_watched(store)  # said as such, before the collection's own lock says "in use"
     models = common.serve_models(args.models)
     pipeline = common.make_pipeline(args, store, models=models, stored_model=True, server=True)
     common.announce(args)

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,16 +77,38 @@ RETRY_S = (5.0, 600.0)  # a failed file is retried after 5 s, 10 s, 20 s, ... at
 TICK_MS = 200  # how often pending files are looked at when no event comes
 
 
-Signature = tuple[int, int, int]  # (size, mtime_ns, inode)
+Signature = tuple[int, int, int, int]  # (size, mtime_ns, inode, ctime_ns)
 
 
 def signature(path: str | os.PathLike[str]) -> Signature | None:
-    """What says a file changed: its size, modification time and inode (an atomic save makes a new inode)."""
+    """What says a file changed: its size, modification time, inode (an atomic save makes a new inode) and change
+    time (a write that restores the old modification time, ``touch -r`` / ``rsync -t``, still moves it)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def gone(path: str | os.PathLike[str]) -> bool:
+    """Whether nothing is at ``path`` any more. A path that cannot be looked at (a folder on the way that may not be
+    entered) is not gone: its file may well be there."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def utf8_name(path: str | os.PathLike[str]) -> bool:
+    """Whether a path can be stored (the collection and the sync state keep names as UTF-8 text)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class WatchError(StoreError):
@@ -170,11 +193,26 @@ class SyncState:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:  # damaged: what it knew is only a shortcut, the folder is re-read
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            logger.warning("the sync state %s is unreadable (%s): set aside as %s; every file is read again",
+                           self.path, exc, aside.name)  # fmt: skip
+            self.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                extra = Path(str(self.path) + suffix)
+                if extra.exists():
+                    extra.replace(Path(str(aside) + suffix))
+            self._create()
+
+    def _create(self) -> None:
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-            " ino INTEGER, status TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, retry_at REAL)"
+            " ino INTEGER, ctime_ns INTEGER, status TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+            " retry_at REAL)"
         )
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
 
@@ -186,12 +224,13 @@ class SyncState:
         """(signature, status, attempts, retry_at) of a file, None when the watcher never indexed it."""
         with self._lock:
             row = self.db.execute(
-                "SELECT size, mtime_ns, ino, status, attempts, retry_at FROM files WHERE source = ?", (source,)
+                "SELECT size, mtime_ns, ino, ctime_ns, status, attempts, retry_at FROM files WHERE source = ?",
+                (source,),
             ).fetchone()
         if row is None:
             return None
-        sig = None if row[0] is None else (int(row[0]), int(row[1]), int(row[2]))
-        return sig, str(row[3]), int(row[4]), row[5]
+        sig = None if row[0] is None else (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+        return sig, str(row[4]), int(row[5]), row[6]
 
     def under(self, path: str) -> list[str]:
         """The files recorded at ``path`` or below it."""
@@ -213,11 +252,11 @@ class SyncState:
         attempts: int = 0,
         retry_at: float | None = None,
     ) -> None:
-        size, mtime, ino = sig if sig is not None else (None, None, None)
+        size, mtime, ino, ctime = sig if sig is not None else (None, None, None, None)
         with self._lock:
             self.db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (source, size, mtime, ino, status, error, attempts, retry_at),
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (source, size, mtime, ino, ctime, status, error, attempts, retry_at),
             )
 
     def adopt(self, sources: Sequence[str]) -> None:
@@ -275,6 +314,21 @@ def read_state(store: Any) -> dict[str, Any] | None:
         return None
     finally:
         state.close()
+
+
+def _watched(collection: str, holder: str) -> WatchError:
+    return WatchError(
+        f"collection {collection!r} is watched already ({holder or 'another process'}): one watcher per "
+        "collection; stop it first, or watch into another collection (--collection)"
+    )
+
+
+def check_not_watched(store: Any) -> None:
+    """Raise :class:`WatchError` when a watcher holds ``store``'s collection (said before the collection itself is
+    opened, whose own lock would give a vaguer message)."""
+    path = _lock_path(state_path(store))
+    if _held(path.with_name(path.name.removesuffix(".lock"))):
+        raise _watched(store.collection, path.read_text().strip())
 
 
 def _lock_path(state: Path) -> Path:
@@ -361,6 +415,9 @@ class FolderWatcher:
         self.totals = {"added": 0, "updated": 0, "removed": 0, "failed": 0}
         self.thread: threading.Thread | None = None
         self._busy = False  # a sync under way (set when it starts, cleared once it is reported)
+        self.error: str | None = None  # why the watcher thread ended, when it died
+        self._devices: dict[Path, int] = {}  # each root's file system when last reconciled (unmounted: not deleted)
+        self._left = 0  # files a stopped reconcile did not reach
 
     # -- lifetime ---------------------------------------------------------------------------------------------------
 
@@ -375,7 +432,6 @@ class FolderWatcher:
         """Take the collection's watch lock (:class:`WatchError` when another watcher holds it) and its state."""
         if self.state is not None:
             return
-        self.indexer._open()  # the collection exists from here on (created with the indexer's spec if new)
         path = state_path(self.indexer.store)
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(_lock_path(path), "a+")  # noqa: SIM115 - held until close()
@@ -383,18 +439,20 @@ class FolderWatcher:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = fh.read().strip()
             fh.close()
-            raise WatchError(
-                f"collection {self.indexer.store.collection!r} is watched already ({holder}): one watcher per "
-                "collection; stop it first, or watch into another collection (--collection)"
-            ) from None
+            raise _watched(self.indexer.store.collection, holder) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}")
         fh.flush()
         self._lock_file = fh
-        self.state = SyncState(path)
+        try:
+            self.indexer._open()  # the collection exists from here on (created with the indexer's spec if new)
+            self.state = SyncState(path)
+        except BaseException:
+            self._unlock()
+            raise
         self.state.set_meta(paths="\n".join(map(str, self.roots)), pending=0)
         self._started = time.time()
 
@@ -406,6 +464,9 @@ class FolderWatcher:
             self.state.set_meta(pending=self.pending)
             self.state.close()
             self.state = None
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
@@ -427,7 +488,8 @@ class FolderWatcher:
             try:
                 for _ in self:
                     pass
-            except Exception:  # noqa: BLE001 - a watcher that dies says so; the server keeps serving
+            except Exception as exc:  # noqa: BLE001 - a watcher that dies says so; the server keeps serving
+                self.error = f"{type(exc).__name__}: {exc}"
                 logger.exception("the folder watcher stopped")
 
         self.thread = threading.Thread(target=loop, name="folder-watch", daemon=True)
@@ -436,7 +498,7 @@ class FolderWatcher:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._deleted) + len(self._folders) + (1 if self._rescan else 0)
+        return len(self._pending) + len(self._deleted) + len(self._folders) + (1 if self._rescan else 0) + self._left
 
     @property
     def idle(self) -> bool:
@@ -445,8 +507,10 @@ class FolderWatcher:
 
     def status(self) -> dict[str, Any]:
         """What ``/health`` and the page show: the roots, last sync, pending changes and totals."""
+        alive = self.thread is None or self.thread.is_alive()
         return {
-            "watching": self.state is not None and not self.stopping,
+            "watching": self.state is not None and not self.stopping and alive and self.error is None,
+            "error": self.error,
             "paths": [str(r) for r in self.roots],
             "started": _iso(self._started),
             "last_sync": _iso(self.last_sync or 0),
@@ -467,8 +531,8 @@ class FolderWatcher:
         self.open()
         reconciled = False
         while not self.stopping:
-            live = {r: r.exists() for r in self.roots}
-            targets = sorted({r if r.is_dir() else r.parent for r, there in live.items() if there})
+            live = self._roots_now()
+            targets = sorted({r if r.is_dir() else r.parent for r, there in live.items() if there is not None})
             if not targets:  # every root is gone (deleted, unmounted): sync what is pending, wait for one to be back
                 if not reconciled:
                     reconciled = True
@@ -479,7 +543,7 @@ class FolderWatcher:
                     yield self._emit(report)
                 self._came_back(live)
                 continue
-            for changes in watchfiles.watch(
+            stream = watchfiles.watch(
                 *targets,
                 debounce=self.debounce_ms,
                 step=50,
@@ -489,7 +553,17 @@ class FolderWatcher:
                 recursive=self.options.recursive,
                 ignore_permission_denied=True,
                 raise_interrupt=False,
-            ):
+            )
+            while not self.stopping:
+                try:
+                    changes = next(stream)
+                except StopIteration:
+                    break
+                except RuntimeError as exc:  # the watch itself failed (a name it cannot decode, a lost folder)
+                    logger.warning("the file-system watch failed (%s): watching again after a reconcile", exc)
+                    self._rescan = True
+                    self._stop.wait(1.0)
+                    break
                 self._take(changes)
                 if not reconciled:  # the watch runs from its first answer on: nothing after the reconcile is missed
                     reconciled = True
@@ -497,25 +571,51 @@ class FolderWatcher:
                 report = self._step()
                 if report is not None:
                     yield self._emit(report)
-                now_live = {r: r.exists() for r in self.roots}
+                now_live = self._roots_now()
                 replaced = any(ch[0].name == "deleted" and Path(ch[1]) in live for ch in changes)
                 if now_live != live or replaced:
                     self._came_back(live)
-                    if replaced and all(now_live.values()):  # deleted and made again between two looks
-                        self._rescan = True
-                    break  # watch again: a root deleted and created again is a new folder to the kernel
-                if self.stopping:
-                    break
+                    if replaced and all(there is not None for there in now_live.values()):
+                        self._rescan = True  # deleted and made again between two looks
+                    break  # watch again: a root deleted and made again (or mounted again) is new to the kernel
+            stream.close()
 
-    def _came_back(self, before: dict[Path, bool]) -> None:
-        """Roots that exist again are walked (reconciled) at the next step; roots that are gone are deletions
-        (their files' own events may not have come before the watch ended)."""
+    def _roots_now(self) -> dict[Path, int | None]:
+        """Each root's file system (device), None when it does not exist."""
+        out: dict[Path, int | None] = {}
+        for root in self.roots:
+            try:
+                out[root] = root.stat().st_dev
+            except OSError:
+                out[root] = None
+        return out
+
+    def _came_back(self, before: dict[Path, int | None]) -> None:
+        """Roots that exist again, or whose disk is mounted again, are walked (reconciled) at the next step; roots
+        that are gone are deletions (their files' own events may not have come before the watch ended). A root whose
+        disk went away (another file system there now) is left as it is until it is back."""
         now = time.monotonic()
-        for root, there in before.items():
-            if not there and root.exists():
+        for root, device in before.items():
+            current = self._roots_now()[root]
+            recorded = self._devices.get(root)
+            if device is None and current is not None:
                 self._rescan = True
-            elif there and not root.exists():
+            elif device is not None and current is None:
                 self._deleted.setdefault(root, now)
+            elif recorded is not None and current != recorded and device == recorded:
+                logger.warning("%s is on another disk now (unmounted?): left as it is until its disk is back", root)
+            elif recorded is not None and current == recorded and device != recorded:
+                self._rescan = True
+
+    def _unmounted(self, path: Path) -> bool:
+        """Whether ``path`` lies under a root whose disk is not the one it was reconciled on."""
+        root = self._root_of(path)
+        if root is None or root not in self._devices:
+            return False
+        try:
+            return root.stat().st_dev != self._devices[root]
+        except OSError:
+            return False
 
     def _emit(self, report: SyncReport) -> SyncReport:
         report.pending = self.pending
@@ -546,7 +646,7 @@ class FolderWatcher:
     def selected(self, path: Path) -> bool:
         """Whether a file at ``path`` is one the watch indexes (the walk's rules, plus no temp names)."""
         root = self._root_of(path)
-        if root is None:
+        if root is None or not utf8_name(path):
             return False
         if path == root:  # a file given as a root
             return modality_of(path) is not None and not _temporary(path.name)
@@ -563,18 +663,24 @@ class FolderWatcher:
         return not any(_match(name, rel_text, g) for g in self.options.exclude)
 
     def _take(self, changes: set[tuple[Any, str]]) -> None:
+        """Note the changes. What a path *is now* decides (a set of changes has no order: deleted and made again in
+        one batch is a change, not a deletion)."""
         now = time.monotonic()
         for change, raw in changes:
             path = Path(raw)
             root = self._root_of(path)
             if root is None or (path != root and any(p.startswith(".") for p in path.relative_to(root).parts)):
                 continue
-            if change.name == "deleted" or not os.path.lexists(path):
+            if gone(path):
                 self._pending.pop(path, None)
                 self._deleted[path] = now
             elif path.is_dir():
-                if change.name == "added":
-                    self._folders[path] = now
+                if self.state is not None and self.state.get(os.fspath(path)) is not None:
+                    self._deleted[path] = now  # a file the watch held is a folder now: its points go
+                else:
+                    self._deleted.pop(path, None)
+                if change.name == "added" or path.is_symlink():
+                    self._folders[path] = now  # walked once settled (a link: by a reconcile, the walk's rules)
             elif self.selected(path):
                 self._deleted.pop(path, None)
                 held = self._pending.get(path)
@@ -582,6 +688,8 @@ class FolderWatcher:
                     self._pending[path] = _Pending(now)
                 else:
                     held.last_event = now
+            elif self.state is not None and self.state.get(os.fspath(path)) is not None:
+                self._deleted[path] = now  # a file the watch held that it no longer selects (renamed to a temp name)
         if len(self._pending) + len(self._deleted) + len(self._folders) > self.max_pending:
             logger.warning("more than %d changes at once: reconciling instead of following them", self.max_pending)
             self._pending.clear()
@@ -602,6 +710,9 @@ class FolderWatcher:
         for folder, at in list(self._folders.items()):
             if now - at >= self.settle_s:
                 del self._folders[folder]
+                if folder.is_symlink():  # a link to a folder: indexed under it only if the walk would (no loops)
+                    self._rescan = True
+                    continue
                 files, _, _ = discover([folder], self.options) if folder.is_dir() else ([], [], [])
                 for f in files:
                     f = folder / f.relative_to(folder.resolve())  # the folder's own path (the walk resolves it)
@@ -609,7 +720,7 @@ class FolderWatcher:
                         self._pending[f] = _Pending(at)
         for source in self.state.due(time.time()):
             path = Path(source)
-            if path not in self._pending and os.path.lexists(path):
+            if path not in self._pending and not gone(path):
                 self._pending[path] = _Pending(now - self.settle_s)
         ready: list[tuple[Path, Signature]] = []
         settling = False
@@ -631,36 +742,46 @@ class FolderWatcher:
                 del self._pending[path]  # touched without change (same size, time and inode)
                 continue
             ready.append((path, sig))
-        gone = [
+        for path in [p for p in self._deleted if self._unmounted(p)]:
+            del self._deleted[path]  # the disk went away, the files did not: kept until it is back
+        deletions = [
             p
             for p, at in self._deleted.items()
             if now - at >= self.settle_s and (not settling or now - at >= MAX_HOLD_S)
         ]
-        if not ready and not gone:
+        if not ready and not deletions:
             return None
         ready = ready[: self.batch_files]
         for path, _ in ready:
             del self._pending[path]
-        for path in gone:
+        for path in deletions:
             del self._deleted[path]
-        return self._sync("change", ready, [str(p) for p in gone])
+        return self._sync("change", ready, [str(p) for p in deletions])
 
     # -- syncing ----------------------------------------------------------------------------------------------------
 
     def reconcile(self) -> SyncReport:
         """Compare every root with the collection: index files new or changed since the watcher last indexed them,
-        take files that are gone off their points. Roots that do not exist are left alone (an unmounted disk is
-        not a deletion)."""
+        take off their points the files the walk no longer finds there (deleted, renamed, excluded since, reached
+        only through a link the walk skips, replaced by a folder). Roots that do not exist are left alone (an
+        unmounted disk is not a deletion), and so is what lies under a folder that cannot be listed (reported)."""
         assert self.state is not None
         started = time.perf_counter()
+        report = SyncReport("reconcile")
         roots = [r for r in self.roots if r.exists()]
         for root in self.roots:
             if root not in roots:
                 logger.warning("%s does not exist: left as it is in the collection until it is back", root)
-        files, _, _ = discover(roots, self.options)
+        self._devices = {r: r.stat().st_dev for r in roots}
+        files, _, skipped = discover(roots, self.options)
+        unlisted = [f.source for f in skipped if f.reason.startswith("cannot list")]
+        report.failed.extend(f for f in skipped if f.reason.startswith("cannot list"))
         on_disk: dict[str, Path] = {}
         for f in files:
-            if self.selected(f):
+            if not utf8_name(f):
+                reason = "the file name is not valid UTF-8 (names are stored as UTF-8 text): rename it"
+                report.failed.append(Failure(display_path(f), reason))
+            elif self.selected(f):
                 on_disk[os.fspath(f)] = f
         held = self._held_sources(roots)
         self.state.adopt(sorted(held - {s for s in held if self.state.get(s) is not None}))
@@ -677,23 +798,38 @@ class FolderWatcher:
                 if known[1] == "failed" and (known[3] or 0) > now:
                     continue  # its next try is later
             changed.append((path, sig))
-        gone = [s for root in roots for s in self.state.under(str(root)) if s not in on_disk and not os.path.lexists(s)]
-        # held sources under a root that the watch does not select any more (excluded since) stay: they are the
-        # user's to prune; files gone are taken off
-        report = SyncReport("reconcile")
+
+        def kept(source: str) -> bool:  # under a folder the walk could not list: unknown, not gone
+            return any(source == u or source.startswith(u.rstrip(os.sep) + os.sep) for u in unlisted)
+
+        leaving = [
+            s for root in roots for s in self.state.under(str(root)) if s not in on_disk and not kept(s)
+        ]  # fmt: skip
         bar = tqdm(total=len(changed), desc="syncing", unit="file", disable=not (self.show_progress_bar and changed))
+        self._left = 0
         for start in range(0, max(len(changed), 1), self.batch_files):
             batch = changed[start : start + self.batch_files]
             last = start + self.batch_files >= len(changed)
-            part = self._sync("reconcile", batch, gone if last else [])
+            part = self._sync("reconcile", batch, leaving if last else [], exact=True)
             _merge(report, part)
             bar.update(len(batch))
             if self.stopping and not last:
-                logger.warning("stopped during the reconcile: the rest is synced at the next start")
+                self._left = len(changed) - start - len(batch)
+                logger.warning("stopped during the reconcile: %d files are synced at the next start", self._left)
                 break
         bar.close()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _present(self, source: str) -> bool:
+        """Whether ``source`` is a file the watch selects (or cannot be looked at: then it is kept)."""
+        try:
+            st = os.stat(source)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return True
+        return stat.S_ISREG(st.st_mode) and self.selected(Path(source))
 
     def _held_sources(self, roots: list[Path]) -> set[str]:
         """The sources the collection lists at or under ``roots`` (one scroll over the payloads)."""
@@ -708,9 +844,13 @@ class FolderWatcher:
                     found.add(source)
         return found
 
-    def _sync(self, kind: str, files: list[tuple[Path, Signature]], gone: list[str]) -> SyncReport:
-        """Index ``files`` and take the files at or under ``gone`` off their points, holding the writer: additions
-        first, so a moved file's points gain its new path before they lose the old one."""
+    def _sync(
+        self, kind: str, files: list[tuple[Path, Signature]], leaving: list[str], *, exact: bool = False
+    ) -> SyncReport:
+        """Index ``files`` and take the files at or under ``leaving`` off their points, holding the writer: additions
+        first, so a moved file's points gain its new path before they lose the old one. A file under ``leaving`` that
+        is a selected file again (made again meanwhile) keeps its points, unless ``exact`` (the reconcile's list:
+        what the walk does not select, wherever it is)."""
         assert self.state is not None
         self._busy = True
         report = SyncReport(kind)
@@ -725,9 +865,13 @@ class FolderWatcher:
                 report.indexed, report.present = run.indexed, run.present
                 failed = set(run.failed_files)
                 holding = store.points_of_sources([os.fspath(p) for p, _ in files if os.fspath(p) not in failed])
+                leaving = list(leaving)
                 for path, sig in files:
                     source = os.fspath(path)
                     known = before[source]
+                    if source in failed and gone(source):  # deleted while it was read: a deletion
+                        leaving.append(source)
+                        continue
                     if source in failed:
                         reasons = [f for f in run.failed if _names(f.source, source)]
                         attempts = (known[2] if known is not None and known[1] == "failed" else 0) + 1
@@ -740,9 +884,11 @@ class FolderWatcher:
                         continue
                     self.state.record(source, sig, "indexed" if source in holding else "empty")
                     (report.added if known is None else report.updated).append(display_path(source))
-            for gone_path in gone:
-                for source in sorted(set(self.state.under(gone_path)) | {gone_path}):
-                    if os.path.lexists(source):  # created again meanwhile: its event indexes it
+            for gone_path in leaving:
+                # the reconcile names each file; an event's path may be a folder: what the watch held under it goes
+                below = [] if exact else self.state.under(gone_path)
+                for source in sorted(set(below) | {gone_path}):
+                    if not exact and self._present(source):  # made again meanwhile: its event indexes it
                         continue
                     detached, deleted = store.remove_source(source)
                     known = self.state.get(source)
@@ -750,7 +896,7 @@ class FolderWatcher:
                     if detached or deleted or known is not None:
                         report.removed.append(display_path(source))
                         report.deleted += deleted
-            if gone:
+            if leaving:
                 store.flush()
         report.seconds = time.perf_counter() - started
         return report
