@@ -1,12 +1,13 @@
 """The README's main job at the released size on this machine: peak memory and time per stage.
 
-    python benchmarks/bench_main_job.py [--size 2B] [--cache /tmp/qwen3vl-realsize] [--also-float32]
+    python benchmarks/bench_main_job.py [--size 2B] [--cache /tmp/qwen3vl-realsize] [--runs default,float32,int8]
 
 Runs ``qwen3vl-rag run examples/corpus "What does the revenue chart show?"`` as a user does (a subprocess, default
 settings) with a random-weight checkpoint of the released architecture in all three roles (embedder, reranker,
 generator), samples the summed resident memory of the process tree every 50 ms, and prints each stage's time and
-peak. ``--also-float32`` repeats it as on a CPU without native bfloat16 (``QWEN3VL_RAG_CPU_BF16=0``: ``--dtype
-auto`` picks float32), the case of most laptops.
+peak. ``--runs`` picks the runs, side by side: ``default`` (``--dtype auto``), ``float32`` (as on a CPU without
+native bfloat16, ``QWEN3VL_RAG_CPU_BF16=0``: ``auto`` picks float32, the case of most laptops) and ``int8``
+(``QWEN3VL_RAG_DTYPE=int8``); ``--also-float32`` is ``--runs default,float32``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, TINY  # noqa: E402
 
 QUESTION = "What does the revenue chart show?"
+# run name -> (title, environment)
+RUNS = {
+    "default": ("default (--dtype auto)", {}),
+    "float32": ("a CPU without native bfloat16 (auto -> float32)", {"QWEN3VL_RAG_CPU_BF16": "0"}),
+    "int8": ("--dtype int8", {"QWEN3VL_RAG_DTYPE": "int8"}),
+}
 GIB = 1024**3
 
 
@@ -100,8 +107,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2B", choices=["2B", "8B"])
     ap.add_argument("--cache", default="/tmp/qwen3vl-realsize")
+    ap.add_argument("--runs", default="default", help="comma-separated from default, float32, int8")
     ap.add_argument("--also-float32", action="store_true")
     args = ap.parse_args()
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if args.also_float32 and "float32" not in runs:
+        runs.append("float32")
+    unknown = set(runs) - set(RUNS)
+    if unknown:
+        ap.error(f"--runs: unknown {sorted(unknown)}; choose from {sorted(RUNS)}")
     from retrieval_pipeline.models.runtime import cpu_has_native_bf16
     from retrieval_pipeline.testing import build_random_checkpoint
 
@@ -111,10 +125,15 @@ def main() -> None:
         build_random_checkpoint(model, like=TINY, size=args.size)
     print(f"qwen3vl-rag run examples/corpus {QUESTION!r} with a random Qwen3-VL-{args.size} checkpoint in all three")
     print(f"roles, default settings; {os.cpu_count()} CPUs; native bfloat16: {cpu_has_native_bf16()}")
-    peak = report("default (--dtype auto)", *run_job(model, {}))
-    if args.also_float32:
-        report("a CPU without native bfloat16 (auto -> float32)", *run_job(model, {"QWEN3VL_RAG_CPU_BF16": "0"}))
-    print(f"\nmain job peak with default settings: {peak / GIB:.2f} GiB (target <= 12 GiB)")
+    peaks = {}
+    for run in runs:
+        title, env = RUNS[run]
+        peaks[run] = report(title, *run_job(model, env))
+    print()
+    for run, peak in peaks.items():
+        print(f"main job peak, {run}: {peak / GIB:.2f} GiB" + (" (target <= 12 GiB)" if run == "default" else ""))
+    if "float32" in peaks and "int8" in peaks:
+        print(f"int8 / float32 peak: {peaks['int8'] / peaks['float32']:.2f}x (target < 0.5x)")
 
 
 if __name__ == "__main__":
