@@ -331,7 +331,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_index_watch_follows_the_folder_and_stops_cleanly_on_sigterm(folder, tmp_path):
+def test_index_watch_follows_the_folder_and_stops_cleanly_on_sigterm(embedder, folder, tmp_path):
     db = tmp_path / "db"
     proc = _cli(
         "index", str(folder), "--watch", "--db", str(db), "--collection", "notes", "--json", "--settle", "0.3",
@@ -349,13 +349,10 @@ def test_index_watch_follows_the_folder_and_stops_cleanly_on_sigterm(folder, tmp
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert proc.returncode == 0
-    found = subprocess.run(
-        [sys.executable, "-m", "retrieval_pipeline.cli", "search", "Cherries", "--db", str(db), "--collection",
-         "notes", "--json", "--no-rerank"],
-        env={**os.environ, **MODELS_ENV}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert found.returncode == 0, found.stderr
-    assert any(hit["text"] == "Cherries are dark red." for hit in json.loads(found.stdout))
+    store = EdgeStore(db, "notes")  # what the watch left, searched (the session's model: no third process)
+    hits = TwoStageRetriever(embedder, store).retrieve("Cherries are dark red.", top_k=3)
+    store.close()
+    assert any(hit.text == "Cherries are dark red." for hit in hits)
     info = subprocess.run(
         [sys.executable, "-m", "retrieval_pipeline.cli", "info", "--db", str(db), "--collection", "notes", "--json"],
         env={**os.environ, **MODELS_ENV}, capture_output=True, text=True, timeout=120,
