@@ -603,6 +603,28 @@ class _Trainer:
         restored.requires_grad_(False)
         self.model.model = restored
 
+    def _mine_with(self, miner: Any, every: Dataset, n: int) -> dict[str, list[str]]:
+        """``n`` hard negatives per query of ``every``, mined with ``miner``: from the collection when training
+        has one, else in memory over the corpus (judged positives excluded either way)."""
+        if self.store is not None:
+            return mine_from_collection(
+                miner,
+                self.store,
+                every.queries,
+                every.qrels,
+                per_query=n,
+                corpus=self.data.corpus,
+                query_instruction=self.config.query_instruction,
+                root=self.root,
+            )
+        return mine_in_memory(
+            miner,
+            every,
+            per_query=n,
+            query_instruction=self.config.query_instruction,
+            document_instruction=self.config.document_instruction,
+        )
+
 
 class _EmbedderTrainer(_Trainer):
     kind = "embedder"
@@ -611,25 +633,7 @@ class _EmbedderTrainer(_Trainer):
         n = self.config.hard_negatives
         if n <= 0:
             return {}
-        train = self.data.train
-        if self.store is not None:
-            return mine_from_collection(
-                self.model,
-                self.store,
-                train.queries,
-                train.qrels,
-                per_query=n,
-                corpus=self.data.corpus,
-                query_instruction=self.config.query_instruction,
-                root=self.root,
-            )
-        return mine_in_memory(
-            self.model,
-            train,
-            per_query=n,
-            query_instruction=self.config.query_instruction,
-            document_instruction=self.config.document_instruction,
-        )
+        return self._mine_with(self.model, self.data.train, n)
 
     def examples(self) -> list[tuple[str, str]]:
         return embedder_examples(self.data.train)
@@ -707,26 +711,6 @@ class _RerankerTrainer(_Trainer):
         finally:
             del miner
             release_memory()
-
-    def _mine_with(self, miner: Any, every: Dataset, n: int) -> dict[str, list[str]]:
-        if self.store is not None:
-            return mine_from_collection(
-                miner,
-                self.store,
-                every.queries,
-                every.qrels,
-                per_query=n,
-                corpus=self.data.corpus,
-                query_instruction=self.config.query_instruction,
-                root=self.root,
-            )
-        return mine_in_memory(
-            miner,
-            every,
-            per_query=n,
-            query_instruction=self.config.query_instruction,
-            document_instruction=self.config.document_instruction,
-        )
 
     def examples(self) -> list[tuple[str, str, float]]:
         return reranker_examples(self.data.train, self.data.negatives)

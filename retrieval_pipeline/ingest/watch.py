@@ -326,9 +326,9 @@ def _watched(collection: str, holder: str) -> WatchError:
 def check_not_watched(store: Any) -> None:
     """Raise :class:`WatchError` when a watcher holds ``store``'s collection (said before the collection itself is
     opened, whose own lock would give a vaguer message)."""
-    path = _lock_path(state_path(store))
-    if _held(path.with_name(path.name.removesuffix(".lock"))):
-        raise _watched(store.collection, path.read_text().strip())
+    state = state_path(store)
+    if _held(state):
+        raise _watched(store.collection, _lock_path(state).read_text().strip())
 
 
 def _lock_path(state: Path) -> Path:
